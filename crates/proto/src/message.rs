@@ -1,0 +1,259 @@
+//! The messages two processional peers exchange.
+//!
+//! Every message is one variant of [`Message`]. Variants are only ever appended
+//! (postcard encodes the variant index as a varint), so an older decoder fails
+//! on a newer variant with a typed error instead of misreading it; incompatible
+//! changes bump [`crate::PROTOCOL_VERSION`].
+
+use serde::{Deserialize, Serialize};
+
+/// Identifies one call on one connection. Chosen by the caller, unique among
+/// the calls it has in flight on that connection.
+pub type TaskId = u64;
+
+/// Identifies an object kept alive in the process that serves a connection.
+pub type ObjectId = u64;
+
+/// A 32-byte digest identifying the build of a program (see the process
+/// runtime's `fingerprint`). Two peers that run code for each other must have
+/// equal fingerprints.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl std::fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+impl std::fmt::Display for Fingerprint {
+    /// The first 8 bytes in hex: enough to tell builds apart in a message.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for byte in &self.0[..8] {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a peer is to the other side of the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// Spawned a slave and sends it orders.
+    Master,
+    /// Runs the orders of the master that spawned it.
+    Slave,
+    /// Connects to a server and sends it orders.
+    Client,
+    /// Serves the orders of any number of clients.
+    Server,
+}
+
+/// The first message each side sends: who it is and what it speaks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol version the sender speaks; see [`crate::PROTOCOL_VERSION`].
+    pub protocol: u16,
+    /// The build fingerprint of the sender's program.
+    pub fingerprint: Fingerprint,
+    /// What the sender is to the receiver.
+    pub role: Role,
+    /// The sender's process id.
+    pub pid: u32,
+    /// The sender's host name, for diagnostics.
+    pub host: String,
+    /// A human-readable name of the sender's program, for error messages.
+    pub program: String,
+}
+
+/// A random nonce the receiver must answer with a [`Proof`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Challenge {
+    /// Fresh random bytes, never reused.
+    pub nonce: [u8; 32],
+}
+
+/// The answer to a [`Challenge`]: a MAC proving knowledge of the shared key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proof {
+    /// HMAC-SHA256 over a transcript that includes both nonces and the
+    /// prover's role (the exact input is defined by the transport crate).
+    pub mac: [u8; 32],
+}
+
+/// Why a peer refuses a connection during the handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RefusalReason {
+    /// The peer speaks another protocol version.
+    ProtocolVersion,
+    /// The peer's proof did not match the key.
+    WrongKey,
+    /// The peer runs another program or another build of it.
+    WrongFingerprint,
+    /// The peer sent something other than the next handshake message.
+    UnexpectedMessage,
+    /// The peer has the wrong role for this connection.
+    WrongRole,
+}
+
+/// A reference to a function in the receiver's program.
+///
+/// It is an offset from an anchor function inside the process runtime plus a
+/// digest of the function's type; the receiver validates both before it calls
+/// anything (see `docs/ARCHITECTURE.md`, "Shipping functions").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FunctionRef {
+    /// Address of the entry point minus the address of the anchor function.
+    pub offset: i64,
+    /// A digest of the entry point's type, checked by the receiver.
+    pub signature: u64,
+}
+
+/// How the receiver runs a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RunMode {
+    /// In FIFO order with the other queued calls of the same connection.
+    Queued,
+    /// On a thread of its own, concurrently with everything else.
+    Thread,
+}
+
+/// Run a function in the receiver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Call {
+    /// Answered by the [`Reply`] with the same id.
+    pub task: TaskId,
+    /// What to run.
+    pub function: FunctionRef,
+    /// How to run it.
+    pub mode: RunMode,
+    /// The serialized arguments, interpreted by the function.
+    pub args: Payload,
+}
+
+/// Serialized bytes: inline in the frame, or in a shared-memory segment whose
+/// file descriptor travels with the frame (unix sockets only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    /// The bytes themselves.
+    Inline(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The bytes are the first `len` bytes of the segment passed as file
+    /// descriptor number `fd` (an index into the descriptors attached to the
+    /// frame, see [`crate::FLAG_FDS`]).
+    Segment {
+        /// Index of the descriptor among those attached to the frame.
+        fd: u32,
+        /// How many bytes of the segment are the payload.
+        len: u64,
+    },
+}
+
+impl Payload {
+    /// The inline bytes, or `None` for a segment.
+    pub fn as_inline(&self) -> Option<&[u8]> {
+        match self {
+            Payload::Inline(bytes) => Some(bytes),
+            Payload::Segment { .. } => None,
+        }
+    }
+}
+
+/// The broad category of an error raised in the remote process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RemoteErrorKind {
+    /// The call panicked.
+    Panicked,
+    /// The call returned early after its cancellation was requested.
+    Cancelled,
+    /// The arguments could not be decoded, or the value could not be encoded.
+    Codec,
+    /// The function reference did not pass validation.
+    InvalidFunction,
+    /// The call named an object that does not exist (any more).
+    UnknownObject,
+    /// The call named an object of another type than it expects.
+    WrongObjectType,
+    /// The remote side stopped before it ran the call.
+    Stopped,
+    /// A name lookup found nothing.
+    NotFound,
+    /// Anything else.
+    Other,
+}
+
+/// An error raised in the remote process, in a form that crosses the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteError {
+    /// What went wrong, broadly.
+    pub kind: RemoteErrorKind,
+    /// The message, e.g. the panic payload.
+    pub message: String,
+    /// Where it happened (`file:line:column`), when known.
+    pub location: Option<String>,
+    /// The remote backtrace as text, when captured.
+    pub backtrace: Option<String>,
+}
+
+/// What a call produced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The serialized return value.
+    Value(Payload),
+    /// The call failed.
+    Error(RemoteError),
+}
+
+/// The answer to a [`Call`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The id of the call this answers.
+    pub task: TaskId,
+    /// Its value or error.
+    pub outcome: Outcome,
+}
+
+/// Every message of the protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Opens the handshake; both sides send one.
+    Hello(Hello),
+    /// Asks the peer to prove it holds the key.
+    Challenge(Challenge),
+    /// Proves the sender holds the key.
+    Proof(Proof),
+    /// The handshake succeeded; calls may follow.
+    Accepted,
+    /// The handshake failed; the connection closes after this message.
+    Refused {
+        /// Why, as a code.
+        reason: RefusalReason,
+        /// Why, for people (names both fingerprints, versions, …).
+        detail: String,
+    },
+    /// Run a function.
+    Call(Call),
+    /// The value or error of a call.
+    Reply(Reply),
+    /// The sender drops its reference to an object the receiver keeps.
+    Release {
+        /// The object.
+        object: ObjectId,
+    },
+    /// Request the cancellation of a call in flight.
+    Cancel {
+        /// The call.
+        task: TaskId,
+    },
+    /// Ask the receiver to stop serving and exit; it answers with
+    /// [`Message::ShutdownAck`] before it does.
+    Shutdown,
+    /// The receiver of a [`Message::Shutdown`] is about to exit.
+    ShutdownAck,
+    /// Liveness probe, answered by a [`Message::Pong`] with the same value.
+    Ping(u64),
+    /// Answer to [`Message::Ping`].
+    Pong(u64),
+    /// A protocol error the sender detected in what the receiver sent; the
+    /// sender closes the connection after this message.
+    Error(RemoteError),
+}

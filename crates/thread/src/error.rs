@@ -1,0 +1,149 @@
+//! The one error type of processional.
+//!
+//! Every runtime (threads, processes, servers) reports failures of a call as an
+//! [`Error`]. User errors are not wrapped: they travel as the task's value
+//! (`Task<Result<T, E>>`).
+
+use std::fmt;
+use std::time::Duration;
+
+pub use processional_proto::{RemoteError, RemoteErrorKind};
+
+/// A panic caught in a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PanicReport {
+    /// The panic payload, if it was a string; `"Box<dyn Any>"` otherwise.
+    pub message: String,
+    /// `file:line:column` of the panic, when the hook saw it.
+    pub location: Option<String>,
+    /// A backtrace captured at the panic, when `RUST_BACKTRACE` asks for one
+    /// (or always, for panics in another process).
+    pub backtrace: Option<String>,
+}
+
+impl fmt::Display for PanicReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.message)?;
+        if let Some(location) = &self.location {
+            write!(f, " at {location}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExitReason {
+    /// It exited with this code.
+    Code(i32),
+    /// It was killed by this signal.
+    Signal(i32),
+    /// It ended, but how is not known (e.g. reaped by someone else, or on
+    /// another host).
+    Unknown,
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitReason::Code(code) => write!(f, "exit code {code}"),
+            ExitReason::Signal(signal) => write!(f, "signal {signal}"),
+            ExitReason::Unknown => f.write_str("unknown exit status"),
+        }
+    }
+}
+
+/// Why a call, or an operation on a worker, failed.
+///
+/// The enum is `#[non_exhaustive]`: runtimes added later bring new variants.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The call panicked; the panic was caught in the thread that ran it.
+    #[error("task panicked: {0}")]
+    Panicked(PanicReport),
+    /// The call observed its cancellation at a [`checkpoint`](crate::checkpoint).
+    #[error("task cancelled")]
+    Cancelled,
+    /// The executor stopped (closed, aborted or dropped) before it ran the call,
+    /// or refused it because it had already stopped.
+    #[error("executor stopped before the task ran")]
+    Stopped,
+    /// A wait with a deadline ran out of time. The task itself is not affected.
+    #[error("timed out after {0:?}")]
+    TimedOut(Duration),
+    /// The call failed in another process: a panic, a decoding failure, an
+    /// unknown object, … with the remote message, location and backtrace.
+    #[error("remote {kind:?}: {message}{}", .location.as_ref().map(|l| format!(" at {l}")).unwrap_or_default(), kind = .0.kind, message = .0.message)]
+    Remote(RemoteError),
+    /// The process serving the call ended before answering.
+    #[error("remote process ended ({0}) before the task completed")]
+    Exited(ExitReason),
+    /// The connection to the process serving the call broke before it
+    /// answered.
+    #[error("disconnected: {0}")]
+    Disconnected(String),
+    /// A value could not be serialized or deserialized on this side.
+    #[error("codec error: {0}")]
+    Codec(String),
+    /// The peer broke the protocol, speaks another version, or refused the
+    /// handshake (wrong key, wrong build, …).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The peer could not be authenticated, or refused our credentials.
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// The peer runs another program or another build of it.
+    #[error("build fingerprint mismatch: ours is {ours}, the peer's is {theirs} ({detail})")]
+    Fingerprint {
+        /// Our fingerprint, as displayed.
+        ours: String,
+        /// The peer's fingerprint, as displayed.
+        theirs: String,
+        /// Both programs' names and anything else useful.
+        detail: String,
+    },
+    /// An operating-system operation (spawn, connect, bind, …) failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// An [`Error::Io`] with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Whether this error means the call was cancelled, here or remotely.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, Error::Cancelled)
+            || matches!(self, Error::Remote(r) if r.kind == RemoteErrorKind::Cancelled)
+    }
+
+    /// Whether this error is a panic, here or remotely.
+    pub fn is_panic(&self) -> bool {
+        matches!(self, Error::Panicked(_))
+            || matches!(self, Error::Remote(r) if r.kind == RemoteErrorKind::Panicked)
+    }
+
+    /// The panic or remote-error message, if this error carries one.
+    pub fn message(&self) -> Option<&str> {
+        match self {
+            Error::Panicked(report) => Some(&report.message),
+            Error::Remote(remote) => Some(&remote.message),
+            _ => None,
+        }
+    }
+}
+
+/// `Result` with processional's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

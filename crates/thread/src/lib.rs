@@ -1,0 +1,3 @@
+//! Placeholder: being written.
+mod error;
+pub use error::*;
