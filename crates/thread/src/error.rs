@@ -74,7 +74,7 @@ pub enum Error {
     TimedOut(Duration),
     /// The call failed in another process: a panic, a decoding failure, an
     /// unknown object, … with the remote message, location and backtrace.
-    #[error("remote {kind:?}: {message}{}", .location.as_ref().map(|l| format!(" at {l}")).unwrap_or_default(), kind = .0.kind, message = .0.message)]
+    #[error("remote {kind:?}: {message}{at}", kind = .0.kind, message = .0.message, at = .0.location.as_ref().map(|l| format!(" at {l}")).unwrap_or_default())]
     Remote(RemoteError),
     /// The process serving the call ended before answering.
     #[error("remote process ended ({0}) before the task completed")]
