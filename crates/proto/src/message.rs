@@ -156,6 +156,19 @@ impl Payload {
             Payload::Segment { .. } => None,
         }
     }
+
+    /// How many bytes the payload has, wherever they are.
+    pub fn len(&self) -> u64 {
+        match self {
+            Payload::Inline(bytes) => bytes.len() as u64,
+            Payload::Segment { len, .. } => *len,
+        }
+    }
+
+    /// Whether the payload has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// The broad category of an error raised in the remote process.
@@ -256,4 +269,103 @@ pub enum Message {
     /// A protocol error the sender detected in what the receiver sent; the
     /// sender closes the connection after this message.
     Error(RemoteError),
+}
+
+impl Message {
+    /// The variant's name, for diagnostics ("expected Proof, got Call").
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "Hello",
+            Message::Challenge(_) => "Challenge",
+            Message::Proof(_) => "Proof",
+            Message::Accepted => "Accepted",
+            Message::Refused { .. } => "Refused",
+            Message::Call(_) => "Call",
+            Message::Reply(_) => "Reply",
+            Message::Release { .. } => "Release",
+            Message::Cancel { .. } => "Cancel",
+            Message::Shutdown => "Shutdown",
+            Message::ShutdownAck => "ShutdownAck",
+            Message::Ping(_) => "Ping",
+            Message::Pong(_) => "Pong",
+            Message::Error(_) => "Error",
+        }
+    }
+}
+
+impl From<Hello> for Message {
+    fn from(hello: Hello) -> Self {
+        Message::Hello(hello)
+    }
+}
+
+impl From<Challenge> for Message {
+    fn from(challenge: Challenge) -> Self {
+        Message::Challenge(challenge)
+    }
+}
+
+impl From<Proof> for Message {
+    fn from(proof: Proof) -> Self {
+        Message::Proof(proof)
+    }
+}
+
+impl From<Call> for Message {
+    fn from(call: Call) -> Self {
+        Message::Call(call)
+    }
+}
+
+impl From<Reply> for Message {
+    fn from(reply: Reply) -> Self {
+        Message::Reply(reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_the_variants() {
+        for message in crate::strategy::every_variant() {
+            let debug = format!("{message:?}");
+            assert!(debug.starts_with(message.name()), "{debug}");
+        }
+    }
+
+    #[test]
+    fn payload_length_counts_bytes_wherever_they_are() {
+        assert_eq!(Payload::Inline(vec![1, 2, 3]).len(), 3);
+        assert!(Payload::Inline(Vec::new()).is_empty());
+        assert_eq!(
+            Payload::Segment {
+                fd: 0,
+                len: 1 << 40
+            }
+            .len(),
+            1 << 40
+        );
+        assert_eq!(Payload::Inline(vec![4]).as_inline(), Some(&[4][..]));
+        assert_eq!(Payload::Segment { fd: 0, len: 1 }.as_inline(), None);
+    }
+
+    #[test]
+    fn converts_into_messages() {
+        let reply = Reply {
+            task: 9,
+            outcome: Outcome::Value(Payload::Inline(Vec::new())),
+        };
+        assert_eq!(Message::from(reply.clone()), Message::Reply(reply));
+        let proof = Proof { mac: [1; 32] };
+        assert_eq!(Message::from(proof), Message::Proof(proof));
+    }
+
+    #[test]
+    fn fingerprint_shows_its_first_bytes_in_hex() {
+        let fingerprint = Fingerprint(std::array::from_fn(|i| (i as u8).wrapping_mul(17)));
+        assert_eq!(fingerprint.to_string(), "0011223344556677");
+        assert_eq!(format!("{fingerprint:?}"), "Fingerprint(0011223344556677)");
+    }
 }

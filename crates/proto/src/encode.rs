@@ -1,0 +1,139 @@
+//! Encoding messages into frames.
+
+use postcard::ser_flavors::Flavor;
+
+use crate::error::ProtoError;
+use crate::header::{FrameHeader, HEADER_LEN};
+use crate::message::Message;
+
+/// Appends one frame carrying `msg` to `out`, with no file descriptors.
+///
+/// The message is serialized straight into `out`, after room left for the
+/// header: no intermediate buffer. Reusing one `out` across frames makes
+/// encoding allocation-free once it has grown.
+///
+/// # Errors
+///
+/// [`ProtoError::FrameTooLarge`] if the payload exceeds `u32::MAX` bytes,
+/// [`ProtoError::Encode`] if serialization fails. On error `out` is left as
+/// it was.
+pub fn encode(msg: &Message, out: &mut Vec<u8>) -> Result<(), ProtoError> {
+    encode_with_fds(msg, 0, out)
+}
+
+/// Appends one frame carrying `msg` to `out`, announcing `fd_count` file
+/// descriptors that the transport sends along with the frame's bytes.
+///
+/// [`FLAG_FDS`](crate::FLAG_FDS) is set if and only if `fd_count` is not zero.
+///
+/// # Errors
+///
+/// [`ProtoError::TooManyFds`] if `fd_count` exceeds
+/// [`MAX_FDS_PER_FRAME`](crate::MAX_FDS_PER_FRAME), otherwise as [`encode`].
+/// On error `out` is left as it was.
+pub fn encode_with_fds(msg: &Message, fd_count: u8, out: &mut Vec<u8>) -> Result<(), ProtoError> {
+    // Validates the count before anything is written.
+    let mut header = FrameHeader::new(0, fd_count)?;
+    let frame_start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    if let Err(error) = postcard::serialize_with_flavor(msg, VecTail(out)) {
+        out.truncate(frame_start);
+        return Err(ProtoError::Encode(error.to_string()));
+    }
+    let payload_len = out.len() - frame_start - HEADER_LEN;
+    header.len = match u32::try_from(payload_len) {
+        Ok(len) => len,
+        Err(_) => {
+            out.truncate(frame_start);
+            return Err(ProtoError::FrameTooLarge {
+                len: payload_len as u64,
+                max: u32::MAX as usize,
+            });
+        }
+    };
+    out[frame_start..frame_start + HEADER_LEN].copy_from_slice(&header.encode());
+    Ok(())
+}
+
+/// A postcard flavor appending to the end of a borrowed vector.
+struct VecTail<'a>(&'a mut Vec<u8>);
+
+impl Flavor for VecTail<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::header::{FLAG_FDS, MAX_FDS_PER_FRAME, PROTOCOL_VERSION};
+
+    fn header_of(frame: &[u8]) -> FrameHeader {
+        FrameHeader::decode(frame[..HEADER_LEN].try_into().unwrap(), usize::MAX).unwrap()
+    }
+
+    #[test]
+    fn writes_header_then_postcard_payload() {
+        let msg = Message::Ping(300);
+        let mut out = Vec::new();
+        encode(&msg, &mut out).unwrap();
+        let payload = postcard::to_stdvec(&msg).unwrap();
+        let header = header_of(&out);
+        assert_eq!(
+            header,
+            FrameHeader {
+                version: PROTOCOL_VERSION,
+                flags: 0,
+                fd_count: 0,
+                len: payload.len() as u32,
+            }
+        );
+        assert_eq!(&out[HEADER_LEN..], &payload[..]);
+    }
+
+    #[test]
+    fn appends_after_existing_bytes() {
+        let mut out = b"prefix".to_vec();
+        encode(&Message::Accepted, &mut out).unwrap();
+        encode(&Message::Shutdown, &mut out).unwrap();
+        assert_eq!(&out[..6], b"prefix");
+        let first = header_of(&out[6..]);
+        let second_start = 6 + first.frame_len();
+        let second = header_of(&out[second_start..]);
+        assert_eq!(second_start + second.frame_len(), out.len());
+    }
+
+    #[test]
+    fn announces_fds() {
+        let mut out = Vec::new();
+        encode_with_fds(&Message::Accepted, 2, &mut out).unwrap();
+        let header = header_of(&out);
+        assert_eq!((header.flags, header.fd_count), (FLAG_FDS, 2));
+        assert!(header.has_fds());
+    }
+
+    #[test]
+    fn refuses_too_many_fds_and_leaves_out_untouched() {
+        let mut out = vec![9, 9];
+        assert_eq!(
+            encode_with_fds(&Message::Accepted, MAX_FDS_PER_FRAME + 1, &mut out),
+            Err(ProtoError::TooManyFds)
+        );
+        assert_eq!(out, [9, 9]);
+    }
+}
