@@ -1,1 +1,85 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: bounded waits and process probes.
+//!
+//! Every wait in these tests is bounded, so a broken build fails instead of
+//! hanging CI; no test asserts an upper bound on how long something took.
+
+use std::time::{Duration, Instant};
+
+/// The bound on any single wait in the tests: generous, so that a loaded
+/// 2-core machine never trips it, yet finite, so nothing hangs.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Whether a process with this id exists (and is not a zombie).
+pub fn process_exists(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the parenthesized command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Whether `pid` is a zombie (ended, not reaped).
+pub fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z")
+    })
+}
+
+/// Sends SIGKILL to `pid` through the `kill` command (no unsafe in tests).
+pub fn kill_hard(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+}
+
+/// Runs the current test binary again, running only the test `name`, with
+/// `PROCESSIONAL_TEST_HELPER` set so that test knows it is the helper.
+pub fn spawn_helper(name: &str, extra_env: &[(&str, String)]) -> std::process::Child {
+    let mut command = std::process::Command::new(std::env::current_exe().expect("test binary"));
+    command
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env("PROCESSIONAL_TEST_HELPER", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    for (key, value) in extra_env {
+        command.env(key, value);
+    }
+    command.spawn().expect("spawn the helper")
+}
+
+/// Whether this test process runs as a helper started by [`spawn_helper`].
+pub fn is_helper() -> bool {
+    std::env::var_os("PROCESSIONAL_TEST_HELPER").is_some()
+}
+
+/// Kills a child process when dropped (teardown that never leaks children).
+#[derive(Debug)]
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

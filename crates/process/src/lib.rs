@@ -1,1 +1,60 @@
-//! Placeholder: being written.
+//! The process runtime of processional: call functions in other processes
+//! as easily as in a thread.
+//!
+//! ```
+//! # fn main() -> Result<(), processional_thread::Error> {
+//! let process = processional_process::slave()?; // spawn and connect
+//! let resource = process.wrap(|| (0..1_000_000u64).collect::<Vec<_>>())?;
+//! let sum = resource.schedule(|v| v.iter().sum::<u64>())?;
+//! let product = resource.schedule(|v| v.iter().product::<u64>())?;
+//! assert_eq!(sum.wait()?, 499_999_500_000);
+//! assert_eq!(product.wait()?, 0);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Slaves
+//! [`slave()`] re-executes the current program with a private marker; the
+//! child becomes a slave before its `main` runs (see [`init`]) and serves
+//! the calls of its master over an inherited unix socket, after the
+//! authenticated handshake of `processional-transport` (the key is generated
+//! per slave and handed to it on that private socket).
+//!
+//! # Shipping functions
+//! A task is a closure that captures nothing, or a fn item; its data travels
+//! as explicit serde arguments (`invoke_with`, `schedule_with`, …). A
+//! capturing closure fails to build with a message saying so. Arguments and
+//! values are any `Serialize + DeserializeOwned` type, encoded with postcard.
+//! See `docs/ARCHITECTURE.md` for how function references are validated.
+//!
+//! # Lifetime
+//! Dropping the last handle stops the slave (a shutdown message, then
+//! SIGTERM after a grace period, then SIGKILL; it is always reaped). If the
+//! master dies, even by SIGKILL, its slaves die too (`PR_SET_PDEATHSIG`,
+//! and end of stream on the socket). A slave that dies fails every pending
+//! task with [`Error::Exited`](processional_thread::Error::Exited).
+
+mod child;
+mod codec;
+mod context;
+mod entry;
+mod fingerprint;
+mod function;
+mod init;
+mod objects;
+mod payload;
+mod remote;
+mod serve;
+mod server;
+mod session;
+mod slave;
+mod sys;
+
+pub use child::Termination;
+pub use fingerprint::{fingerprint, program_name};
+pub use init::init;
+pub use objects::live_objects;
+pub use processional_thread::{Error, ExitReason, Task};
+pub use remote::Remote;
+pub use server::{ClientBuilder, KEY_FILE_VAR, KEY_VAR, ServerBuilder, ServerHandle, client, export, serve, server};
+pub use slave::{Output, SlaveProcess, SlaveProcessBuilder, slave};

@@ -1,1 +1,65 @@
-//! Placeholder: being written.
+//! processional: call a function in another thread, another process, or a
+//! server on another machine as easily as calling it here.
+//!
+//! ```
+//! # fn main() -> Result<(), processional::Error> {
+//! // A function on another thread: its value, or its panic as an error.
+//! let task = processional::thread(|| (0..1_000_000u64).sum::<u64>());
+//! assert_eq!(task.wait()?, 499_999_500_000);
+//!
+//! // A thread that keeps a resource and takes orders.
+//! let slave = processional::SlaveThread::new();
+//! let resource = slave.wrap(|| (0..1_000_000u64).collect::<Vec<_>>());
+//! let sum = resource.schedule(|v| v.iter().sum::<u64>());
+//! assert_eq!(sum.wait()?, 499_999_500_000);
+//!
+//! // The same across a process boundary.
+//! let process = processional::slave()?;
+//! let resource = process.wrap(|| (0..1_000_000u64).collect::<Vec<_>>())?;
+//! let product = resource.schedule(|v| v.iter().product::<u64>())?;
+//! assert_eq!(product.wait()?, 0);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # The layers
+//! This crate re-exports the runtimes; each layer is also a crate of its own:
+//!
+//! | crate | what it holds |
+//! |---|---|
+//! | [`proto`] (`processional-proto`) | the wire format: frames, messages, the incremental decoder |
+//! | [`transport`] (`processional-transport`) | unix/TCP connections, fd passing, authentication, the event loop |
+//! | [`shm`] (`processional-shm`) | shared-memory segments, `ShmBuf`, `ShmVec`, the segment pool |
+//! | [`thread`](mod@thread) (`processional-thread`) | [`Task`], [`thread()`], [`SlaveThread`], cancellation, [`Error`] |
+//! | [`process`] (`processional-process`) | [`slave()`], [`SlaveProcess`], [`Remote`] |
+//!
+//! # Threads
+//! [`thread()`] runs a closure on a pooled thread and returns its [`Task`];
+//! [`SlaveThread`] owns resources and runs orders in FIFO order
+//! (`invoke`, `schedule`, `wrap`). Cancellation is cooperative: a task calls
+//! [`checkpoint()`] where stopping is safe, since Rust cannot kill a thread.
+//!
+//! # Processes
+//! [`slave()`] re-executes this program as a slave process. Tasks sent to it
+//! are closures that capture nothing (data travels as serde arguments:
+//! `invoke_with`, `schedule_with`), and objects it keeps are reached through
+//! [`Remote`] handles. The slave enters its serving loop before `main` runs
+//! (feature `auto-init`, on by default); without that feature, call
+//! [`init()`] first thing in `main`.
+
+pub use processional_process as process;
+pub use processional_proto as proto;
+pub use processional_shm as shm;
+pub use processional_thread as thread;
+pub use processional_transport as transport;
+
+pub use processional_process::{
+    Output, Remote, SlaveProcess, SlaveProcessBuilder, Termination, fingerprint, init,
+    live_objects, slave,
+};
+pub use processional_thread::{
+    Bound, Builder as ThreadBuilder, CancelToken, Error, ExitReason, PanicReport, RemoteError,
+    RemoteErrorKind, Result, SlaveBuilder as SlaveThreadBuilder, SlaveDriver, SlaveThread, Task,
+    checkpoint, thread,
+};
+pub use processional_transport::{Address, Key};

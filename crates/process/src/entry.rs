@@ -1,0 +1,141 @@
+//! The entry points the compiler instantiates for each shipped task type.
+
+use std::marker::PhantomData;
+
+use processional_proto::{ObjectId, RemoteError, RemoteErrorKind};
+use processional_thread::Error;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::context::CallContext;
+use crate::function::{Described, conjure};
+use crate::objects::{ObjectSlot, ObjectTable};
+
+/// Runs `f`, turning a panic into the error the caller receives.
+pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, RemoteError> {
+    processional_thread::catch_panic(f).map_err(|error| to_remote(&error))
+}
+
+/// The wire form of a local error.
+pub(crate) fn to_remote(error: &Error) -> RemoteError {
+    match error {
+        Error::Panicked(report) => RemoteError {
+            kind: RemoteErrorKind::Panicked,
+            message: report.message.clone(),
+            location: report.location.clone(),
+            backtrace: report.backtrace.clone(),
+        },
+        Error::Remote(remote) => remote.clone(),
+        Error::Cancelled => RemoteError {
+            kind: RemoteErrorKind::Cancelled,
+            message: "the task was cancelled".into(),
+            location: None,
+            backtrace: None,
+        },
+        Error::Stopped => RemoteError {
+            kind: RemoteErrorKind::Stopped,
+            message: error.to_string(),
+            location: None,
+            backtrace: None,
+        },
+        other => RemoteError {
+            kind: RemoteErrorKind::Other,
+            message: other.to_string(),
+            location: None,
+            backtrace: None,
+        },
+    }
+}
+
+/// Call `F(A) -> R`.
+pub(crate) struct CallEntry<F, A, R>(PhantomData<fn() -> (F, A, R)>);
+
+impl<F, A, R> Described for CallEntry<F, A, R>
+where
+    F: Fn(A) -> R + 'static,
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Vec<u8>, RemoteError> {
+        let args: A = cx.decode(args)?;
+        let task = conjure::<F>();
+        let value = catch(move || task(args))?;
+        cx.encode(&value)
+    }
+}
+
+/// Call `F(&mut T, A) -> R` on the object named in the arguments.
+pub(crate) struct MethodEntry<F, T, A, R>(PhantomData<fn() -> (F, T, A, R)>);
+
+impl<F, T, A, R> Described for MethodEntry<F, T, A, R>
+where
+    F: Fn(&mut T, A) -> R + 'static,
+    T: 'static,
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Vec<u8>, RemoteError> {
+        let (object, args): (ObjectId, A) = cx.decode(args)?;
+        let slot = ObjectTable::global().get(object)?;
+        let task = conjure::<F>();
+        let value = slot.with(move |value: &mut T| catch(move || task(value, args)))??;
+        cx.encode(&value)
+    }
+}
+
+/// Build a `T` with `F(A) -> T` and keep it; the value is its id.
+pub(crate) struct WrapEntry<F, A, T>(PhantomData<fn() -> (F, A, T)>);
+
+impl<F, A, T> Described for WrapEntry<F, A, T>
+where
+    F: Fn(A) -> T + 'static,
+    A: DeserializeOwned,
+    T: Send + 'static,
+{
+    fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Vec<u8>, RemoteError> {
+        let args: A = cx.decode(args)?;
+        let task = conjure::<F>();
+        let value = catch(move || task(args))?;
+        let id = ObjectTable::global().insert(ObjectSlot::new(value), cx.refs);
+        cx.encode(&id)
+    }
+}
+
+/// Copy the object back: the value is the serialized `T`.
+pub(crate) struct FetchEntry<T>(PhantomData<fn() -> T>);
+
+impl<T> Described for FetchEntry<T>
+where
+    T: Serialize + 'static,
+{
+    fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Vec<u8>, RemoteError> {
+        let object: ObjectId = cx.decode(args)?;
+        let slot = ObjectTable::global().get(object)?;
+        slot.with(|value: &mut T| cx.encode(value))?
+    }
+}
+
+/// Publish an object under a name (servers).
+pub(crate) struct PublishEntry;
+
+impl Described for PublishEntry {
+    fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Vec<u8>, RemoteError> {
+        let (name, object): (String, ObjectId) = cx.decode(args)?;
+        ObjectTable::global().publish(name, object)?;
+        cx.encode(&())
+    }
+}
+
+/// Look up a published `T` and take a reference to it for the caller.
+pub(crate) struct LookupEntry<T>(PhantomData<fn() -> T>);
+
+impl<T: 'static> Described for LookupEntry<T> {
+    fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Vec<u8>, RemoteError> {
+        let name: String = cx.decode(args)?;
+        let table = ObjectTable::global();
+        let id = table.lookup(&name)?;
+        table.get(id)?.with(|_: &mut T| ())?;
+        table.acquire(id, cx.refs)?;
+        cx.encode(&id)
+    }
+}

@@ -1,0 +1,216 @@
+//! Shipping functions: how a closure written in the master runs in the slave.
+//!
+//! Both processes run the same build of the same program (the handshake
+//! compares [fingerprints](crate::fingerprint)), so every function exists in
+//! both at the same offset from any fixed point of the executable. A task is a
+//! closure that captures nothing (a zero-sized type) or a fn item; for each
+//! task type the compiler instantiates an *entry point* (decode the arguments,
+//! run the task, encode the value) and a [`Descriptor`] in read-only data that
+//! points to it. The master sends the descriptor's offset from [`ANCHOR`] and a
+//! digest of the entry's type.
+//!
+//! The slave never jumps to an address a peer chose: it accepts a reference
+//! only if the offset lands, aligned, inside a load segment of its own
+//! executable, the words there carry the descriptor magic, and both function
+//! words point into an executable segment of its own image; only then does it
+//! call the descriptor's signature function and compare the digest, and only
+//! if that matches does it run the entry. Peers reach this code only after the
+//! authenticated handshake with a matching build fingerprint.
+
+use std::any::type_name;
+use std::sync::OnceLock;
+
+use processional_proto::{FunctionRef, RemoteError, RemoteErrorKind};
+
+use crate::context::CallContext;
+use crate::sys::{self, ExecutableImage};
+
+/// The fixed point offsets are measured from.
+static ANCHOR: u8 = 0;
+
+/// Tells a descriptor from any other bytes of the executable.
+const MAGIC: [u64; 2] = [0x7072_6f63_6573_7369, 0x6f6e_616c_2d66_6e31];
+
+/// The signature of every entry point: arguments in, encoded value out.
+pub(crate) type Entry = fn(&CallContext<'_>, &[u8]) -> Result<Vec<u8>, RemoteError>;
+
+/// What a function reference points to. `repr(C)`, so the slave can check
+/// the words before it trusts them as function pointers.
+#[repr(C)]
+pub(crate) struct Descriptor {
+    magic: [u64; 2],
+    entry: Entry,
+    signature: fn() -> u64,
+}
+
+/// Types that have a descriptor: one per entry point instantiation.
+pub(crate) trait Described {
+    /// The entry point.
+    fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Vec<u8>, RemoteError>;
+
+    /// The descriptor, promoted to a `'static` in read-only data.
+    const DESCRIPTOR: &'static Descriptor = &Descriptor {
+        magic: MAGIC,
+        entry: Self::run,
+        signature: signature::<Self>,
+    };
+
+    /// The reference a master sends for this entry point.
+    fn function_ref() -> FunctionRef {
+        let descriptor = Self::DESCRIPTOR as *const Descriptor as usize;
+        FunctionRef {
+            offset: descriptor.wrapping_sub(&ANCHOR as *const u8 as usize) as i64,
+            signature: signature::<Self>(),
+        }
+    }
+}
+
+/// A digest of a type's name and layout (FNV-1a, 64 bits).
+fn signature<T: ?Sized>() -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in type_name::<T>().bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+fn invalid(detail: String) -> RemoteError {
+    RemoteError {
+        kind: RemoteErrorKind::InvalidFunction,
+        message: detail,
+        location: None,
+        backtrace: None,
+    }
+}
+
+fn image() -> &'static ExecutableImage {
+    static IMAGE: OnceLock<ExecutableImage> = OnceLock::new();
+    IMAGE.get_or_init(|| sys::executable_image(&ANCHOR as *const u8 as usize))
+}
+
+fn in_segment(image: &ExecutableImage, start: usize, len: usize, executable: bool) -> bool {
+    let Some(end) = start.checked_add(len) else {
+        return false;
+    };
+    image
+        .segments
+        .iter()
+        .any(|s| s.start <= start && end <= s.end && (!executable || s.executable))
+}
+
+/// Validates a function reference received from a peer and returns its entry.
+pub(crate) fn resolve(function: FunctionRef) -> Result<Entry, RemoteError> {
+    let image = image();
+    let address = (&ANCHOR as *const u8 as usize).wrapping_add(function.offset as usize);
+    if address % std::mem::align_of::<Descriptor>() != 0
+        || !in_segment(image, address, std::mem::size_of::<Descriptor>(), false)
+    {
+        return Err(invalid(format!(
+            "function reference {:#x} does not point into this program's image",
+            function.offset
+        )));
+    }
+    // SAFETY: `address` is aligned for `Descriptor` (so for u64 and usize)
+    // and the whole descriptor's bytes lie inside a loaded segment of our
+    // executable, which stays mapped and readable for the life of the process.
+    // Reading them as plain integers makes no claim about their meaning yet.
+    let (magic, [entry_word, signature_word]) = unsafe {
+        (
+            std::ptr::read(address as *const [u64; 2]),
+            std::ptr::read((address + std::mem::size_of::<[u64; 2]>()) as *const [usize; 2]),
+        )
+    };
+    let magic_ok = magic == MAGIC;
+    if !magic_ok
+        || !in_segment(image, entry_word, 1, true)
+        || !in_segment(image, signature_word, 1, true)
+    {
+        return Err(invalid(format!(
+            "function reference {:#x} is not an entry point of this program",
+            function.offset
+        )));
+    }
+    // SAFETY: the words carry the magic only compiler-built descriptors have,
+    // and both point into executable code of our own image, so this is one of
+    // the `Descriptor`s built by `Described::DESCRIPTOR`; reading it as one is
+    // reading the value the compiler wrote there.
+    let descriptor = unsafe { &*(address as *const Descriptor) };
+    let actual = (descriptor.signature)();
+    if actual != function.signature {
+        return Err(invalid(format!(
+            "function reference {:#x} has signature {:#x}, the caller expected {:#x}",
+            function.offset, actual, function.signature
+        )));
+    }
+    Ok(descriptor.entry)
+}
+
+/// Produces the value of a zero-sized, copyable task type.
+///
+/// A task shipped to another process must capture nothing: its type then has
+/// exactly one value, which the receiving process recreates here.
+pub(crate) fn conjure<F: 'static>() -> F {
+    const {
+        assert!(
+            std::mem::size_of::<F>() == 0 && !std::mem::needs_drop::<F>(),
+            "processional: a task sent to another process must not capture anything; \
+             pass the data it needs as arguments (invoke_with, schedule_with, …)"
+        )
+    };
+    // SAFETY: `F` is zero-sized (checked at compile time above), so it has no
+    // bytes to initialize and its only value is the one the sender had; the
+    // sender held a value of `F`, so the type is inhabited. It has no drop
+    // glue (checked too), so making one more value of it runs no user code at
+    // drop. Task types are closures and fn items, which carry no safety
+    // invariant beyond that.
+    unsafe { std::mem::MaybeUninit::<F>::uninit().assume_init() }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Probe;
+    impl Described for Probe {
+        fn run(_: &CallContext<'_>, args: &[u8]) -> Result<Vec<u8>, RemoteError> {
+            Ok(args.to_vec())
+        }
+    }
+
+    #[test]
+    fn a_real_descriptor_resolves() {
+        let function = Probe::function_ref();
+        let entry = resolve(function).expect("valid");
+        assert_eq!(entry as usize, Probe::run as Entry as usize);
+    }
+
+    #[test]
+    fn forged_references_are_refused() {
+        let good = Probe::function_ref();
+        for offset in [0i64, 1, -8, 8, i64::MAX, i64::MIN, good.offset + 8, good.offset + 1] {
+            let error = resolve(FunctionRef {
+                offset,
+                signature: good.signature,
+            })
+            .expect_err("forged");
+            assert_eq!(error.kind, RemoteErrorKind::InvalidFunction);
+        }
+        let error = resolve(FunctionRef {
+            offset: good.offset,
+            signature: good.signature ^ 1,
+        })
+        .expect_err("wrong signature");
+        assert!(error.message.contains("signature"));
+    }
+
+    #[test]
+    fn conjured_closure_runs() {
+        let f = || 41 + 1;
+        fn run<F: Fn() -> i32 + 'static>(_: F) -> i32 {
+            conjure::<F>()()
+        }
+        assert_eq!(run(f), 42);
+    }
+}

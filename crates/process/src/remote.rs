@@ -1,0 +1,208 @@
+//! `Remote<T>`: a handle to an object that lives in another process.
+
+use std::cell::Cell;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use processional_proto::{Message, ObjectId, RunMode};
+use processional_thread::{Error, Task};
+use serde::de::{DeserializeOwned, Deserializer, Error as _};
+use serde::ser::{Error as _, Serializer};
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::context;
+use crate::entry::{FetchEntry, MethodEntry};
+use crate::function::Described;
+use crate::objects::{ObjectSlot, ObjectTable};
+use crate::session::Session;
+
+thread_local! {
+    /// The session whose call arguments are being encoded on this thread.
+    static ENCODING_FOR: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Encodes call arguments bound for `session`: `Remote` handles inside them
+/// must belong to it.
+pub(crate) fn encode_for<T: Serialize + ?Sized>(session: &Session, value: &T) -> Result<Vec<u8>, Error> {
+    let previous = ENCODING_FOR.with(|s| s.replace(session.id()));
+    let result = codec::encode(value);
+    ENCODING_FOR.with(|s| s.set(previous));
+    result.map_err(Error::Codec)
+}
+
+enum Handle {
+    /// The object lives in the process at the other end of `session`.
+    Remote { session: Arc<Session>, id: ObjectId },
+    /// The object lives in this process (a handle passed back to the process
+    /// that holds the object resolves to the object itself).
+    Local { slot: Arc<ObjectSlot>, id: ObjectId },
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if let Handle::Remote { session, id } = self {
+            // A dead session has already freed everything on the other side.
+            let _ = session.send(&Message::Release { object: *id });
+        }
+    }
+}
+
+/// A handle to an object of type `T` living in another process (a slave or a
+/// server), created by `wrap` or found by `lookup`.
+///
+/// Calls on it run in that process with `&mut T`; the object is freed there
+/// when the last handle (and its clones) is dropped here, or when this
+/// process disconnects. Passed as an argument to a call on the same process,
+/// it arrives there as a handle to the object itself, without any copy:
+/// `invoke` on it then runs at once, in place.
+pub struct Remote<T> {
+    handle: Arc<Handle>,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Remote<T> {
+    fn clone(&self) -> Self {
+        Remote {
+            handle: self.handle.clone(),
+            _type: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Remote<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (place, id) = match &*self.handle {
+            Handle::Remote { session, id } => (format!("pid {}", session.peer().hello.pid), *id),
+            Handle::Local { id, .. } => ("this process".to_owned(), *id),
+        };
+        write!(f, "Remote<{}>({id} in {place})", std::any::type_name::<T>())
+    }
+}
+
+impl<T: Send + 'static> Remote<T> {
+    pub(crate) fn new(session: Arc<Session>, id: ObjectId) -> Self {
+        Remote {
+            handle: Arc::new(Handle::Remote { session, id }),
+            _type: PhantomData,
+        }
+    }
+
+    /// The object's id in the process that holds it.
+    pub fn id(&self) -> ObjectId {
+        match &*self.handle {
+            Handle::Remote { id, .. } | Handle::Local { id, .. } => *id,
+        }
+    }
+
+    /// Whether the object lives in this very process.
+    pub fn is_local(&self) -> bool {
+        matches!(&*self.handle, Handle::Local { .. })
+    }
+
+    /// Runs `f` on the object and waits for its value.
+    pub fn invoke<F, R>(&self, f: F) -> Result<R, Error>
+    where
+        F: Fn(&mut T) -> R + Send + Sync + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.invoke_with((), move |object: &mut T, ()| f(object))
+    }
+
+    /// Runs `f` on the object with `args` and waits for its value.
+    pub fn invoke_with<A, F, R>(&self, args: A, f: F) -> Result<R, Error>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        F: Fn(&mut T, A) -> R + Send + Sync + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.schedule_with(args, f)?.wait()
+    }
+
+    /// Queues `f` on the object; the task completes with its value.
+    pub fn schedule<F, R>(&self, f: F) -> Result<Task<R>, Error>
+    where
+        F: Fn(&mut T) -> R + Send + Sync + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.schedule_with((), move |object: &mut T, ()| f(object))
+    }
+
+    /// Queues `f` on the object with `args`; the task completes with its value.
+    pub fn schedule_with<A, F, R>(&self, args: A, f: F) -> Result<Task<R>, Error>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        F: Fn(&mut T, A) -> R + Send + Sync + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        match &*self.handle {
+            Handle::Remote { session, id } => {
+                let bytes = encode_for(session, &(*id, args))?;
+                session.call::<R>(MethodEntry::<F, T, A, R>::function_ref(), RunMode::Queued, bytes)
+            }
+            Handle::Local { slot, .. } => {
+                let outcome = slot
+                    .with(|object: &mut T| processional_thread::catch_panic(|| f(object, args)))
+                    .map_err(Error::Remote)
+                    .and_then(|result| result);
+                Ok(Task::ready(outcome))
+            }
+        }
+    }
+
+    /// Copies the object back into this process.
+    pub fn fetch(&self) -> Result<T, Error>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        match &*self.handle {
+            Handle::Remote { session, id } => {
+                let bytes = encode_for(session, id)?;
+                session
+                    .call::<T>(FetchEntry::<T>::function_ref(), RunMode::Queued, bytes)?
+                    .wait()
+            }
+            Handle::Local { slot, .. } => slot
+                .with(|object: &mut T| codec::encode(object).and_then(|b| codec::decode(&b)))
+                .map_err(Error::Remote)?
+                .map_err(Error::Codec),
+        }
+    }
+}
+
+impl<T> Serialize for Remote<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &*self.handle {
+            Handle::Remote { session, id } => {
+                if ENCODING_FOR.with(Cell::get) != session.id() {
+                    return Err(S::Error::custom(
+                        "a Remote can only be passed to calls on the process that holds its object",
+                    ));
+                }
+                serializer.serialize_u64(*id)
+            }
+            Handle::Local { .. } => Err(S::Error::custom(
+                "a Remote resolved in the process that holds its object cannot be sent elsewhere",
+            )),
+        }
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Remote<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let id = u64::deserialize(deserializer)?;
+        if !context::is_serving() {
+            return Err(D::Error::custom(
+                "a Remote can only be decoded by the process that holds its object",
+            ));
+        }
+        let slot = ObjectTable::global()
+            .get(id)
+            .map_err(|error| D::Error::custom(error.message))?;
+        Ok(Remote {
+            handle: Arc::new(Handle::Local { slot, id }),
+            _type: PhantomData,
+        })
+    }
+}

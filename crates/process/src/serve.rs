@@ -1,0 +1,418 @@
+//! The serving side of a connection: run the peer's calls, answer them.
+//!
+//! One executor thread per connection both reads the socket and runs queued
+//! calls, so a call costs no thread hand-off: read, run, write. While a
+//! queued call runs long, the process-wide [watchdog](Watchdog) notices (it
+//! ticks every few milliseconds) and lends a pooled thread to keep reading
+//! that connection: cancellations, releases, pings and `thread` calls are
+//! handled at once, further queued calls wait in the connection's FIFO.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Duration;
+
+use processional_proto::{
+    Call, Message, ObjectId, Outcome, Payload, RemoteError, RemoteErrorKind, Reply, RunMode,
+    TaskId,
+};
+use processional_thread::CancelToken;
+use processional_transport::{Connection, ConnectionReader, ConnectionWriter, Received};
+
+use crate::context::{self, CallContext};
+use crate::function;
+use crate::objects::ConnectionRefs;
+
+/// How often the watchdog looks for executors stuck in a long call.
+const WATCHDOG_TICK: Duration = Duration::from_millis(10);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Work the executor runs in FIFO order.
+enum Job {
+    Call(Call, Vec<OwnedFd>),
+    Release(ObjectId),
+    Pong(u64),
+}
+
+/// Why serving a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum End {
+    /// The peer closed the connection (or it broke).
+    PeerClosed,
+    /// The peer asked this process to shut down; it was acknowledged.
+    Shutdown,
+}
+
+/// One connection being served.
+pub(crate) struct Served {
+    reader: Mutex<ConnectionReader>,
+    writer: Mutex<ConnectionWriter>,
+    queue: Mutex<VecDeque<Job>>,
+    queue_changed: Condvar,
+    /// Sequence number of the queued call running now; 0 when idle.
+    busy: AtomicU64,
+    calls_run: AtomicU64,
+    tokens: Mutex<HashMap<TaskId, CancelToken>>,
+    refs: Arc<ConnectionRefs>,
+    end: Mutex<Option<End>>,
+    taking_over: AtomicBool,
+    threads_running: AtomicUsize,
+    threads_done: Condvar,
+    threads_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Served").finish_non_exhaustive()
+    }
+}
+
+impl Served {
+    /// Serves `connection` (already authenticated).
+    pub(crate) fn new(connection: Connection) -> Arc<Served> {
+        let (reader, writer) = connection.split();
+        let served = Arc::new(Served {
+            reader: Mutex::new(reader),
+            writer: Mutex::new(writer),
+            queue: Mutex::new(VecDeque::new()),
+            queue_changed: Condvar::new(),
+            busy: AtomicU64::new(0),
+            calls_run: AtomicU64::new(0),
+            tokens: Mutex::new(HashMap::new()),
+            refs: Arc::new(ConnectionRefs::default()),
+            end: Mutex::new(None),
+            taking_over: AtomicBool::new(false),
+            threads_running: AtomicUsize::new(0),
+            threads_done: Condvar::new(),
+            threads_lock: Mutex::new(()),
+        });
+        Watchdog::global().watch(&served);
+        served
+    }
+
+    /// Runs the connection's queued calls on this thread until the peer leaves
+    /// or asks for a shutdown. Queued calls not yet started when that happens
+    /// are dropped (their caller is gone or asked for it).
+    pub(crate) fn serve(self: &Arc<Self>) -> End {
+        loop {
+            match self.next_job() {
+                Some(Job::Call(call, fds)) => {
+                    let sequence = self.calls_run.fetch_add(1, Ordering::Relaxed) + 1;
+                    self.busy.store(sequence, Ordering::Release);
+                    self.execute(call, fds);
+                    self.busy.store(0, Ordering::Release);
+                }
+                Some(Job::Release(object)) => self.refs.release(object),
+                Some(Job::Pong(value)) => self.send(&Message::Pong(value)),
+                None => break,
+            }
+        }
+        let end = lock(&self.end).unwrap_or(End::PeerClosed);
+        if end == End::PeerClosed {
+            // Nobody will use the peer's handles again.
+            self.refs.release_all();
+        }
+        end
+    }
+
+    /// Waits until every `thread` call of this connection has finished.
+    pub(crate) fn wait_for_threads(&self) {
+        let mut guard = lock(&self.threads_lock);
+        while self.threads_running.load(Ordering::Acquire) > 0 {
+            guard = self
+                .threads_done
+                .wait_timeout(guard, Duration::from_millis(50))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn ended(&self) -> bool {
+        lock(&self.end).is_some()
+    }
+
+    fn finish(&self, end: End) {
+        lock(&self.end).get_or_insert(end);
+        self.queue_changed.notify_all();
+    }
+
+    fn next_job(self: &Arc<Self>) -> Option<Job> {
+        loop {
+            if self.ended() {
+                return None;
+            }
+            if let Some(job) = lock(&self.queue).pop_front() {
+                return Some(job);
+            }
+            match self.reader.try_lock() {
+                Ok(mut reader) => {
+                    let received = reader.recv();
+                    drop(reader);
+                    match received {
+                        Ok(received) => {
+                            if let Some(job) = self.handle(received) {
+                                return Some(job);
+                            }
+                        }
+                        Err(error) => self.on_read_error(error),
+                    }
+                }
+                Err(_) => {
+                    // The watchdog's reader holds the socket: wait for it to
+                    // queue something or give the socket back.
+                    let queue = lock(&self.queue);
+                    if queue.is_empty() && !self.ended() {
+                        let _ = self.queue_changed.wait_timeout(queue, WATCHDOG_TICK);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_read_error(&self, error: processional_transport::Error) {
+        match error {
+            processional_transport::Error::Closed => {}
+            other => log::debug!("processional: connection to the peer broke: {other}"),
+        }
+        self.finish(End::PeerClosed);
+    }
+
+    /// Handles one incoming message; returns the work it makes for the
+    /// executor, if any.
+    fn handle(self: &Arc<Self>, received: Received) -> Option<Job> {
+        match received.message {
+            Message::Call(call) => {
+                let token = CancelToken::new();
+                lock(&self.tokens).insert(call.task, token);
+                match call.mode {
+                    RunMode::Queued => Some(Job::Call(call, received.fds)),
+                    RunMode::Thread => {
+                        self.threads_running.fetch_add(1, Ordering::AcqRel);
+                        let served = self.clone();
+                        processional_thread::thread(move || {
+                            served.execute(call, received.fds);
+                            let _guard = lock(&served.threads_lock);
+                            served.threads_running.fetch_sub(1, Ordering::AcqRel);
+                            served.threads_done.notify_all();
+                        })
+                        .detach();
+                        None
+                    }
+                }
+            }
+            Message::Release { object } => Some(Job::Release(object)),
+            Message::Cancel { task } => {
+                if let Some(token) = lock(&self.tokens).get(&task) {
+                    token.cancel();
+                }
+                None
+            }
+            Message::Ping(value) => match self.writer.try_lock() {
+                Ok(mut writer) => {
+                    let _ = writer.send(&Message::Pong(value));
+                    None
+                }
+                Err(_) => Some(Job::Pong(value)),
+            },
+            Message::Shutdown => {
+                self.send(&Message::ShutdownAck);
+                self.finish(End::Shutdown);
+                None
+            }
+            Message::Pong(_) => None,
+            other => {
+                let detail = format!(
+                    "unexpected message from the peer: {}",
+                    message_name(&other)
+                );
+                log::debug!("processional: {detail}");
+                self.send(&Message::Error(RemoteError {
+                    kind: RemoteErrorKind::Other,
+                    message: detail,
+                    location: None,
+                    backtrace: None,
+                }));
+                self.finish(End::PeerClosed);
+                None
+            }
+        }
+    }
+
+    fn execute(self: &Arc<Self>, call: Call, fds: Vec<OwnedFd>) {
+        let token = lock(&self.tokens)
+            .get(&call.task)
+            .cloned()
+            .unwrap_or_default();
+        let result = if token.is_cancelled() {
+            Err(RemoteError {
+                kind: RemoteErrorKind::Cancelled,
+                message: "the task was cancelled before it started".into(),
+                location: None,
+                backtrace: None,
+            })
+        } else {
+            self.run(&call, fds, &token)
+        };
+        lock(&self.tokens).remove(&call.task);
+        let outcome = match result {
+            Ok(bytes) => Outcome::Value(Payload::Inline(bytes)),
+            Err(error) => Outcome::Error(error),
+        };
+        self.send(&Message::Reply(Reply {
+            task: call.task,
+            outcome,
+        }));
+    }
+
+    fn run(&self, call: &Call, fds: Vec<OwnedFd>, token: &CancelToken) -> Result<Vec<u8>, RemoteError> {
+        let entry = function::resolve(call.function)?;
+        let cx = CallContext { refs: &self.refs };
+        let run = |bytes: &[u8]| {
+            context::with_connection(&self.refs, || {
+                processional_thread::with_token(token, || entry(&cx, bytes))
+            })
+        };
+        match &call.args {
+            Payload::Inline(bytes) => {
+                drop(fds);
+                run(bytes)
+            }
+            Payload::Segment { fd, len } => {
+                let view = crate::payload::map_segment(fds, *fd, *len)?;
+                // SAFETY: the sender lent this pooled segment for the duration
+                // of the call and takes it back only when our reply arrives,
+                // which is sent after `run` returns; the segment's size is
+                // sealed, so the mapping stays valid while `view` lives.
+                run(unsafe { view.as_slice() })
+            }
+        }
+    }
+
+    /// Sends `message`, reading (and queueing) incoming messages while the
+    /// socket buffer is full so that two peers writing big frames at each
+    /// other never block each other.
+    fn send(self: &Arc<Self>, message: &Message) {
+        let mut writer = lock(&self.writer);
+        let result = writer.send_with(message, &[], &mut || self.drain());
+        if let Err(error) = result {
+            log::debug!("processional: cannot answer the peer: {error}");
+            self.finish(End::PeerClosed);
+        }
+    }
+
+    /// Reads what has arrived without blocking; queues the work.
+    fn drain(self: &Arc<Self>) {
+        let Ok(mut reader) = self.reader.try_lock() else {
+            return;
+        };
+        loop {
+            match reader.try_recv() {
+                Ok(Some(received)) => {
+                    if let Some(job) = self.handle(received) {
+                        lock(&self.queue).push_back(job);
+                        self.queue_changed.notify_one();
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    self.on_read_error(error);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Keeps reading the socket while the executor is stuck in a long call.
+    fn take_over(self: &Arc<Self>) {
+        while self.busy.load(Ordering::Acquire) != 0 && !self.ended() {
+            let Ok(mut reader) = self.reader.try_lock() else {
+                break;
+            };
+            let received = reader.recv_timeout(WATCHDOG_TICK);
+            drop(reader);
+            match received {
+                Ok(Some(received)) => {
+                    if let Some(job) = self.handle(received) {
+                        lock(&self.queue).push_back(job);
+                        self.queue_changed.notify_one();
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => self.on_read_error(error),
+            }
+        }
+        self.taking_over.store(false, Ordering::Release);
+        self.queue_changed.notify_all();
+    }
+}
+
+fn message_name(message: &Message) -> &'static str {
+    match message {
+        Message::Hello(_) => "Hello",
+        Message::Challenge(_) => "Challenge",
+        Message::Proof(_) => "Proof",
+        Message::Accepted => "Accepted",
+        Message::Refused { .. } => "Refused",
+        Message::Call(_) => "Call",
+        Message::Reply(_) => "Reply",
+        Message::Release { .. } => "Release",
+        Message::Cancel { .. } => "Cancel",
+        Message::Shutdown => "Shutdown",
+        Message::ShutdownAck => "ShutdownAck",
+        Message::Ping(_) => "Ping",
+        Message::Pong(_) => "Pong",
+        Message::Error(_) => "Error",
+    }
+}
+
+/// The process-wide thread that notices executors stuck in long calls.
+struct Watchdog {
+    watched: Mutex<Vec<(Weak<Served>, u64)>>,
+}
+
+impl Watchdog {
+    fn global() -> &'static Watchdog {
+        static WATCHDOG: OnceLock<Watchdog> = OnceLock::new();
+        WATCHDOG.get_or_init(|| {
+            std::thread::Builder::new()
+                .name("processional-watchdog".into())
+                .spawn(|| Watchdog::global().run())
+                .expect("cannot start the processional watchdog thread");
+            Watchdog {
+                watched: Mutex::new(Vec::new()),
+            }
+        })
+    }
+
+    fn watch(&self, served: &Arc<Served>) {
+        lock(&self.watched).push((Arc::downgrade(served), 0));
+    }
+
+    fn run(&self) {
+        loop {
+            std::thread::sleep(WATCHDOG_TICK);
+            let mut stuck = Vec::new();
+            lock(&self.watched).retain_mut(|(weak, last_seen)| {
+                let Some(served) = weak.upgrade() else {
+                    return false;
+                };
+                let busy = served.busy.load(Ordering::Acquire);
+                if busy != 0
+                    && busy == *last_seen
+                    && !served.taking_over.swap(true, Ordering::AcqRel)
+                {
+                    stuck.push(served.clone());
+                }
+                *last_seen = busy;
+                !served.ended()
+            });
+            for served in stuck {
+                processional_thread::thread(move || served.take_over()).detach();
+            }
+        }
+    }
+}

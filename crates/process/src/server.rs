@@ -1,0 +1,519 @@
+//! Servers and clients: one process shared by many, over unix sockets or TCP.
+//!
+//! A server accepts connections on a [`Listener`], authenticates each one on
+//! a thread of its own (a peer that never finishes the handshake costs that
+//! thread only until the handshake deadline), then serves it exactly like a
+//! slave serves its master: one executor thread per client, so each client's
+//! queued calls run in FIFO order and clients never wait for each other.
+//! Objects are shared through the process-wide object table.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use processional_proto::{Role, RunMode};
+use processional_thread::Error;
+use processional_transport::{Address, Connection, Handshake, Key, Listener, Side};
+use serde::{Deserialize, Serialize};
+
+use crate::entry::{LookupEntry, PublishEntry};
+use crate::function::Described;
+use crate::remote::{Remote, encode_for};
+use crate::serve::{End, Served};
+use crate::session::Session;
+use crate::slave::{HANDSHAKE_TIMEOUT, Kind, SlaveProcess, hello, transport_error};
+
+/// The environment variable holding the key, in hex.
+pub const KEY_VAR: &str = "PROCESSIONAL_KEY";
+/// The environment variable naming a file that holds the key, in hex.
+pub const KEY_FILE_VAR: &str = "PROCESSIONAL_KEY_FILE";
+
+/// The key file a server spawned by [`server`] writes beside its unix socket
+/// (mode 0600), so that clients of the same user find it.
+pub(crate) fn key_file_for(address: &Address) -> Option<PathBuf> {
+    match address {
+        Address::Unix(path) => {
+            let mut name = path.as_os_str().to_owned();
+            name.push(".key");
+            Some(PathBuf::from(name))
+        }
+        _ => None,
+    }
+}
+
+fn read_key_file(path: &std::path::Path) -> Result<Key, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io(format!("cannot read the key file {}", path.display()), e))?;
+    Key::from_hex(text.trim())
+        .map_err(|e| Error::Auth(format!("bad key in {}: {e}", path.display())))
+}
+
+/// Finds the key for `address`: the explicit one, else `PROCESSIONAL_KEY`,
+/// else the file named by `PROCESSIONAL_KEY_FILE`, else (unix sockets) the
+/// key file beside the socket.
+pub(crate) fn resolve_key(explicit: Option<&Key>, address: &Address) -> Result<Option<Key>, Error> {
+    if let Some(key) = explicit {
+        return Ok(Some(key.clone()));
+    }
+    if let Some(hex) = std::env::var_os(KEY_VAR) {
+        let hex = hex.to_string_lossy();
+        return Key::from_hex(hex.trim())
+            .map(Some)
+            .map_err(|e| Error::Auth(format!("bad key in {KEY_VAR}: {e}")));
+    }
+    if let Some(path) = std::env::var_os(KEY_FILE_VAR) {
+        return read_key_file(std::path::Path::new(&path)).map(Some);
+    }
+    if let Some(path) = key_file_for(address) {
+        if path.exists() {
+            return read_key_file(&path).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+fn write_key_file(path: &std::path::Path, key: &Key) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(format!("cannot write the key file {}", path.display()), e))?;
+    file.write_all(key.to_hex().as_bytes())
+        .map_err(|e| Error::io(format!("cannot write the key file {}", path.display()), e))
+}
+
+/// Options of a server run in this process ([`serve`]) or spawned
+/// ([`server`]).
+#[derive(Debug, Clone)]
+pub struct ServerBuilder {
+    address: Address,
+    key: Option<Key>,
+    persistent: bool,
+    detach: bool,
+    insecure_loopback: bool,
+}
+
+impl ServerBuilder {
+    /// A server on `address` (`unix:/path`, `unix:@name`, `tcp://host:port`).
+    pub fn new(address: &str) -> Result<Self, Error> {
+        let address: Address = address
+            .parse()
+            .map_err(|e| Error::Protocol(format!("bad address {address:?}: {e}")))?;
+        Ok(ServerBuilder {
+            address,
+            key: None,
+            persistent: false,
+            detach: false,
+            insecure_loopback: false,
+        })
+    }
+
+    /// The key clients must prove they hold (default: the environment, see
+    /// the crate docs; [`server`] generates one when none is found).
+    pub fn key(mut self, key: Key) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Keep serving when no client is connected (default: exit after the
+    /// last client leaves).
+    pub fn persistent(mut self, persistent: bool) -> Self {
+        self.persistent = persistent;
+        self
+    }
+
+    /// For [`spawn`](Self::spawn): the server outlives this process and its
+    /// handle (default: it dies with this process).
+    pub fn detach(mut self, detach: bool) -> Self {
+        self.detach = detach;
+        self
+    }
+
+    /// Allows a TCP server without a key, on a loopback address only. Anyone
+    /// on this host can then run code in the server: use it for tests.
+    pub fn insecure_loopback_without_key(mut self) -> Self {
+        self.insecure_loopback = true;
+        self
+    }
+
+    fn key_or_error(&self) -> Result<Key, Error> {
+        match resolve_key(self.key.as_ref(), &self.address)? {
+            Some(key) => Ok(key),
+            None if self.address.is_tcp() && !self.insecure_loopback => Err(Error::Auth(format!(
+                "a TCP server needs a key (ServerBuilder::key, {KEY_VAR} or {KEY_FILE_VAR})"
+            ))),
+            None if self.address.is_tcp() && !self.address.is_loopback() => Err(Error::Auth(
+                "an unauthenticated TCP server may only listen on a loopback address".into(),
+            )),
+            // Unix sockets (0600) and explicit insecure loopback TCP: a
+            // key derived from nothing but the address would be guessable;
+            // generate one and publish it in the key file where possible.
+            None => Ok(Key::generate()),
+        }
+    }
+
+    /// Runs the server in this process until it stops (a client asked for
+    /// it, or the last client left and the server is not persistent).
+    pub fn run(self) -> Result<(), Error> {
+        self.start()?.join();
+        Ok(())
+    }
+
+    /// Starts the server on background threads of this process.
+    pub fn start(self) -> Result<ServerHandle, Error> {
+        let key = self.key_or_error()?;
+        let listener = Listener::bind(&self.address).map_err(transport_error)?;
+        let address = listener.local_addr();
+        let key_file = match (&self.key, key_file_for(&address)) {
+            (None, Some(path)) if std::env::var_os(KEY_VAR).is_none() => {
+                write_key_file(&path, &key)?;
+                Some(path)
+            }
+            _ => None,
+        };
+        let state = Arc::new(ServerState {
+            clients: AtomicUsize::new(0),
+            ever_connected: AtomicBool::new(false),
+            stopped: Mutex::new(false),
+            stopped_changed: Condvar::new(),
+            persistent: self.persistent,
+            key,
+            address: address.clone(),
+            key_file,
+        });
+        let accept_state = state.clone();
+        std::thread::Builder::new()
+            .name("processional-accept".into())
+            .spawn(move || accept_loop(listener, accept_state))
+            .map_err(|e| Error::io("cannot start the server thread", e))?;
+        Ok(ServerHandle { state })
+    }
+}
+
+struct ServerState {
+    clients: AtomicUsize,
+    ever_connected: AtomicBool,
+    stopped: Mutex<bool>,
+    stopped_changed: Condvar,
+    persistent: bool,
+    key: Key,
+    address: Address,
+    key_file: Option<PathBuf>,
+}
+
+impl ServerState {
+    fn stop(&self) {
+        *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.stopped_changed.notify_all();
+        if let Some(path) = &self.key_file {
+            let _ = std::fs::remove_file(path);
+        }
+        // Wake the accept loop so it drops the listener (and its socket file).
+        let _ = Connection::connect_timeout(&self.address, Duration::from_millis(200));
+    }
+
+    fn is_stopped(&self) -> bool {
+        *self.stopped.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A server running in this process.
+#[derive(Clone)]
+pub struct ServerHandle {
+    state: Arc<ServerState>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("address", &self.state.address)
+            .field("clients", &self.clients())
+            .finish()
+    }
+}
+
+impl ServerHandle {
+    /// The address it listens on (with the real port for `tcp://…:0`).
+    pub fn address(&self) -> &Address {
+        &self.state.address
+    }
+
+    /// The key clients must hold.
+    pub fn key(&self) -> &Key {
+        &self.state.key
+    }
+
+    /// How many clients are connected now.
+    pub fn clients(&self) -> usize {
+        self.state.clients.load(Ordering::Acquire)
+    }
+
+    /// Stops accepting clients and returns.
+    pub fn stop(&self) {
+        self.state.stop();
+    }
+
+    /// Waits until the server stops.
+    pub fn join(&self) {
+        let mut stopped = self.state.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        while !*stopped {
+            stopped = self
+                .state
+                .stopped_changed
+                .wait(stopped)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+fn accept_loop(listener: Listener, state: Arc<ServerState>) {
+    while !state.is_stopped() {
+        match listener.accept() {
+            Ok(connection) => {
+                if state.is_stopped() {
+                    break;
+                }
+                let state = state.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("processional-client".into())
+                    .spawn(move || serve_client(connection, &state));
+                if let Err(error) = spawned {
+                    log::error!("processional: cannot start a thread for a client: {error}");
+                }
+            }
+            Err(error) => {
+                log::debug!("processional: accept failed: {error}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    drop(listener);
+}
+
+fn serve_client(mut connection: Connection, state: &ServerState) {
+    let handshake = connection.handshake(
+        Side::Acceptor,
+        &Handshake {
+            key: state.key.clone(),
+            hello: hello(Role::Server),
+            accept_roles: vec![Role::Client, Role::Master],
+            timeout: Some(HANDSHAKE_TIMEOUT),
+        },
+    );
+    if let Err(error) = handshake {
+        log::debug!("processional: a peer failed the handshake: {error}");
+        return;
+    }
+    serve_authenticated(connection, state);
+}
+
+fn serve_authenticated(connection: Connection, state: &ServerState) {
+    state.clients.fetch_add(1, Ordering::AcqRel);
+    state.ever_connected.store(true, Ordering::Release);
+    let served = Served::new(connection);
+    let end = served.serve();
+    drop(served);
+    let left = state.clients.fetch_sub(1, Ordering::AcqRel) - 1;
+    if end == End::Shutdown || (left == 0 && !state.persistent) {
+        state.stop();
+    }
+}
+
+/// Runs a server on `address` in this process, blocking until it stops.
+/// See [`ServerBuilder`] for options (persistence, key, background thread).
+pub fn serve(address: &str) -> Result<(), Error> {
+    ServerBuilder::new(address)?.persistent(true).run()
+}
+
+/// Options of a connection to a server.
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    address: Address,
+    key: Option<Key>,
+    timeout: Duration,
+}
+
+impl ClientBuilder {
+    /// A client of the server at `address`.
+    pub fn new(address: &str) -> Result<Self, Error> {
+        let address: Address = address
+            .parse()
+            .map_err(|e| Error::Protocol(format!("bad address {address:?}: {e}")))?;
+        Ok(ClientBuilder {
+            address,
+            key: None,
+            timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// The key to prove (default: from the environment or the key file).
+    pub fn key(mut self, key: Key) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// How long to wait for the server to appear and answer (default 10 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Connects and authenticates.
+    pub fn connect(self) -> Result<SlaveProcess, Error> {
+        let deadline = Instant::now() + self.timeout;
+        let mut connection = loop {
+            match Connection::connect_timeout(&self.address, self.timeout) {
+                Ok(connection) => break connection,
+                Err(error) if Instant::now() < deadline => {
+                    log::trace!("processional: server not there yet: {error}");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(error) => return Err(transport_error(error)),
+            }
+        };
+        let key = match resolve_key(self.key.as_ref(), &self.address)? {
+            Some(key) => key,
+            None if self.address.is_tcp() && self.address.is_loopback() => {
+                return Err(Error::Auth(format!(
+                    "no key for {} ({KEY_VAR}, {KEY_FILE_VAR} or ClientBuilder::key)",
+                    self.address
+                )));
+            }
+            None => {
+                return Err(Error::Auth(format!(
+                    "no key for {} ({KEY_VAR}, {KEY_FILE_VAR}, ClientBuilder::key, or the key file beside the socket)",
+                    self.address
+                )));
+            }
+        };
+        let peer = connection
+            .handshake(
+                Side::Initiator,
+                &Handshake {
+                    key,
+                    hello: hello(Role::Client),
+                    accept_roles: vec![Role::Server],
+                    timeout: Some(self.timeout.max(Duration::from_secs(1))),
+                },
+            )
+            .map_err(transport_error)?;
+        Ok(SlaveProcess::from_session(Session::new(connection, peer), Kind::Client))
+    }
+}
+
+/// Connects to the server at `address`, waiting up to 10 s for it to appear.
+pub fn client(address: &str) -> Result<SlaveProcess, Error> {
+    ClientBuilder::new(address)?.connect()
+}
+
+/// Spawns a server process (this same program) listening on `address`, and
+/// connects to it. It exits after its last client leaves (unless built
+/// persistent with [`ServerBuilder::spawn`]).
+pub fn server(address: &str) -> Result<SlaveProcess, Error> {
+    ServerBuilder::new(address)?.spawn()
+}
+
+/// What a spawned server is told on its private socket.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ServerBootstrap {
+    pub(crate) address: String,
+    pub(crate) persistent: bool,
+}
+
+impl ServerBuilder {
+    /// Spawns a server process with these options and connects to it.
+    pub fn spawn(self) -> Result<SlaveProcess, Error> {
+        let key = match resolve_key(self.key.as_ref(), &self.address)? {
+            Some(key) if self.key.is_some() || key_file_for(&self.address).is_none() => key,
+            // A key file left by an earlier server does not bind a new one.
+            _ => Key::generate(),
+        };
+        let bootstrap = ServerBootstrap {
+            address: self.address.to_string(),
+            persistent: self.persistent,
+        };
+        crate::slave::SlaveProcessBuilder::new()
+            .detach(self.detach)
+            .spawn_with(key, Some(bootstrap))
+    }
+}
+
+/// The server side of a spawned server: bind, then serve the master's
+/// connection as the first client, then everyone else.
+pub(crate) fn run_spawned_server(
+    master: Connection,
+    key: Key,
+    bootstrap: ServerBootstrap,
+) -> Result<(), Error> {
+    let builder = ServerBuilder::new(&bootstrap.address)?
+        .key(key.clone())
+        .persistent(bootstrap.persistent);
+    let listener = Listener::bind(&builder.address).map_err(transport_error)?;
+    let address = listener.local_addr();
+    let key_file = key_file_for(&address);
+    if let Some(path) = &key_file {
+        write_key_file(path, &key)?;
+    }
+    let state = Arc::new(ServerState {
+        clients: AtomicUsize::new(0),
+        ever_connected: AtomicBool::new(true),
+        stopped: Mutex::new(false),
+        stopped_changed: Condvar::new(),
+        persistent: bootstrap.persistent,
+        key,
+        address,
+        key_file,
+    });
+    let accept_state = state.clone();
+    std::thread::Builder::new()
+        .name("processional-accept".into())
+        .spawn(move || accept_loop(listener, accept_state))
+        .map_err(|e| Error::io("cannot start the server thread", e))?;
+    let master_state = state.clone();
+    std::thread::Builder::new()
+        .name("processional-client".into())
+        .spawn(move || serve_authenticated(master, &master_state))
+        .map_err(|e| Error::io("cannot start the server thread", e))?;
+    ServerHandle { state }.join();
+    Ok(())
+}
+
+impl SlaveProcess {
+    /// Gives the object of `remote` a name other clients of the same server
+    /// can [`lookup`](Self::lookup).
+    pub fn publish<T: Send + 'static>(&self, name: &str, remote: &Remote<T>) -> Result<(), Error> {
+        let session = self.session();
+        let bytes = encode_for(session, &(name, remote.id()))?;
+        session
+            .call::<()>(PublishEntry::function_ref(), RunMode::Queued, bytes)?
+            .wait()
+    }
+
+    /// A handle to the object published under `name`; it stays alive while
+    /// this handle (or any other client's) does.
+    pub fn lookup<T: Send + 'static>(&self, name: &str) -> Result<Remote<T>, Error> {
+        let session = self.session();
+        let bytes = encode_for(session, &name)?;
+        let id = session
+            .call::<u64>(LookupEntry::<T>::function_ref(), RunMode::Queued, bytes)?
+            .wait()?;
+        Ok(Remote::new(session.clone(), id))
+    }
+
+    /// Asks the server to exit after acknowledging; waits up to `timeout`
+    /// for the acknowledgement.
+    pub fn stop(&self, timeout: Duration) -> bool {
+        self.session().shutdown(timeout)
+    }
+}
+
+/// Inside a task running in a server (or slave): keeps `value` as an object
+/// published under `name`, held on behalf of the client whose call runs.
+pub fn export<T: Send + 'static>(name: &str, value: T) -> Result<(), Error> {
+    crate::context::export(name, value).map_err(Error::Remote)
+}

@@ -1,0 +1,425 @@
+//! The calling side of a connection: send calls, route replies to tasks.
+//!
+//! There is no reader thread on the hot path. A thread that waits for a reply
+//! becomes the connection's reader itself (leader/follower): it reads replies,
+//! completes whichever tasks they belong to, and gives the reader role up as
+//! soon as its own task is complete, waking a follower to take over. A task
+//! nobody blocks on (a polled future, a detached task) gets a pump thread
+//! that reads until no call is pending any more.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use processional_proto::{Call, FunctionRef, Message, Outcome, Payload, RunMode, TaskId};
+use processional_thread::{Driver, Error, ExitReason, Task};
+use processional_transport::{Connection, ConnectionReader, ConnectionWriter, PeerInfo, Received};
+use serde::de::DeserializeOwned;
+
+use crate::codec;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Completes one pending call with its raw outcome.
+type Completion = Box<dyn FnOnce(Result<(Vec<u8>, Vec<OwnedFd>), Error>) + Send>;
+
+/// Tells how the peer ended, when the session knows (a child process).
+pub(crate) trait ExitProbe: Send + Sync {
+    /// Waits a little for the peer to end and reports how it did.
+    fn exit_reason(&self) -> Option<ExitReason>;
+}
+
+/// Why the session can no longer be used.
+#[derive(Clone, Debug)]
+enum Death {
+    Exited(ExitReason),
+    Disconnected(String),
+    Shutdown,
+}
+
+impl Death {
+    fn error(&self) -> Error {
+        match self {
+            Death::Exited(reason) => Error::Exited(*reason),
+            Death::Disconnected(reason) => Error::Disconnected(reason.clone()),
+            Death::Shutdown => Error::Stopped,
+        }
+    }
+}
+
+/// One connection to a process that serves our calls.
+pub(crate) struct Session {
+    id: u64,
+    peer: PeerInfo,
+    writer: Mutex<ConnectionWriter>,
+    reader: Mutex<ConnectionReader>,
+    pending: Mutex<HashMap<TaskId, Completion>>,
+    next_task: AtomicU64,
+    death: OnceLock<Death>,
+    /// Bumped whenever the reader role is given up or a reply is dispatched.
+    epoch: Mutex<u64>,
+    epoch_changed: Condvar,
+    followers: AtomicUsize,
+    pump_running: AtomicBool,
+    shutdown_acknowledged: AtomicBool,
+    exit_probe: OnceLock<Box<dyn ExitProbe>>,
+    me: Weak<Session>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("peer_pid", &self.peer.hello.pid)
+            .field("pending", &lock(&self.pending).len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// A session over an authenticated connection.
+    pub(crate) fn new(connection: Connection, peer: PeerInfo) -> Arc<Session> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let (reader, writer) = connection.split();
+        Arc::new_cyclic(|me| Session {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            peer,
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+            pending: Mutex::new(HashMap::new()),
+            next_task: AtomicU64::new(1),
+            death: OnceLock::new(),
+            epoch: Mutex::new(0),
+            epoch_changed: Condvar::new(),
+            followers: AtomicUsize::new(0),
+            pump_running: AtomicBool::new(false),
+            shutdown_acknowledged: AtomicBool::new(false),
+            exit_probe: OnceLock::new(),
+            me: me.clone(),
+        })
+    }
+
+    /// Lets the session report the exit status of a child when it dies.
+    pub(crate) fn set_exit_probe(&self, probe: Box<dyn ExitProbe>) {
+        let _ = self.exit_probe.set(probe);
+    }
+
+    /// A number unique to this session within the process.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// What the peer said about itself in the handshake.
+    pub(crate) fn peer(&self) -> &PeerInfo {
+        &self.peer
+    }
+
+    /// Whether the connection still works.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.death.get().is_none()
+    }
+
+    /// The error every call gets once the session is dead.
+    pub(crate) fn death_error(&self) -> Option<Error> {
+        self.death.get().map(Death::error)
+    }
+
+    /// Sends a call; its reply completes the returned task with a `R`.
+    pub(crate) fn call<R>(
+        &self,
+        function: FunctionRef,
+        mode: RunMode,
+        args: Vec<u8>,
+    ) -> Result<Task<R>, Error>
+    where
+        R: DeserializeOwned + Send + 'static,
+    {
+        self.call_then(function, mode, args, |bytes| codec::decode::<R>(&bytes).map_err(Error::Codec))
+    }
+
+    /// Sends a call; its reply bytes go through `finish` to complete the task.
+    pub(crate) fn call_then<R, F>(
+        &self,
+        function: FunctionRef,
+        mode: RunMode,
+        args: Vec<u8>,
+        finish: F,
+    ) -> Result<Task<R>, Error>
+    where
+        R: Send + 'static,
+        F: FnOnce(Vec<u8>) -> Result<R, Error> + Send + 'static,
+    {
+        if let Some(error) = self.death_error() {
+            return Err(error);
+        }
+        let me = self.me.upgrade().expect("a session in use is alive");
+        let task_id = self.next_task.fetch_add(1, Ordering::Relaxed);
+        let (task, completer) = Task::pending_driven(me.clone() as Arc<dyn Driver>);
+        let weak = self.me.clone();
+        completer.token().on_cancel(Box::new(move || {
+            if let Some(session) = weak.upgrade() {
+                let _ = session.send(&Message::Cancel { task: task_id });
+            }
+        }));
+        lock(&self.pending).insert(
+            task_id,
+            Box::new(move |outcome| {
+                completer.complete(outcome.and_then(|(bytes, _fds)| finish(bytes)));
+            }),
+        );
+        let message = Message::Call(Call {
+            task: task_id,
+            function,
+            mode,
+            args: Payload::Inline(args),
+        });
+        if let Err(error) = self.send(&message) {
+            // The call never left: fail it here (the session is dead by now,
+            // so the task's completion carries the reason).
+            if let Some(completion) = lock(&self.pending).remove(&task_id) {
+                completion(Err(error));
+            }
+        }
+        Ok(task)
+    }
+
+    /// Sends a message, draining replies while the socket buffer is full.
+    pub(crate) fn send(&self, message: &Message) -> Result<(), Error> {
+        if let Some(error) = self.death_error() {
+            return Err(error);
+        }
+        let result = lock(&self.writer).send_with(message, &[], &mut || self.drain());
+        result.map_err(|error| {
+            let death = self.die_from(error);
+            death.error()
+        })
+    }
+
+    /// Asks the peer to shut down and waits up to `timeout` for its
+    /// acknowledgement.
+    pub(crate) fn shutdown(&self, timeout: Duration) -> bool {
+        if self.send(&Message::Shutdown).is_err() {
+            return false;
+        }
+        let deadline = Instant::now() + timeout;
+        let done = || self.shutdown_acknowledged.load(Ordering::Acquire) || !self.is_connected();
+        self.drive(&done, Some(deadline));
+        self.shutdown_acknowledged.load(Ordering::Acquire)
+    }
+
+    /// Closes the connection both ways (the peer sees end of stream).
+    pub(crate) fn close(&self) {
+        let _ = lock(&self.writer).shutdown();
+    }
+
+    fn bump_epoch(&self) {
+        if self.followers.load(Ordering::Acquire) > 0 {
+            *lock(&self.epoch) += 1;
+            self.epoch_changed.notify_all();
+        }
+    }
+
+    /// Reads whatever arrived, without blocking (called while a write waits).
+    fn drain(&self) {
+        let Ok(mut reader) = self.reader.try_lock() else {
+            return;
+        };
+        loop {
+            match reader.try_recv() {
+                Ok(Some(received)) => self.dispatch(received),
+                Ok(None) => break,
+                Err(error) => {
+                    drop(reader);
+                    self.die_from(error);
+                    break;
+                }
+            }
+        }
+    }
+
+    fn dispatch(&self, received: Received) {
+        match received.message {
+            Message::Reply(reply) => {
+                let completion = lock(&self.pending).remove(&reply.task);
+                let Some(completion) = completion else {
+                    log::debug!("processional: reply to an unknown task {}", reply.task);
+                    return;
+                };
+                let outcome = match reply.outcome {
+                    Outcome::Value(Payload::Inline(bytes)) => Ok((bytes, received.fds)),
+                    Outcome::Value(Payload::Segment { fd, len }) => {
+                        crate::payload::map_segment(received.fds, fd, len)
+                            // SAFETY: a reply segment is handed over, not lent:
+                            // the replying side dropped its loan, so nobody
+                            // writes it any more; the size is sealed.
+                            .map(|view| (unsafe { view.as_slice() }.to_vec(), Vec::new()))
+                            .map_err(Error::Remote)
+                    }
+                    Outcome::Error(remote) => Err(Error::Remote(remote)),
+                };
+                completion(outcome);
+            }
+            Message::ShutdownAck => {
+                self.shutdown_acknowledged.store(true, Ordering::Release);
+            }
+            Message::Pong(_) => {}
+            Message::Ping(value) => {
+                let _ = self.send(&Message::Pong(value));
+            }
+            Message::Error(remote) => {
+                self.die(Death::Disconnected(format!(
+                    "the peer reported a protocol error: {}",
+                    remote.message
+                )));
+            }
+            other => {
+                self.die(Death::Disconnected(format!(
+                    "the peer sent an unexpected message: {other:?}"
+                )));
+            }
+        }
+    }
+
+    fn die_from(&self, error: processional_transport::Error) -> Death {
+        let death = match error {
+            processional_transport::Error::Closed | processional_transport::Error::Truncated
+                if self.shutdown_acknowledged.load(Ordering::Acquire) =>
+            {
+                Death::Shutdown
+            }
+            processional_transport::Error::Closed
+            | processional_transport::Error::Truncated
+            | processional_transport::Error::Io(_) => {
+                match self.exit_probe.get().and_then(|probe| probe.exit_reason()) {
+                    Some(reason) => Death::Exited(reason),
+                    None => Death::Disconnected(format!("connection to the peer lost: {error}")),
+                }
+            }
+            other => Death::Disconnected(format!("connection to the peer broken: {other}")),
+        };
+        self.die(death)
+    }
+
+    /// Marks the session dead and fails every pending call.
+    fn die(&self, death: Death) -> Death {
+        let death = self.death.get_or_init(|| death).clone();
+        let pending: Vec<Completion> = lock(&self.pending).drain().map(|(_, c)| c).collect();
+        for completion in pending {
+            completion(Err(death.error()));
+        }
+        let _ = lock(&self.writer).shutdown();
+        *lock(&self.epoch) += 1;
+        self.epoch_changed.notify_all();
+        death
+    }
+
+    fn pending_count(&self) -> usize {
+        lock(&self.pending).len()
+    }
+
+    fn pump(self: Arc<Self>) {
+        loop {
+            let idle = || self.pending_count() == 0 || !self.is_connected();
+            self.drive(&idle, Some(Instant::now() + Duration::from_millis(50)));
+            if idle() {
+                self.pump_running.store(false, Ordering::Release);
+                // A call may have been registered between the check and the
+                // store: keep pumping if so and nobody else took over.
+                if idle() || self.pump_running.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Driver for Session {
+    fn drive(&self, done: &dyn Fn() -> bool, deadline: Option<Instant>) {
+        loop {
+            if done() {
+                return;
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return;
+            }
+            let epoch = *lock(&self.epoch);
+            if let Ok(mut reader) = self.reader.try_lock() {
+                if done() {
+                    drop(reader);
+                    self.bump_epoch();
+                    return;
+                }
+                if let Some(death) = self.death.get() {
+                    drop(reader);
+                    self.die(death.clone());
+                    return;
+                }
+                let received = match deadline {
+                    None => reader.recv().map(Some),
+                    Some(deadline) => reader.recv_timeout(deadline.saturating_duration_since(now)),
+                };
+                drop(reader);
+                match received {
+                    Ok(Some(received)) => self.dispatch(received),
+                    Ok(None) => {}
+                    Err(error) => {
+                        self.die_from(error);
+                    }
+                }
+                self.bump_epoch();
+                continue;
+            }
+            // Another thread reads: wait until it dispatches something or
+            // gives the role up.
+            self.followers.fetch_add(1, Ordering::AcqRel);
+            let mut guard = lock(&self.epoch);
+            while *guard == epoch && !done() {
+                let wait = match deadline {
+                    Some(deadline) => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        left.min(Duration::from_millis(100))
+                    }
+                    None => Duration::from_millis(100),
+                };
+                guard = self
+                    .epoch_changed
+                    .wait_timeout(guard, wait)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                if self.reader.try_lock().is_ok() {
+                    break;
+                }
+            }
+            drop(guard);
+            self.followers.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn ensure_progress(&self) {
+        if self.pending_count() == 0 || !self.is_connected() {
+            return;
+        }
+        if !self.pump_running.swap(true, Ordering::AcqRel) {
+            let me = self.me.upgrade().expect("a session in use is alive");
+            let spawned = std::thread::Builder::new()
+                .name("processional-pump".into())
+                .spawn(move || me.pump());
+            if spawned.is_err() {
+                self.pump_running.store(false, Ordering::Release);
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.die(Death::Disconnected("the session was closed".into()));
+    }
+}

@@ -1,0 +1,599 @@
+//! Slave processes: spawn one, send it orders, stop it.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{ChildStderr, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use processional_proto::{Hello, PROTOCOL_VERSION, Role, RunMode};
+use processional_thread::{Error, Task};
+use processional_transport::{Connection, Handshake, Key, Side};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::child::{self, ChildExitProbe, ChildProcess, Termination};
+use crate::entry::{CallEntry, WrapEntry};
+use crate::fingerprint::{fingerprint, program_name};
+use crate::function::Described;
+use crate::remote::{Remote, encode_for};
+use crate::serve::{End, Served};
+use crate::server::ServerBootstrap;
+use crate::session::Session;
+use crate::sys;
+
+/// The environment variable that tells a re-executed program it is a slave,
+/// and which inherited descriptor leads to its master.
+pub(crate) const SLAVE_FD_VAR: &str = "PROCESSIONAL_SLAVE_FD";
+
+/// How long a handshake may take before the connection is dropped.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the master tells a child on the private socket before the handshake.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Bootstrap {
+    pub(crate) key: Vec<u8>,
+    pub(crate) detached: bool,
+    /// Present when the child is to be a server.
+    pub(crate) server: Option<ServerBootstrap>,
+}
+
+/// What a handle is connected to, which decides what dropping it does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A slave we spawned: stopped when the last handle drops.
+    Slave,
+    /// A server we spawned: disconnected when the last handle drops; it exits
+    /// by itself after its last client unless persistent.
+    SpawnedServer,
+    /// A server we connected to: only disconnected.
+    Client,
+}
+
+/// Our `Hello` in the given role.
+pub(crate) fn hello(role: Role) -> Hello {
+    Hello {
+        protocol: PROTOCOL_VERSION,
+        fingerprint: fingerprint(),
+        role,
+        pid: sys::pid(),
+        host: sys::hostname(),
+        program: program_name(),
+    }
+}
+
+pub(crate) fn transport_error(error: processional_transport::Error) -> Error {
+    use processional_transport::Error as T;
+    match error {
+        T::Fingerprint { ours, theirs, detail } => Error::Fingerprint {
+            ours: ours.to_string(),
+            theirs: theirs.to_string(),
+            detail,
+        },
+        T::WrongKey => Error::Auth("the peer does not hold the key".into()),
+        T::Refused { reason, detail } => match reason {
+            processional_proto::RefusalReason::WrongKey => {
+                Error::Auth(format!("the peer refused our key: {detail}"))
+            }
+            _ => Error::Protocol(format!("the peer refused the connection ({reason:?}): {detail}")),
+        },
+        T::Io(source) => Error::io("connection", source),
+        T::Closed => Error::Disconnected("the peer closed the connection".into()),
+        other => Error::Protocol(other.to_string()),
+    }
+}
+
+/// Where a slave's standard output or error goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Output {
+    /// The same as this process's.
+    #[default]
+    Inherit,
+    /// Nowhere.
+    Null,
+    /// A pipe, read through [`SlaveProcess::take_stdout`] / `take_stderr`.
+    Capture,
+}
+
+impl Output {
+    fn stdio(self) -> Stdio {
+        match self {
+            Output::Inherit => Stdio::inherit(),
+            Output::Null => Stdio::null(),
+            Output::Capture => Stdio::piped(),
+        }
+    }
+}
+
+/// Configures and spawns a slave process. See [`slave`] for the default.
+#[derive(Debug, Clone)]
+pub struct SlaveProcessBuilder {
+    env: Vec<(OsString, Option<OsString>)>,
+    env_clear: bool,
+    current_dir: Option<PathBuf>,
+    stdout: Output,
+    stderr: Output,
+    detach: bool,
+    name: Option<String>,
+    grace: Duration,
+}
+
+impl Default for SlaveProcessBuilder {
+    fn default() -> Self {
+        SlaveProcessBuilder {
+            env: Vec::new(),
+            env_clear: false,
+            current_dir: None,
+            stdout: Output::Inherit,
+            stderr: Output::Inherit,
+            detach: false,
+            name: None,
+            grace: Duration::from_secs(1),
+        }
+    }
+}
+
+impl SlaveProcessBuilder {
+    /// A builder with the defaults: inherited environment, directory and
+    /// output; stopped when its last handle drops.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets an environment variable in the slave.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), Some(value.into())));
+        self
+    }
+
+    /// Removes an environment variable from the slave's environment.
+    pub fn env_remove(mut self, key: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), None));
+        self
+    }
+
+    /// Starts the slave with an empty environment (plus what `env` adds).
+    pub fn env_clear(mut self) -> Self {
+        self.env_clear = true;
+        self
+    }
+
+    /// The slave's working directory.
+    pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.current_dir = Some(dir.into());
+        self
+    }
+
+    /// Where the slave's standard output goes.
+    pub fn stdout(mut self, output: Output) -> Self {
+        self.stdout = output;
+        self
+    }
+
+    /// Where the slave's standard error goes.
+    pub fn stderr(mut self, output: Output) -> Self {
+        self.stderr = output;
+        self
+    }
+
+    /// Detached: when the last handle drops (or this process dies), the
+    /// slave finishes the calls it is running, then exits, instead of being
+    /// stopped at once.
+    pub fn detach(mut self, detach: bool) -> Self {
+        self.detach = detach;
+        self
+    }
+
+    /// A name for diagnostics (shown by `Debug`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// How long a stopping slave may take to exit by itself before it gets
+    /// SIGTERM, and then SIGKILL (default 1 s).
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Spawns the slave and connects to it.
+    pub fn spawn(self) -> Result<SlaveProcess, Error> {
+        self.spawn_with(Key::generate(), None)
+    }
+
+    pub(crate) fn spawn_with(
+        self,
+        key: Key,
+        server: Option<ServerBootstrap>,
+    ) -> Result<SlaveProcess, Error> {
+        let kind = if server.is_some() { Kind::SpawnedServer } else { Kind::Slave };
+        let (mut ours, theirs) =
+            UnixStream::pair().map_err(|e| Error::io("cannot create a socket pair", e))?;
+        let theirs = OwnedFd::from(theirs);
+        let mut command = Command::new(self_executable());
+        if self.env_clear {
+            command.env_clear();
+        }
+        for (key, value) in &self.env {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        use std::os::fd::AsRawFd;
+        command.env(SLAVE_FD_VAR, theirs.as_raw_fd().to_string());
+        if let Some(dir) = &self.current_dir {
+            command.current_dir(dir);
+        }
+        command
+            .stdin(Stdio::null())
+            .stdout(self.stdout.stdio())
+            .stderr(self.stderr.stdio());
+        let mut std_child = child::spawn(command, theirs, !self.detach)
+            .map_err(|e| Error::io("cannot spawn the slave process", e))?;
+        let child = Arc::new(ChildProcess::new(std_child.id()));
+        let stdout = std_child.stdout.take();
+        let stderr = std_child.stderr.take();
+
+        let result = (|| {
+            write_bootstrap(
+                &mut ours,
+                &Bootstrap {
+                    key: key.as_bytes().to_vec(),
+                    detached: self.detach,
+                    server,
+                },
+            )
+            .map_err(|e| Error::io("cannot talk to the new slave", e))?;
+            let mut connection = Connection::from_unix(ours).map_err(transport_error)?;
+            let peer = connection
+                .handshake(
+                    Side::Initiator,
+                    &Handshake {
+                        key,
+                        hello: hello(Role::Master),
+                        accept_roles: vec![Role::Slave, Role::Server],
+                        timeout: Some(HANDSHAKE_TIMEOUT),
+                    },
+                )
+                .map_err(transport_error)?;
+            Ok::<_, Error>(Session::new(connection, peer))
+        })();
+        let session = match result {
+            Ok(session) => session,
+            Err(error) => {
+                let _ = child.signal(libc::SIGKILL);
+                let reason = child.wait_timeout(Duration::from_secs(5));
+                return Err(match (error, reason) {
+                    (Error::Disconnected(_), Some(reason)) => Error::Exited(reason),
+                    (error, _) => error,
+                });
+            }
+        };
+        session.set_exit_probe(Box::new(ChildExitProbe(child.clone())));
+        Ok(SlaveProcess {
+            inner: Arc::new(Inner {
+                session,
+                child: Some(child),
+                kind,
+                detached: self.detach,
+                name: self.name,
+                grace: self.grace,
+                stdout: Mutex::new(stdout),
+                stderr: Mutex::new(stderr),
+            }),
+        })
+    }
+}
+
+fn self_executable() -> PathBuf {
+    // /proc/self/exe still runs this very build if the file was replaced.
+    let proc_exe = PathBuf::from("/proc/self/exe");
+    if proc_exe.exists() {
+        proc_exe
+    } else {
+        std::env::current_exe().unwrap_or(proc_exe)
+    }
+}
+
+fn write_bootstrap(stream: &mut UnixStream, bootstrap: &Bootstrap) -> std::io::Result<()> {
+    let bytes = postcard::to_stdvec(bootstrap).map_err(std::io::Error::other)?;
+    let mut frame = (bytes.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&bytes);
+    stream.write_all(&frame)
+}
+
+fn read_bootstrap(stream: &mut UnixStream) -> std::io::Result<Bootstrap> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > 64 * 1024 {
+        return Err(std::io::Error::other("bootstrap message too large"));
+    }
+    let mut bytes = vec![0u8; len];
+    stream.read_exact(&mut bytes)?;
+    postcard::from_bytes(&bytes).map_err(std::io::Error::other)
+}
+
+/// Spawns a slave process: this same program, re-executed, serving our calls.
+///
+/// The slave enters its serving loop before `main` runs (see the crate docs
+/// on `init`). It is stopped when the last handle drops, and dies with this
+/// process.
+pub fn slave() -> Result<SlaveProcess, Error> {
+    SlaveProcessBuilder::new().spawn()
+}
+
+/// Runs this process as a slave if it was spawned as one; returns otherwise.
+pub(crate) fn run_if_slave() {
+    let Some(fd) = std::env::var_os(SLAVE_FD_VAR) else {
+        return;
+    };
+    // SAFETY: this runs before `main` (pre-main constructor) or first thing in
+    // `main` (`init`, whose docs require it), when no other thread reads or
+    // writes the environment.
+    unsafe { std::env::remove_var(SLAVE_FD_VAR) };
+    let code = match fd.to_str().and_then(|s| s.parse::<RawFd>().ok()) {
+        Some(fd) => match run_slave(fd) {
+            Ok(()) => 0,
+            Err(error) => {
+                eprintln!("processional: slave {} cannot serve: {error}", sys::pid());
+                70
+            }
+        },
+        None => {
+            eprintln!("processional: {SLAVE_FD_VAR} is not a descriptor number");
+            64
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run_slave(fd: RawFd) -> Result<(), Error> {
+    // SAFETY: the master passed this descriptor to us (and only us) for the
+    // connection; nothing else in this process knows or owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut stream = UnixStream::from(owned);
+    sys::set_cloexec(&stream).map_err(|e| Error::io("inherited socket", e))?;
+    let bootstrap = read_bootstrap(&mut stream).map_err(|e| Error::io("reading the bootstrap", e))?;
+    let key = Key::from_bytes(&bootstrap.key)
+        .map_err(|e| Error::Protocol(format!("bad key in the bootstrap: {e}")))?;
+    let mut connection = Connection::from_unix(stream).map_err(transport_error)?;
+    let role = if bootstrap.server.is_some() { Role::Server } else { Role::Slave };
+    connection
+        .handshake(
+            Side::Acceptor,
+            &Handshake {
+                key: key.clone(),
+                hello: hello(role),
+                accept_roles: vec![Role::Master],
+                timeout: Some(HANDSHAKE_TIMEOUT),
+            },
+        )
+        .map_err(transport_error)?;
+    processional_thread::set_capture_backtraces(true);
+    if let Some(server) = bootstrap.server {
+        return crate::server::run_spawned_server(connection, key, server);
+    }
+    let served = Served::new(connection);
+    let end = served.serve();
+    if end == End::PeerClosed && bootstrap.detached {
+        served.wait_for_threads();
+    }
+    Ok(())
+}
+
+struct Inner {
+    session: Arc<Session>,
+    child: Option<Arc<ChildProcess>>,
+    kind: Kind,
+    detached: bool,
+    name: Option<String>,
+    grace: Duration,
+    stdout: Mutex<Option<ChildStdout>>,
+    stderr: Mutex<Option<ChildStderr>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.detached || self.kind != Kind::Slave {
+            // Closing tells the slave to finish what it runs, then exit.
+            self.session.close();
+        } else {
+            let _ = self.session.send(&processional_proto::Message::Shutdown);
+            self.session.close();
+        }
+        if let Some(child) = self.child.clone() {
+            let grace = self.grace;
+            let detached = self.detached;
+            let kind = self.kind;
+            // Reap in the background: dropping a handle never blocks.
+            let _ = std::thread::Builder::new()
+                .name("processional-reaper".into())
+                .spawn(move || {
+                    if detached || kind == Kind::SpawnedServer {
+                        while child.wait_timeout(Duration::from_secs(3600)).is_none() {}
+                    } else {
+                        child.stop(grace);
+                    }
+                });
+        }
+    }
+}
+
+/// A handle to a process that runs our calls: a slave we spawned, or a
+/// server we connected to. Cheap to clone; the process is stopped (slaves
+/// and spawned servers) when the last clone drops.
+#[derive(Clone)]
+pub struct SlaveProcess {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SlaveProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlaveProcess")
+            .field("name", &self.inner.name)
+            .field("pid", &self.pid())
+            .field("host", &self.host())
+            .field("connected", &self.inner.session.is_connected())
+            .finish()
+    }
+}
+
+impl SlaveProcess {
+    pub(crate) fn from_session(session: Arc<Session>, kind: Kind) -> SlaveProcess {
+        SlaveProcess {
+            inner: Arc::new(Inner {
+                session,
+                child: None,
+                kind,
+                detached: false,
+                name: None,
+                grace: Duration::from_secs(1),
+                stdout: Mutex::new(None),
+                stderr: Mutex::new(None),
+            }),
+        }
+    }
+
+    pub(crate) fn session(&self) -> &Arc<Session> {
+        &self.inner.session
+    }
+
+    /// The process id of the process that runs the calls.
+    pub fn pid(&self) -> u32 {
+        self.inner.session.peer().hello.pid
+    }
+
+    /// The host name of the process that runs the calls.
+    pub fn host(&self) -> &str {
+        &self.inner.session.peer().hello.host
+    }
+
+    /// Whether the process still runs and the connection works.
+    pub fn is_alive(&self) -> bool {
+        self.inner.session.is_connected() && self.inner.child.as_ref().is_none_or(|c| c.is_alive())
+    }
+
+    /// Runs `f` in the process and waits for its value.
+    ///
+    /// `f` must capture nothing (a compile-time error says so otherwise):
+    /// pass data with [`invoke_with`](Self::invoke_with).
+    pub fn invoke<F, R>(&self, f: F) -> Result<R, Error>
+    where
+        F: Fn() -> R + Send + Sync + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.schedule(f)?.wait()
+    }
+
+    /// Runs `f(args)` in the process and waits for its value.
+    pub fn invoke_with<A, F, R>(&self, args: A, f: F) -> Result<R, Error>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        F: Fn(A) -> R + Send + Sync + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.schedule_with(args, f)?.wait()
+    }
+
+    /// Queues `f` in the process (FIFO with this handle's other queued calls).
+    pub fn schedule<F, R>(&self, f: F) -> Result<Task<R>, Error>
+    where
+        F: Fn() -> R + Send + Sync + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.schedule_with((), move |()| f())
+    }
+
+    /// Queues `f(args)` in the process.
+    pub fn schedule_with<A, F, R>(&self, args: A, f: F) -> Result<Task<R>, Error>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        F: Fn(A) -> R + Send + Sync + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.call(args, f, RunMode::Queued)
+    }
+
+    /// Runs `f` in the process on a thread of its own, concurrently with the
+    /// queued calls.
+    pub fn thread<F, R>(&self, f: F) -> Result<Task<R>, Error>
+    where
+        F: Fn() -> R + Send + Sync + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.thread_with((), move |()| f())
+    }
+
+    /// Runs `f(args)` in the process on a thread of its own.
+    pub fn thread_with<A, F, R>(&self, args: A, f: F) -> Result<Task<R>, Error>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        F: Fn(A) -> R + Send + Sync + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.call(args, f, RunMode::Thread)
+    }
+
+    fn call<A, F, R>(&self, args: A, _f: F, mode: RunMode) -> Result<Task<R>, Error>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        F: Fn(A) -> R + Send + Sync + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let session = &self.inner.session;
+        let bytes = encode_for(session, &args)?;
+        session.call::<R>(CallEntry::<F, A, R>::function_ref(), mode, bytes)
+    }
+
+    /// Builds an object in the process with `f` and keeps it there.
+    pub fn wrap<F, T>(&self, f: F) -> Result<Remote<T>, Error>
+    where
+        F: Fn() -> T + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        self.wrap_with((), move |()| f())
+    }
+
+    /// Builds an object in the process with `f(args)` and keeps it there.
+    pub fn wrap_with<A, F, T>(&self, args: A, _f: F) -> Result<Remote<T>, Error>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        F: Fn(A) -> T + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        let session = &self.inner.session;
+        let bytes = encode_for(session, &args)?;
+        let id: u64 = session
+            .call::<u64>(WrapEntry::<F, A, T>::function_ref(), RunMode::Queued, bytes)?
+            .wait()?;
+        Ok(Remote::new(session.clone(), id))
+    }
+
+    /// Stops the process: asks it to exit, waits up to `timeout`, then
+    /// SIGTERM, then SIGKILL; reports how it ended. A handle to a server this
+    /// process did not spawn only disconnects.
+    pub fn terminate(&self, timeout: Duration) -> Termination {
+        let acknowledged = self.inner.session.shutdown(timeout);
+        self.inner.session.close();
+        match &self.inner.child {
+            Some(child) => child.stop(if acknowledged { timeout } else { Duration::ZERO }),
+            None => Termination::Unknown,
+        }
+    }
+
+    /// The pipe of the slave's standard output, if it was captured.
+    pub fn take_stdout(&self) -> Option<ChildStdout> {
+        self.inner.stdout.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// The pipe of the slave's standard error, if it was captured.
+    pub fn take_stderr(&self) -> Option<ChildStderr> {
+        self.inner.stderr.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}

@@ -1,0 +1,256 @@
+//! Every OS call of the process runtime, wrapped once.
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// Calls a libc function and turns a `-1` return into the thread's `errno`.
+macro_rules! syscall {
+    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
+        #[allow(unused_unsafe)]
+        // SAFETY: the caller of the macro upholds the contract of `$fn` for these
+        // arguments (documented at each use).
+        let result = unsafe { libc::$fn($($arg),*) };
+        if result == -1 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(result)
+        }
+    }};
+}
+
+/// This process's id.
+pub(crate) fn pid() -> u32 {
+    std::process::id()
+}
+
+/// The parent's process id.
+pub(crate) fn parent_pid() -> i32 {
+    // SAFETY: getppid has no preconditions and cannot fail.
+    unsafe { libc::getppid() }
+}
+
+/// This host's name, or `"unknown"`.
+pub(crate) fn hostname() -> String {
+    let mut buffer = [0u8; 256];
+    // SAFETY: the pointer and length describe `buffer`, which outlives the call.
+    let result = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    if result != 0 {
+        return "unknown".to_owned();
+    }
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    String::from_utf8_lossy(&buffer[..end]).into_owned()
+}
+
+/// In a freshly forked child, before `exec`: make `fd` survive the exec, and
+/// ask for `death_signal` when the parent dies (0: none). Exits the child at once
+/// if the parent already died. Only async-signal-safe calls.
+///
+/// # Safety
+/// Must be called in a `pre_exec` hook (between fork and exec).
+pub(crate) unsafe fn prepare_child(fd: RawFd, death_signal: i32, parent: i32) -> io::Result<()> {
+    syscall!(fcntl(fd, libc::F_SETFD, 0))?;
+    if death_signal != 0 {
+        #[cfg(target_os = "linux")]
+        syscall!(prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong, 0, 0, 0))?;
+        // The parent may have died between fork and prctl: then the signal
+        // will never come, so leave now.
+        if parent_pid() != parent {
+            // SAFETY: _exit is async-signal-safe and ends this child only.
+            unsafe { libc::_exit(1) };
+        }
+    }
+    Ok(())
+}
+
+/// Sets `FD_CLOEXEC` on a descriptor (an inherited one must not leak into
+/// the processes this one spawns).
+pub(crate) fn set_cloexec(fd: &impl std::os::fd::AsRawFd) -> io::Result<()> {
+    syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC))?;
+    Ok(())
+}
+
+/// Sends `signal` to `pid`. `Ok(false)` if the process no longer exists.
+pub(crate) fn kill(pid: u32, signal: i32) -> io::Result<bool> {
+    match syscall!(kill(pid as libc::pid_t, signal)) {
+        Ok(_) => Ok(true),
+        Err(error) if error.raw_os_error() == Some(libc::ESRCH) => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// How a reaped child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WaitStatus {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// Reaps `pid` if it ended; `Ok(None)` while it runs (`block` false) .
+pub(crate) fn wait_pid(pid: u32, block: bool) -> io::Result<Option<WaitStatus>> {
+    let mut status: libc::c_int = 0;
+    let flags = if block { 0 } else { libc::WNOHANG };
+    loop {
+        // SAFETY: `status` is a valid place for waitpid to write the status.
+        let result = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, flags) };
+        if result == -1 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        if result == 0 {
+            return Ok(None);
+        }
+        return Ok(Some(if libc::WIFSIGNALED(status) {
+            WaitStatus::Signaled(libc::WTERMSIG(status))
+        } else {
+            WaitStatus::Exited(libc::WEXITSTATUS(status))
+        }));
+    }
+}
+
+/// One loadable segment of the main executable, as mapped in this process.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LoadedSegment {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    pub(crate) executable: bool,
+}
+
+/// The main executable's image in memory: its load segments and its GNU
+/// build id, read from the program headers the dynamic loader keeps.
+#[derive(Debug, Default)]
+pub(crate) struct ExecutableImage {
+    pub(crate) segments: Vec<LoadedSegment>,
+    pub(crate) build_id: Option<Vec<u8>>,
+}
+
+/// Reads the image of the object that contains `address` (the main executable
+/// when `address` is one of our own statics).
+pub(crate) fn executable_image(address: usize) -> ExecutableImage {
+    struct Search {
+        address: usize,
+        found: Option<ExecutableImage>,
+    }
+
+    unsafe extern "C" fn visit(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: `data` is the `&mut Search` passed to dl_iterate_phdr below,
+        // alive and exclusively ours for the duration of the iteration.
+        let search = unsafe { &mut *data.cast::<Search>() };
+        // SAFETY: the loader passes a valid `dl_phdr_info` for the duration of
+        // the callback.
+        let info = unsafe { &*info };
+        let base = info.dlpi_addr as usize;
+        let headers: &[libc::Elf64_Phdr] = if info.dlpi_phdr.is_null() {
+            &[]
+        } else {
+            // SAFETY: `dlpi_phdr` points to `dlpi_phnum` program headers that
+            // stay mapped while the object is loaded (it is: we are in it).
+            unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) }
+        };
+        let mut image = ExecutableImage::default();
+        for header in headers {
+            if header.p_type == libc::PT_LOAD {
+                let start = base + header.p_vaddr as usize;
+                image.segments.push(LoadedSegment {
+                    start,
+                    end: start + header.p_memsz as usize,
+                    executable: header.p_flags & libc::PF_X != 0,
+                });
+            }
+        }
+        if !image
+            .segments
+            .iter()
+            .any(|s| (s.start..s.end).contains(&search.address))
+        {
+            return 0;
+        }
+        for header in headers {
+            if header.p_type == libc::PT_NOTE {
+                let start = base + header.p_vaddr as usize;
+                // SAFETY: a PT_NOTE segment lies inside a PT_LOAD segment of this
+                // loaded object, so its `p_memsz` bytes are mapped and readable.
+                let notes =
+                    unsafe { std::slice::from_raw_parts(start as *const u8, header.p_memsz as usize) };
+                if let Some(id) = find_build_id(notes) {
+                    image.build_id = Some(id.to_vec());
+                }
+            }
+        }
+        search.found = Some(image);
+        1
+    }
+
+    let mut search = Search {
+        address,
+        found: None,
+    };
+    // SAFETY: `visit` only reads what the loader hands it and writes through
+    // `data`, which points to `search`, alive for the whole call.
+    unsafe {
+        libc::dl_iterate_phdr(Some(visit), (&mut search as *mut Search).cast());
+    }
+    search.found.unwrap_or_default()
+}
+
+/// Finds the NT_GNU_BUILD_ID descriptor in a sequence of ELF notes.
+fn find_build_id(mut notes: &[u8]) -> Option<&[u8]> {
+    const NT_GNU_BUILD_ID: u32 = 3;
+    let align4 = |n: usize| (n + 3) & !3;
+    while notes.len() >= 12 {
+        let word = |i: usize| u32::from_ne_bytes(notes[i..i + 4].try_into().expect("4 bytes"));
+        let (name_size, desc_size, kind) = (word(0) as usize, word(4) as usize, word(8));
+        let name_end = 12 + align4(name_size);
+        let desc_end = name_end.checked_add(align4(desc_size))?;
+        if desc_end > notes.len() {
+            return None;
+        }
+        if kind == NT_GNU_BUILD_ID && &notes[12..12 + name_size] == b"GNU\0" {
+            return Some(&notes[name_end..name_end + desc_size]);
+        }
+        notes = &notes[desc_end..];
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static PROBE: u8 = 0;
+
+    #[test]
+    fn the_image_containing_a_static_has_segments() {
+        let image = executable_image(&PROBE as *const u8 as usize);
+        assert!(image.segments.iter().any(|s| s.executable));
+        assert!(
+            image
+                .segments
+                .iter()
+                .any(|s| (s.start..s.end).contains(&(&PROBE as *const u8 as usize)))
+        );
+    }
+
+    #[test]
+    fn build_id_note_is_parsed() {
+        let mut notes = Vec::new();
+        notes.extend_from_slice(&4u32.to_ne_bytes());
+        notes.extend_from_slice(&3u32.to_ne_bytes());
+        notes.extend_from_slice(&3u32.to_ne_bytes());
+        notes.extend_from_slice(b"GNU\0");
+        notes.extend_from_slice(&[1, 2, 3, 0]);
+        assert_eq!(find_build_id(&notes), Some(&[1u8, 2, 3][..]));
+        assert_eq!(find_build_id(&notes[..10]), None);
+    }
+
+    #[test]
+    fn waiting_for_a_missing_child_is_an_error() {
+        assert!(wait_pid(u32::MAX >> 2, false).is_err());
+    }
+}

@@ -1,0 +1,352 @@
+//! Acceptance tests of the process runtime: slaves, shipped functions,
+//! remote objects, errors, and the lifetime of slave processes.
+//!
+//! Every slave here is this test binary re-executed: it turns into a slave
+//! before libtest's `main` runs.
+
+use std::io::{BufRead, BufReader};
+use std::time::Duration;
+
+use processional::{Error, SlaveProcessBuilder, slave};
+use processional_tests::{
+    KillOnDrop, PATIENCE, is_helper, is_zombie, kill_hard, process_exists, spawn_helper,
+    wait_until,
+};
+
+fn wait<T>(task: processional::Task<T>) -> Result<T, Error> {
+    match task.wait_timeout(PATIENCE) {
+        Ok(outcome) => outcome,
+        Err(_) => panic!("a task did not complete within {PATIENCE:?}"),
+    }
+}
+
+#[test]
+fn the_readme_example_sums_and_multiplies() {
+    let process = slave().expect("spawn");
+    let resource = process
+        .wrap(|| (0..1_000_000u64).collect::<Vec<_>>())
+        .expect("wrap");
+    let sum = resource.schedule(|v| v.iter().sum::<u64>()).expect("schedule");
+    let product = resource
+        .schedule(|v| v.iter().product::<u64>())
+        .expect("schedule");
+    assert_eq!(wait(sum).unwrap(), 499_999_500_000);
+    assert_eq!(wait(product).unwrap(), 0);
+}
+
+#[test]
+fn the_slave_is_another_process() {
+    let process = slave().expect("spawn");
+    let pid = process.invoke(std::process::id).expect("invoke");
+    assert_ne!(pid, std::process::id());
+    assert_eq!(pid, process.pid());
+    assert!(process.is_alive());
+}
+
+fn double(x: u64) -> u64 {
+    x * 2
+}
+
+fn nested(x: u64) -> u64 {
+    double(double(x)) + 1
+}
+
+#[test]
+fn closures_with_arguments_fn_items_and_nested_calls() {
+    let process = slave().expect("spawn");
+    assert_eq!(process.invoke_with((3u64, 4u64), |(a, b)| a * b).unwrap(), 12);
+    assert_eq!(process.invoke_with(21u64, double).unwrap(), 42);
+    assert_eq!(process.invoke_with(10u64, nested).unwrap(), 41);
+    assert_eq!(
+        process
+            .invoke_with("hello".to_string(), |s: String| s.to_uppercase())
+            .unwrap(),
+        "HELLO"
+    );
+}
+
+#[test]
+fn large_payloads_are_echoed() {
+    let process = slave().expect("spawn");
+    for round in 0..5u8 {
+        let payload: Vec<u8> = (0..30_000).map(|i| (i as u8).wrapping_add(round)).collect();
+        let echoed = process
+            .invoke_with(payload.clone(), |v: Vec<u8>| v)
+            .expect("echo");
+        assert_eq!(echoed, payload);
+    }
+}
+
+#[test]
+fn a_thread_task_runs_concurrently_with_queued_calls() {
+    let process = slave().expect("spawn");
+    let sleeper = process
+        .thread(|| {
+            std::thread::sleep(Duration::from_millis(200));
+            "slept".to_string()
+        })
+        .expect("thread");
+    // Answered while the thread task still sleeps.
+    assert_eq!(process.invoke(|| 7u8).unwrap(), 7);
+    assert!(!sleeper.is_finished());
+    assert_eq!(wait(sleeper).unwrap(), "slept");
+}
+
+#[test]
+fn queued_calls_run_in_order() {
+    let process = slave().expect("spawn");
+    let counter = process.wrap(Vec::<u32>::new).expect("wrap");
+    let tasks: Vec<_> = (0..200u32)
+        .map(|i| {
+            counter
+                .schedule_with(i, |v, i| {
+                    v.push(i);
+                    v.len()
+                })
+                .expect("schedule")
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        assert_eq!(wait(task).unwrap(), i + 1);
+    }
+    assert_eq!(counter.fetch().unwrap(), (0..200).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_remote_panic_is_an_error_and_the_slave_keeps_serving() {
+    let process = slave().expect("spawn");
+    let error = process
+        .invoke(|| -> u8 { panic!("deliberate failure in the slave") })
+        .expect_err("panics");
+    assert!(error.is_panic(), "{error:?}");
+    assert!(
+        error.message().unwrap().contains("deliberate failure"),
+        "{error:?}"
+    );
+    let Error::Remote(remote) = &error else {
+        panic!("not a remote error: {error:?}")
+    };
+    assert!(remote.location.as_deref().unwrap_or("").contains("process.rs"));
+    assert!(remote.backtrace.is_some());
+    assert_eq!(process.invoke(|| 1u8).unwrap(), 1);
+}
+
+/// A value whose decoding fails when it holds 13.
+#[derive(serde::Serialize, Debug, PartialEq)]
+struct Picky(u8);
+
+impl<'de> serde::Deserialize<'de> for Picky {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = u8::deserialize(deserializer)?;
+        if value == 13 {
+            return Err(serde::de::Error::custom("13 is refused"));
+        }
+        Ok(Picky(value))
+    }
+}
+
+#[test]
+fn a_value_that_does_not_deserialize_fails_that_task_only() {
+    let process = slave().expect("spawn");
+    // Arguments the slave cannot decode.
+    let error = process
+        .invoke_with(Picky(13), |p: Picky| p.0)
+        .expect_err("the slave refuses the argument");
+    let Error::Remote(remote) = &error else {
+        panic!("{error:?}")
+    };
+    assert_eq!(remote.kind, processional::RemoteErrorKind::Codec);
+    assert!(remote.message.contains("Picky"), "{remote:?}");
+    // A value the master cannot decode.
+    let error = process.invoke(|| Picky(13)).expect_err("the master refuses the value");
+    assert!(matches!(&error, Error::Codec(m) if m.contains("Picky")), "{error:?}");
+    // Both sides keep working.
+    assert_eq!(process.invoke(|| Picky(12)).unwrap(), Picky(12));
+}
+
+#[test]
+fn remote_handles_passed_back_resolve_to_the_object() {
+    let process = slave().expect("spawn");
+    let numbers = process.wrap(|| vec![1u64, 2, 3]).expect("wrap");
+    let total = process
+        .invoke_with(numbers.clone(), |numbers: processional::Remote<Vec<u64>>| {
+            assert!(numbers.is_local());
+            numbers.invoke(|v| v.iter().sum::<u64>()).unwrap()
+        })
+        .unwrap();
+    assert_eq!(total, 6);
+}
+
+#[test]
+fn thousand_wraps_and_drops_leave_no_live_object() {
+    let process = slave().expect("spawn");
+    for i in 0..1000u64 {
+        let object = process.wrap_with(i, |i| vec![i; 16]).expect("wrap");
+        if i % 100 == 0 {
+            assert_eq!(object.invoke(|v| v[0]).unwrap(), i);
+        }
+    }
+    // Releases travel in order with calls, so they are all applied by now.
+    assert_eq!(process.invoke(processional::live_objects).unwrap(), 0);
+    let kept = process.wrap(|| 1u8).expect("wrap");
+    assert_eq!(process.invoke(processional::live_objects).unwrap(), 1);
+    drop(kept);
+    assert_eq!(process.invoke(processional::live_objects).unwrap(), 0);
+}
+
+#[test]
+fn a_slave_killed_mid_task_fails_the_pending_tasks() {
+    let process = slave().expect("spawn");
+    let pid = process.pid();
+    let long = process
+        .schedule(|| std::thread::sleep(Duration::from_secs(30)))
+        .expect("schedule");
+    let queued = process.schedule(|| 1u8).expect("schedule");
+    kill_hard(pid);
+    let error = wait(long).expect_err("the slave died");
+    assert!(
+        matches!(error, Error::Exited(processional::ExitReason::Signal(9))),
+        "{error:?}"
+    );
+    assert!(wait(queued).is_err());
+    assert!(!process.is_alive());
+    assert!(process.invoke(|| 1u8).is_err());
+}
+
+#[test]
+fn a_dropped_slave_stops_even_while_a_task_runs() {
+    let process = slave().expect("spawn");
+    let pid = process.pid();
+    let _background = process
+        .schedule(|| std::thread::sleep(Duration::from_secs(10)))
+        .expect("schedule");
+    drop(process);
+    assert!(
+        wait_until(PATIENCE, || !process_exists(pid)),
+        "slave {pid} still runs after its handle was dropped"
+    );
+    assert!(
+        wait_until(PATIENCE, || !is_zombie(pid)),
+        "slave {pid} was not reaped"
+    );
+}
+
+#[test]
+fn a_detached_slave_finishes_its_task_then_exits() {
+    let marker = std::env::temp_dir().join(format!(
+        "processional-detached-{}-{}",
+        std::process::id(),
+        line!()
+    ));
+    let _ = std::fs::remove_file(&marker);
+    let process = SlaveProcessBuilder::new().detach(true).spawn().expect("spawn");
+    let pid = process.pid();
+    let task = process
+        .thread_with(marker.to_string_lossy().into_owned(), |path: String| {
+            std::thread::sleep(Duration::from_millis(300));
+            std::fs::write(path, b"done").unwrap();
+        })
+        .expect("thread");
+    task.detach();
+    drop(process);
+    assert!(
+        wait_until(PATIENCE, || !process_exists(pid)),
+        "detached slave {pid} never exited"
+    );
+    assert_eq!(std::fs::read(&marker).expect("the task finished"), b"done");
+    let _ = std::fs::remove_file(&marker);
+}
+
+#[test]
+fn terminate_reports_a_graceful_end() {
+    let process = slave().expect("spawn");
+    let ending = process.terminate(PATIENCE);
+    assert!(
+        matches!(ending, processional::Termination::Graceful(_)),
+        "{ending:?}"
+    );
+    assert!(!process.is_alive());
+}
+
+/// Helper for the next test: spawns a slave, prints its pid, then waits to be
+/// killed.
+#[test]
+fn helper_master_that_gets_killed() {
+    if !is_helper() {
+        return;
+    }
+    let process = slave().expect("spawn");
+    println!("slave-pid {}", process.pid());
+    std::thread::sleep(PATIENCE);
+}
+
+#[test]
+fn a_master_killed_with_sigkill_takes_its_slave_along() {
+    let mut master = KillOnDrop(spawn_helper("helper_master_that_gets_killed", &[]));
+    let stdout = master.0.stdout.take().expect("piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let slave_pid: u32 = loop {
+        let line = lines
+            .next()
+            .expect("the helper printed the slave pid")
+            .expect("read");
+        // libtest prints "test <name> ... " before the helper's own output.
+        if let Some((_, pid)) = line.split_once("slave-pid ") {
+            break pid.trim().parse().expect("pid");
+        }
+    };
+    assert!(process_exists(slave_pid));
+    kill_hard(master.0.id());
+    assert!(
+        wait_until(PATIENCE, || !process_exists(slave_pid)),
+        "slave {slave_pid} survived its master"
+    );
+}
+
+#[test]
+fn a_slave_spawned_from_a_short_lived_thread_outlives_that_thread() {
+    let process = std::thread::spawn(|| slave().expect("spawn"))
+        .join()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(process.invoke(|| 5u8).unwrap(), 5);
+}
+
+#[test]
+fn tasks_can_be_awaited() {
+    let process = slave().expect("spawn");
+    let task = process.schedule(|| 40u8 + 2).expect("schedule");
+    assert_eq!(pollster::block_on(task).unwrap(), 42);
+}
+
+#[test]
+fn cancelling_a_queued_task_before_it_runs() {
+    let process = slave().expect("spawn");
+    let blocker = process
+        .schedule(|| std::thread::sleep(Duration::from_millis(300)))
+        .expect("schedule");
+    let victim = process.schedule(|| 1u8).expect("schedule");
+    victim.cancel();
+    let error = wait(victim).expect_err("cancelled");
+    assert!(error.is_cancelled(), "{error:?}");
+    wait(blocker).unwrap();
+}
+
+#[test]
+fn a_cancelled_remote_task_sees_its_checkpoint() {
+    let process = slave().expect("spawn");
+    let task = process
+        .schedule(|| {
+            for _ in 0..6000 {
+                if processional::checkpoint().is_err() {
+                    return "cancelled".to_string();
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            "finished".to_string()
+        })
+        .expect("schedule");
+    std::thread::sleep(Duration::from_millis(100));
+    task.cancel();
+    assert_eq!(wait(task).unwrap(), "cancelled");
+}
