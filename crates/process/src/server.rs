@@ -213,7 +213,11 @@ impl ServerState {
         if let Some(path) = &self.key_file {
             let _ = std::fs::remove_file(path);
         }
-        // Wake the accept loop so it drops the listener (and its socket file).
+        // The process may exit before the accept loop drops the listener.
+        if let Address::Unix(path) = &self.address {
+            let _ = std::fs::remove_file(path);
+        }
+        // Wake the accept loop so it drops the listener.
         let _ = Connection::connect_timeout(&self.address, Duration::from_millis(200));
     }
 
@@ -443,22 +447,30 @@ impl ServerBuilder {
     }
 }
 
-/// The server side of a spawned server: bind, then serve the master's
-/// connection as the first client, then everyone else.
+/// A spawned server binds before it answers its master's handshake, so the
+/// address works as soon as `server()` returns.
+pub(crate) fn bind_spawned_server(bootstrap: &ServerBootstrap, key: &Key) -> Result<Listener, Error> {
+    let address: Address = bootstrap
+        .address
+        .parse()
+        .map_err(|e| Error::Protocol(format!("bad address {:?}: {e}", bootstrap.address)))?;
+    let listener = Listener::bind(&address).map_err(transport_error)?;
+    if let Some(path) = key_file_for(&listener.local_addr()) {
+        write_key_file(&path, key)?;
+    }
+    Ok(listener)
+}
+
+/// The server side of a spawned server: serve the master's connection as
+/// the first client, then everyone else.
 pub(crate) fn run_spawned_server(
     master: Connection,
+    listener: Listener,
     key: Key,
     bootstrap: ServerBootstrap,
 ) -> Result<(), Error> {
-    let builder = ServerBuilder::new(&bootstrap.address)?
-        .key(key.clone())
-        .persistent(bootstrap.persistent);
-    let listener = Listener::bind(&builder.address).map_err(transport_error)?;
     let address = listener.local_addr();
     let key_file = key_file_for(&address);
-    if let Some(path) = &key_file {
-        write_key_file(path, &key)?;
-    }
     let state = Arc::new(ServerState {
         clients: AtomicUsize::new(0),
         ever_connected: AtomicBool::new(true),

@@ -362,6 +362,10 @@ fn run_slave(fd: RawFd) -> Result<(), Error> {
     let bootstrap = read_bootstrap(&mut stream).map_err(|e| Error::io("reading the bootstrap", e))?;
     let key = Key::from_bytes(&bootstrap.key)
         .map_err(|e| Error::Protocol(format!("bad key in the bootstrap: {e}")))?;
+    let listener = match &bootstrap.server {
+        Some(server) => Some(crate::server::bind_spawned_server(server, &key)?),
+        None => None,
+    };
     let mut connection = Connection::from_unix(stream).map_err(transport_error)?;
     let role = if bootstrap.server.is_some() { Role::Server } else { Role::Slave };
     connection
@@ -376,8 +380,8 @@ fn run_slave(fd: RawFd) -> Result<(), Error> {
         )
         .map_err(transport_error)?;
     processional_thread::set_capture_backtraces(true);
-    if let Some(server) = bootstrap.server {
-        return crate::server::run_spawned_server(connection, key, server);
+    if let (Some(server), Some(listener)) = (bootstrap.server, listener) {
+        return crate::server::run_spawned_server(connection, listener, key, server);
     }
     let served = Served::new(connection);
     let end = served.serve();

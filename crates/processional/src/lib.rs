@@ -54,8 +54,8 @@ pub use processional_thread as thread;
 pub use processional_transport as transport;
 
 pub use processional_process::{
-    Output, Remote, SlaveProcess, SlaveProcessBuilder, Termination, fingerprint, init,
-    live_objects, slave,
+    ClientBuilder, Output, Remote, ServerBuilder, ServerHandle, SlaveProcess, SlaveProcessBuilder,
+    Termination, client, export, fingerprint, init, live_objects, serve, server, slave,
 };
 pub use processional_thread::{
     Bound, Builder as ThreadBuilder, CancelToken, Error, ExitReason, PanicReport, RemoteError,

@@ -1,0 +1,262 @@
+//! Cooperative cancellation: tokens, the current call's token, checkpoints.
+//!
+//! Rust cannot stop a running thread safely: its locks, allocations and
+//! invariants would be left half-updated. Cancelling a call therefore only
+//! *asks* it to stop; the call notices the request at its next
+//! [`checkpoint`] and returns [`Error::Cancelled`] from there.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::error::{Error, Result};
+use crate::panic::catch_panic;
+
+/// A callback run once when a token is cancelled.
+type CancelCallback = Box<dyn FnOnce() + Send>;
+
+/// The cancellation request of one call.
+///
+/// Cheap to clone (an `Arc`): every clone sees the same state. Once
+/// cancelled, a token stays cancelled.
+#[derive(Clone)]
+pub struct CancelToken {
+    inner: Arc<TokenState>,
+}
+
+struct TokenState {
+    /// Mirrors `callbacks.cancelled` for lock-free reads.
+    cancelled: AtomicBool,
+    callbacks: Mutex<Callbacks>,
+}
+
+struct Callbacks {
+    cancelled: bool,
+    pending: Vec<CancelCallback>,
+}
+
+impl CancelToken {
+    /// A token that is not cancelled.
+    pub fn new() -> Self {
+        CancelToken {
+            inner: Arc::new(TokenState {
+                cancelled: AtomicBool::new(false),
+                callbacks: Mutex::new(Callbacks {
+                    cancelled: false,
+                    pending: Vec::new(),
+                }),
+            }),
+        }
+    }
+
+    /// Requests cancellation and runs the callbacks registered with
+    /// [`on_cancel`](Self::on_cancel), on this thread. Later calls do nothing.
+    ///
+    /// A callback that panics is reported through `log::error!`; the other
+    /// callbacks still run.
+    pub fn cancel(&self) {
+        let pending = {
+            let mut callbacks = self.lock();
+            if callbacks.cancelled {
+                return;
+            }
+            callbacks.cancelled = true;
+            self.inner.cancelled.store(true, Ordering::Release);
+            std::mem::take(&mut callbacks.pending)
+        };
+        for callback in pending {
+            run_callback(callback);
+        }
+    }
+
+    /// Whether cancellation was requested.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancelled.load(Ordering::Acquire)
+    }
+
+    /// `Err(Error::Cancelled)` if cancellation was requested, `Ok(())`
+    /// otherwise.
+    pub fn check(&self) -> Result<()> {
+        if self.is_cancelled() {
+            Err(Error::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Runs `callback` when the token is cancelled, on the cancelling thread;
+    /// at once, on this thread, if it already is.
+    pub fn on_cancel(&self, callback: Box<dyn FnOnce() + Send>) {
+        {
+            let mut callbacks = self.lock();
+            if !callbacks.cancelled {
+                callbacks.pending.push(callback);
+                return;
+            }
+        }
+        run_callback(callback);
+    }
+
+    /// Whether both handles are clones of the same token.
+    pub fn same_as(&self, other: &CancelToken) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Callbacks> {
+        // The state stays consistent even if a thread panicked while holding
+        // the lock (callbacks never run under it).
+        self.inner
+            .callbacks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Default for CancelToken {
+    fn default() -> Self {
+        CancelToken::new()
+    }
+}
+
+impl fmt::Debug for CancelToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelToken")
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
+}
+
+fn run_callback(callback: CancelCallback) {
+    if let Err(error) = catch_panic(callback) {
+        log::error!("processional: a cancellation callback failed: {error}");
+    }
+}
+
+thread_local! {
+    /// The token of the call running on this thread, if any.
+    static CURRENT: RefCell<Option<CancelToken>> = const { RefCell::new(None) };
+}
+
+/// Returns `Err(Error::Cancelled)` if the call running on this thread was
+/// asked to stop, `Ok(())` otherwise (and always outside any call).
+///
+/// Put `checkpoint()?` in the loops of long computations so that
+/// [`Task::cancel`](crate::Task::cancel) and `terminate` can end them.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let task = processional_thread::thread(|| -> processional_thread::Result<u64> {
+///     let mut rounds = 0u64;
+///     loop {
+///         processional_thread::checkpoint()?;
+///         rounds += 1;
+///         std::thread::sleep(Duration::from_millis(1));
+///     }
+/// });
+/// task.cancel();
+/// // Stopped at a checkpoint (`Ok(Err(Cancelled))`), or before it even
+/// // started (`Err(Cancelled)`).
+/// let error = task.wait().and_then(|outcome| outcome).unwrap_err();
+/// assert!(error.is_cancelled());
+/// ```
+pub fn checkpoint() -> Result<()> {
+    CURRENT.with(|current| match &*current.borrow() {
+        Some(token) => token.check(),
+        None => Ok(()),
+    })
+}
+
+/// The token of the call running on this thread, if any.
+pub fn current_token() -> Option<CancelToken> {
+    CURRENT.with(|current| current.borrow().clone())
+}
+
+/// Runs `f` with `token` as the current call's token, so that
+/// [`checkpoint`] and [`current_token`] see it; the previous token is
+/// restored afterwards, even if `f` panics.
+pub fn with_token<R>(token: &CancelToken, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<CancelToken>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            // `try_with`: during thread teardown there is nothing to restore.
+            let _ = CURRENT.try_with(|current| *current.borrow_mut() = previous);
+        }
+    }
+    let previous = CURRENT.with(|current| current.borrow_mut().replace(token.clone()));
+    let _restore = Restore(previous);
+    f()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn cancel_is_sticky_and_runs_callbacks_once() {
+        let token = CancelToken::new();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counter = runs.clone();
+        token.on_cancel(Box::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }));
+        assert!(!token.is_cancelled());
+        assert!(token.check().is_ok());
+        token.cancel();
+        token.cancel();
+        assert!(token.is_cancelled());
+        assert!(matches!(token.check(), Err(Error::Cancelled)));
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn on_cancel_after_cancellation_runs_at_once() {
+        let token = CancelToken::new();
+        token.cancel();
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        token.on_cancel(Box::new(move || flag.store(true, Ordering::SeqCst)));
+        assert!(ran.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_panicking_callback_does_not_stop_the_others() {
+        let token = CancelToken::new();
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        token.on_cancel(Box::new(|| panic!("callback failure")));
+        token.on_cancel(Box::new(move || flag.store(true, Ordering::SeqCst)));
+        token.cancel();
+        assert!(ran.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn checkpoint_follows_the_installed_token() {
+        assert!(checkpoint().is_ok());
+        assert!(current_token().is_none());
+        let outer = CancelToken::new();
+        let inner = CancelToken::new();
+        inner.cancel();
+        with_token(&outer, || {
+            assert!(checkpoint().is_ok());
+            with_token(&inner, || {
+                assert!(matches!(checkpoint(), Err(Error::Cancelled)));
+            });
+            assert!(current_token().unwrap().same_as(&outer));
+            outer.cancel();
+            assert!(checkpoint().is_err());
+        });
+        assert!(current_token().is_none());
+    }
+
+    #[test]
+    fn with_token_restores_after_a_panic() {
+        let token = CancelToken::new();
+        let result = catch_panic(|| with_token(&token, || panic!("inside")));
+        assert!(result.is_err());
+        assert!(current_token().is_none());
+    }
+}

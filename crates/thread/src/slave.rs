@@ -1,0 +1,924 @@
+//! [`SlaveThread`]: a thread that owns resources and runs orders in FIFO
+//! order.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::thread::{self, ThreadId};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+
+use crate::backoff::Backoff;
+use crate::bound::Bound;
+use crate::cancel::CancelToken;
+use crate::error::{PanicReport, Result};
+use crate::panic::catch_panic;
+use crate::task::{Completer, Task, run_call};
+
+/// Identifies slaves and the objects bound to them.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Work for the slave: a call, or the creation or removal of a bound object.
+pub(crate) struct Order {
+    /// The token of the call, cancelled by [`SlaveThread::terminate`] while
+    /// the order runs.
+    pub(crate) token: Option<CancelToken>,
+    pub(crate) run: Box<dyn FnOnce(&Objects) + Send>,
+}
+
+/// A bound object, or why its construction failed.
+pub(crate) type Object = std::result::Result<Rc<dyn Any>, PanicReport>;
+
+/// The objects bound to one slave; lives on the slave's thread.
+#[derive(Default)]
+pub(crate) struct Objects {
+    map: RefCell<HashMap<u64, Object>>,
+}
+
+impl Objects {
+    pub(crate) fn insert(&self, id: u64, object: Object) {
+        let replaced = self.map.borrow_mut().insert(id, object);
+        drop_object(replaced);
+    }
+
+    pub(crate) fn get(&self, id: u64) -> Option<Object> {
+        self.map.borrow().get(&id).cloned()
+    }
+
+    pub(crate) fn remove(&self, id: u64) {
+        let removed = self.map.borrow_mut().remove(&id);
+        drop_object(removed);
+    }
+
+    /// Drops every object, on this (the slave's) thread.
+    fn clear(&self) {
+        loop {
+            let Some(id) = self.map.borrow().keys().next().copied() else {
+                return;
+            };
+            self.remove(id);
+        }
+    }
+}
+
+/// Drops an object, reporting a panicking destructor instead of unwinding
+/// into the slave's loop.
+fn drop_object(object: Option<Object>) {
+    if let Some(object) = object {
+        if let Err(error) = catch_panic(move || drop(object)) {
+            log::error!("processional: dropping an object bound to a slave thread failed: {error}");
+        }
+    }
+}
+
+thread_local! {
+    /// The slaves this thread serves, with their objects.
+    static HOSTED: RefCell<Vec<(u64, Rc<Objects>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The objects of slave `id`, if the current thread serves it.
+pub(crate) fn hosted(id: u64) -> Option<Rc<Objects>> {
+    HOSTED
+        .try_with(|hosted| {
+            hosted
+                .borrow()
+                .iter()
+                .find(|(slave, _)| *slave == id)
+                .map(|(_, objects)| objects.clone())
+        })
+        .ok()
+        .flatten()
+}
+
+fn host(id: u64, objects: Rc<Objects>) {
+    HOSTED.with(|hosted| hosted.borrow_mut().push((id, objects)));
+}
+
+fn unhost(id: u64) {
+    let _ = HOSTED.try_with(|hosted| hosted.borrow_mut().retain(|(slave, _)| *slave != id));
+}
+
+/// Whether the slave still runs orders, and who waits for its end.
+struct Exit {
+    exited: bool,
+    waiters: Vec<Completer<()>>,
+}
+
+/// What runs, for `terminate`.
+struct Running {
+    aborted: bool,
+    token: Option<CancelToken>,
+}
+
+/// The state shared by the handles and the thread of one slave.
+struct SlaveState {
+    id: u64,
+    /// `None` once closed: orders are refused from then on.
+    sender: RwLock<Option<Sender<Order>>>,
+    /// A second receiver, for `abort` to drain the queue.
+    queue: Receiver<Order>,
+    running: Mutex<Running>,
+    exit: Mutex<Exit>,
+}
+
+fn relock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics under these locks; a poisoned one is still consistent.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl SlaveState {
+    fn new() -> (Arc<SlaveState>, Receiver<Order>) {
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        let state = Arc::new(SlaveState {
+            id: next_id(),
+            sender: RwLock::new(Some(sender)),
+            queue: receiver.clone(),
+            running: Mutex::new(Running {
+                aborted: false,
+                token: None,
+            }),
+            exit: Mutex::new(Exit {
+                exited: false,
+                waiters: Vec::new(),
+            }),
+        });
+        (state, receiver)
+    }
+
+    /// Queues an order; if the slave is closed, drops it (which fails its
+    /// task with [`Error::Stopped`](crate::Error::Stopped)).
+    fn post(&self, order: Order) {
+        let sender = self.sender.read().unwrap_or_else(PoisonError::into_inner);
+        let refused = match &*sender {
+            Some(sender) => sender.send(order).err().map(|error| error.into_inner()),
+            None => Some(order),
+        };
+        drop(sender);
+        drop(refused);
+    }
+
+    /// Refuses further orders; the queued ones still run.
+    fn close_queue(&self) {
+        let sender = self
+            .sender
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(sender);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.sender
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
+    }
+
+    /// Fails every queued order with [`Error::Stopped`](crate::Error::Stopped); the running one
+    /// finishes.
+    fn abort(&self) {
+        relock(&self.running).aborted = true;
+        self.close_queue();
+        for order in self.queue.try_iter() {
+            drop(order);
+        }
+    }
+
+    /// Runs one order on the slave's thread.
+    fn execute(&self, objects: &Objects, order: Order) {
+        let previous = {
+            let mut running = relock(&self.running);
+            if running.aborted {
+                drop(running);
+                drop(order);
+                return;
+            }
+            std::mem::replace(&mut running.token, order.token)
+        };
+        drop(previous);
+        (order.run)(objects);
+    }
+
+    /// Called by the slave's thread when it stops serving: drops the objects
+    /// there and completes the `close` tasks.
+    fn finish(&self, objects: &Objects) {
+        unhost(self.id);
+        self.close_queue();
+        for order in self.queue.try_iter() {
+            drop(order);
+        }
+        objects.clear();
+        relock(&self.running).token = None;
+        let waiters = {
+            let mut exit = relock(&self.exit);
+            exit.exited = true;
+            std::mem::take(&mut exit.waiters)
+        };
+        for waiter in waiters {
+            waiter.complete(Ok(()));
+        }
+    }
+
+    fn exit_task(&self) -> Task<()> {
+        let mut exit = relock(&self.exit);
+        if exit.exited {
+            return Task::ready(Ok(()));
+        }
+        let (task, completer) = Task::pending();
+        exit.waiters.push(completer);
+        task
+    }
+
+    fn is_alive(&self) -> bool {
+        !relock(&self.exit).exited
+    }
+}
+
+/// The loop of a spawned slave thread.
+fn serve(state: Arc<SlaveState>, orders: Receiver<Order>) {
+    /// Stops the slave properly even if the loop unwinds (a panicking
+    /// logger, say): its `close` tasks complete, its objects are dropped.
+    struct Finish {
+        state: Arc<SlaveState>,
+        objects: Rc<Objects>,
+    }
+    impl Drop for Finish {
+        fn drop(&mut self) {
+            self.state.finish(&self.objects);
+        }
+    }
+    let finish = Finish {
+        state,
+        objects: Rc::new(Objects::default()),
+    };
+    host(finish.state.id, finish.objects.clone());
+    while let Some(order) = receive(&orders) {
+        finish.state.execute(&finish.objects, order);
+    }
+}
+
+/// The next order, waiting briefly without blocking first (orders often come
+/// in quick succession); `None` once the slave is closed and drained.
+fn receive(orders: &Receiver<Order>) -> Option<Order> {
+    let mut backoff = Backoff::new();
+    loop {
+        match orders.try_recv() {
+            Ok(order) => return Some(order),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) if backoff.is_exhausted() => return orders.recv().ok(),
+            Err(TryRecvError::Empty) => backoff.snooze(),
+        }
+    }
+}
+
+/// One handle's share of a slave: closes the queue when the last handle goes.
+struct SlaveHandle {
+    state: Arc<SlaveState>,
+    thread_id: ThreadId,
+}
+
+impl Drop for SlaveHandle {
+    fn drop(&mut self) {
+        self.state.close_queue();
+    }
+}
+
+/// A thread that owns resources and runs orders one at a time, in the order
+/// they were given.
+///
+/// - [`invoke`](Self::invoke) runs a function there and waits for its value;
+///   [`schedule`](Self::schedule) returns a [`Task`] instead.
+/// - [`wrap`](Self::wrap) creates an object *on* the slave thread and
+///   returns a [`Bound`] handle to it: the object need not be `Send` (an
+///   `Rc`, a `RefCell`, a GUI handle…), since it never leaves that thread.
+/// - The handle is cheap to clone and can be shared between threads. When
+///   the last handle (including those held by [`Bound`] objects) is dropped,
+///   the thread runs the orders already queued, drops its objects and exits.
+///   [`close`](Self::close) does the same on purpose; [`abort`](Self::abort)
+///   fails the queued orders instead of running them.
+/// - Once stopped, a slave refuses orders: their tasks fail at once with
+///   [`Error::Stopped`](crate::Error::Stopped).
+///
+/// A panic in an order fails that order only; the slave keeps serving.
+///
+/// ```
+/// use processional_thread::SlaveThread;
+///
+/// let slave = SlaveThread::new();
+/// let counter = slave.wrap(|| std::rc::Rc::new(std::cell::Cell::new(0)));
+/// counter.invoke(|c| c.set(c.get() + 1)).unwrap();
+/// let value = counter.schedule(|c| c.get());
+/// assert_eq!(value.wait().unwrap(), 1);
+/// assert_eq!(slave.invoke(|| 2 + 2).unwrap(), 4);
+/// ```
+#[derive(Clone)]
+pub struct SlaveThread {
+    handle: Arc<SlaveHandle>,
+}
+
+impl SlaveThread {
+    /// Starts a slave thread with default settings.
+    ///
+    /// # Panics
+    ///
+    /// If the operating system cannot start a thread (like
+    /// [`std::thread::spawn`]); use [`SlaveThread::builder`] to handle that
+    /// error.
+    pub fn new() -> SlaveThread {
+        match SlaveBuilder::new().spawn() {
+            Ok(slave) => slave,
+            Err(error) => panic!("cannot start a slave thread: {error}"),
+        }
+    }
+
+    /// A builder to name the thread or choose its stack size.
+    pub fn builder() -> SlaveBuilder {
+        SlaveBuilder::new()
+    }
+
+    /// A slave served by the current thread (e.g. a GUI main loop) through the
+    /// returned [`SlaveDriver`]: nothing runs until the driver is stepped.
+    pub fn manual() -> (SlaveThread, SlaveDriver) {
+        let (state, orders) = SlaveState::new();
+        let objects = Rc::new(Objects::default());
+        host(state.id, objects.clone());
+        let slave = SlaveThread {
+            handle: Arc::new(SlaveHandle {
+                state: state.clone(),
+                thread_id: thread::current().id(),
+            }),
+        };
+        let driver = SlaveDriver {
+            state,
+            orders,
+            objects,
+            finished: Cell::new(false),
+            _not_send: PhantomData,
+        };
+        (slave, driver)
+    }
+
+    fn state(&self) -> &SlaveState {
+        &self.handle.state
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.handle.state.id
+    }
+
+    pub(crate) fn post(&self, order: Order) {
+        self.state().post(order);
+    }
+
+    /// Runs `f` on the slave thread after the orders queued before it, and
+    /// waits for its value.
+    ///
+    /// Called from the slave thread itself (from inside an order, or by the
+    /// thread driving a [manual](Self::manual) slave), `f` runs at once
+    /// instead of deadlocking.
+    pub fn invoke<F, T>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        if hosted(self.id()).is_some() {
+            return catch_panic(f);
+        }
+        self.schedule(f).wait()
+    }
+
+    /// Queues `f` to run on the slave thread after the orders queued before
+    /// it, and returns its [`Task`]. On a stopped slave, the task has already
+    /// failed with [`Error::Stopped`](crate::Error::Stopped).
+    pub fn schedule<F, T>(&self, f: F) -> Task<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (task, completer) = Task::pending();
+        let token = completer.token().clone();
+        self.post(Order {
+            token: Some(token),
+            run: Box::new(move |_: &Objects| run_call(completer, f, || {})),
+        });
+        task
+    }
+
+    /// Creates an object on the slave thread with `f` and returns a handle
+    /// to it; see [`Bound`]. The object need not be `Send`.
+    ///
+    /// Construction is queued like any order (it runs at once when called
+    /// from the slave thread); if `f` panics, every call on the handle fails
+    /// with that panic.
+    pub fn wrap<F, T>(&self, f: F) -> Bound<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: 'static,
+    {
+        Bound::create(self.clone(), f)
+    }
+
+    /// Stops accepting orders and returns a task that completes once the
+    /// queued orders have run, the bound objects were dropped and the thread
+    /// stopped serving.
+    pub fn close(&self) -> Task<()> {
+        self.state().close_queue();
+        self.state().exit_task()
+    }
+
+    /// Stops accepting orders and fails every queued one with
+    /// [`Error::Stopped`](crate::Error::Stopped); the running order, if any, finishes.
+    pub fn abort(&self) {
+        self.state().abort();
+    }
+
+    /// Cancels the running order (see [`checkpoint`](crate::checkpoint)),
+    /// aborts the queued ones, and waits at most `timeout` for the thread to
+    /// stop; whether it stopped.
+    pub fn terminate(&self, timeout: Duration) -> bool {
+        let state = self.state();
+        let running = {
+            let mut running = relock(&state.running);
+            running.aborted = true;
+            running.token.clone()
+        };
+        state.abort();
+        if let Some(token) = running {
+            token.cancel();
+        }
+        self.close().wait_timeout(timeout).is_ok()
+    }
+
+    /// Whether the slave still serves orders (it may be closed and draining
+    /// its queue).
+    pub fn is_alive(&self) -> bool {
+        self.state().is_alive()
+    }
+
+    /// Whether the slave refuses new orders (closed, aborted or stopped).
+    pub fn is_closed(&self) -> bool {
+        self.state().is_closed()
+    }
+
+    /// The thread that runs the orders.
+    pub fn thread_id(&self) -> ThreadId {
+        self.handle.thread_id
+    }
+}
+
+impl Default for SlaveThread {
+    fn default() -> Self {
+        SlaveThread::new()
+    }
+}
+
+impl fmt::Debug for SlaveThread {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SlaveThread")
+            .field("thread_id", &self.thread_id())
+            .field("closed", &self.is_closed())
+            .field("alive", &self.is_alive())
+            .finish()
+    }
+}
+
+/// Configures a [`SlaveThread`] before starting it.
+#[derive(Clone, Debug, Default)]
+pub struct SlaveBuilder {
+    name: Option<String>,
+    stack_size: Option<usize>,
+}
+
+impl SlaveBuilder {
+    /// Default settings: named `processional-slave`, default stack size.
+    pub fn new() -> Self {
+        SlaveBuilder::default()
+    }
+
+    /// The thread's name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The thread's stack size in bytes.
+    pub fn stack_size(mut self, bytes: usize) -> Self {
+        self.stack_size = Some(bytes);
+        self
+    }
+
+    /// Starts the slave thread.
+    pub fn spawn(self) -> io::Result<SlaveThread> {
+        let (state, orders) = SlaveState::new();
+        let mut builder = thread::Builder::new()
+            .name(self.name.unwrap_or_else(|| "processional-slave".to_owned()));
+        if let Some(bytes) = self.stack_size {
+            builder = builder.stack_size(bytes);
+        }
+        let served = state.clone();
+        let thread = builder.spawn(move || serve(served, orders))?;
+        Ok(SlaveThread {
+            handle: Arc::new(SlaveHandle {
+                state,
+                thread_id: thread.thread().id(),
+            }),
+        })
+    }
+}
+
+/// Serves a [manual](SlaveThread::manual) slave from the thread that created
+/// it; stays on that thread (it is not `Send`).
+///
+/// Dropping the driver stops the slave: queued orders fail with
+/// [`Error::Stopped`](crate::Error::Stopped) and the bound objects are dropped.
+///
+/// Waiting on a task of this slave from the driving thread blocks forever
+/// unless another thread closes it: step the driver instead, or use
+/// [`SlaveThread::invoke`], which runs at once on this thread.
+pub struct SlaveDriver {
+    state: Arc<SlaveState>,
+    orders: Receiver<Order>,
+    objects: Rc<Objects>,
+    finished: Cell<bool>,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl SlaveDriver {
+    /// Runs one queued order, if any; whether one ran. When the slave is
+    /// closed and its queue is empty, stops it (completing its `close`
+    /// tasks) and returns `false`.
+    pub fn step(&self) -> bool {
+        if self.finished.get() {
+            return false;
+        }
+        match self.orders.try_recv() {
+            Ok(order) => {
+                self.state.execute(&self.objects, order);
+                true
+            }
+            Err(TryRecvError::Empty) => false,
+            Err(TryRecvError::Disconnected) => {
+                self.finish();
+                false
+            }
+        }
+    }
+
+    /// Runs the orders queued at the time of the call (not those they queue
+    /// themselves); how many ran.
+    pub fn run_pending(&self) -> usize {
+        let queued = self.orders.len();
+        let mut ran = 0;
+        while ran < queued && self.step() {
+            ran += 1;
+        }
+        // Closed first: then nothing can arrive any more.
+        if !self.finished.get() && self.state.is_closed() && self.orders.is_empty() {
+            self.finish();
+        }
+        ran
+    }
+
+    /// Runs orders as they come until the slave is closed (every handle
+    /// dropped, or [`SlaveThread::close`]) and its queue is drained.
+    pub fn run(&self) {
+        if self.finished.get() {
+            return;
+        }
+        while let Some(order) = receive(&self.orders) {
+            self.state.execute(&self.objects, order);
+        }
+        self.finish();
+    }
+
+    /// Whether the slave has stopped (closed and drained, or aborted).
+    pub fn is_finished(&self) -> bool {
+        self.finished.get()
+    }
+
+    fn finish(&self) {
+        if !self.finished.replace(true) {
+            self.state.finish(&self.objects);
+        }
+    }
+}
+
+impl Drop for SlaveDriver {
+    fn drop(&mut self) {
+        if !self.finished.get() {
+            self.state.abort();
+            self.finish();
+        }
+    }
+}
+
+impl fmt::Debug for SlaveDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SlaveDriver")
+            .field("queued", &self.orders.len())
+            .field("finished", &self.finished.get())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+    use crossbeam_channel::{bounded, unbounded};
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+    const LONG: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn runs_orders_in_fifo_order() {
+        let slave = SlaveThread::new();
+        let (sender, receiver) = unbounded();
+        let tasks: Vec<_> = (0..100)
+            .map(|i| {
+                let sender = sender.clone();
+                slave.schedule(move || sender.send(i).unwrap())
+            })
+            .collect();
+        for task in tasks {
+            task.wait().unwrap();
+        }
+        let seen: Vec<i32> = receiver.try_iter().collect();
+        assert_eq!(seen, (0..100).collect::<Vec<_>>());
+        assert_eq!(
+            slave.invoke(|| thread::current().id()).unwrap(),
+            slave.thread_id()
+        );
+    }
+
+    #[test]
+    fn a_manual_slave_runs_nothing_before_step() {
+        let (slave, driver) = SlaveThread::manual();
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        let task = slave.schedule(move || {
+            flag.store(true, Ordering::SeqCst);
+            "done"
+        });
+        thread::sleep(Duration::from_millis(20));
+        assert!(!ran.load(Ordering::SeqCst));
+        assert!(!task.is_finished());
+        assert!(driver.step());
+        assert!(ran.load(Ordering::SeqCst));
+        assert_eq!(task.wait().unwrap(), "done");
+        assert!(!driver.step());
+        assert_eq!(slave.thread_id(), thread::current().id());
+    }
+
+    #[test]
+    fn ten_thousand_panics_leave_the_slave_working() {
+        let slave = SlaveThread::new();
+        let tasks: Vec<Task<()>> = (0..10_000)
+            .map(|i| slave.schedule(move || panic!("order {i} failed")))
+            .collect();
+        for (i, task) in tasks.into_iter().enumerate() {
+            let error = task.wait().unwrap_err();
+            assert!(error.is_panic());
+            assert_eq!(error.message(), Some(format!("order {i} failed").as_str()));
+        }
+        assert_eq!(slave.invoke(|| 1).unwrap(), 1);
+        assert!(slave.is_alive());
+    }
+
+    /// Sends the id of the thread it is dropped on.
+    struct DropProbe(Sender<ThreadId>);
+
+    impl Drop for DropProbe {
+        fn drop(&mut self) {
+            let _ = self.0.send(thread::current().id());
+        }
+    }
+
+    thread_local! {
+        static EXIT_PROBE: RefCell<Option<DropProbe>> = const { RefCell::new(None) };
+    }
+
+    #[test]
+    fn dropping_the_last_handle_runs_the_queue_then_stops_the_thread() {
+        let slave = SlaveThread::new();
+        let thread_id = slave.thread_id();
+        let (exited, exit) = bounded(1);
+        slave
+            .invoke(move || EXIT_PROBE.with(|probe| *probe.borrow_mut() = Some(DropProbe(exited))))
+            .unwrap();
+        let tasks: Vec<_> = (0..10)
+            .map(|i| {
+                slave.schedule(move || {
+                    thread::sleep(Duration::from_millis(2));
+                    i * 2
+                })
+            })
+            .collect();
+        let other = slave.clone();
+        drop(slave);
+        assert!(other.is_alive(), "a clone keeps the slave running");
+        drop(other);
+        for (i, task) in tasks.into_iter().enumerate() {
+            assert_eq!(task.wait().unwrap(), i * 2);
+        }
+        assert_eq!(exit.recv_timeout(LONG).unwrap(), thread_id);
+    }
+
+    #[test]
+    fn close_drains_the_queue_then_refuses_orders() {
+        let slave = SlaveThread::new();
+        let (release, gate) = bounded::<()>(0);
+        let first = slave.schedule(move || gate.recv().unwrap());
+        let second = slave.schedule(|| 2);
+        let closed = slave.close();
+        assert!(slave.is_closed());
+        let refused = slave.schedule(|| 3);
+        assert!(refused.is_finished());
+        assert!(matches!(refused.wait(), Err(Error::Stopped)));
+        assert!(matches!(slave.invoke(|| 4), Err(Error::Stopped)));
+        let closed = closed.wait_timeout(Duration::from_millis(10)).unwrap_err();
+        assert!(slave.is_alive());
+        release.send(()).unwrap();
+        first.wait().unwrap();
+        assert_eq!(second.wait().unwrap(), 2);
+        closed.wait().unwrap();
+        assert!(!slave.is_alive());
+        assert!(slave.close().is_finished());
+    }
+
+    #[test]
+    fn abort_fails_the_queued_orders() {
+        let slave = SlaveThread::new();
+        let (started, running) = bounded(0);
+        let (release, gate) = bounded::<()>(0);
+        let first = slave.schedule(move || {
+            started.send(()).unwrap();
+            gate.recv().unwrap();
+            1
+        });
+        let queued: Vec<_> = (0..5).map(|i| slave.schedule(move || i)).collect();
+        running.recv_timeout(LONG).unwrap();
+        slave.abort();
+        for task in queued {
+            assert!(matches!(task.wait(), Err(Error::Stopped)));
+        }
+        assert!(matches!(slave.schedule(|| 0).wait(), Err(Error::Stopped)));
+        release.send(()).unwrap();
+        assert_eq!(first.wait().unwrap(), 1, "the running order finishes");
+        slave.close().wait().unwrap();
+        assert!(!slave.is_alive());
+    }
+
+    #[test]
+    fn terminate_cancels_the_running_order() {
+        let slave = SlaveThread::new();
+        let (started, running) = bounded(0);
+        let looping = slave.schedule(move || -> Result<()> {
+            started.send(()).unwrap();
+            loop {
+                crate::checkpoint()?;
+                thread::sleep(Duration::from_millis(1));
+            }
+        });
+        let queued = slave.schedule(|| ());
+        running.recv_timeout(LONG).unwrap();
+        assert!(slave.terminate(LONG));
+        assert!(!slave.is_alive());
+        assert!(matches!(looping.wait(), Ok(Err(Error::Cancelled))));
+        assert!(matches!(queued.wait(), Err(Error::Stopped)));
+    }
+
+    #[test]
+    fn cancelled_orders_stop_at_a_checkpoint_or_do_not_start() {
+        let slave = SlaveThread::new();
+        let (started, running) = bounded(0);
+        let looping = slave.schedule(move || -> Result<u32> {
+            started.send(()).unwrap();
+            loop {
+                crate::checkpoint()?;
+                thread::sleep(Duration::from_millis(1));
+            }
+        });
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        let queued = slave.schedule(move || flag.store(true, Ordering::SeqCst));
+        queued.cancel();
+        running.recv_timeout(LONG).unwrap();
+        looping.cancel();
+        assert!(matches!(looping.wait(), Ok(Err(Error::Cancelled))));
+        assert!(matches!(queued.wait(), Err(Error::Cancelled)));
+        assert!(!ran.load(Ordering::SeqCst));
+        assert_eq!(slave.invoke(|| 5).unwrap(), 5);
+    }
+
+    #[test]
+    fn invoke_from_the_slave_itself_runs_inline() {
+        let slave = SlaveThread::new();
+        let inner = slave.clone();
+        let value = slave
+            .invoke(move || {
+                let nested = inner.clone();
+                inner
+                    .invoke(move || nested.invoke(|| 40).unwrap() + 1)
+                    .unwrap()
+                    + 1
+            })
+            .unwrap();
+        assert_eq!(value, 42);
+        // Inline panics are caught too.
+        let inner = slave.clone();
+        let error = slave
+            .invoke(move || inner.invoke(|| panic!("inline failure")).unwrap_err())
+            .unwrap();
+        assert_eq!(error.message(), Some("inline failure"));
+    }
+
+    #[test]
+    fn a_manual_slave_runs_invoke_inline_on_its_driving_thread() {
+        let (slave, driver) = SlaveThread::manual();
+        assert_eq!(slave.invoke(|| 9).unwrap(), 9);
+        drop(driver);
+        assert!(matches!(slave.invoke(|| 9), Err(Error::Stopped)));
+    }
+
+    #[test]
+    fn manual_run_serves_until_closed() {
+        let (handles, handed) = bounded(1);
+        let driving = thread::spawn(move || {
+            let (slave, driver) = SlaveThread::manual();
+            handles.send(slave).unwrap();
+            driver.run();
+            assert!(driver.is_finished());
+            assert!(!driver.step());
+        });
+        let slave: SlaveThread = handed.recv_timeout(LONG).unwrap();
+        let tasks: Vec<_> = (0..50).map(|i| slave.schedule(move || i + 1)).collect();
+        let closed = slave.close();
+        for (i, task) in tasks.into_iter().enumerate() {
+            assert_eq!(task.wait().unwrap(), i + 1);
+        }
+        closed.wait().unwrap();
+        assert!(!slave.is_alive());
+        driving.join().unwrap();
+    }
+
+    #[test]
+    fn run_pending_runs_what_was_queued() {
+        let (slave, driver) = SlaveThread::manual();
+        let count = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..3)
+            .map(|_| {
+                let count = count.clone();
+                let requeue = slave.clone();
+                slave.schedule(move || {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    // Queued by an order: waits for the next round.
+                    requeue.schedule(|| ()).detach();
+                })
+            })
+            .collect();
+        assert_eq!(driver.run_pending(), 3);
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+        for task in tasks {
+            task.wait().unwrap();
+        }
+        let closed = slave.close();
+        assert!(!closed.is_finished());
+        assert_eq!(driver.run_pending(), 3);
+        assert!(driver.is_finished());
+        closed.wait().unwrap();
+    }
+
+    #[test]
+    fn dropping_a_manual_driver_fails_its_queue() {
+        let (slave, driver) = SlaveThread::manual();
+        let task = slave.schedule(|| 1);
+        let closed = slave.close();
+        drop(driver);
+        assert!(matches!(task.wait(), Err(Error::Stopped)));
+        closed.wait().unwrap();
+        assert!(!slave.is_alive());
+    }
+
+    #[test]
+    fn tasks_of_a_slave_can_be_awaited() {
+        let slave = SlaveThread::new();
+        let task = slave.schedule(|| {
+            thread::sleep(Duration::from_millis(20));
+            20
+        });
+        let value = pollster::block_on(async move { task.await.unwrap() + 1 });
+        assert_eq!(value, 21);
+    }
+}

@@ -1,0 +1,622 @@
+//! [`Task`], the handle to one call, and [`Completer`], the side that
+//! delivers its outcome.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+use crate::backoff::Backoff;
+use crate::cancel::{CancelToken, with_token};
+use crate::error::{Error, Result};
+use crate::panic::catch_panic;
+
+/// The outcome is not there yet.
+const PENDING: u8 = 0;
+/// The outcome is stored in the slot.
+const DONE: u8 = 1;
+/// The outcome was handed to the task's owner.
+const TAKEN: u8 = 2;
+
+/// Makes progress on driven tasks (see [`Task::pending_driven`]).
+///
+/// A runtime whose replies arrive on a socket implements it so that the
+/// thread waiting for a reply can read the socket itself, instead of having a
+/// reader thread read it and wake the waiter (a thread hand-off saved on the
+/// hot path).
+pub trait Driver: Send + Sync {
+    /// Blocks until `done()` returns `true` or `deadline` passes, making
+    /// progress (e.g. reading and dispatching replies) meanwhile. May return
+    /// early; the task calls it again while neither holds.
+    fn drive(&self, done: &dyn Fn() -> bool, deadline: Option<Instant>);
+
+    /// Makes sure progress happens without the caller driving it (e.g. wakes
+    /// a reader thread), for a task that is polled as a future, queried or
+    /// dropped. Must not block.
+    fn ensure_progress(&self);
+}
+
+/// Whoever waits for the outcome.
+enum Waiter {
+    None,
+    Thread(Thread),
+    Waker(Waker),
+}
+
+impl Waiter {
+    fn wake(self) {
+        match self {
+            Waiter::None => {}
+            Waiter::Thread(thread) => thread.unpark(),
+            Waiter::Waker(waker) => waker.wake(),
+        }
+    }
+}
+
+struct Slot<T> {
+    outcome: Option<Result<T>>,
+    waiter: Waiter,
+    /// The task handle is gone: nobody will collect the outcome.
+    abandoned: bool,
+}
+
+/// The state shared by a [`Task`] and its [`Completer`].
+struct Shared<T> {
+    state: AtomicU8,
+    slot: Mutex<Slot<T>>,
+    token: CancelToken,
+    driver: Option<Arc<dyn Driver>>,
+}
+
+impl<T> Shared<T> {
+    fn new(outcome: Option<Result<T>>, driver: Option<Arc<dyn Driver>>) -> Arc<Self> {
+        let state = if outcome.is_some() { DONE } else { PENDING };
+        Arc::new(Shared {
+            state: AtomicU8::new(state),
+            slot: Mutex::new(Slot {
+                outcome,
+                waiter: Waiter::None,
+                abandoned: false,
+            }),
+            token: CancelToken::new(),
+            driver,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Slot<T>> {
+        // No user code runs under this lock, so a poisoned lock still guards
+        // a consistent slot.
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn is_done(&self) -> bool {
+        self.state.load(Ordering::Acquire) != PENDING
+    }
+}
+
+/// Reports the error of a task whose handle is gone.
+fn report_uncollected(error: &Error) {
+    log::error!("processional: a task failed and nobody waited for it: {error}");
+}
+
+/// The handle to one call: its value or its error, once it finishes.
+///
+/// Wait for it with [`wait`](Self::wait), [`wait_timeout`](Self::wait_timeout)
+/// or `.await` (it is a [`Future`], woken by the thread that completes it).
+/// A task dropped without being waited for is *detached*: the call keeps
+/// running, and if it fails, its error is reported once through
+/// `log::error!` (the library never prints it).
+#[must_use = "a task does nothing when dropped but detach the call; `wait` for it or call `detach`"]
+pub struct Task<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Task<T> {
+    /// A task and the [`Completer`] that will deliver its outcome.
+    ///
+    /// For runtimes: hand the completer to whatever runs the call.
+    pub fn pending() -> (Task<T>, Completer<T>) {
+        let shared = Shared::new(None, None);
+        (
+            Task {
+                shared: shared.clone(),
+            },
+            Completer {
+                shared: Some(shared),
+            },
+        )
+    }
+
+    /// Like [`pending`](Self::pending), but waits on the task call
+    /// `driver.drive` on the waiting thread instead of parking it, and
+    /// polling, querying or dropping it unfinished calls
+    /// `driver.ensure_progress`.
+    pub fn pending_driven(driver: Arc<dyn Driver>) -> (Task<T>, Completer<T>) {
+        let shared = Shared::new(None, Some(driver));
+        (
+            Task {
+                shared: shared.clone(),
+            },
+            Completer {
+                shared: Some(shared),
+            },
+        )
+    }
+
+    /// A task that is already finished with `outcome`.
+    pub fn ready(outcome: Result<T>) -> Task<T> {
+        Task {
+            shared: Shared::new(Some(outcome), None),
+        }
+    }
+
+    /// Whether the call has finished (its outcome is available).
+    pub fn is_finished(&self) -> bool {
+        let done = self.shared.is_done();
+        if !done {
+            if let Some(driver) = &self.shared.driver {
+                driver.ensure_progress();
+            }
+        }
+        done
+    }
+
+    /// Requests the cancellation of the call: it ends with
+    /// [`Error::Cancelled`] at its next [`checkpoint`](crate::checkpoint), or
+    /// without running if it has not started. A call that never checks runs
+    /// to its end: threads cannot be killed safely.
+    pub fn cancel(&self) {
+        self.shared.token.cancel();
+    }
+
+    /// The call's cancellation token.
+    pub fn cancel_token(&self) -> &CancelToken {
+        &self.shared.token
+    }
+
+    /// Blocks until the call finishes; returns its value or its error.
+    pub fn wait(self) -> Result<T> {
+        if !self.shared.is_done() {
+            match &self.shared.driver {
+                Some(driver) => {
+                    let shared = &*self.shared;
+                    while !shared.is_done() {
+                        driver.drive(&|| shared.is_done(), None);
+                    }
+                }
+                None => {
+                    self.block(None);
+                }
+            }
+        }
+        self.take()
+    }
+
+    /// Waits at most `timeout` for the call: `Ok(outcome)` if it finished,
+    /// `Err(task)` (the same task, to wait again later) if time ran out.
+    pub fn wait_timeout(self, timeout: Duration) -> std::result::Result<Result<T>, Task<T>> {
+        let deadline = Instant::now().checked_add(timeout);
+        let finished = self.shared.is_done()
+            || match &self.shared.driver {
+                Some(driver) => {
+                    let shared = &*self.shared;
+                    loop {
+                        if shared.is_done() {
+                            break true;
+                        }
+                        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                            break false;
+                        }
+                        driver.drive(&|| shared.is_done(), deadline);
+                    }
+                }
+                None => self.block(deadline),
+            };
+        if finished { Ok(self.take()) } else { Err(self) }
+    }
+
+    /// Cancels the call, then waits at most `timeout` for it to end, like
+    /// [`wait_timeout`](Self::wait_timeout).
+    pub fn terminate(self, timeout: Duration) -> std::result::Result<Result<T>, Task<T>> {
+        self.cancel();
+        self.wait_timeout(timeout)
+    }
+
+    /// Lets the call run on without anyone waiting for it. If it fails, its
+    /// error is reported through `log::error!`. (Dropping the task does the
+    /// same; `detach` says it on purpose.)
+    pub fn detach(self) {
+        drop(self);
+    }
+
+    /// Parks until done or the deadline passes; whether it is done.
+    fn block(&self, deadline: Option<Instant>) -> bool {
+        let shared = &*self.shared;
+        let mut backoff = Backoff::new();
+        while !backoff.is_exhausted() {
+            if shared.is_done() {
+                return true;
+            }
+            backoff.snooze();
+        }
+        {
+            let mut slot = shared.lock();
+            if shared.is_done() {
+                return true;
+            }
+            slot.waiter = Waiter::Thread(thread::current());
+        }
+        loop {
+            if shared.is_done() {
+                return true;
+            }
+            match deadline {
+                None => thread::park(),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        let mut slot = shared.lock();
+                        if matches!(slot.waiter, Waiter::Thread(_)) {
+                            slot.waiter = Waiter::None;
+                        }
+                        return shared.is_done();
+                    }
+                    thread::park_timeout(deadline - now);
+                }
+            }
+        }
+    }
+
+    /// Takes the outcome of a finished task.
+    fn take(&self) -> Result<T> {
+        let mut slot = self.shared.lock();
+        Self::take_locked(&self.shared, &mut slot)
+    }
+
+    fn take_locked(shared: &Shared<T>, slot: &mut Slot<T>) -> Result<T> {
+        match slot.outcome.take() {
+            Some(outcome) => {
+                shared.state.store(TAKEN, Ordering::Release);
+                outcome
+            }
+            None => panic!(
+                "the outcome of a processional Task was already taken (polled after completion)"
+            ),
+        }
+    }
+}
+
+/// `.await` the call's outcome.
+///
+/// # Panics
+///
+/// If polled again after it returned [`Poll::Ready`], like most futures.
+impl<T> Future for Task<T> {
+    type Output = Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        let shared = &*self.shared;
+        {
+            let mut slot = shared.lock();
+            if shared.is_done() {
+                return Poll::Ready(Self::take_locked(shared, &mut slot));
+            }
+            match &slot.waiter {
+                Waiter::Waker(waker) if waker.will_wake(cx.waker()) => {}
+                _ => slot.waiter = Waiter::Waker(cx.waker().clone()),
+            }
+        }
+        if let Some(driver) = &shared.driver {
+            driver.ensure_progress();
+        }
+        Poll::Pending
+    }
+}
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        let shared = &*self.shared;
+        if shared.state.load(Ordering::Acquire) == TAKEN {
+            return;
+        }
+        let outcome = {
+            let mut slot = shared.lock();
+            slot.abandoned = true;
+            slot.waiter = Waiter::None;
+            slot.outcome.take()
+        };
+        match outcome {
+            Some(Err(error)) => report_uncollected(&error),
+            Some(Ok(_)) => {}
+            None => {
+                if let Some(driver) = &shared.driver {
+                    driver.ensure_progress();
+                }
+            }
+        }
+    }
+}
+
+impl<T> fmt::Debug for Task<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.shared.state.load(Ordering::Acquire) {
+            PENDING => "pending",
+            DONE => "finished",
+            _ => "collected",
+        };
+        f.debug_struct("Task")
+            .field("state", &state)
+            .field("driven", &self.shared.driver.is_some())
+            .field("cancelled", &self.shared.token.is_cancelled())
+            .finish()
+    }
+}
+
+/// Delivers the outcome of a [`Task`]; held by whatever runs the call.
+///
+/// Dropping a completer without calling [`complete`](Self::complete)
+/// completes the task with [`Error::Stopped`]: a task never hangs because
+/// its call was lost.
+pub struct Completer<T> {
+    shared: Option<Arc<Shared<T>>>,
+}
+
+impl<T> Completer<T> {
+    /// Delivers the outcome and wakes whoever waits. If the task was
+    /// dropped, the value is dropped here and an error is reported through
+    /// `log::error!`.
+    pub fn complete(mut self, outcome: Result<T>) {
+        if let Some(shared) = self.shared.take() {
+            Self::deliver(&shared, outcome);
+        }
+    }
+
+    /// The call's cancellation token; [`Task::cancel`] cancels it. Runtimes
+    /// install it around the call with [`with_token`] and can subscribe to
+    /// it with [`CancelToken::on_cancel`].
+    pub fn token(&self) -> &CancelToken {
+        match &self.shared {
+            Some(shared) => &shared.token,
+            // `shared` is only taken by `complete` and `drop`, which consume
+            // the completer.
+            None => unreachable!("a completer is used after completing"),
+        }
+    }
+
+    /// Whether the task handle was dropped (nobody will collect the value;
+    /// an error would be logged).
+    pub fn is_abandoned(&self) -> bool {
+        self.shared
+            .as_ref()
+            .is_none_or(|shared| shared.lock().abandoned)
+    }
+
+    fn deliver(shared: &Shared<T>, outcome: Result<T>) {
+        let mut slot = shared.lock();
+        if slot.abandoned {
+            shared.state.store(DONE, Ordering::Release);
+            drop(slot);
+            if let Err(error) = &outcome {
+                report_uncollected(error);
+            }
+            return;
+        }
+        slot.outcome = Some(outcome);
+        shared.state.store(DONE, Ordering::Release);
+        let waiter = std::mem::replace(&mut slot.waiter, Waiter::None);
+        drop(slot);
+        waiter.wake();
+    }
+}
+
+impl<T> Drop for Completer<T> {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            Self::deliver(&shared, Err(Error::Stopped));
+        }
+    }
+}
+
+impl<T> fmt::Debug for Completer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Completer")
+            .field("abandoned", &self.is_abandoned())
+            .finish()
+    }
+}
+
+/// Runs `f` as the call of `completer`: skipped with [`Error::Cancelled`] if
+/// already cancelled, otherwise under the call's token with panics caught.
+/// `before_complete` runs after the call, right before the outcome is
+/// delivered.
+pub(crate) fn run_call<T>(
+    completer: Completer<T>,
+    f: impl FnOnce() -> T,
+    before_complete: impl FnOnce(),
+) {
+    let token = completer.token();
+    let outcome = if token.is_cancelled() {
+        Err(Error::Cancelled)
+    } else {
+        with_token(token, || catch_panic(f))
+    };
+    before_complete();
+    completer.complete(outcome);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_log;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+    #[test]
+    fn completes_from_another_thread() {
+        let (task, completer) = Task::pending();
+        let sender = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(20));
+            completer.complete(Ok("hi"));
+        });
+        assert_eq!(task.wait().unwrap(), "hi");
+        sender.join().unwrap();
+    }
+
+    #[test]
+    fn wait_timeout_hands_the_task_back() {
+        let (task, completer) = Task::<u32>::pending();
+        let task = task
+            .wait_timeout(Duration::from_millis(10))
+            .expect_err("nothing completed it yet");
+        assert!(!task.is_finished());
+        completer.complete(Ok(5));
+        assert!(task.is_finished());
+        assert_eq!(
+            task.wait_timeout(Duration::from_secs(60)).unwrap().unwrap(),
+            5
+        );
+    }
+
+    #[test]
+    fn dropped_completer_stops_the_task() {
+        let (task, completer) = Task::<u32>::pending();
+        drop(completer);
+        assert!(matches!(task.wait(), Err(Error::Stopped)));
+    }
+
+    #[test]
+    fn ready_tasks_are_finished() {
+        let task = Task::ready(Ok(3));
+        assert!(task.is_finished());
+        assert_eq!(task.wait().unwrap(), 3);
+        let task = Task::<u8>::ready(Err(Error::Cancelled));
+        assert!(task.wait().unwrap_err().is_cancelled());
+    }
+
+    #[test]
+    fn cancel_reaches_the_completer_token() {
+        let (task, completer) = Task::<()>::pending();
+        let notified = Arc::new(AtomicBool::new(false));
+        let flag = notified.clone();
+        completer
+            .token()
+            .on_cancel(Box::new(move || flag.store(true, Ordering::SeqCst)));
+        let task = task
+            .terminate(Duration::from_millis(1))
+            .expect_err("the completer has not answered");
+        assert!(notified.load(Ordering::SeqCst));
+        assert!(completer.token().is_cancelled());
+        completer.complete(Err(Error::Cancelled));
+        assert!(task.wait().unwrap_err().is_cancelled());
+    }
+
+    #[test]
+    fn awaits_under_an_executor() {
+        let (task, completer) = Task::pending();
+        let sender = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(20));
+            completer.complete(Ok(41));
+        });
+        let value = pollster::block_on(async { task.await.unwrap() + 1 });
+        assert_eq!(value, 42);
+        sender.join().unwrap();
+        assert_eq!(pollster::block_on(Task::ready(Ok(1))).unwrap(), 1);
+    }
+
+    #[test]
+    fn uncollected_errors_are_logged_exactly_once() {
+        test_log::install();
+        // Completed with an error after its handle was dropped.
+        let marker = "uncollected-after-drop-6f1c";
+        let (task, completer) = Task::<()>::pending();
+        drop(task);
+        completer.complete(Err(Error::Panicked(crate::PanicReport::new(marker))));
+        assert_eq!(test_log::count(marker), 1);
+
+        // Dropped after it completed with an error.
+        let marker = "uncollected-before-drop-a93e";
+        let (task, completer) = Task::<()>::pending();
+        completer.complete(Err(Error::Panicked(crate::PanicReport::new(marker))));
+        assert_eq!(test_log::count(marker), 0);
+        drop(task);
+        assert_eq!(test_log::count(marker), 1);
+
+        // Collected errors are not logged.
+        let marker = "collected-c2d0";
+        let (task, completer) = Task::<()>::pending();
+        completer.complete(Err(Error::Panicked(crate::PanicReport::new(marker))));
+        assert!(task.wait().is_err());
+        assert_eq!(test_log::count(marker), 0);
+    }
+
+    /// A driver that completes the task itself when asked to drive.
+    struct FakeDriver {
+        completer: Mutex<Option<Completer<u32>>>,
+        drives: AtomicUsize,
+        progress_requests: AtomicUsize,
+    }
+
+    impl Driver for FakeDriver {
+        fn drive(&self, done: &dyn Fn() -> bool, _deadline: Option<Instant>) {
+            self.drives.fetch_add(1, Ordering::SeqCst);
+            // Progress only every second call, to exercise the re-checks.
+            if self.drives.load(Ordering::SeqCst) % 2 == 0 {
+                if let Some(completer) = self.completer.lock().unwrap().take() {
+                    completer.complete(Ok(7));
+                }
+            }
+            let _ = done();
+        }
+
+        fn ensure_progress(&self) {
+            self.progress_requests.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn driven() -> (Task<u32>, Arc<FakeDriver>) {
+        let driver = Arc::new(FakeDriver {
+            completer: Mutex::new(None),
+            drives: AtomicUsize::new(0),
+            progress_requests: AtomicUsize::new(0),
+        });
+        let (task, completer) = Task::pending_driven(driver.clone());
+        *driver.completer.lock().unwrap() = Some(completer);
+        (task, driver)
+    }
+
+    #[test]
+    fn driven_tasks_are_completed_by_their_driver() {
+        let (task, driver) = driven();
+        assert!(!task.is_finished());
+        assert_eq!(driver.progress_requests.load(Ordering::SeqCst), 1);
+        assert_eq!(task.wait().unwrap(), 7);
+        assert_eq!(driver.drives.load(Ordering::SeqCst), 2);
+
+        let (task, driver) = driven();
+        assert_eq!(
+            task.wait_timeout(Duration::from_secs(60)).unwrap().unwrap(),
+            7
+        );
+        assert_eq!(driver.drives.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn driven_tasks_ask_for_progress_when_polled_or_dropped() {
+        let (task, driver) = driven();
+        let mut task = std::pin::pin!(task);
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(task.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(driver.progress_requests.load(Ordering::SeqCst), 1);
+        driver.drive(&|| false, None);
+        driver.drive(&|| false, None);
+        assert!(matches!(task.as_mut().poll(&mut cx), Poll::Ready(Ok(7))));
+
+        let (task, driver) = driven();
+        drop(task);
+        assert_eq!(driver.progress_requests.load(Ordering::SeqCst), 1);
+    }
+}

@@ -1,0 +1,284 @@
+//! Acceptance tests of servers and clients: sharing one process between
+//! many clients, shared objects, security, bad input and load.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use processional::{ClientBuilder, Error, ServerBuilder, client, server};
+use processional_tests::{PATIENCE, kill_hard, process_exists, wait_until};
+
+/// A fresh unix socket address in a private directory.
+fn unix_address(tag: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("processional-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    format!("unix:{}/{tag}.sock", dir.display())
+}
+
+fn publish_heavy_resource() {
+    processional::export("heavy_resource", (0..1_000_000u64).collect::<Vec<_>>()).unwrap();
+}
+
+#[test]
+fn two_clients_share_a_resource() {
+    let address = unix_address("share");
+    let process = server(&address).expect("spawn the server");
+    process.invoke(publish_heavy_resource).expect("publish");
+    let sum = process
+        .lookup::<Vec<u64>>("heavy_resource")
+        .unwrap()
+        .schedule(|v| v.iter().sum::<u64>())
+        .unwrap();
+    assert_eq!(sum.wait().unwrap(), 499_999_500_000);
+
+    let second = client(&address).expect("second client");
+    assert_eq!(second.pid(), process.pid());
+    let resource: processional::Remote<Vec<u64>> = second.lookup("heavy_resource").unwrap();
+    assert_eq!(resource.invoke(|v| v.iter().product::<u64>()).unwrap(), 0);
+}
+
+#[test]
+fn a_hundred_more_clients_connect_then_drop() {
+    let address = unix_address("hundred");
+    let process = server(&address).expect("spawn");
+    let clients: Vec<_> = (0..100)
+        .map(|_| client(&address).expect("connect"))
+        .collect();
+    for (i, c) in clients.iter().enumerate().step_by(10) {
+        assert_eq!(c.invoke_with(i as u64, |x| x + 1).unwrap(), i as u64 + 1);
+    }
+    drop(clients);
+    assert_eq!(process.invoke(|| 5u8).unwrap(), 5);
+}
+
+#[test]
+fn each_clients_results_come_back_in_order() {
+    let address = unix_address("order");
+    let process = server(&address).expect("spawn");
+    process
+        .invoke(|| processional::export("log", Vec::<(u32, u32)>::new()).unwrap())
+        .unwrap();
+    let other = client(&address).unwrap();
+    let threads: Vec<_> = [process.clone(), other]
+        .into_iter()
+        .enumerate()
+        .map(|(who, c)| {
+            std::thread::spawn(move || {
+                let log = c.lookup::<Vec<(u32, u32)>>("log").unwrap();
+                let tasks: Vec<_> = (0..100u32)
+                    .map(|i| {
+                        log.schedule_with((who as u32, i), |log, entry| {
+                            log.push(entry);
+                            entry.1
+                        })
+                        .unwrap()
+                    })
+                    .collect();
+                let results: Vec<u32> = tasks
+                    .into_iter()
+                    .map(|t| t.wait_timeout(PATIENCE).ok().unwrap().unwrap())
+                    .collect();
+                assert_eq!(results, (0..100).collect::<Vec<_>>());
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let log = process.lookup::<Vec<(u32, u32)>>("log").unwrap().fetch().unwrap();
+    for who in 0..2 {
+        let mine: Vec<u32> = log.iter().filter(|e| e.0 == who).map(|e| e.1).collect();
+        assert_eq!(mine, (0..100).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn a_persistent_server_survives_its_clients_and_stops_on_request() {
+    let address = unix_address("persistent");
+    let builder = ServerBuilder::new(&address).unwrap().persistent(true);
+    let process = builder.spawn().expect("spawn");
+    let pid = process.pid();
+    let c = client(&address).unwrap();
+    drop(c);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(process_exists(pid));
+    let again = client(&address).unwrap();
+    assert_eq!(again.invoke(|| 1u8).unwrap(), 1);
+    assert!(again.stop(PATIENCE));
+    assert!(wait_until(PATIENCE, || !process_exists(pid)), "server {pid} did not stop");
+    drop(process);
+}
+
+#[test]
+fn a_dropped_non_persistent_server_exits_and_removes_its_socket() {
+    let address = unix_address("transient");
+    let process = server(&address).expect("spawn");
+    let pid = process.pid();
+    let path = address.trim_start_matches("unix:").to_owned();
+    assert!(std::path::Path::new(&path).exists());
+    drop(process);
+    assert!(wait_until(PATIENCE, || !process_exists(pid)), "server {pid} still runs");
+    assert!(wait_until(PATIENCE, || !std::path::Path::new(&path).exists()));
+}
+
+#[test]
+fn objects_only_a_departed_client_held_are_freed() {
+    let address = unix_address("release");
+    let process = server(&address).expect("spawn");
+    let other = client(&address).unwrap();
+    let object = other.wrap(|| vec![1u8; 1024]).unwrap();
+    other.publish("temporary", &object).unwrap();
+    assert!(process.lookup::<Vec<u8>>("temporary").is_ok());
+    drop(object);
+    drop(other);
+    let gone = wait_until(PATIENCE, || {
+        matches!(
+            process.lookup::<Vec<u8>>("temporary"),
+            Err(Error::Remote(ref e)) if e.kind == processional::RemoteErrorKind::NotFound
+        )
+    });
+    assert!(gone, "the object outlived every holder");
+}
+
+#[test]
+fn a_client_killed_mid_call_releases_its_objects() {
+    let address = unix_address("killed");
+    let process = server(&address).expect("spawn");
+    let helper = processional::slave().unwrap();
+    let helper_pid = helper.pid();
+    helper
+        .invoke_with(address.clone(), |address: String| {
+            let c = processional::client(&address).unwrap();
+            let object = c.wrap(|| vec![7u8; 64]).unwrap();
+            c.publish("orphan", &object).unwrap();
+            std::mem::forget(object);
+            let pending = c.schedule(|| std::thread::sleep(Duration::from_secs(30))).unwrap();
+            pending.detach();
+            std::mem::forget(c);
+        })
+        .unwrap();
+    assert!(process.lookup::<Vec<u8>>("orphan").is_ok());
+    kill_hard(helper_pid);
+    let freed = wait_until(PATIENCE, || process.lookup::<Vec<u8>>("orphan").is_err());
+    assert!(freed);
+    assert_eq!(process.invoke(|| 9u8).unwrap(), 9);
+}
+
+#[test]
+fn a_client_with_the_wrong_key_is_refused() {
+    let address = unix_address("wrongkey");
+    let process = server(&address).expect("spawn");
+    let error = ClientBuilder::new(&address)
+        .unwrap()
+        .key(processional::Key::generate())
+        .connect()
+        .expect_err("refused");
+    assert!(matches!(error, Error::Auth(_)), "{error:?}");
+    assert_eq!(process.invoke(|| 2u8).unwrap(), 2);
+}
+
+#[test]
+fn a_tcp_server_needs_a_key_or_an_explicit_insecure_loopback() {
+    let error = ServerBuilder::new("tcp://127.0.0.1:0")
+        .unwrap()
+        .start()
+        .expect_err("no key");
+    assert!(matches!(error, Error::Auth(_)), "{error:?}");
+    let error = ServerBuilder::new("tcp://0.0.0.0:0")
+        .unwrap()
+        .insecure_loopback_without_key()
+        .start()
+        .expect_err("not loopback");
+    assert!(matches!(error, Error::Auth(_)), "{error:?}");
+}
+
+#[test]
+fn a_tcp_server_in_this_process_serves_a_client() {
+    let key = processional::Key::generate();
+    let handle = ServerBuilder::new("tcp://127.0.0.1:0")
+        .unwrap()
+        .key(key.clone())
+        .persistent(true)
+        .start()
+        .expect("start");
+    let address = handle.address().to_string();
+    let c = ClientBuilder::new(&address).unwrap().key(key).connect().unwrap();
+    assert_eq!(c.pid(), std::process::id());
+    assert_eq!(c.invoke_with(20u32, |x| x + 1).unwrap(), 21);
+    drop(c);
+    handle.stop();
+}
+
+#[test]
+fn bad_peers_do_not_disturb_a_good_client() {
+    let address = unix_address("bad-peers");
+    let process = server(&address).expect("spawn");
+    let path = address.trim_start_matches("unix:").to_owned();
+    let good = {
+        let process = process.clone();
+        std::thread::spawn(move || {
+            for i in 0..2000u64 {
+                assert_eq!(process.invoke_with(i, |x| x * 3).unwrap(), i * 3);
+            }
+        })
+    };
+    // Random bytes.
+    let mut garbage = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let _ = garbage.write_all(&[0xAB; 4096]);
+    // A header announcing 4 GiB.
+    let mut huge = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let mut header = b"PRCL".to_vec();
+    header.extend_from_slice(&1u16.to_le_bytes());
+    header.extend_from_slice(&[0, 0]);
+    header.extend_from_slice(&u32::MAX.to_le_bytes());
+    let _ = huge.write_all(&header);
+    // A truncated frame, then gone.
+    let mut truncated = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let _ = truncated.write_all(&header[..7]);
+    drop(truncated);
+    // Wrong key.
+    let refused = ClientBuilder::new(&address)
+        .unwrap()
+        .key(processional::Key::generate())
+        .connect();
+    assert!(matches!(refused, Err(Error::Auth(_))));
+    good.join().unwrap();
+    // The garbage peers were dropped by the server.
+    let mut rest = Vec::new();
+    garbage
+        .set_read_timeout(Some(PATIENCE))
+        .unwrap();
+    let _ = garbage.read_to_end(&mut rest);
+    assert_eq!(process.invoke(|| 1u8).unwrap(), 1);
+}
+
+#[test]
+fn many_clients_many_calls() {
+    let address = unix_address("load");
+    let process = server(&address).expect("spawn");
+    let clients = 64;
+    let calls = 10_000u64;
+    let threads: Vec<_> = (0..clients)
+        .map(|n| {
+            let address = address.clone();
+            std::thread::spawn(move || {
+                let c = client(&address).unwrap();
+                let window = 64;
+                let mut in_flight = std::collections::VecDeque::new();
+                for i in 0..calls {
+                    in_flight.push_back((i, c.schedule_with((n, i), |(n, i): (u64, u64)| n * 1_000_000 + i).unwrap()));
+                    if in_flight.len() == window {
+                        let (i, task) = in_flight.pop_front().unwrap();
+                        assert_eq!(task.wait_timeout(PATIENCE).ok().unwrap().unwrap(), n * 1_000_000 + i);
+                    }
+                }
+                for (i, task) in in_flight {
+                    assert_eq!(task.wait_timeout(PATIENCE).ok().unwrap().unwrap(), n * 1_000_000 + i);
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    assert_eq!(process.invoke(|| 1u8).unwrap(), 1);
+}
