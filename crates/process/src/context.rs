@@ -57,7 +57,7 @@ pub(crate) fn is_serving() -> bool {
 
 impl CallContext<'_> {
     /// Decodes the arguments of a call.
-    pub(crate) fn decode<A: DeserializeOwned>(&self, bytes: &[u8]) -> Result<A, RemoteError> {
+    pub(crate) fn decode<A: DeserializeOwned + 'static>(&self, bytes: &[u8]) -> Result<A, RemoteError> {
         let previous = SERVING.with(|s| s.replace(true));
         let result = codec::decode(bytes);
         SERVING.with(|s| s.set(previous));
@@ -65,7 +65,7 @@ impl CallContext<'_> {
     }
 
     /// Encodes the value of a call.
-    pub(crate) fn encode<R: Serialize>(&self, value: &R) -> Result<Vec<u8>, RemoteError> {
+    pub(crate) fn encode<R: Serialize + 'static>(&self, value: &R) -> Result<Vec<u8>, RemoteError> {
         codec::encode(value).map_err(codec::remote_codec_error)
     }
 }

@@ -53,8 +53,8 @@ pub(crate) struct CallEntry<F, A, R>(PhantomData<fn() -> (F, A, R)>);
 impl<F, A, R> Described for CallEntry<F, A, R>
 where
     F: Fn(A) -> R + 'static,
-    A: DeserializeOwned,
-    R: Serialize,
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
 {
     fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Vec<u8>, RemoteError> {
         let args: A = cx.decode(args)?;
@@ -71,8 +71,8 @@ impl<F, T, A, R> Described for MethodEntry<F, T, A, R>
 where
     F: Fn(&mut T, A) -> R + 'static,
     T: 'static,
-    A: DeserializeOwned,
-    R: Serialize,
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
 {
     fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Vec<u8>, RemoteError> {
         let (object, args): (ObjectId, A) = cx.decode(args)?;
@@ -89,7 +89,7 @@ pub(crate) struct WrapEntry<F, A, T>(PhantomData<fn() -> (F, A, T)>);
 impl<F, A, T> Described for WrapEntry<F, A, T>
 where
     F: Fn(A) -> T + 'static,
-    A: DeserializeOwned,
+    A: DeserializeOwned + 'static,
     T: Send + 'static,
 {
     fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Vec<u8>, RemoteError> {

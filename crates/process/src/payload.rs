@@ -1,41 +1,171 @@
-//! Payloads that travel in shared-memory segments instead of the socket.
+//! Payloads: encoded values with the file descriptors they carry, inline in
+//! the frame or in a shared-memory segment.
 //!
-//! Above [`INLINE_LIMIT`] bytes, call arguments travel in a segment of the
-//! shared-memory pool: the bytes are written once into a pooled (already
-//! faulted-in) mapping, the descriptor rides on the frame (unix sockets), and
-//! the receiver maps it and decodes straight from the mapping. The sender
-//! lends the segment for the duration of the call and takes it back for reuse
-//! when the reply arrives: the receiver never reads a segment after it
-//! replied, so the sender never rewrites one that is being read.
+//! On unix sockets, `ShmBuf`, `ShmVec` and `ShmSlice` values inside
+//! arguments and values travel as file descriptors (SCM_RIGHTS), so no byte
+//! of them is copied; over TCP they travel as bytes. Independently, an
+//! encoded payload larger than [`INLINE_LIMIT`] travels in a segment of the
+//! shared-memory pool: the bytes are written once into an already faulted-in
+//! mapping, its descriptor rides on the frame (last among the frame's
+//! descriptors), and the receiver decodes straight from its mapping. Call
+//! arguments are *lent*: the caller takes the segment back for reuse when the
+//! reply arrives, since the callee never reads its arguments after replying.
+//! Values are handed over: the receiver's mapping is the last reference.
 
-use std::os::fd::OwnedFd;
+use std::any::Any;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use processional_proto::{RemoteError, RemoteErrorKind};
-use processional_shm::SegmentView;
+use processional_proto::Payload;
+use processional_shm::transfer::{self, TransferFd};
+use processional_shm::{Loan, Pool, PooledSegment, SegmentView};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
-/// Encoded arguments larger than this go through a shared-memory segment
-/// (on unix sockets). Below it, one socket write beats mapping a segment.
+use crate::codec::{self, Sink};
+
+/// Encoded payloads larger than this travel in a shared-memory segment (on
+/// unix sockets). Below it, one more socket write costs less than mapping a
+/// segment on the other side (see `docs/benchmarks.md`).
 pub(crate) const INLINE_LIMIT: usize = 256 * 1024;
 
-fn codec(message: String) -> RemoteError {
-    RemoteError {
-        kind: RemoteErrorKind::Codec,
-        message,
-        location: None,
-        backtrace: None,
+/// An encoded value ready to be sent.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) payload: Payload,
+    /// Descriptors of shared-memory values inside the payload.
+    pub(crate) transfers: Vec<TransferFd>,
+    /// The segment holding the payload, lent until the reply.
+    pub(crate) loan: Option<Loan>,
+}
+
+impl Outgoing {
+    /// The descriptors to attach to the frame, in the order the payload
+    /// names them.
+    pub(crate) fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        let mut fds: Vec<BorrowedFd<'_>> = self.transfers.iter().map(|fd| fd.as_fd()).collect();
+        if let Some(loan) = &self.loan {
+            fds.push(loan.as_fd());
+        }
+        fds
     }
 }
 
-/// Maps the `len` first bytes of descriptor `index` among `fds`.
-pub(crate) fn map_segment(mut fds: Vec<OwnedFd>, index: u32, len: u64) -> Result<SegmentView, RemoteError> {
-    let index = index as usize;
-    if index >= fds.len() {
-        return Err(codec(format!(
-            "payload names descriptor {index}, the frame carried {}",
-            fds.len()
-        )));
+impl Sink for PooledSegment {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.extend_from_slice(bytes)
+            .map_err(|e| format!("cannot fill a shared-memory segment: {e}"))
     }
-    let len = usize::try_from(len).map_err(|_| codec(format!("payload length {len} too large")))?;
-    let fd = fds.swap_remove(index);
-    SegmentView::map(fd, len).map_err(|e| codec(format!("cannot map the payload segment: {e}")))
+}
+
+/// Encodes `value` for a connection; `unix` says whether descriptors can
+/// travel on it.
+pub(crate) fn encode<T: Serialize + Any>(value: &T, unix: bool) -> Result<Outgoing, String> {
+    if !unix {
+        return Ok(Outgoing {
+            payload: Payload::Inline(codec::encode(value)?),
+            transfers: Vec::new(),
+            loan: None,
+        });
+    }
+    // Large byte vectors go straight into a segment: one copy.
+    if let Some(len) = codec::fast_len(value).filter(|&len| len > INLINE_LIMIT) {
+        if let Ok(mut segment) = Pool::global().take(len) {
+            segment.clear();
+            codec::encode_into(value, &mut segment)?;
+            return Ok(segmented(segment, Vec::new()));
+        }
+    }
+    let (bytes, transfers) = transfer::collect_fds(|| codec::encode(value));
+    let bytes = bytes?;
+    if bytes.len() > INLINE_LIMIT {
+        if let Ok(mut segment) = Pool::global().take(bytes.len()) {
+            segment.as_mut_slice().copy_from_slice(&bytes);
+            return Ok(segmented(segment, transfers));
+        }
+    }
+    Ok(Outgoing {
+        payload: Payload::Inline(bytes),
+        transfers,
+        loan: None,
+    })
+}
+
+/// Wraps already encoded bytes (e.g. a value encoded inside an entry point,
+/// with the descriptors it collected) for sending.
+pub(crate) fn wrap_encoded(bytes: Vec<u8>, transfers: Vec<TransferFd>, unix: bool) -> Outgoing {
+    if unix && bytes.len() > INLINE_LIMIT {
+        if let Ok(mut segment) = Pool::global().take(bytes.len()) {
+            segment.as_mut_slice().copy_from_slice(&bytes);
+            return segmented(segment, transfers);
+        }
+    }
+    Outgoing {
+        payload: Payload::Inline(bytes),
+        transfers,
+        loan: None,
+    }
+}
+
+fn segmented(segment: PooledSegment, transfers: Vec<TransferFd>) -> Outgoing {
+    let len = segment.len() as u64;
+    Outgoing {
+        payload: Payload::Segment {
+            fd: transfers.len() as u32,
+            len,
+        },
+        transfers,
+        loan: Some(segment.lend()),
+    }
+}
+
+/// A received payload, resolved to bytes.
+pub(crate) enum Incoming {
+    Inline(Vec<u8>),
+    Mapped(SegmentView),
+}
+
+impl Incoming {
+    /// Resolves `payload` with the frame's descriptors; returns the bytes and
+    /// the descriptors of shared-memory values inside them.
+    pub(crate) fn resolve(payload: Payload, mut fds: Vec<OwnedFd>) -> Result<(Incoming, Vec<OwnedFd>), String> {
+        match payload {
+            Payload::Inline(bytes) => Ok((Incoming::Inline(bytes), fds)),
+            Payload::Segment { fd, len } => {
+                let index = fd as usize;
+                if index >= fds.len() {
+                    return Err(format!(
+                        "the payload names descriptor {index}, the frame carried {}",
+                        fds.len()
+                    ));
+                }
+                let len = usize::try_from(len).map_err(|_| format!("payload length {len} too large"))?;
+                let segment = fds.remove(index);
+                let view = SegmentView::map(segment, len)
+                    .map_err(|e| format!("cannot map the payload segment: {e}"))?;
+                Ok((Incoming::Mapped(view), fds))
+            }
+        }
+    }
+
+    /// The bytes.
+    ///
+    /// Segments are only ever mapped by the side that receives them while the
+    /// sender keeps its hands off: arguments are lent until the reply, values
+    /// are handed over for good (see the module docs).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Incoming::Inline(bytes) => bytes,
+            // SAFETY: the segment's size is sealed, so the mapping stays valid
+            // while `view` lives; its sender does not write it while we read:
+            // a lent argument segment is reclaimed only after our reply, and a
+            // value segment was handed over (its loan dropped, never reused).
+            Incoming::Mapped(view) => unsafe { view.as_slice() },
+        }
+    }
+}
+
+/// Decodes a `T` from a received payload.
+pub(crate) fn decode<T: DeserializeOwned + Any>(payload: Payload, fds: Vec<OwnedFd>) -> Result<T, String> {
+    let (incoming, fds) = Incoming::resolve(payload, fds)?;
+    transfer::provide_fds(fds, || codec::decode(incoming.bytes()))
 }

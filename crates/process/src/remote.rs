@@ -12,6 +12,7 @@ use serde::ser::{Error as _, Serializer};
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
+use crate::payload::{self, Outgoing};
 use crate::context;
 use crate::entry::{FetchEntry, MethodEntry};
 use crate::function::Described;
@@ -25,9 +26,9 @@ thread_local! {
 
 /// Encodes call arguments bound for `session`: `Remote` handles inside them
 /// must belong to it.
-pub(crate) fn encode_for<T: Serialize + ?Sized>(session: &Session, value: &T) -> Result<Vec<u8>, Error> {
+pub(crate) fn encode_for<T: Serialize + std::any::Any>(session: &Session, value: &T) -> Result<Outgoing, Error> {
     let previous = ENCODING_FOR.with(|s| s.replace(session.id()));
-    let result = codec::encode(value);
+    let result = payload::encode(value, session.is_unix());
     ENCODING_FOR.with(|s| s.set(previous));
     result.map_err(Error::Codec)
 }
@@ -158,7 +159,7 @@ impl<T: Send + 'static> Remote<T> {
     {
         match &*self.handle {
             Handle::Remote { session, id } => {
-                let bytes = encode_for(session, id)?;
+                let bytes = encode_for(session, &id.to_owned())?;
                 session
                     .call::<T>(FetchEntry::<T>::function_ref(), RunMode::Queued, bytes)?
                     .wait()

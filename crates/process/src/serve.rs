@@ -8,19 +8,22 @@
 //! handled at once, further queued calls wait in the connection's FIFO.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use processional_proto::{
-    Call, Message, ObjectId, Outcome, Payload, RemoteError, RemoteErrorKind, Reply, RunMode,
+    Call, Message, ObjectId, Outcome, RemoteError, RemoteErrorKind, Reply, RunMode,
     TaskId,
 };
 use processional_thread::CancelToken;
 use processional_transport::{Connection, ConnectionReader, ConnectionWriter, Received};
 
+use crate::codec;
 use crate::context::{self, CallContext};
+use crate::payload::{self, Incoming, Outgoing};
+use processional_shm::transfer;
 use crate::function;
 use crate::objects::ConnectionRefs;
 
@@ -60,6 +63,7 @@ pub(crate) struct Served {
     refs: Arc<ConnectionRefs>,
     end: Mutex<Option<End>>,
     taking_over: AtomicBool,
+    unix: bool,
     threads_running: AtomicUsize,
     threads_done: Condvar,
     threads_lock: Mutex<()>,
@@ -74,8 +78,10 @@ impl std::fmt::Debug for Served {
 impl Served {
     /// Serves `connection` (already authenticated).
     pub(crate) fn new(connection: Connection) -> Arc<Served> {
+        let unix = connection.is_unix();
         let (reader, writer) = connection.split();
         let served = Arc::new(Served {
+            unix,
             reader: Mutex::new(reader),
             writer: Mutex::new(writer),
             queue: Mutex::new(VecDeque::new()),
@@ -243,6 +249,7 @@ impl Served {
     }
 
     fn execute(self: &Arc<Self>, call: Call, fds: Vec<OwnedFd>) {
+        let task = call.task;
         let token = lock(&self.tokens)
             .get(&call.task)
             .cloned()
@@ -255,49 +262,55 @@ impl Served {
                 backtrace: None,
             })
         } else {
-            self.run(&call, fds, &token)
+            self.run(call, fds, &token)
         };
-        lock(&self.tokens).remove(&call.task);
-        let outcome = match result {
-            Ok(bytes) => Outcome::Value(Payload::Inline(bytes)),
-            Err(error) => Outcome::Error(error),
+        lock(&self.tokens).remove(&task);
+        let (outcome, outgoing) = match result {
+            Ok(outgoing) => (Outcome::Value(outgoing.payload.clone()), Some(outgoing)),
+            Err(error) => (Outcome::Error(error), None),
         };
-        self.send(&Message::Reply(Reply {
-            task: call.task,
+        let message = Message::Reply(Reply {
+            task,
             outcome,
-        }));
+        });
+        match &outgoing {
+            Some(outgoing) => self.send_with_fds(&message, &outgoing.fds()),
+            None => self.send(&message),
+        }
+        // A value's segment is handed over: dropping the loan here frees it
+        // for good once the caller has read it, never reuses it.
+        drop(outgoing);
     }
 
-    fn run(&self, call: &Call, fds: Vec<OwnedFd>, token: &CancelToken) -> Result<Vec<u8>, RemoteError> {
+    fn run(&self, call: Call, fds: Vec<OwnedFd>, token: &CancelToken) -> Result<Outgoing, RemoteError> {
         let entry = function::resolve(call.function)?;
+        let (incoming, fds) = Incoming::resolve(call.args, fds).map_err(codec::remote_codec_error)?;
         let cx = CallContext { refs: &self.refs };
-        let run = |bytes: &[u8]| {
+        let run = || {
             context::with_connection(&self.refs, || {
-                processional_thread::with_token(token, || entry(&cx, bytes))
+                processional_thread::with_token(token, || entry(&cx, incoming.bytes()))
             })
         };
-        match &call.args {
-            Payload::Inline(bytes) => {
-                drop(fds);
-                run(bytes)
+        let (bytes, transfers) = transfer::provide_fds(fds, || {
+            if self.unix {
+                transfer::collect_fds(run)
+            } else {
+                (run(), Vec::new())
             }
-            Payload::Segment { fd, len } => {
-                let view = crate::payload::map_segment(fds, *fd, *len)?;
-                // SAFETY: the sender lent this pooled segment for the duration
-                // of the call and takes it back only when our reply arrives,
-                // which is sent after `run` returns; the segment's size is
-                // sealed, so the mapping stays valid while `view` lives.
-                run(unsafe { view.as_slice() })
-            }
-        }
+        });
+        Ok(payload::wrap_encoded(bytes?, transfers, self.unix))
     }
 
     /// Sends `message`, reading (and queueing) incoming messages while the
     /// socket buffer is full so that two peers writing big frames at each
     /// other never block each other.
     fn send(self: &Arc<Self>, message: &Message) {
+        self.send_with_fds(message, &[]);
+    }
+
+    fn send_with_fds(self: &Arc<Self>, message: &Message, fds: &[BorrowedFd<'_>]) {
         let mut writer = lock(&self.writer);
-        let result = writer.send_with(message, &[], &mut || self.drain());
+        let result = writer.send_with(message, fds, &mut || self.drain());
         if let Err(error) = result {
             log::debug!("processional: cannot answer the peer: {error}");
             self.finish(End::PeerClosed);

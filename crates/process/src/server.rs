@@ -500,7 +500,7 @@ impl SlaveProcess {
     /// can [`lookup`](Self::lookup).
     pub fn publish<T: Send + 'static>(&self, name: &str, remote: &Remote<T>) -> Result<(), Error> {
         let session = self.session();
-        let bytes = encode_for(session, &(name, remote.id()))?;
+        let bytes = encode_for(session, &(name.to_owned(), remote.id()))?;
         session
             .call::<()>(PublishEntry::function_ref(), RunMode::Queued, bytes)?
             .wait()
@@ -510,7 +510,7 @@ impl SlaveProcess {
     /// this handle (or any other client's) does.
     pub fn lookup<T: Send + 'static>(&self, name: &str) -> Result<Remote<T>, Error> {
         let session = self.session();
-        let bytes = encode_for(session, &name)?;
+        let bytes = encode_for(session, &name.to_owned())?;
         let id = session
             .call::<u64>(LookupEntry::<T>::function_ref(), RunMode::Queued, bytes)?
             .wait()?;

@@ -8,7 +8,7 @@
 //! that reads until no call is pending any more.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -18,14 +18,14 @@ use processional_thread::{Driver, Error, ExitReason, Task};
 use processional_transport::{Connection, ConnectionReader, ConnectionWriter, PeerInfo, Received};
 use serde::de::DeserializeOwned;
 
-use crate::codec;
+use crate::payload::{self, Outgoing};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Completes one pending call with its raw outcome.
-type Completion = Box<dyn FnOnce(Result<(Vec<u8>, Vec<OwnedFd>), Error>) + Send>;
+type Completion = Box<dyn FnOnce(Result<(Payload, Vec<OwnedFd>), Error>) + Send>;
 
 /// Tells how the peer ended, when the session knows (a child process).
 pub(crate) trait ExitProbe: Send + Sync {
@@ -66,6 +66,7 @@ pub(crate) struct Session {
     followers: AtomicUsize,
     pump_running: AtomicBool,
     shutdown_acknowledged: AtomicBool,
+    unix: bool,
     exit_probe: OnceLock<Box<dyn ExitProbe>>,
     me: Weak<Session>,
 }
@@ -83,6 +84,7 @@ impl Session {
     /// A session over an authenticated connection.
     pub(crate) fn new(connection: Connection, peer: PeerInfo) -> Arc<Session> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let unix = connection.is_unix();
         let (reader, writer) = connection.split();
         Arc::new_cyclic(|me| Session {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -97,6 +99,7 @@ impl Session {
             followers: AtomicUsize::new(0),
             pump_running: AtomicBool::new(false),
             shutdown_acknowledged: AtomicBool::new(false),
+            unix,
             exit_probe: OnceLock::new(),
             me: me.clone(),
         })
@@ -127,30 +130,15 @@ impl Session {
         self.death.get().map(Death::error)
     }
 
-    /// Sends a call; its reply completes the returned task with a `R`.
-    pub(crate) fn call<R>(
-        &self,
-        function: FunctionRef,
-        mode: RunMode,
-        args: Vec<u8>,
-    ) -> Result<Task<R>, Error>
-    where
-        R: DeserializeOwned + Send + 'static,
-    {
-        self.call_then(function, mode, args, |bytes| codec::decode::<R>(&bytes).map_err(Error::Codec))
+    /// Whether descriptors can travel on this connection.
+    pub(crate) fn is_unix(&self) -> bool {
+        self.unix
     }
 
-    /// Sends a call; its reply bytes go through `finish` to complete the task.
-    pub(crate) fn call_then<R, F>(
-        &self,
-        function: FunctionRef,
-        mode: RunMode,
-        args: Vec<u8>,
-        finish: F,
-    ) -> Result<Task<R>, Error>
+    /// Sends a call; its reply completes the returned task with a `R`.
+    pub(crate) fn call<R>(&self, function: FunctionRef, mode: RunMode, args: Outgoing) -> Result<Task<R>, Error>
     where
-        R: Send + 'static,
-        F: FnOnce(Vec<u8>) -> Result<R, Error> + Send + 'static,
+        R: DeserializeOwned + Send + 'static,
     {
         if let Some(error) = self.death_error() {
             return Err(error);
@@ -164,19 +152,41 @@ impl Session {
                 let _ = session.send(&Message::Cancel { task: task_id });
             }
         }));
+        let Outgoing {
+            payload: args,
+            transfers,
+            loan,
+        } = args;
+        // The segment lent for the arguments: taken back for reuse when the
+        // reply arrives (the callee no longer reads it then), freed otherwise.
+        let loan = Arc::new(Mutex::new(loan));
+        let reclaim = loan.clone();
         lock(&self.pending).insert(
             task_id,
-            Box::new(move |outcome| {
-                completer.complete(outcome.and_then(|(bytes, _fds)| finish(bytes)));
+            Box::new(move |outcome: Result<(Payload, Vec<OwnedFd>), Error>| {
+                if outcome.is_ok() {
+                    if let Some(loan) = reclaim.try_lock().ok().and_then(|mut l| l.take()) {
+                        drop(loan.reclaim());
+                    }
+                }
+                completer.complete(outcome.and_then(|(payload, fds)| {
+                    payload::decode::<R>(payload, fds).map_err(Error::Codec)
+                }));
             }),
         );
         let message = Message::Call(Call {
             task: task_id,
             function,
             mode,
-            args: Payload::Inline(args),
+            args,
         });
-        if let Err(error) = self.send(&message) {
+        let lent = lock(&loan);
+        let mut fds: Vec<BorrowedFd<'_>> = transfers.iter().map(|fd| fd.as_fd()).collect();
+        fds.extend(lent.as_ref().map(|loan| loan.as_fd()));
+        let sent = self.send_with_fds(&message, &fds);
+        drop(fds);
+        drop(lent);
+        if let Err(error) = sent {
             // The call never left: fail it here (the session is dead by now,
             // so the task's completion carries the reason).
             if let Some(completion) = lock(&self.pending).remove(&task_id) {
@@ -188,10 +198,15 @@ impl Session {
 
     /// Sends a message, draining replies while the socket buffer is full.
     pub(crate) fn send(&self, message: &Message) -> Result<(), Error> {
+        self.send_with_fds(message, &[])
+    }
+
+    /// Sends a message with descriptors (unix sockets only).
+    fn send_with_fds(&self, message: &Message, fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
         if let Some(error) = self.death_error() {
             return Err(error);
         }
-        let result = lock(&self.writer).send_with(message, &[], &mut || self.drain());
+        let result = lock(&self.writer).send_with(message, fds, &mut || self.drain());
         result.map_err(|error| {
             let death = self.die_from(error);
             death.error()
@@ -249,15 +264,7 @@ impl Session {
                     return;
                 };
                 let outcome = match reply.outcome {
-                    Outcome::Value(Payload::Inline(bytes)) => Ok((bytes, received.fds)),
-                    Outcome::Value(Payload::Segment { fd, len }) => {
-                        crate::payload::map_segment(received.fds, fd, len)
-                            // SAFETY: a reply segment is handed over, not lent:
-                            // the replying side dropped its loan, so nobody
-                            // writes it any more; the size is sealed.
-                            .map(|view| (unsafe { view.as_slice() }.to_vec(), Vec::new()))
-                            .map_err(Error::Remote)
-                    }
+                    Outcome::Value(payload) => Ok((payload, received.fds)),
                     Outcome::Error(remote) => Err(Error::Remote(remote)),
                 };
                 completion(outcome);

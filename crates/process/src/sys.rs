@@ -62,6 +62,22 @@ pub(crate) unsafe fn prepare_child(fd: RawFd, death_signal: i32, parent: i32) ->
     Ok(())
 }
 
+/// The size of a transparent huge page on x86-64 and aarch64 (4 KiB base).
+pub(crate) const HUGE_PAGE: usize = 2 * 1024 * 1024;
+
+/// Asks for transparent huge pages on the whole huge pages inside
+/// `[start, start + len)`. Purely advisory: failures are ignored.
+pub(crate) fn advise_huge_pages(start: *mut u8, len: usize) {
+    let begin = (start as usize).next_multiple_of(HUGE_PAGE);
+    let end = (start as usize + len) / HUGE_PAGE * HUGE_PAGE;
+    if end > begin {
+        // SAFETY: the range lies inside an allocation the caller owns;
+        // MADV_HUGEPAGE changes no contents and no protection, only how the
+        // kernel backs future faults.
+        let _ = syscall!(madvise(begin as *mut libc::c_void, end - begin, libc::MADV_HUGEPAGE));
+    }
+}
+
 /// Sets `FD_CLOEXEC` on a descriptor (an inherited one must not leak into
 /// the processes this one spawns).
 pub(crate) fn set_cloexec(fd: &impl std::os::fd::AsRawFd) -> io::Result<()> {

@@ -62,4 +62,5 @@ pub use processional_thread::{
     RemoteErrorKind, Result, SlaveBuilder as SlaveThreadBuilder, SlaveDriver, SlaveThread, Task,
     checkpoint, thread,
 };
+pub use processional_shm::{SharedMutBuf, ShmBuf, ShmSlice, ShmVec};
 pub use processional_transport::{Address, Key};
