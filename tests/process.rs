@@ -350,3 +350,52 @@ fn a_cancelled_remote_task_sees_its_checkpoint() {
     task.cancel();
     assert_eq!(wait(task).unwrap(), "cancelled");
 }
+
+#[test]
+fn the_builder_sets_environment_directory_and_captures_output() {
+    use std::io::Read;
+    let dir = std::env::temp_dir();
+    let process = SlaveProcessBuilder::new()
+        .env("PROCESSIONAL_TEST_VALUE", "forty-two")
+        .current_dir(&dir)
+        .stdout(processional::Output::Capture)
+        .name("configured")
+        .spawn()
+        .expect("spawn");
+    let (value, cwd) = process
+        .invoke(|| {
+            println!("hello from the slave");
+            (
+                std::env::var("PROCESSIONAL_TEST_VALUE").ok(),
+                std::env::current_dir().unwrap(),
+            )
+        })
+        .unwrap();
+    assert_eq!(value.as_deref(), Some("forty-two"));
+    assert_eq!(cwd.canonicalize().unwrap(), dir.canonicalize().unwrap());
+    let mut stdout = process.take_stdout().expect("captured");
+    assert!(process.take_stdout().is_none());
+    let pid = process.pid();
+    drop(process);
+    let mut text = String::new();
+    stdout.read_to_string(&mut text).unwrap();
+    assert!(text.contains("hello from the slave"), "{text:?}");
+    assert!(wait_until(PATIENCE, || !process_exists(pid)));
+}
+
+#[test]
+fn the_slave_marker_does_not_leak_into_the_slave_environment() {
+    let process = slave().expect("spawn");
+    let leaked = process
+        .invoke(|| std::env::vars().any(|(k, _)| k.starts_with("PROCESSIONAL_SLAVE")))
+        .unwrap();
+    assert!(!leaked);
+    // A slave can spawn slaves of its own.
+    let nested = process
+        .invoke(|| {
+            let inner = processional::slave().unwrap();
+            inner.invoke(std::process::id).unwrap()
+        })
+        .unwrap();
+    assert_ne!(nested, process.pid());
+}

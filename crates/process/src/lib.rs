@@ -22,10 +22,37 @@
 //!
 //! # Shipping functions
 //! A task is a closure that captures nothing, or a fn item; its data travels
-//! as explicit serde arguments (`invoke_with`, `schedule_with`, …). A
-//! capturing closure fails to build with a message saying so. Arguments and
-//! values are any `Serialize + DeserializeOwned` type, encoded with postcard.
-//! See `docs/ARCHITECTURE.md` for how function references are validated.
+//! as explicit serde arguments (`invoke_with`, `schedule_with`, …):
+//!
+//! ```
+//! # fn main() -> Result<(), processional_thread::Error> {
+//! # let process = processional_process::slave()?;
+//! let words = vec!["shipped".to_string(), "as".into(), "arguments".into()];
+//! let count = process.invoke_with(words, |words: Vec<String>| words.len())?;
+//! assert_eq!(count, 3);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A capturing closure fails to build, with a message saying to pass the
+//! data as arguments (the check runs when the code is compiled to a binary,
+//! so `cargo check` alone does not report it):
+//!
+//! ```compile_fail
+//! # fn main() -> Result<(), processional_thread::Error> {
+//! # let process = processional_process::slave()?;
+//! let words = vec!["captured".to_string()];
+//! let count = process.invoke(move || words.len())?; // error: must not capture anything
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Arguments and values are any `Serialize + DeserializeOwned` type, encoded
+//! with postcard; a value that fails to encode or decode fails that call only.
+//! `Vec<u8>` takes a fast path, large payloads travel through shared memory,
+//! and `ShmBuf` / `ShmVec` values travel as file descriptors on unix sockets
+//! (see `processional-shm`). See `docs/ARCHITECTURE.md` for how function
+//! references are validated.
 //!
 //! # Lifetime
 //! Dropping the last handle stops the slave (a shutdown message, then

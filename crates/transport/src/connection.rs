@@ -1,0 +1,606 @@
+//! Blocking framed connections over unix sockets and TCP.
+
+use std::io;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use processional_proto::{
+    DEFAULT_MAX_FRAME, MAX_FDS_PER_FRAME, Message, ProtoError, encode_with_fds,
+};
+
+use crate::address::Address;
+use crate::error::Error;
+use crate::handshake::{Handshake, Machine, PeerInfo, Side};
+use crate::inbound::{Fill, Inbound};
+use crate::sys;
+
+/// How long a blocked sender waits for room in the socket buffer before it
+/// calls its `while_blocked` hook again.
+const BLOCKED_WAIT: Duration = Duration::from_millis(2);
+
+/// A send buffer that grew past this for one big frame is released after it.
+const SHRINK_ABOVE: usize = 1 << 20;
+
+/// How long a failed handshake tries to deliver its refusal.
+const REFUSAL_GRACE: Duration = Duration::from_secs(1);
+
+/// A message and the file descriptors that travelled with it.
+#[derive(Debug)]
+pub struct Received {
+    /// The message.
+    pub message: Message,
+    /// The descriptors attached to its frame, in the order they were sent;
+    /// empty for most messages (and always over TCP).
+    pub fds: Vec<OwnedFd>,
+}
+
+/// The socket both halves of a connection share.
+#[derive(Debug)]
+struct Socket {
+    fd: OwnedFd,
+    unix: bool,
+    /// Set by `shutdown`, so the reader reports `Closed` and not `Truncated`.
+    shut_down: AtomicBool,
+}
+
+impl Socket {
+    /// Takes a connected stream socket, switched to blocking mode.
+    fn new(fd: OwnedFd, unix: bool) -> io::Result<Arc<Socket>> {
+        sys::set_nonblocking(fd.as_fd(), false)?;
+        if !unix {
+            sys::set_nodelay(fd.as_fd())?;
+        }
+        Ok(Arc::new(Socket {
+            fd,
+            unix,
+            shut_down: AtomicBool::new(false),
+        }))
+    }
+
+    fn shutdown(&self) -> Result<(), Error> {
+        self.shut_down.store(true, Ordering::Release);
+        match sys::shutdown(self.fd.as_fd(), sys::Shutdown::Both) {
+            Err(error) if error.raw_os_error() != Some(libc::ENOTCONN) => Err(Error::Io(error)),
+            _ => Ok(()),
+        }
+    }
+
+    fn is_shut_down(&self) -> bool {
+        self.shut_down.load(Ordering::Acquire)
+    }
+}
+
+/// A framed, blocking connection to a peer, over a unix socket or TCP.
+///
+/// Authenticate it with [`handshake`](Connection::handshake) before anything
+/// else; then exchange [`Message`]s with [`send`](Connection::send) and
+/// [`recv`](Connection::recv). [`split`](Connection::split) gives a reading
+/// and a writing half for use from two threads.
+///
+/// Each frame goes out with one `send`/`sendmsg` call and, in the common
+/// case, comes in with one `recv`/`recvmsg` call straight into the decoder's
+/// buffer.
+#[derive(Debug)]
+pub struct Connection {
+    reader: ConnectionReader,
+    writer: ConnectionWriter,
+}
+
+/// The receiving half of a [`Connection`].
+#[derive(Debug)]
+pub struct ConnectionReader {
+    socket: Arc<Socket>,
+    inbound: Inbound,
+}
+
+/// The sending half of a [`Connection`].
+#[derive(Debug)]
+pub struct ConnectionWriter {
+    socket: Arc<Socket>,
+    buf: Vec<u8>,
+}
+
+impl Connection {
+    fn from_socket(socket: Arc<Socket>) -> Connection {
+        Connection {
+            reader: ConnectionReader {
+                inbound: Inbound::new(socket.unix, DEFAULT_MAX_FRAME),
+                socket: Arc::clone(&socket),
+            },
+            writer: ConnectionWriter {
+                socket,
+                buf: Vec::new(),
+            },
+        }
+    }
+
+    /// Connects to a listening peer.
+    pub fn connect(address: &Address) -> Result<Connection, Error> {
+        connect(address, None)
+    }
+
+    /// Connects to a listening peer, giving up after `timeout` (name
+    /// resolution of a TCP host is not bounded by it).
+    pub fn connect_timeout(address: &Address, timeout: Duration) -> Result<Connection, Error> {
+        connect(address, Some(timeout))
+    }
+
+    /// Wraps a connected unix stream.
+    pub fn from_unix(stream: UnixStream) -> Result<Connection, Error> {
+        Ok(Connection::from_socket(Socket::new(stream.into(), true)?))
+    }
+
+    /// Wraps a connected TCP stream; sets `TCP_NODELAY`.
+    pub fn from_tcp(stream: TcpStream) -> Result<Connection, Error> {
+        Ok(Connection::from_socket(Socket::new(stream.into(), false)?))
+    }
+
+    /// Wraps a connected stream socket given as a raw descriptor, e.g. one
+    /// inherited from a parent process. Fails unless it is a unix or TCP
+    /// stream socket.
+    pub fn from_fd(fd: OwnedFd) -> Result<Connection, Error> {
+        let unix = match sys::socket_kind(fd.as_fd())? {
+            sys::SocketKind::UnixStream => true,
+            sys::SocketKind::InetStream => false,
+            sys::SocketKind::Other => {
+                return Err(Error::Io(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the descriptor is not a unix or TCP stream socket",
+                )));
+            }
+        };
+        Ok(Connection::from_socket(Socket::new(fd, unix)?))
+    }
+
+    /// Two connected ends of a unix socket pair, both close-on-exec.
+    pub fn pair() -> io::Result<(Connection, Connection)> {
+        let (a, b) = sys::socketpair()?;
+        Ok((
+            Connection::from_socket(Socket::new(a, true)?),
+            Connection::from_socket(Socket::new(b, true)?),
+        ))
+    }
+
+    /// Whether this is a unix socket (so descriptors can be sent).
+    pub fn is_unix(&self) -> bool {
+        self.reader.socket.unix
+    }
+
+    /// The process id of the peer of a unix socket (`SO_PEERCRED`, as of
+    /// when the connection was made); `None` for TCP.
+    pub fn peer_pid(&self) -> Option<u32> {
+        if !self.is_unix() {
+            return None;
+        }
+        sys::peer_pid(self.as_fd()).ok().filter(|&pid| pid != 0)
+    }
+
+    /// Sets the largest frame payload accepted from the peer (default
+    /// [`DEFAULT_MAX_FRAME`]). Takes effect at once unless part of a frame is
+    /// buffered, else right after it.
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.reader.set_max_frame(max_frame);
+    }
+
+    /// Sends a message, blocking while the socket buffer is full.
+    pub fn send(&mut self, message: &Message) -> Result<(), Error> {
+        self.writer.send(message)
+    }
+
+    /// Sends a message with file descriptors (unix sockets only; at most
+    /// 253). The peer receives duplicates of them in [`Received::fds`].
+    pub fn send_with_fds(
+        &mut self,
+        message: &Message,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), Error> {
+        self.writer.send_with_fds(message, fds)
+    }
+
+    /// Sends a message while receiving: whenever the socket buffer is full,
+    /// whatever the peer sent meanwhile is received and handed to
+    /// `on_received`. Two peers sending big frames at each other from one
+    /// thread each thus never deadlock.
+    pub fn send_draining(
+        &mut self,
+        message: &Message,
+        fds: &[BorrowedFd<'_>],
+        on_received: &mut dyn FnMut(Received),
+    ) -> Result<(), Error> {
+        let reader = &mut self.reader;
+        let mut failure = None;
+        let mut drain = || {
+            while failure.is_none() {
+                match reader.try_recv() {
+                    Ok(Some(received)) => on_received(received),
+                    Ok(None) => break,
+                    Err(error) => failure = Some(error),
+                }
+            }
+        };
+        self.writer.send_with(message, fds, &mut drain)?;
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// Receives the next message, blocking until it is complete.
+    pub fn recv(&mut self) -> Result<Received, Error> {
+        self.reader.recv()
+    }
+
+    /// Receives the next message, waiting at most `timeout`; `Ok(None)` when
+    /// none completed in time (a partial frame stays buffered).
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Received>, Error> {
+        self.reader.recv_timeout(timeout)
+    }
+
+    /// Receives a message if one is buffered or can be read without
+    /// blocking.
+    pub fn try_recv(&mut self) -> Result<Option<Received>, Error> {
+        self.reader.try_recv()
+    }
+
+    /// Shuts the socket down both ways: blocked and later receives return
+    /// [`Error::Closed`], sends fail.
+    pub fn shutdown(&self) -> Result<(), Error> {
+        self.reader.socket.shutdown()
+    }
+
+    /// Splits the connection into halves for two threads.
+    pub fn split(self) -> (ConnectionReader, ConnectionWriter) {
+        (self.reader, self.writer)
+    }
+
+    /// Authenticates the peer and checks it is compatible; see the crate
+    /// docs for the transcript. Must be the first exchange on the
+    /// connection. On failure the peer is told why (when it can be), this
+    /// side's sending direction is shut down, and the connection should be
+    /// dropped.
+    pub fn handshake(&mut self, side: Side, config: &Handshake) -> Result<PeerInfo, Error> {
+        let deadline = config.timeout.map(|timeout| Instant::now() + timeout);
+        self.reader.inbound.begin_handshake()?;
+        let mut machine = Machine::new(side, config)?;
+        match self.drive_handshake(&mut machine, config, deadline) {
+            Ok(info) => {
+                self.reader.inbound.end_handshake()?;
+                Ok(info)
+            }
+            Err(error) => {
+                // Best effort: tell the peer why, then stop sending.
+                let grace = Instant::now() + REFUSAL_GRACE;
+                for message in machine.outgoing() {
+                    if self.writer.send_until(&message, Some(grace)).is_err() {
+                        break;
+                    }
+                }
+                let _ = sys::shutdown(self.as_fd(), sys::Shutdown::Write);
+                Err(error)
+            }
+        }
+    }
+
+    fn drive_handshake(
+        &mut self,
+        machine: &mut Machine,
+        config: &Handshake,
+        deadline: Option<Instant>,
+    ) -> Result<PeerInfo, Error> {
+        loop {
+            for message in machine.outgoing() {
+                if let Err(error) = self.writer.send_until(&message, deadline) {
+                    return Err(self.refusal_or(error, deadline));
+                }
+            }
+            let received = match self.reader.recv_until(deadline) {
+                Ok(received) => received,
+                Err(Error::Proto(error)) => return Err(machine.malformed(error)),
+                Err(error) => return Err(error),
+            };
+            if !received.fds.is_empty() {
+                return Err(machine.unexpected("file descriptors arrived during the handshake"));
+            }
+            if let Some(info) = machine.receive(config, received.message)? {
+                for message in machine.outgoing() {
+                    self.writer.send_until(&message, deadline)?;
+                }
+                return Ok(info);
+            }
+        }
+    }
+
+    /// A send failed during the handshake: the peer may have refused us and
+    /// closed before reading what we sent. If its refusal is in our receive
+    /// buffer, that is the real error.
+    fn refusal_or(&mut self, error: Error, deadline: Option<Instant>) -> Error {
+        if !matches!(error, Error::Closed | Error::Io(_)) {
+            return error;
+        }
+        let grace = Instant::now() + REFUSAL_GRACE;
+        let until = deadline.map_or(grace, |deadline| deadline.min(grace));
+        while let Ok(received) = self.reader.recv_until(Some(until)) {
+            if let Message::Refused { reason, detail } = received.message {
+                return Error::Refused { reason, detail };
+            }
+        }
+        error
+    }
+}
+
+/// Opens a connection, optionally bounded in time.
+fn connect(address: &Address, timeout: Option<Duration>) -> Result<Connection, Error> {
+    if let Some(name) = address.unix_name() {
+        let fd = sys::unix_socket()?;
+        let target = sys::UnixAddr::new(name)?;
+        if timeout.is_some() {
+            sys::set_send_timeout(fd.as_fd(), timeout)?;
+        }
+        match sys::connect(fd.as_fd(), &target) {
+            Ok(()) => {}
+            // A full backlog waited out the send timeout.
+            Err(error)
+                if timeout.is_some()
+                    && matches!(error.raw_os_error(), Some(libc::EAGAIN | libc::EINPROGRESS)) =>
+            {
+                return Err(Error::TimedOut);
+            }
+            Err(error) => return Err(Error::Io(error)),
+        }
+        if timeout.is_some() {
+            sys::set_send_timeout(fd.as_fd(), None)?;
+        }
+        return Ok(Connection::from_socket(Socket::new(fd, true)?));
+    }
+    let Address::Tcp { host, port } = address else {
+        unreachable!("unix_name covers every non-TCP address")
+    };
+    let deadline = timeout.map(|timeout| Instant::now() + timeout);
+    let mut last_error = None;
+    for target in (host.as_str(), *port).to_socket_addrs()? {
+        let attempt = match deadline {
+            None => TcpStream::connect(target),
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Error::TimedOut);
+                }
+                TcpStream::connect_timeout(&target, left)
+            }
+        };
+        match attempt {
+            Ok(stream) => return Connection::from_tcp(stream),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(match last_error {
+        Some(error) if error.kind() == io::ErrorKind::TimedOut => Error::TimedOut,
+        Some(error) => Error::Io(error),
+        None => Error::Io(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{host} resolves to no address"),
+        )),
+    })
+}
+
+impl ConnectionReader {
+    /// Sets the largest frame payload accepted; see
+    /// [`Connection::set_max_frame`].
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.inbound.set_max_frame(max_frame);
+    }
+
+    /// Receives the next message, blocking until it is complete.
+    pub fn recv(&mut self) -> Result<Received, Error> {
+        self.recv_until(None)
+    }
+
+    /// Receives the next message, waiting at most `timeout`; `Ok(None)` when
+    /// none completed in time.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Received>, Error> {
+        match self.recv_until(Some(Instant::now() + timeout)) {
+            Ok(received) => Ok(Some(received)),
+            Err(Error::TimedOut) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Receives a message if one is buffered or can be read without
+    /// blocking.
+    pub fn try_recv(&mut self) -> Result<Option<Received>, Error> {
+        loop {
+            if let Some(received) = self.inbound.next()? {
+                return Ok(Some(received));
+            }
+            match self.inbound.fill(self.socket.fd.as_fd(), sys::DONTWAIT)? {
+                Fill::Read(_) => {}
+                Fill::WouldBlock => return Ok(None),
+                Fill::Eof => return Err(self.end_of_stream()),
+            }
+        }
+    }
+
+    /// Shuts the socket down both ways; see [`Connection::shutdown`].
+    pub fn shutdown(&self) -> Result<(), Error> {
+        self.socket.shutdown()
+    }
+
+    fn recv_until(&mut self, deadline: Option<Instant>) -> Result<Received, Error> {
+        let fd = self.socket.fd.as_fd();
+        loop {
+            if let Some(received) = self.inbound.next()? {
+                return Ok(received);
+            }
+            if self.inbound.at_eof() {
+                return Err(self.end_of_stream());
+            }
+            let flags = match deadline {
+                // Blocking read: one call per frame in the common case.
+                None => 0,
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if sys::poll(fd, sys::POLLIN, Some(left))? == 0 {
+                        if Instant::now() >= deadline {
+                            return Err(Error::TimedOut);
+                        }
+                        continue;
+                    }
+                    sys::DONTWAIT
+                }
+            };
+            match self.inbound.fill(fd, flags)? {
+                Fill::Read(_) => {}
+                Fill::WouldBlock if flags == 0 => {
+                    // Someone made the descriptor non-blocking: wait here.
+                    sys::poll(fd, sys::POLLIN, None)?;
+                }
+                Fill::WouldBlock => {}
+                Fill::Eof => return Err(self.end_of_stream()),
+            }
+        }
+    }
+
+    fn end_of_stream(&self) -> Error {
+        if self.socket.is_shut_down() {
+            Error::Closed
+        } else {
+            self.inbound.end_of_stream()
+        }
+    }
+}
+
+impl ConnectionWriter {
+    /// Sends a message, blocking while the socket buffer is full.
+    pub fn send(&mut self, message: &Message) -> Result<(), Error> {
+        self.send_with(message, &[], &mut || {})
+    }
+
+    /// Sends a message with file descriptors (unix sockets only).
+    pub fn send_with_fds(
+        &mut self,
+        message: &Message,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), Error> {
+        self.send_with(message, fds, &mut || {})
+    }
+
+    /// Sends a message with file descriptors (unix sockets only; may be
+    /// empty) without ever blocking for long: whenever the socket buffer is
+    /// full it calls `while_blocked` (where the caller drains its incoming
+    /// data, so two peers writing big frames at each other never deadlock),
+    /// then waits a few milliseconds for room before it tries again.
+    pub fn send_with(
+        &mut self,
+        message: &Message,
+        fds: &[BorrowedFd<'_>],
+        while_blocked: &mut dyn FnMut(),
+    ) -> Result<(), Error> {
+        self.encode(message, fds.len())?;
+        self.write(fds, while_blocked, None)
+    }
+
+    /// Shuts the socket down both ways; see [`Connection::shutdown`].
+    pub fn shutdown(&self) -> Result<(), Error> {
+        self.socket.shutdown()
+    }
+
+    fn send_until(&mut self, message: &Message, deadline: Option<Instant>) -> Result<(), Error> {
+        self.encode(message, 0)?;
+        self.write(&[], &mut || {}, deadline)
+    }
+
+    fn encode(&mut self, message: &Message, fd_count: usize) -> Result<(), Error> {
+        if fd_count > 0 && !self.socket.unix {
+            return Err(Error::FdsOverTcp);
+        }
+        let fd_count = u8::try_from(fd_count)
+            .ok()
+            .filter(|&count| count <= MAX_FDS_PER_FRAME)
+            .ok_or(Error::Proto(ProtoError::TooManyFds))?;
+        if self.buf.capacity() > SHRINK_ABOVE {
+            self.buf = Vec::new();
+        }
+        self.buf.clear();
+        encode_with_fds(message, fd_count, &mut self.buf)?;
+        Ok(())
+    }
+
+    /// Writes the encoded frame; the descriptors ride on its first bytes.
+    fn write(
+        &mut self,
+        mut fds: &[BorrowedFd<'_>],
+        while_blocked: &mut dyn FnMut(),
+        deadline: Option<Instant>,
+    ) -> Result<(), Error> {
+        let fd = self.socket.fd.as_fd();
+        let mut sent = 0;
+        while sent < self.buf.len() {
+            match sys::send_with_fds(fd, &self.buf[sent..], fds, sys::DONTWAIT) {
+                Ok(0) => return Err(Error::Io(io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    sent += n;
+                    fds = &[];
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    while_blocked();
+                    let wait = match deadline {
+                        None => BLOCKED_WAIT,
+                        Some(deadline) => {
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            if left.is_zero() {
+                                return Err(Error::TimedOut);
+                            }
+                            left.min(BLOCKED_WAIT)
+                        }
+                    };
+                    sys::poll(fd, sys::POLLOUT, Some(wait))?;
+                }
+                Err(error) if error.raw_os_error() == Some(libc::EPIPE) => {
+                    return Err(Error::Closed);
+                }
+                Err(error) => return Err(Error::Io(error)),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AsFd for Connection {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.reader.socket.fd.as_fd()
+    }
+}
+
+impl AsRawFd for Connection {
+    fn as_raw_fd(&self) -> RawFd {
+        self.reader.socket.fd.as_raw_fd()
+    }
+}
+
+impl AsFd for ConnectionReader {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.fd.as_fd()
+    }
+}
+
+impl AsRawFd for ConnectionReader {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.fd.as_raw_fd()
+    }
+}
+
+impl AsFd for ConnectionWriter {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.fd.as_fd()
+    }
+}
+
+impl AsRawFd for ConnectionWriter {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.fd.as_raw_fd()
+    }
+}

@@ -1,0 +1,540 @@
+//! Mutual authentication and compatibility check of two peers.
+//!
+//! The protocol is a state machine without I/O ([`Machine`]), driven by the
+//! blocking [`Connection::handshake`](crate::Connection::handshake) and by the
+//! non-blocking [`EventLoop`](crate::EventLoop) alike. The transcript is
+//! documented in the crate docs.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use processional_proto::{
+    Challenge, Hello, Message, Proof, ProtoError, RefusalReason, RemoteError, RemoteErrorKind, Role,
+};
+
+use crate::error::Error;
+use crate::key::Key;
+use crate::sys;
+
+/// Which end of the connection this side is. The handshake is symmetric:
+/// both sides send and check the same messages; the side only names the
+/// peer in diagnostics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// Opened the connection.
+    Initiator,
+    /// Accepted the connection.
+    Acceptor,
+}
+
+/// What this side brings to a handshake.
+#[derive(Clone, Debug)]
+pub struct Handshake {
+    /// The shared secret both sides must hold.
+    pub key: Key,
+    /// Who this side is; `hello.protocol` and `hello.fingerprint` must equal
+    /// the peer's.
+    pub hello: Hello,
+    /// The roles accepted from the peer; empty accepts any.
+    pub accept_roles: Vec<Role>,
+    /// Bounds the whole handshake; `None` waits forever (the
+    /// [`EventLoop`](crate::EventLoop) then uses
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`]).
+    pub timeout: Option<Duration>,
+}
+
+/// The handshake timeout the event loop uses when [`Handshake::timeout`] is
+/// `None`: unauthenticated peers must not hold resources forever.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Handshake {
+    /// A handshake accepting any role, with a timeout of
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`].
+    pub fn new(key: Key, hello: Hello) -> Handshake {
+        Handshake {
+            key,
+            hello,
+            accept_roles: Vec::new(),
+            timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
+        }
+    }
+}
+
+/// What a successful handshake learned about the peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's hello; its key is proven, so these claims come from a key
+    /// holder.
+    pub hello: Hello,
+}
+
+/// Nonces of the handshakes running in this process. A peer that claims our
+/// own role and whose challenge repeats one of them is reflecting a challenge
+/// of ours back at us, to make us compute the proof it owes: refused.
+static LIVE_NONCES: Mutex<Vec<[u8; 32]>> = Mutex::new(Vec::new());
+
+/// A fresh nonce, registered in [`LIVE_NONCES`] for as long as it lives.
+#[derive(Debug)]
+struct Nonce([u8; 32]);
+
+impl Nonce {
+    fn fresh() -> std::io::Result<Nonce> {
+        let mut bytes = [0u8; 32];
+        sys::random_bytes(&mut bytes)?;
+        LIVE_NONCES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(bytes);
+        Ok(Nonce(bytes))
+    }
+
+    fn is_live(nonce: &[u8; 32]) -> bool {
+        LIVE_NONCES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(nonce)
+    }
+}
+
+impl Drop for Nonce {
+    fn drop(&mut self) {
+        let mut live = LIVE_NONCES.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(index) = live.iter().position(|nonce| *nonce == self.0) {
+            live.swap_remove(index);
+        }
+    }
+}
+
+/// The next message the machine expects from the peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Hello,
+    Challenge,
+    Proof,
+    Accepted,
+    Done,
+    Failed,
+}
+
+/// The handshake of one connection, without I/O: feed it the peer's
+/// messages, send what it queues.
+#[derive(Debug)]
+pub(crate) struct Machine {
+    side: Side,
+    nonce: Nonce,
+    state: State,
+    peer: Option<Hello>,
+    peer_nonce: [u8; 32],
+    outgoing: Vec<Message>,
+}
+
+impl Machine {
+    /// Starts a handshake: queues our Hello and Challenge.
+    pub(crate) fn new(side: Side, config: &Handshake) -> std::io::Result<Machine> {
+        let nonce = Nonce::fresh()?;
+        let outgoing = vec![
+            Message::Hello(config.hello.clone()),
+            Message::Challenge(Challenge { nonce: nonce.0 }),
+        ];
+        Ok(Machine {
+            side,
+            nonce,
+            state: State::Hello,
+            peer: None,
+            peer_nonce: [0; 32],
+            outgoing,
+        })
+    }
+
+    /// The messages to send now, in order.
+    pub(crate) fn outgoing(&mut self) -> std::vec::Drain<'_, Message> {
+        self.outgoing.drain(..)
+    }
+
+    /// Whether the handshake ended (either way).
+    #[cfg(test)]
+    pub(crate) fn is_finished(&self) -> bool {
+        matches!(self.state, State::Done | State::Failed)
+    }
+
+    /// Handles one message of the peer. `Ok(Some(_))`: the handshake
+    /// succeeded; `Err(_)`: it failed, and the refusal to send (if any) is
+    /// queued.
+    pub(crate) fn receive(
+        &mut self,
+        config: &Handshake,
+        message: Message,
+    ) -> Result<Option<PeerInfo>, Error> {
+        match (self.state, message) {
+            (State::Done | State::Failed, message) => Err(Error::UnexpectedMessage(format!(
+                "{} after the handshake ended",
+                kind(&message)
+            ))),
+            (_, Message::Refused { reason, detail }) => {
+                self.state = State::Failed;
+                Err(Error::Refused { reason, detail })
+            }
+            (State::Hello, Message::Hello(hello)) => {
+                self.check_hello(config, &hello)?;
+                self.peer = Some(hello);
+                self.state = State::Challenge;
+                Ok(None)
+            }
+            (State::Challenge, Message::Challenge(challenge)) => {
+                // A reflection only helps a peer claiming our own role (the
+                // proof binds the prover's role); two ends of a legitimate
+                // connection inside one process have different roles.
+                let same_role = self
+                    .peer
+                    .as_ref()
+                    .is_some_and(|peer| peer.role == config.hello.role);
+                if same_role && Nonce::is_live(&challenge.nonce) {
+                    return Err(self.refuse(
+                        RefusalReason::UnexpectedMessage,
+                        "the challenge repeats a nonce of this process".into(),
+                        Error::UnexpectedMessage("the peer reflected one of our challenges".into()),
+                    ));
+                }
+                self.peer_nonce = challenge.nonce;
+                let mac = config
+                    .key
+                    .prove(config.hello.role, &self.peer_nonce, &self.nonce.0);
+                self.outgoing.push(Message::Proof(Proof { mac }));
+                self.state = State::Proof;
+                Ok(None)
+            }
+            (State::Proof, Message::Proof(proof)) => {
+                let peer_role = self.peer.as_ref().map_or(Role::Client, |peer| peer.role);
+                if !config
+                    .key
+                    .verify(peer_role, &self.nonce.0, &self.peer_nonce, &proof.mac)
+                {
+                    return Err(self.refuse(
+                        RefusalReason::WrongKey,
+                        format!(
+                            "{} could not verify the proof of the shared key: the keys differ",
+                            describe(&config.hello)
+                        ),
+                        Error::WrongKey,
+                    ));
+                }
+                self.outgoing.push(Message::Accepted);
+                self.state = State::Accepted;
+                Ok(None)
+            }
+            (State::Accepted, Message::Accepted) => {
+                self.state = State::Done;
+                let hello = self.peer.take().ok_or_else(|| {
+                    Error::UnexpectedMessage("handshake finished without a hello".into())
+                })?;
+                Ok(Some(PeerInfo { hello }))
+            }
+            (state, message) => {
+                let detail = format!(
+                    "expected {:?} from the {}, got {}",
+                    state,
+                    match self.side {
+                        Side::Initiator => "acceptor",
+                        Side::Acceptor => "initiator",
+                    },
+                    kind(&message)
+                );
+                Err(self.refuse(
+                    RefusalReason::UnexpectedMessage,
+                    detail.clone(),
+                    Error::UnexpectedMessage(detail),
+                ))
+            }
+        }
+    }
+
+    fn check_hello(&mut self, config: &Handshake, peer: &Hello) -> Result<(), Error> {
+        let ours = &config.hello;
+        if peer.protocol != ours.protocol {
+            return Err(self.refuse(
+                RefusalReason::ProtocolVersion,
+                format!(
+                    "{} speaks protocol version {}, {} speaks version {}",
+                    describe(ours),
+                    ours.protocol,
+                    describe(peer),
+                    peer.protocol
+                ),
+                Error::ProtocolVersion {
+                    ours: ours.protocol,
+                    theirs: peer.protocol,
+                },
+            ));
+        }
+        if peer.fingerprint != ours.fingerprint {
+            let detail = format!(
+                "build mismatch: {} has fingerprint {}, {} has fingerprint {}; both sides must run the same build",
+                describe(ours),
+                ours.fingerprint,
+                describe(peer),
+                peer.fingerprint
+            );
+            return Err(self.refuse(
+                RefusalReason::WrongFingerprint,
+                detail.clone(),
+                Error::Fingerprint {
+                    ours: ours.fingerprint,
+                    theirs: peer.fingerprint,
+                    detail,
+                },
+            ));
+        }
+        if !config.accept_roles.is_empty() && !config.accept_roles.contains(&peer.role) {
+            return Err(self.refuse(
+                RefusalReason::WrongRole,
+                format!(
+                    "{} accepts peers with role {:?}, but {} has role {:?}",
+                    describe(ours),
+                    config.accept_roles,
+                    describe(peer),
+                    peer.role
+                ),
+                Error::WrongRole {
+                    theirs: peer.role,
+                    accepted: config.accept_roles.clone(),
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    /// Fails the handshake: queues a refusal for the peer, returns `error`.
+    fn refuse(&mut self, reason: RefusalReason, detail: String, error: Error) -> Error {
+        self.state = State::Failed;
+        self.outgoing.push(Message::Refused { reason, detail });
+        error
+    }
+
+    /// Fails the handshake because the peer's bytes did not decode: queues
+    /// what the peer should hear.
+    pub(crate) fn malformed(&mut self, error: ProtoError) -> Error {
+        self.state = State::Failed;
+        if let ProtoError::Version { ours, theirs } = error {
+            self.outgoing.push(Message::Refused {
+                reason: RefusalReason::ProtocolVersion,
+                detail: format!("this side speaks protocol version {ours}, the peer's frames have version {theirs}"),
+            });
+            return Error::ProtocolVersion { ours, theirs };
+        }
+        self.outgoing.push(Message::Error(RemoteError {
+            kind: RemoteErrorKind::Other,
+            message: format!("malformed frame during the handshake: {error}"),
+            location: None,
+            backtrace: None,
+        }));
+        Error::Proto(error)
+    }
+
+    /// Fails the handshake because of a message that has no place in it.
+    pub(crate) fn unexpected(&mut self, what: &str) -> Error {
+        self.refuse(
+            RefusalReason::UnexpectedMessage,
+            what.to_owned(),
+            Error::UnexpectedMessage(what.to_owned()),
+        )
+    }
+}
+
+/// Names a program in diagnostics: `"name" (pid N on host)`.
+fn describe(hello: &Hello) -> String {
+    format!("{:?} (pid {} on {})", hello.program, hello.pid, hello.host)
+}
+
+/// The name of a message's variant, for diagnostics.
+pub(crate) fn kind(message: &Message) -> &'static str {
+    match message {
+        Message::Hello(_) => "Hello",
+        Message::Challenge(_) => "Challenge",
+        Message::Proof(_) => "Proof",
+        Message::Accepted => "Accepted",
+        Message::Refused { .. } => "Refused",
+        Message::Call(_) => "Call",
+        Message::Reply(_) => "Reply",
+        Message::Release { .. } => "Release",
+        Message::Cancel { .. } => "Cancel",
+        Message::Shutdown => "Shutdown",
+        Message::ShutdownAck => "ShutdownAck",
+        Message::Ping(_) => "Ping",
+        Message::Pong(_) => "Pong",
+        Message::Error(_) => "Error",
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use processional_proto::{Fingerprint, PROTOCOL_VERSION};
+
+    pub(crate) fn hello(role: Role, program: &str) -> Hello {
+        Hello {
+            protocol: PROTOCOL_VERSION,
+            fingerprint: Fingerprint([7; 32]),
+            role,
+            pid: std::process::id(),
+            host: "testhost".into(),
+            program: program.into(),
+        }
+    }
+
+    /// Runs two machines against each other in memory.
+    fn run(a: &Handshake, b: &Handshake) -> (Result<PeerInfo, Error>, Result<PeerInfo, Error>) {
+        let mut ma = Machine::new(Side::Initiator, a).unwrap();
+        let mut mb = Machine::new(Side::Acceptor, b).unwrap();
+        let mut ra = None;
+        let mut rb = None;
+        for _ in 0..10 {
+            let to_b: Vec<_> = ma.outgoing().collect();
+            let to_a: Vec<_> = mb.outgoing().collect();
+            for message in to_b {
+                if rb.is_none() {
+                    rb = mb.receive(b, message).transpose();
+                }
+            }
+            for message in to_a {
+                if ra.is_none() {
+                    ra = ma.receive(a, message).transpose();
+                }
+            }
+            if ra.is_some() && rb.is_some() {
+                break;
+            }
+        }
+        (ra.unwrap(), rb.unwrap())
+    }
+
+    #[test]
+    fn same_key_succeeds() {
+        let key = Key::generate();
+        let a = Handshake::new(key.clone(), hello(Role::Client, "client"));
+        let b = Handshake::new(key, hello(Role::Server, "server"));
+        let (ra, rb) = run(&a, &b);
+        assert_eq!(ra.unwrap().hello.program, "server");
+        assert_eq!(rb.unwrap().hello.program, "client");
+    }
+
+    #[test]
+    fn wrong_key_fails_both_sides() {
+        let a = Handshake::new(Key::generate(), hello(Role::Client, "client"));
+        let b = Handshake::new(Key::generate(), hello(Role::Server, "server"));
+        let (ra, rb) = run(&a, &b);
+        assert!(matches!(ra, Err(Error::WrongKey)), "{ra:?}");
+        assert!(matches!(rb, Err(Error::WrongKey)), "{rb:?}");
+    }
+
+    #[test]
+    fn fingerprint_mismatch_names_both() {
+        let key = Key::generate();
+        let a = Handshake::new(key.clone(), hello(Role::Client, "alpha"));
+        let mut other = hello(Role::Server, "beta");
+        other.fingerprint = Fingerprint([9; 32]);
+        let b = Handshake::new(key, other);
+        let (ra, _) = run(&a, &b);
+        match ra {
+            Err(Error::Fingerprint {
+                ours,
+                theirs,
+                detail,
+            }) => {
+                assert_eq!(ours, Fingerprint([7; 32]));
+                assert_eq!(theirs, Fingerprint([9; 32]));
+                for needle in ["alpha", "beta", "0707070707070707", "0909090909090909"] {
+                    assert!(detail.contains(needle), "{detail}");
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn version_and_role_checks() {
+        let key = Key::generate();
+        let a = Handshake::new(key.clone(), hello(Role::Client, "a"));
+        let mut newer = hello(Role::Server, "b");
+        newer.protocol += 1;
+        let b = Handshake::new(key.clone(), newer);
+        let (ra, _) = run(&a, &b);
+        assert!(matches!(ra, Err(Error::ProtocolVersion { ours, theirs }) if theirs == ours + 1));
+
+        let mut strict = Handshake::new(key.clone(), hello(Role::Server, "server"));
+        strict.accept_roles = vec![Role::Client];
+        let slave = Handshake::new(key, hello(Role::Slave, "slave"));
+        let (ra, rb) = run(&strict, &slave);
+        assert!(
+            matches!(
+                ra,
+                Err(Error::WrongRole {
+                    theirs: Role::Slave,
+                    ..
+                })
+            ),
+            "{ra:?}"
+        );
+        assert!(
+            matches!(
+                rb,
+                Err(Error::Refused {
+                    reason: RefusalReason::WrongRole,
+                    ..
+                })
+            ),
+            "{rb:?}"
+        );
+    }
+
+    #[test]
+    fn reflected_challenge_is_refused() {
+        let key = Key::generate();
+        let config = Handshake::new(key, hello(Role::Server, "server"));
+        // The attacker got this nonce from another handshake of the victim.
+        let other = Machine::new(Side::Acceptor, &config).unwrap();
+        let mut victim = Machine::new(Side::Acceptor, &config).unwrap();
+        victim.outgoing().for_each(drop);
+        assert!(
+            victim
+                .receive(&config, Message::Hello(hello(Role::Server, "x")))
+                .unwrap()
+                .is_none()
+        );
+        let result = victim.receive(
+            &config,
+            Message::Challenge(Challenge {
+                nonce: other.nonce.0,
+            }),
+        );
+        assert!(
+            matches!(result, Err(Error::UnexpectedMessage(_))),
+            "{result:?}"
+        );
+        assert!(
+            victim
+                .outgoing()
+                .all(|m| matches!(m, Message::Refused { .. }))
+        );
+    }
+
+    #[test]
+    fn messages_out_of_order_are_refused() {
+        let config = Handshake::new(Key::generate(), hello(Role::Server, "server"));
+        let mut machine = Machine::new(Side::Acceptor, &config).unwrap();
+        machine.outgoing().for_each(drop);
+        let result = machine.receive(&config, Message::Ping(1));
+        assert!(
+            matches!(result, Err(Error::UnexpectedMessage(_))),
+            "{result:?}"
+        );
+        assert!(machine.is_finished());
+        let queued: Vec<_> = machine.outgoing().collect();
+        assert!(matches!(
+            queued[..],
+            [Message::Refused {
+                reason: RefusalReason::UnexpectedMessage,
+                ..
+            }]
+        ));
+    }
+}
