@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use processional::{Error, SlaveProcessBuilder, slave};
 use processional_tests::{
-    KillOnDrop, PATIENCE, is_helper, is_zombie, kill_hard, process_exists, spawn_helper,
-    wait_until,
+    KillOnDrop, PATIENCE, is_helper, is_zombie, kill_hard, process_exists, spawn_helper, wait_until,
 };
 
 fn wait<T>(task: processional::Task<T>) -> Result<T, Error> {
@@ -26,7 +25,9 @@ fn the_readme_example_sums_and_multiplies() {
     let resource = process
         .wrap(|| (0..1_000_000u64).collect::<Vec<_>>())
         .expect("wrap");
-    let sum = resource.schedule(|v| v.iter().sum::<u64>()).expect("schedule");
+    let sum = resource
+        .schedule(|v| v.iter().sum::<u64>())
+        .expect("schedule");
     let product = resource
         .schedule(|v| v.iter().product::<u64>())
         .expect("schedule");
@@ -54,7 +55,10 @@ fn nested(x: u64) -> u64 {
 #[test]
 fn closures_with_arguments_fn_items_and_nested_calls() {
     let process = slave().expect("spawn");
-    assert_eq!(process.invoke_with((3u64, 4u64), |(a, b)| a * b).unwrap(), 12);
+    assert_eq!(
+        process.invoke_with((3u64, 4u64), |(a, b)| a * b).unwrap(),
+        12
+    );
     assert_eq!(process.invoke_with(21u64, double).unwrap(), 42);
     assert_eq!(process.invoke_with(10u64, nested).unwrap(), 41);
     assert_eq!(
@@ -126,7 +130,13 @@ fn a_remote_panic_is_an_error_and_the_slave_keeps_serving() {
     let Error::Remote(remote) = &error else {
         panic!("not a remote error: {error:?}")
     };
-    assert!(remote.location.as_deref().unwrap_or("").contains("process.rs"));
+    assert!(
+        remote
+            .location
+            .as_deref()
+            .unwrap_or("")
+            .contains("process.rs")
+    );
     assert!(remote.backtrace.is_some());
     assert_eq!(process.invoke(|| 1u8).unwrap(), 1);
 }
@@ -158,8 +168,13 @@ fn a_value_that_does_not_deserialize_fails_that_task_only() {
     assert_eq!(remote.kind, processional::RemoteErrorKind::Codec);
     assert!(remote.message.contains("Picky"), "{remote:?}");
     // A value the master cannot decode.
-    let error = process.invoke(|| Picky(13)).expect_err("the master refuses the value");
-    assert!(matches!(&error, Error::Codec(m) if m.contains("Picky")), "{error:?}");
+    let error = process
+        .invoke(|| Picky(13))
+        .expect_err("the master refuses the value");
+    assert!(
+        matches!(&error, Error::Codec(m) if m.contains("Picky")),
+        "{error:?}"
+    );
     // Both sides keep working.
     assert_eq!(process.invoke(|| Picky(12)).unwrap(), Picky(12));
 }
@@ -169,10 +184,13 @@ fn remote_handles_passed_back_resolve_to_the_object() {
     let process = slave().expect("spawn");
     let numbers = process.wrap(|| vec![1u64, 2, 3]).expect("wrap");
     let total = process
-        .invoke_with(numbers.clone(), |numbers: processional::Remote<Vec<u64>>| {
-            assert!(numbers.is_local());
-            numbers.invoke(|v| v.iter().sum::<u64>()).unwrap()
-        })
+        .invoke_with(
+            numbers.clone(),
+            |numbers: processional::Remote<Vec<u64>>| {
+                assert!(numbers.is_local());
+                numbers.invoke(|v| v.iter().sum::<u64>()).unwrap()
+            },
+        )
         .unwrap();
     assert_eq!(total, 6);
 }
@@ -239,7 +257,10 @@ fn a_detached_slave_finishes_its_task_then_exits() {
         line!()
     ));
     let _ = std::fs::remove_file(&marker);
-    let process = SlaveProcessBuilder::new().detach(true).spawn().expect("spawn");
+    let process = SlaveProcessBuilder::new()
+        .detach(true)
+        .spawn()
+        .expect("spawn");
     let pid = process.pid();
     let task = process
         .thread_with(marker.to_string_lossy().into_owned(), |path: String| {

@@ -84,7 +84,11 @@ fn each_clients_results_come_back_in_order() {
     for thread in threads {
         thread.join().unwrap();
     }
-    let log = process.lookup::<Vec<(u32, u32)>>("log").unwrap().fetch().unwrap();
+    let log = process
+        .lookup::<Vec<(u32, u32)>>("log")
+        .unwrap()
+        .fetch()
+        .unwrap();
     for who in 0..2 {
         let mine: Vec<u32> = log.iter().filter(|e| e.0 == who).map(|e| e.1).collect();
         assert_eq!(mine, (0..100).collect::<Vec<_>>());
@@ -104,7 +108,10 @@ fn a_persistent_server_survives_its_clients_and_stops_on_request() {
     let again = client(&address).unwrap();
     assert_eq!(again.invoke(|| 1u8).unwrap(), 1);
     assert!(again.stop(PATIENCE));
-    assert!(wait_until(PATIENCE, || !process_exists(pid)), "server {pid} did not stop");
+    assert!(
+        wait_until(PATIENCE, || !process_exists(pid)),
+        "server {pid} did not stop"
+    );
     drop(process);
 }
 
@@ -116,7 +123,10 @@ fn a_dropped_non_persistent_server_exits_and_removes_its_socket() {
     let path = address.trim_start_matches("unix:").to_owned();
     assert!(std::path::Path::new(&path).exists());
     drop(process);
-    assert!(wait_until(PATIENCE, || !process_exists(pid)), "server {pid} still runs");
+    assert!(
+        wait_until(PATIENCE, || !process_exists(pid)),
+        "server {pid} still runs"
+    );
     assert!(wait_until(PATIENCE, || !std::path::Path::new(&path).exists()));
 }
 
@@ -151,7 +161,9 @@ fn a_client_killed_mid_call_releases_its_objects() {
             let object = c.wrap(|| vec![7u8; 64]).unwrap();
             c.publish("orphan", &object).unwrap();
             std::mem::forget(object);
-            let pending = c.schedule(|| std::thread::sleep(Duration::from_secs(30))).unwrap();
+            let pending = c
+                .schedule(|| std::thread::sleep(Duration::from_secs(30)))
+                .unwrap();
             pending.detach();
             std::mem::forget(c);
         })
@@ -201,7 +213,11 @@ fn a_tcp_server_in_this_process_serves_a_client() {
         .start()
         .expect("start");
     let address = handle.address().to_string();
-    let c = ClientBuilder::new(&address).unwrap().key(key).connect().unwrap();
+    let c = ClientBuilder::new(&address)
+        .unwrap()
+        .key(key)
+        .connect()
+        .unwrap();
     assert_eq!(c.pid(), std::process::id());
     assert_eq!(c.invoke_with(20u32, |x| x + 1).unwrap(), 21);
     drop(c);
@@ -244,9 +260,7 @@ fn bad_peers_do_not_disturb_a_good_client() {
     good.join().unwrap();
     // The garbage peers were dropped by the server.
     let mut rest = Vec::new();
-    garbage
-        .set_read_timeout(Some(PATIENCE))
-        .unwrap();
+    garbage.set_read_timeout(Some(PATIENCE)).unwrap();
     let _ = garbage.read_to_end(&mut rest);
     assert_eq!(process.invoke(|| 1u8).unwrap(), 1);
 }
@@ -265,14 +279,24 @@ fn many_clients_many_calls() {
                 let window = 64;
                 let mut in_flight = std::collections::VecDeque::new();
                 for i in 0..calls {
-                    in_flight.push_back((i, c.schedule_with((n, i), |(n, i): (u64, u64)| n * 1_000_000 + i).unwrap()));
+                    in_flight.push_back((
+                        i,
+                        c.schedule_with((n, i), |(n, i): (u64, u64)| n * 1_000_000 + i)
+                            .unwrap(),
+                    ));
                     if in_flight.len() == window {
                         let (i, task) = in_flight.pop_front().unwrap();
-                        assert_eq!(task.wait_timeout(PATIENCE).ok().unwrap().unwrap(), n * 1_000_000 + i);
+                        assert_eq!(
+                            task.wait_timeout(PATIENCE).ok().unwrap().unwrap(),
+                            n * 1_000_000 + i
+                        );
                     }
                 }
                 for (i, task) in in_flight {
-                    assert_eq!(task.wait_timeout(PATIENCE).ok().unwrap().unwrap(), n * 1_000_000 + i);
+                    assert_eq!(
+                        task.wait_timeout(PATIENCE).ok().unwrap().unwrap(),
+                        n * 1_000_000 + i
+                    );
                 }
             })
         })
@@ -281,4 +305,59 @@ fn many_clients_many_calls() {
         thread.join().unwrap();
     }
     assert_eq!(process.invoke(|| 1u8).unwrap(), 1);
+}
+
+#[test]
+fn a_client_of_another_build_is_refused_with_both_fingerprints() {
+    use processional::proto::{Fingerprint, Hello, PROTOCOL_VERSION, Role};
+    use processional::transport::{Connection, Handshake, Side};
+    let address = unix_address("fingerprint");
+    let process = server(&address).expect("spawn");
+    let key_file = format!("{}.key", address.trim_start_matches("unix:"));
+    let key =
+        processional::Key::from_hex(std::fs::read_to_string(key_file).unwrap().trim()).unwrap();
+    let mut connection = Connection::connect(&address.parse().unwrap()).unwrap();
+    let forged = Fingerprint([0xEE; 32]);
+    let error = connection
+        .handshake(
+            Side::Initiator,
+            &Handshake {
+                key,
+                hello: Hello {
+                    protocol: PROTOCOL_VERSION,
+                    fingerprint: forged,
+                    role: Role::Client,
+                    pid: std::process::id(),
+                    host: "test".into(),
+                    program: "another-program".into(),
+                },
+                accept_roles: vec![Role::Server],
+                timeout: Some(PATIENCE),
+            },
+        )
+        .expect_err("refused");
+    let text = error.to_string();
+    assert!(text.contains(&forged.to_string()), "{text}");
+    assert!(
+        text.contains(&processional::fingerprint().to_string()),
+        "{text}"
+    );
+    assert_eq!(process.invoke(|| 4u8).unwrap(), 4);
+}
+
+#[test]
+fn terminate_stops_a_spawned_server() {
+    let address = unix_address("terminate");
+    let process = ServerBuilder::new(&address)
+        .unwrap()
+        .persistent(true)
+        .spawn()
+        .unwrap();
+    let pid = process.pid();
+    let ending = process.terminate(PATIENCE);
+    assert!(
+        matches!(ending, processional::Termination::Graceful(_)),
+        "{ending:?}"
+    );
+    assert!(!process_exists(pid));
 }

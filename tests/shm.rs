@@ -14,7 +14,10 @@ fn open_fds() -> usize {
 }
 
 fn mappings() -> usize {
-    std::fs::read_to_string("/proc/self/maps").unwrap().lines().count()
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .count()
 }
 
 #[test]
@@ -22,7 +25,9 @@ fn a_shm_buf_travels_to_the_slave_and_back() {
     let process = slave().expect("spawn");
     let buf = ShmBuf::from_slice(&[7u8; 4096]).unwrap();
     let sum = process
-        .invoke_with(buf.clone(), |buf: ShmBuf| buf.iter().map(|&b| u64::from(b)).sum::<u64>())
+        .invoke_with(buf.clone(), |buf: ShmBuf| {
+            buf.iter().map(|&b| u64::from(b)).sum::<u64>()
+        })
         .unwrap();
     assert_eq!(sum, 7 * 4096);
     let made = process
@@ -59,11 +64,17 @@ fn shared_mutable_writes_are_seen_across_processes() {
     let shared = SharedMutBuf::new(4096).unwrap();
     shared.write(0, 41u64).unwrap();
     let seen = process
-        .invoke_with(shared.try_clone_fd().map(|fd| SharedMutBuf::from_fd(fd).unwrap()).unwrap(), |buf: SharedMutBuf| {
-            let before: u64 = buf.read(0).unwrap();
-            buf.write(8, before + 1).unwrap();
-            before
-        })
+        .invoke_with(
+            shared
+                .try_clone_fd()
+                .map(|fd| SharedMutBuf::from_fd(fd).unwrap())
+                .unwrap(),
+            |buf: SharedMutBuf| {
+                let before: u64 = buf.read(0).unwrap();
+                buf.write(8, before + 1).unwrap();
+                before
+            },
+        )
         .unwrap();
     assert_eq!(seen, 41);
     assert_eq!(shared.read::<u64>(8).unwrap(), 42);
@@ -99,7 +110,9 @@ fn large_byte_vectors_take_the_segment_path() {
         let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
         let checksum: u64 = data.iter().map(|&b| u64::from(b)).sum();
         let (got_len, got_sum) = process
-            .invoke_with(data, |v: Vec<u8>| (v.len(), v.iter().map(|&b| u64::from(b)).sum::<u64>()))
+            .invoke_with(data, |v: Vec<u8>| {
+                (v.len(), v.iter().map(|&b| u64::from(b)).sum::<u64>())
+            })
             .unwrap();
         assert_eq!((got_len, got_sum), (len, checksum));
         let back = process
@@ -126,7 +139,10 @@ fn a_thousand_transfers_leak_nothing() {
             .invoke(|| {
                 (
                     std::fs::read_dir("/proc/self/fd").unwrap().count(),
-                    std::fs::read_to_string("/proc/self/maps").unwrap().lines().count(),
+                    std::fs::read_to_string("/proc/self/maps")
+                        .unwrap()
+                        .lines()
+                        .count(),
                 )
             })
             .unwrap()
@@ -135,7 +151,9 @@ fn a_thousand_transfers_leak_nothing() {
     for _ in 0..10 {
         let buf = ShmBuf::from_slice(&[1u8; 8192]).unwrap();
         process.invoke_with(buf, |b: ShmBuf| b.len()).unwrap();
-        process.invoke_with(vec![0u8; 512 * 1024], |v: Vec<u8>| v.len()).unwrap();
+        process
+            .invoke_with(vec![0u8; 512 * 1024], |v: Vec<u8>| v.len())
+            .unwrap();
     }
     let (fds_before, maps_before) = (open_fds(), mappings());
     let slave_before = slave_counts();
@@ -143,7 +161,9 @@ fn a_thousand_transfers_leak_nothing() {
         let buf = ShmBuf::from_slice(&[i as u8; 8192]).unwrap();
         assert_eq!(process.invoke_with(buf, |b: ShmBuf| b.len()).unwrap(), 8192);
         if i % 50 == 0 {
-            process.invoke_with(vec![0u8; 512 * 1024], |v: Vec<u8>| v.len()).unwrap();
+            process
+                .invoke_with(vec![0u8; 512 * 1024], |v: Vec<u8>| v.len())
+                .unwrap();
         }
     }
     assert_eq!(open_fds(), fds_before);
@@ -160,7 +180,9 @@ fn killing_both_sides_leaves_nothing_in_dev_shm() {
     let pid = process.pid();
     let buf = ShmBuf::from_slice(&[5u8; 65536]).unwrap();
     process.invoke_with(buf, |b: ShmBuf| b.len()).unwrap();
-    process.invoke_with(vec![1u8; 1 << 20], |v: Vec<u8>| v.len()).unwrap();
+    process
+        .invoke_with(vec![1u8; 1 << 20], |v: Vec<u8>| v.len())
+        .unwrap();
     kill_hard(pid);
     assert!(wait_until(PATIENCE, || !process_exists(pid)));
     std::thread::sleep(Duration::from_millis(50));

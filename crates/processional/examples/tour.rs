@@ -94,7 +94,9 @@ fn client_and_server() -> anyhow::Result<()> {
         let resource: processional::Remote<Vec<u64>> =
             process.lookup("heavy_resource").expect("lookup");
         println!("multiplying (in process {})", std::process::id());
-        resource.invoke(|v| v.iter().product::<u64>()).expect("product")
+        resource
+            .invoke(|v| v.iter().product::<u64>())
+            .expect("product")
     })?;
     println!("product is {product}");
     drop(other);

@@ -57,10 +57,10 @@ pub use processional_process::{
     ClientBuilder, Output, Remote, ServerBuilder, ServerHandle, SlaveProcess, SlaveProcessBuilder,
     Termination, client, export, fingerprint, init, live_objects, serve, server, slave,
 };
+pub use processional_shm::{SharedMutBuf, ShmBuf, ShmSlice, ShmVec};
 pub use processional_thread::{
     Bound, Builder as ThreadBuilder, CancelToken, Error, ExitReason, PanicReport, RemoteError,
     RemoteErrorKind, Result, SlaveBuilder as SlaveThreadBuilder, SlaveDriver, SlaveThread, Task,
     checkpoint, thread,
 };
-pub use processional_shm::{SharedMutBuf, ShmBuf, ShmSlice, ShmVec};
 pub use processional_transport::{Address, Key};

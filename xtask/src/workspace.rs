@@ -1,0 +1,80 @@
+//! Where the workspace is and how to run cargo in it.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+/// The workspace this xtask belongs to, wherever it was started from.
+#[derive(Debug, Clone)]
+pub(crate) struct Workspace {
+    root: PathBuf,
+    cargo: OsString,
+}
+
+impl Workspace {
+    /// The workspace around this xtask: the parent of its manifest directory.
+    /// Cargo is the one in `$CARGO` (set by `cargo run`), else `cargo`.
+    pub(crate) fn locate() -> Result<Self> {
+        // `cargo run` sets the variable for the program too. Prefer it to the
+        // compile-time value: a target directory shared by two checkouts may
+        // hold an xtask binary built from the other one.
+        let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(PathBuf::from)
+            .filter(|dir| dir.join("Cargo.toml").is_file())
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+        let root = manifest_dir
+            .parent()
+            .with_context(|| format!("{} has no parent", manifest_dir.display()))?
+            .to_path_buf();
+        if !root.join("Cargo.toml").is_file() {
+            bail!(
+                "no Cargo.toml in {}, the expected workspace root",
+                root.display()
+            );
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        Ok(Workspace { root, cargo })
+    }
+
+    /// The workspace root directory.
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A `cargo <args>` command that runs in the workspace root.
+    pub(crate) fn cargo<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut command = Command::new(&self.cargo);
+        command.args(args).current_dir(&self.root);
+        // Whole builds from scratch: incremental artifacts only cost time and
+        // disk here. Respect an explicit choice of the caller.
+        if std::env::var_os("CARGO_INCREMENTAL").is_none() {
+            command.env("CARGO_INCREMENTAL", "0");
+        }
+        command
+    }
+
+    /// The target directory cargo uses for this workspace (honours
+    /// `CARGO_TARGET_DIR` and `.cargo/config.toml`).
+    pub(crate) fn target_dir(&self) -> Result<PathBuf> {
+        let output = self
+            .cargo(["metadata", "--format-version", "1", "--no-deps"])
+            .stderr(Stdio::inherit())
+            .output()
+            .context("could not run `cargo metadata`")?;
+        if !output.status.success() {
+            bail!("`cargo metadata` failed ({})", output.status);
+        }
+        let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .context("`cargo metadata` printed invalid JSON")?;
+        let target = metadata["target_directory"]
+            .as_str()
+            .context("`cargo metadata` gave no target_directory")?;
+        Ok(PathBuf::from(target))
+    }
+}
