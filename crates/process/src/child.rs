@@ -49,7 +49,11 @@ type SpawnRequest = (Command, OwnedFd, bool, mpsc::Sender<io::Result<StdChild>>)
 /// Spawns `command` from the spawner thread, passing `inherited` to the child
 /// (it keeps its number) and, when `die_with_parent`, asking the kernel to
 /// SIGKILL the child when this process dies.
-pub(crate) fn spawn(command: Command, inherited: OwnedFd, die_with_parent: bool) -> io::Result<StdChild> {
+pub(crate) fn spawn(
+    command: Command,
+    inherited: OwnedFd,
+    die_with_parent: bool,
+) -> io::Result<StdChild> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
         let (sender, receiver) = mpsc::channel::<SpawnRequest>();
@@ -74,7 +78,11 @@ pub(crate) fn spawn(command: Command, inherited: OwnedFd, die_with_parent: bool)
         .map_err(|_| io::Error::other("the processional spawner thread is gone"))?
 }
 
-fn spawn_here(command: &mut Command, inherited: &OwnedFd, die_with_parent: bool) -> io::Result<StdChild> {
+fn spawn_here(
+    command: &mut Command,
+    inherited: &OwnedFd,
+    die_with_parent: bool,
+) -> io::Result<StdChild> {
     let fd = inherited.as_raw_fd();
     let parent = std::process::id() as i32;
     let signal = if die_with_parent { libc::SIGKILL } else { 0 };
@@ -109,7 +117,9 @@ impl ChildProcess {
         if status.is_none() {
             match sys::wait_pid(self.pid, false) {
                 Ok(Some(WaitStatus::Exited(code))) => *status = Some(ExitReason::Code(code)),
-                Ok(Some(WaitStatus::Signaled(signal))) => *status = Some(ExitReason::Signal(signal)),
+                Ok(Some(WaitStatus::Signaled(signal))) => {
+                    *status = Some(ExitReason::Signal(signal))
+                }
                 Ok(None) => {}
                 // Reaped by someone else (e.g. a SIGCHLD handler of the program).
                 Err(_) => *status = Some(ExitReason::Unknown),

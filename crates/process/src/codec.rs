@@ -57,7 +57,10 @@ pub(crate) fn fast_len<T: Any>(value: &T) -> Option<usize> {
 }
 
 /// Encodes `value` into `sink`.
-pub(crate) fn encode_into<T: Serialize + Any>(value: &T, sink: &mut impl Sink) -> Result<(), String> {
+pub(crate) fn encode_into<T: Serialize + Any>(
+    value: &T,
+    sink: &mut impl Sink,
+) -> Result<(), String> {
     if let Some(bytes) = (value as &dyn Any).downcast_ref::<Vec<u8>>() {
         sink.put(varint(bytes.len(), &mut [0; 10]))?;
         return sink.put(bytes);
@@ -130,7 +133,10 @@ mod tests {
     #[test]
     fn round_trip_and_trailing_bytes() {
         let bytes = encode(&(1u32, "two".to_string())).unwrap();
-        assert_eq!(decode::<(u32, String)>(&bytes).unwrap(), (1, "two".to_string()));
+        assert_eq!(
+            decode::<(u32, String)>(&bytes).unwrap(),
+            (1, "two".to_string())
+        );
         assert!(decode::<u8>(&bytes).unwrap_err().contains("trailing"));
         assert!(decode::<(u32, String)>(&bytes[..2]).is_err());
     }

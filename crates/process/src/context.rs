@@ -39,12 +39,14 @@ pub(crate) fn with_connection<R>(refs: &Arc<ConnectionRefs>, f: impl FnOnce() ->
 /// Keeps `value` as an object of this process, published under `name` and
 /// held by the connection whose call runs on this thread.
 pub(crate) fn export<T: Send + 'static>(name: &str, value: T) -> Result<(), RemoteError> {
-    let refs = CURRENT_REFS.with(|c| c.borrow().clone()).ok_or_else(|| RemoteError {
-        kind: RemoteErrorKind::Other,
-        message: "export() can only be called inside a task served for a peer".into(),
-        location: None,
-        backtrace: None,
-    })?;
+    let refs = CURRENT_REFS
+        .with(|c| c.borrow().clone())
+        .ok_or_else(|| RemoteError {
+            kind: RemoteErrorKind::Other,
+            message: "export() can only be called inside a task served for a peer".into(),
+            location: None,
+            backtrace: None,
+        })?;
     let table = ObjectTable::global();
     let id = table.insert(ObjectSlot::new(value), &refs);
     table.publish(name.to_owned(), id)
@@ -57,7 +59,10 @@ pub(crate) fn is_serving() -> bool {
 
 impl CallContext<'_> {
     /// Decodes the arguments of a call.
-    pub(crate) fn decode<A: DeserializeOwned + 'static>(&self, bytes: &[u8]) -> Result<A, RemoteError> {
+    pub(crate) fn decode<A: DeserializeOwned + 'static>(
+        &self,
+        bytes: &[u8],
+    ) -> Result<A, RemoteError> {
         let previous = SERVING.with(|s| s.replace(true));
         let result = codec::decode(bytes);
         SERVING.with(|s| s.set(previous));

@@ -11,6 +11,9 @@ use crate::context::CallContext;
 use crate::function::{Described, conjure};
 use crate::objects::{ObjectSlot, ObjectTable};
 
+/// Names the types an entry point is instantiated for; never constructed.
+type Marker<T> = PhantomData<fn() -> T>;
+
 /// Runs `f`, turning a panic into the error the caller receives.
 pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, RemoteError> {
     processional_thread::catch_panic(f).map_err(|error| to_remote(&error))
@@ -48,7 +51,7 @@ pub(crate) fn to_remote(error: &Error) -> RemoteError {
 }
 
 /// Call `F(A) -> R`.
-pub(crate) struct CallEntry<F, A, R>(PhantomData<fn() -> (F, A, R)>);
+pub(crate) struct CallEntry<F, A, R>(Marker<(F, A, R)>);
 
 impl<F, A, R> Described for CallEntry<F, A, R>
 where
@@ -65,7 +68,7 @@ where
 }
 
 /// Call `F(&mut T, A) -> R` on the object named in the arguments.
-pub(crate) struct MethodEntry<F, T, A, R>(PhantomData<fn() -> (F, T, A, R)>);
+pub(crate) struct MethodEntry<F, T, A, R>(Marker<(F, T, A, R)>);
 
 impl<F, T, A, R> Described for MethodEntry<F, T, A, R>
 where
@@ -84,7 +87,7 @@ where
 }
 
 /// Build a `T` with `F(A) -> T` and keep it; the value is its id.
-pub(crate) struct WrapEntry<F, A, T>(PhantomData<fn() -> (F, A, T)>);
+pub(crate) struct WrapEntry<F, A, T>(Marker<(F, A, T)>);
 
 impl<F, A, T> Described for WrapEntry<F, A, T>
 where
@@ -102,7 +105,7 @@ where
 }
 
 /// Copy the object back: the value is the serialized `T`.
-pub(crate) struct FetchEntry<T>(PhantomData<fn() -> T>);
+pub(crate) struct FetchEntry<T>(Marker<T>);
 
 impl<T> Described for FetchEntry<T>
 where
@@ -127,7 +130,7 @@ impl Described for PublishEntry {
 }
 
 /// Look up a published `T` and take a reference to it for the caller.
-pub(crate) struct LookupEntry<T>(PhantomData<fn() -> T>);
+pub(crate) struct LookupEntry<T>(Marker<T>);
 
 impl<T: 'static> Described for LookupEntry<T> {
     fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Vec<u8>, RemoteError> {

@@ -56,7 +56,8 @@ fn compute() -> Fingerprint {
                     // SAFETY: the segment is a PT_LOAD segment of our own
                     // executable, mapped readable for the life of the process,
                     // and `len` does not exceed its size.
-                    let bytes = unsafe { std::slice::from_raw_parts(segment.start as *const u8, len) };
+                    let bytes =
+                        unsafe { std::slice::from_raw_parts(segment.start as *const u8, len) };
                     hasher.update(bytes);
                 }
             }

@@ -164,9 +164,8 @@ pub(crate) fn conjure<F: 'static>() -> F {
     // glue (checked too), so making one more value of it runs no user code at
     // drop. Task types are closures and fn items, which carry no safety
     // invariant beyond that.
-    unsafe { std::mem::MaybeUninit::<F>::uninit().assume_init() }
+    unsafe { std::mem::zeroed::<F>() }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -189,7 +188,16 @@ mod tests {
     #[test]
     fn forged_references_are_refused() {
         let good = Probe::function_ref();
-        for offset in [0i64, 1, -8, 8, i64::MAX, i64::MIN, good.offset + 8, good.offset + 1] {
+        for offset in [
+            0i64,
+            1,
+            -8,
+            8,
+            i64::MAX,
+            i64::MIN,
+            good.offset + 8,
+            good.offset + 1,
+        ] {
             let error = resolve(FunctionRef {
                 offset,
                 signature: good.signature,

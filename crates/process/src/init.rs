@@ -9,10 +9,9 @@
 /// (it reads and clears an environment variable):
 ///
 /// ```
-/// fn main() {
-///     processional_process::init();
-///     // … the program, which may now spawn slaves …
-/// }
+/// // First thing in `main`:
+/// processional_process::init();
+/// // … the program, which may now spawn slaves …
 /// ```
 pub fn init() {
     crate::slave::run_if_slave();

@@ -83,5 +83,8 @@ pub use init::init;
 pub use objects::live_objects;
 pub use processional_thread::{Error, ExitReason, Task};
 pub use remote::Remote;
-pub use server::{ClientBuilder, KEY_FILE_VAR, KEY_VAR, ServerBuilder, ServerHandle, client, export, serve, server};
+pub use server::{
+    ClientBuilder, KEY_FILE_VAR, KEY_VAR, ServerBuilder, ServerHandle, client, export, serve,
+    server,
+};
 pub use slave::{Output, SlaveProcess, SlaveProcessBuilder, slave};

@@ -51,7 +51,10 @@ impl ObjectSlot {
 
     /// Runs `f` on the object, if it is a `T`. A panic in an earlier call does
     /// not make the object unusable.
-    pub(crate) fn with<T: 'static, R>(&self, f: impl FnOnce(&mut T) -> R) -> Result<R, RemoteError> {
+    pub(crate) fn with<T: 'static, R>(
+        &self,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> Result<R, RemoteError> {
         if self.type_id != TypeId::of::<T>() {
             return Err(RemoteError {
                 kind: RemoteErrorKind::WrongObjectType,
@@ -64,11 +67,11 @@ impl ObjectSlot {
                 backtrace: None,
             });
         }
-        let mut guard: MutexGuard<'_, Box<dyn Any + Send>> =
-            self.value.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let value = guard
-            .downcast_mut::<T>()
-            .expect("type id checked above");
+        let mut guard: MutexGuard<'_, Box<dyn Any + Send>> = self
+            .value
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let value = guard.downcast_mut::<T>().expect("type id checked above");
         Ok(f(value))
     }
 }

@@ -127,7 +127,10 @@ pub(crate) enum Incoming {
 impl Incoming {
     /// Resolves `payload` with the frame's descriptors; returns the bytes and
     /// the descriptors of shared-memory values inside them.
-    pub(crate) fn resolve(payload: Payload, mut fds: Vec<OwnedFd>) -> Result<(Incoming, Vec<OwnedFd>), String> {
+    pub(crate) fn resolve(
+        payload: Payload,
+        mut fds: Vec<OwnedFd>,
+    ) -> Result<(Incoming, Vec<OwnedFd>), String> {
         match payload {
             Payload::Inline(bytes) => Ok((Incoming::Inline(bytes), fds)),
             Payload::Segment { fd, len } => {
@@ -138,7 +141,8 @@ impl Incoming {
                         fds.len()
                     ));
                 }
-                let len = usize::try_from(len).map_err(|_| format!("payload length {len} too large"))?;
+                let len =
+                    usize::try_from(len).map_err(|_| format!("payload length {len} too large"))?;
                 let segment = fds.remove(index);
                 let view = SegmentView::map(segment, len)
                     .map_err(|e| format!("cannot map the payload segment: {e}"))?;
@@ -165,7 +169,10 @@ impl Incoming {
 }
 
 /// Decodes a `T` from a received payload.
-pub(crate) fn decode<T: DeserializeOwned + Any>(payload: Payload, fds: Vec<OwnedFd>) -> Result<T, String> {
+pub(crate) fn decode<T: DeserializeOwned + Any>(
+    payload: Payload,
+    fds: Vec<OwnedFd>,
+) -> Result<T, String> {
     let (incoming, fds) = Incoming::resolve(payload, fds)?;
     transfer::provide_fds(fds, || codec::decode(incoming.bytes()))
 }

@@ -12,11 +12,11 @@ use serde::ser::{Error as _, Serializer};
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::payload::{self, Outgoing};
 use crate::context;
 use crate::entry::{FetchEntry, MethodEntry};
 use crate::function::Described;
 use crate::objects::{ObjectSlot, ObjectTable};
+use crate::payload::{self, Outgoing};
 use crate::session::Session;
 
 thread_local! {
@@ -26,7 +26,10 @@ thread_local! {
 
 /// Encodes call arguments bound for `session`: `Remote` handles inside them
 /// must belong to it.
-pub(crate) fn encode_for<T: Serialize + std::any::Any>(session: &Session, value: &T) -> Result<Outgoing, Error> {
+pub(crate) fn encode_for<T: Serialize + std::any::Any>(
+    session: &Session,
+    value: &T,
+) -> Result<Outgoing, Error> {
     let previous = ENCODING_FOR.with(|s| s.replace(session.id()));
     let result = payload::encode(value, session.is_unix());
     ENCODING_FOR.with(|s| s.set(previous));
@@ -140,7 +143,11 @@ impl<T: Send + 'static> Remote<T> {
         match &*self.handle {
             Handle::Remote { session, id } => {
                 let bytes = encode_for(session, &(*id, args))?;
-                session.call::<R>(MethodEntry::<F, T, A, R>::function_ref(), RunMode::Queued, bytes)
+                session.call::<R>(
+                    MethodEntry::<F, T, A, R>::function_ref(),
+                    RunMode::Queued,
+                    bytes,
+                )
             }
             Handle::Local { slot, .. } => {
                 let outcome = slot

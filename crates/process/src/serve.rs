@@ -14,24 +14,25 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use processional_proto::{
-    Call, Message, ObjectId, Outcome, RemoteError, RemoteErrorKind, Reply, RunMode,
-    TaskId,
+    Call, Message, ObjectId, Outcome, RemoteError, RemoteErrorKind, Reply, RunMode, TaskId,
 };
 use processional_thread::CancelToken;
 use processional_transport::{Connection, ConnectionReader, ConnectionWriter, Received};
 
 use crate::codec;
 use crate::context::{self, CallContext};
-use crate::payload::{self, Incoming, Outgoing};
-use processional_shm::transfer;
 use crate::function;
 use crate::objects::ConnectionRefs;
+use crate::payload::{self, Incoming, Outgoing};
+use processional_shm::transfer;
 
 /// How often the watchdog looks for executors stuck in a long call.
 const WATCHDOG_TICK: Duration = Duration::from_millis(10);
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Work the executor runs in FIFO order.
@@ -231,10 +232,7 @@ impl Served {
             }
             Message::Pong(_) => None,
             other => {
-                let detail = format!(
-                    "unexpected message from the peer: {}",
-                    message_name(&other)
-                );
+                let detail = format!("unexpected message from the peer: {}", message_name(&other));
                 log::debug!("processional: {detail}");
                 self.send(&Message::Error(RemoteError {
                     kind: RemoteErrorKind::Other,
@@ -269,10 +267,7 @@ impl Served {
             Ok(outgoing) => (Outcome::Value(outgoing.payload.clone()), Some(outgoing)),
             Err(error) => (Outcome::Error(error), None),
         };
-        let message = Message::Reply(Reply {
-            task,
-            outcome,
-        });
+        let message = Message::Reply(Reply { task, outcome });
         match &outgoing {
             Some(outgoing) => self.send_with_fds(&message, &outgoing.fds()),
             None => self.send(&message),
@@ -282,9 +277,15 @@ impl Served {
         drop(outgoing);
     }
 
-    fn run(&self, call: Call, fds: Vec<OwnedFd>, token: &CancelToken) -> Result<Outgoing, RemoteError> {
+    fn run(
+        &self,
+        call: Call,
+        fds: Vec<OwnedFd>,
+        token: &CancelToken,
+    ) -> Result<Outgoing, RemoteError> {
         let entry = function::resolve(call.function)?;
-        let (incoming, fds) = Incoming::resolve(call.args, fds).map_err(codec::remote_codec_error)?;
+        let (incoming, fds) =
+            Incoming::resolve(call.args, fds).map_err(codec::remote_codec_error)?;
         let cx = CallContext { refs: &self.refs };
         let run = || {
             context::with_connection(&self.refs, || {

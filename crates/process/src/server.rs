@@ -406,7 +406,10 @@ impl ClientBuilder {
                 },
             )
             .map_err(transport_error)?;
-        Ok(SlaveProcess::from_session(Session::new(connection, peer), Kind::Client))
+        Ok(SlaveProcess::from_session(
+            Session::new(connection, peer),
+            Kind::Client,
+        ))
     }
 }
 
@@ -449,7 +452,10 @@ impl ServerBuilder {
 
 /// A spawned server binds before it answers its master's handshake, so the
 /// address works as soon as `server()` returns.
-pub(crate) fn bind_spawned_server(bootstrap: &ServerBootstrap, key: &Key) -> Result<Listener, Error> {
+pub(crate) fn bind_spawned_server(
+    bootstrap: &ServerBootstrap,
+    key: &Key,
+) -> Result<Listener, Error> {
     let address: Address = bootstrap
         .address
         .parse()

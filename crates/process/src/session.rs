@@ -21,7 +21,9 @@ use serde::de::DeserializeOwned;
 use crate::payload::{self, Outgoing};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Completes one pending call with its raw outcome.
@@ -136,7 +138,12 @@ impl Session {
     }
 
     /// Sends a call; its reply completes the returned task with a `R`.
-    pub(crate) fn call<R>(&self, function: FunctionRef, mode: RunMode, args: Outgoing) -> Result<Task<R>, Error>
+    pub(crate) fn call<R>(
+        &self,
+        function: FunctionRef,
+        mode: RunMode,
+        args: Outgoing,
+    ) -> Result<Task<R>, Error>
     where
         R: DeserializeOwned + Send + 'static,
     {

@@ -68,7 +68,11 @@ pub(crate) fn hello(role: Role) -> Hello {
 pub(crate) fn transport_error(error: processional_transport::Error) -> Error {
     use processional_transport::Error as T;
     match error {
-        T::Fingerprint { ours, theirs, detail } => Error::Fingerprint {
+        T::Fingerprint {
+            ours,
+            theirs,
+            detail,
+        } => Error::Fingerprint {
             ours: ours.to_string(),
             theirs: theirs.to_string(),
             detail,
@@ -78,7 +82,9 @@ pub(crate) fn transport_error(error: processional_transport::Error) -> Error {
             processional_proto::RefusalReason::WrongKey => {
                 Error::Auth(format!("the peer refused our key: {detail}"))
             }
-            _ => Error::Protocol(format!("the peer refused the connection ({reason:?}): {detail}")),
+            _ => Error::Protocol(format!(
+                "the peer refused the connection ({reason:?}): {detail}"
+            )),
         },
         T::Io(source) => Error::io("connection", source),
         T::Closed => Error::Disconnected("the peer closed the connection".into()),
@@ -210,7 +216,11 @@ impl SlaveProcessBuilder {
         key: Key,
         server: Option<ServerBootstrap>,
     ) -> Result<SlaveProcess, Error> {
-        let kind = if server.is_some() { Kind::SpawnedServer } else { Kind::Slave };
+        let kind = if server.is_some() {
+            Kind::SpawnedServer
+        } else {
+            Kind::Slave
+        };
         let (mut ours, theirs) =
             UnixStream::pair().map_err(|e| Error::io("cannot create a socket pair", e))?;
         let theirs = OwnedFd::from(theirs);
@@ -359,7 +369,8 @@ fn run_slave(fd: RawFd) -> Result<(), Error> {
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut stream = UnixStream::from(owned);
     sys::set_cloexec(&stream).map_err(|e| Error::io("inherited socket", e))?;
-    let bootstrap = read_bootstrap(&mut stream).map_err(|e| Error::io("reading the bootstrap", e))?;
+    let bootstrap =
+        read_bootstrap(&mut stream).map_err(|e| Error::io("reading the bootstrap", e))?;
     let key = Key::from_bytes(&bootstrap.key)
         .map_err(|e| Error::Protocol(format!("bad key in the bootstrap: {e}")))?;
     let listener = match &bootstrap.server {
@@ -367,7 +378,11 @@ fn run_slave(fd: RawFd) -> Result<(), Error> {
         None => None,
     };
     let mut connection = Connection::from_unix(stream).map_err(transport_error)?;
-    let role = if bootstrap.server.is_some() { Role::Server } else { Role::Slave };
+    let role = if bootstrap.server.is_some() {
+        Role::Server
+    } else {
+        Role::Slave
+    };
     connection
         .handshake(
             Side::Acceptor,
@@ -586,18 +601,30 @@ impl SlaveProcess {
         let acknowledged = self.inner.session.shutdown(timeout);
         self.inner.session.close();
         match &self.inner.child {
-            Some(child) => child.stop(if acknowledged { timeout } else { Duration::ZERO }),
+            Some(child) => child.stop(if acknowledged {
+                timeout
+            } else {
+                Duration::ZERO
+            }),
             None => Termination::Unknown,
         }
     }
 
     /// The pipe of the slave's standard output, if it was captured.
     pub fn take_stdout(&self) -> Option<ChildStdout> {
-        self.inner.stdout.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.inner
+            .stdout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// The pipe of the slave's standard error, if it was captured.
     pub fn take_stderr(&self) -> Option<ChildStderr> {
-        self.inner.stderr.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.inner
+            .stderr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 }

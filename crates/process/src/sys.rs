@@ -51,7 +51,13 @@ pub(crate) unsafe fn prepare_child(fd: RawFd, death_signal: i32, parent: i32) ->
     syscall!(fcntl(fd, libc::F_SETFD, 0))?;
     if death_signal != 0 {
         #[cfg(target_os = "linux")]
-        syscall!(prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong, 0, 0, 0))?;
+        syscall!(prctl(
+            libc::PR_SET_PDEATHSIG,
+            death_signal as libc::c_ulong,
+            0,
+            0,
+            0
+        ))?;
         // The parent may have died between fork and prctl: then the signal
         // will never come, so leave now.
         if parent_pid() != parent {
@@ -74,7 +80,11 @@ pub(crate) fn advise_huge_pages(start: *mut u8, len: usize) {
         // SAFETY: the range lies inside an allocation the caller owns;
         // MADV_HUGEPAGE changes no contents and no protection, only how the
         // kernel backs future faults.
-        let _ = syscall!(madvise(begin as *mut libc::c_void, end - begin, libc::MADV_HUGEPAGE));
+        let _ = syscall!(madvise(
+            begin as *mut libc::c_void,
+            end - begin,
+            libc::MADV_HUGEPAGE
+        ));
     }
 }
 
@@ -192,8 +202,9 @@ pub(crate) fn executable_image(address: usize) -> ExecutableImage {
                 let start = base + header.p_vaddr as usize;
                 // SAFETY: a PT_NOTE segment lies inside a PT_LOAD segment of this
                 // loaded object, so its `p_memsz` bytes are mapped and readable.
-                let notes =
-                    unsafe { std::slice::from_raw_parts(start as *const u8, header.p_memsz as usize) };
+                let notes = unsafe {
+                    std::slice::from_raw_parts(start as *const u8, header.p_memsz as usize)
+                };
                 if let Some(id) = find_build_id(notes) {
                     image.build_id = Some(id.to_vec());
                 }
