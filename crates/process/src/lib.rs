@@ -59,7 +59,7 @@
 //! SIGTERM after a grace period, then SIGKILL; it is always reaped). If the
 //! master dies, even by SIGKILL, its slaves die too (`PR_SET_PDEATHSIG`,
 //! and end of stream on the socket). A slave that dies fails every pending
-//! task with [`Error::Exited`](processional_thread::Error::Exited).
+//! task with [`Error::Exited`].
 
 mod child;
 mod codec;

@@ -62,8 +62,14 @@ fn main() {
         best_framed = best_framed.min(framed());
     }
     let per = |total: Duration| total.as_nanos() as f64 / ROUND_TRIPS as f64 / 1000.0;
-    println!("raw socketpair ping-pong: {:.2} µs per round trip", per(best_raw));
-    println!("framed Message::Ping:     {:.2} µs per round trip", per(best_framed));
+    println!(
+        "raw socketpair ping-pong: {:.2} µs per round trip",
+        per(best_raw)
+    );
+    println!(
+        "framed Message::Ping:     {:.2} µs per round trip",
+        per(best_framed)
+    );
     println!(
         "ratio: {:.3}",
         best_framed.as_secs_f64() / best_raw.as_secs_f64()
