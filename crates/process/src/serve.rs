@@ -118,12 +118,7 @@ impl Served {
                 None => break,
             }
         }
-        let end = lock(&self.end).unwrap_or(End::PeerClosed);
-        if end == End::PeerClosed {
-            // Nobody will use the peer's handles again.
-            self.refs.release_all();
-        }
-        end
+        lock(&self.end).unwrap_or(End::PeerClosed)
     }
 
     /// Waits until every `thread` call of this connection has finished.
@@ -144,6 +139,12 @@ impl Served {
 
     fn finish(&self, end: End) {
         lock(&self.end).get_or_insert(end);
+        if end == End::PeerClosed {
+            // The peer's handles are gone with it: free what only it held,
+            // even while a long call of its still runs (a running call keeps
+            // the objects it uses alive by itself).
+            self.refs.release_all();
+        }
         self.queue_changed.notify_all();
     }
 

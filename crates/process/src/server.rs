@@ -208,17 +208,17 @@ struct ServerState {
 
 impl ServerState {
     fn stop(&self) {
-        *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        self.stopped_changed.notify_all();
+        // Files first: a spawned server exits as soon as `join` sees the
+        // stop, possibly before this thread runs another line.
         if let Some(path) = &self.key_file {
             let _ = std::fs::remove_file(path);
         }
-        // The process may exit before the accept loop drops the listener.
         if let Address::Unix(path) = &self.address {
             let _ = std::fs::remove_file(path);
         }
-        // Wake the accept loop so it drops the listener.
-        let _ = Connection::connect_timeout(&self.address, Duration::from_millis(200));
+        // The accept loop notices within `ACCEPT_POLL` and drops the listener.
+        *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.stopped_changed.notify_all();
     }
 
     fn is_stopped(&self) -> bool {
@@ -275,10 +275,13 @@ impl ServerHandle {
     }
 }
 
+/// How often the accept loop checks whether the server stopped.
+const ACCEPT_POLL: Duration = Duration::from_millis(100);
+
 fn accept_loop(listener: Listener, state: Arc<ServerState>) {
     while !state.is_stopped() {
-        match listener.accept() {
-            Ok(connection) => {
+        match listener.accept_timeout(ACCEPT_POLL) {
+            Ok(Some(connection)) => {
                 if state.is_stopped() {
                     break;
                 }
@@ -290,6 +293,7 @@ fn accept_loop(listener: Listener, state: Arc<ServerState>) {
                     log::error!("processional: cannot start a thread for a client: {error}");
                 }
             }
+            Ok(None) => {}
             Err(error) => {
                 log::debug!("processional: accept failed: {error}");
                 std::thread::sleep(Duration::from_millis(10));
