@@ -361,3 +361,39 @@ fn terminate_stops_a_spawned_server() {
     );
     assert!(!process_exists(pid));
 }
+
+#[test]
+fn remote_handles_move_between_clients_of_a_server() {
+    let address = unix_address("moving");
+    let process = server(&address).expect("spawn");
+    let baseline = process.invoke(processional::live_objects).unwrap();
+    let numbers = process.wrap(|| vec![1u64, 2, 3, 4]).expect("wrap");
+    // A slave of ours becomes a client of the same server when the handle
+    // arrives, and works on the object where it lives.
+    let other = processional::slave().unwrap();
+    let (sum, server_pid) = other
+        .invoke_with(
+            numbers.clone(),
+            |numbers: processional::Remote<Vec<u64>>| {
+                assert!(!numbers.is_local());
+                let sum = numbers.invoke(|v| v.iter().sum::<u64>()).unwrap();
+                numbers.invoke(|v| v.push(5)).unwrap();
+                (sum, numbers.invoke(|_| std::process::id()).unwrap())
+            },
+        )
+        .unwrap();
+    assert_eq!(sum, 10);
+    assert_eq!(server_pid, process.pid());
+    assert_eq!(numbers.fetch().unwrap(), vec![1, 2, 3, 4, 5]);
+    // Sent, then dropped here at once: the handle still arrives.
+    let task = other
+        .schedule_with(numbers, |numbers: processional::Remote<Vec<u64>>| {
+            numbers.invoke(|v| v.len()).unwrap()
+        })
+        .unwrap();
+    assert_eq!(task.wait_timeout(PATIENCE).ok().unwrap().unwrap(), 5);
+    // Everyone let go: the object is freed in the server.
+    assert!(wait_until(PATIENCE, || {
+        process.invoke(processional::live_objects).unwrap() == baseline
+    }));
+}

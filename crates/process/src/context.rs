@@ -10,12 +10,15 @@ use serde::de::DeserializeOwned;
 
 use crate::codec;
 use crate::objects::{ConnectionRefs, ObjectSlot, ObjectTable};
+use crate::payload::{self, Encoded};
 
 /// The state an entry point needs besides its arguments.
 #[derive(Debug)]
 pub(crate) struct CallContext<'a> {
     /// The references of the connection the call came from.
-    pub(crate) refs: &'a ConnectionRefs,
+    pub(crate) refs: &'a Arc<ConnectionRefs>,
+    /// Whether the connection can carry descriptors (a unix socket).
+    pub(crate) unix: bool,
 }
 
 thread_local! {
@@ -70,7 +73,7 @@ impl CallContext<'_> {
     }
 
     /// Encodes the value of a call.
-    pub(crate) fn encode<R: Serialize + 'static>(&self, value: &R) -> Result<Vec<u8>, RemoteError> {
-        codec::encode(value).map_err(codec::remote_codec_error)
+    pub(crate) fn encode<R: Serialize + 'static>(&self, value: &R) -> Result<Encoded, RemoteError> {
+        payload::encode_value(value, self.unix).map_err(codec::remote_codec_error)
     }
 }

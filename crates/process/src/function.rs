@@ -23,6 +23,7 @@ use std::sync::OnceLock;
 use processional_proto::{FunctionRef, RemoteError, RemoteErrorKind};
 
 use crate::context::CallContext;
+use crate::payload::Encoded;
 use crate::sys::{self, ExecutableImage};
 
 /// The fixed point offsets are measured from.
@@ -32,7 +33,7 @@ static ANCHOR: u8 = 0;
 const MAGIC: [u64; 2] = [0x7072_6f63_6573_7369, 0x6f6e_616c_2d66_6e31];
 
 /// The signature of every entry point: arguments in, encoded value out.
-pub(crate) type Entry = fn(&CallContext<'_>, &[u8]) -> Result<Vec<u8>, RemoteError>;
+pub(crate) type Entry = fn(&CallContext<'_>, &[u8]) -> Result<Encoded, RemoteError>;
 
 /// What a function reference points to. `repr(C)`, so the slave can check
 /// the words before it trusts them as function pointers.
@@ -46,7 +47,7 @@ pub(crate) struct Descriptor {
 /// Types that have a descriptor: one per entry point instantiation.
 pub(crate) trait Described {
     /// The entry point.
-    fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Vec<u8>, RemoteError>;
+    fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Encoded, RemoteError>;
 
     /// The descriptor, promoted to a `'static` in read-only data.
     const DESCRIPTOR: &'static Descriptor = &Descriptor {
@@ -173,8 +174,8 @@ mod tests {
 
     struct Probe;
     impl Described for Probe {
-        fn run(_: &CallContext<'_>, args: &[u8]) -> Result<Vec<u8>, RemoteError> {
-            Ok(args.to_vec())
+        fn run(_: &CallContext<'_>, args: &[u8]) -> Result<Encoded, RemoteError> {
+            Ok(Encoded::Inline(args.to_vec()))
         }
     }
 

@@ -81,6 +81,7 @@ pub use child::Termination;
 pub use fingerprint::{fingerprint, program_name};
 pub use init::init;
 pub use objects::live_objects;
+pub use payload::{INLINE_LIMIT, INLINE_LIMIT_VAR};
 pub use processional_thread::{Error, ExitReason, Task};
 pub use remote::Remote;
 pub use server::{

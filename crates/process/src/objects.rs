@@ -10,7 +10,7 @@
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use processional_proto::{ObjectId, RemoteError, RemoteErrorKind};
 
@@ -92,6 +92,9 @@ struct TableEntry {
 pub(crate) struct ObjectTable {
     entries: Mutex<HashMap<ObjectId, TableEntry>>,
     names: Mutex<HashMap<String, ObjectId>>,
+    /// References in transit between two clients: ticket → object, held on
+    /// behalf of the sending connection until the receiver redeems it.
+    tickets: Mutex<HashMap<u64, (ObjectId, Weak<ConnectionRefs>)>>,
     next_id: AtomicU64,
 }
 
@@ -175,6 +178,56 @@ impl ObjectTable {
                 .retain(|_, object| *object != id);
         }
         // `removed` (and maybe the object) drops here, outside the lock.
+    }
+
+    /// Takes one more reference to `id` for `sender` and returns a ticket
+    /// another connection can redeem for it.
+    pub(crate) fn issue_ticket(
+        &self,
+        id: ObjectId,
+        sender: &Arc<ConnectionRefs>,
+    ) -> Result<u64, RemoteError> {
+        self.acquire(id, sender)?;
+        let ticket = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.tickets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ticket, (id, Arc::downgrade(sender)));
+        Ok(ticket)
+    }
+
+    /// Moves the reference held by `ticket` to `receiver`; returns the object.
+    pub(crate) fn redeem_ticket(
+        &self,
+        ticket: u64,
+        receiver: &ConnectionRefs,
+    ) -> Result<ObjectId, RemoteError> {
+        let entry = self
+            .tickets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ticket);
+        let Some((id, sender)) = entry else {
+            return Err(RemoteError {
+                kind: RemoteErrorKind::UnknownObject,
+                message: format!("no handle in transit under ticket {ticket} (already redeemed?)"),
+                location: None,
+                backtrace: None,
+            });
+        };
+        let Some(sender) = sender.upgrade() else {
+            return Err(RemoteError {
+                kind: RemoteErrorKind::UnknownObject,
+                message: format!(
+                    "the process that sent the handle to object {id} disconnected before it arrived"
+                ),
+                location: None,
+                backtrace: None,
+            });
+        };
+        self.acquire(id, receiver)?;
+        sender.release(id);
+        Ok(id)
     }
 
     /// Gives `id` a name other peers can look up.

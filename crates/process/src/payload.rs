@@ -24,9 +24,24 @@ use serde::de::DeserializeOwned;
 use crate::codec::{self, Sink};
 
 /// Encoded payloads larger than this travel in a shared-memory segment (on
-/// unix sockets). Below it, one more socket write costs less than mapping a
-/// segment on the other side (see `docs/benchmarks.md`).
-pub(crate) const INLINE_LIMIT: usize = 256 * 1024;
+/// unix sockets), unless `PROCESSIONAL_INLINE_LIMIT` (bytes) says otherwise.
+/// Below it, writing through the socket costs less than mapping a segment on
+/// the other side (measured: see `docs/ARCHITECTURE.md`).
+pub const INLINE_LIMIT: usize = 128 * 1024;
+
+/// The environment variable that overrides [`INLINE_LIMIT`].
+pub const INLINE_LIMIT_VAR: &str = "PROCESSIONAL_INLINE_LIMIT";
+
+/// The limit in force (read once).
+pub(crate) fn inline_limit() -> usize {
+    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::env::var(INLINE_LIMIT_VAR)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(INLINE_LIMIT)
+    })
+}
 
 /// An encoded value ready to be sent.
 #[derive(Debug)]
@@ -68,7 +83,7 @@ pub(crate) fn encode<T: Serialize + Any>(value: &T, unix: bool) -> Result<Outgoi
         });
     }
     // Large byte vectors go straight into a segment: one copy.
-    if let Some(len) = codec::fast_len(value).filter(|&len| len > INLINE_LIMIT) {
+    if let Some(len) = codec::fast_len(value).filter(|&len| len > inline_limit()) {
         if let Ok(mut segment) = Pool::global().take(len) {
             segment.clear();
             codec::encode_into(value, &mut segment)?;
@@ -77,7 +92,7 @@ pub(crate) fn encode<T: Serialize + Any>(value: &T, unix: bool) -> Result<Outgoi
     }
     let (bytes, transfers) = transfer::collect_fds(|| codec::encode(value));
     let bytes = bytes?;
-    if bytes.len() > INLINE_LIMIT {
+    if bytes.len() > inline_limit() {
         if let Ok(mut segment) = Pool::global().take(bytes.len()) {
             segment.as_mut_slice().copy_from_slice(&bytes);
             return Ok(segmented(segment, transfers));
@@ -90,10 +105,37 @@ pub(crate) fn encode<T: Serialize + Any>(value: &T, unix: bool) -> Result<Outgoi
     })
 }
 
-/// Wraps already encoded bytes (e.g. a value encoded inside an entry point,
-/// with the descriptors it collected) for sending.
-pub(crate) fn wrap_encoded(bytes: Vec<u8>, transfers: Vec<TransferFd>, unix: bool) -> Outgoing {
-    if unix && bytes.len() > INLINE_LIMIT {
+/// A value encoded by an entry point: in a buffer, or already in a pooled
+/// segment when it is a large byte vector.
+#[derive(Debug)]
+pub(crate) enum Encoded {
+    Inline(Vec<u8>),
+    Pooled(PooledSegment),
+}
+
+/// Encodes the value of a call on the serving side (descriptors of
+/// shared-memory values are collected by the caller's transfer context).
+pub(crate) fn encode_value<T: Serialize + Any>(value: &T, unix: bool) -> Result<Encoded, String> {
+    if unix {
+        if let Some(len) = codec::fast_len(value).filter(|&len| len > inline_limit()) {
+            if let Ok(mut segment) = Pool::global().take(len) {
+                segment.clear();
+                codec::encode_into(value, &mut segment)?;
+                return Ok(Encoded::Pooled(segment));
+            }
+        }
+    }
+    codec::encode(value).map(Encoded::Inline)
+}
+
+/// Wraps a value encoded inside an entry point, with the descriptors it
+/// collected, for sending.
+pub(crate) fn wrap_encoded(encoded: Encoded, transfers: Vec<TransferFd>, unix: bool) -> Outgoing {
+    let bytes = match encoded {
+        Encoded::Pooled(segment) => return segmented(segment, transfers),
+        Encoded::Inline(bytes) => bytes,
+    };
+    if unix && bytes.len() > inline_limit() {
         if let Ok(mut segment) = Pool::global().take(bytes.len()) {
             segment.as_mut_slice().copy_from_slice(&bytes);
             return segmented(segment, transfers);

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::context;
-use crate::entry::{FetchEntry, MethodEntry};
+use crate::entry::{FetchEntry, MethodEntry, RedeemEntry, TicketEntry};
 use crate::function::Described;
 use crate::objects::{ObjectSlot, ObjectTable};
 use crate::payload::{self, Outgoing};
@@ -179,38 +179,91 @@ impl<T: Send + 'static> Remote<T> {
     }
 }
 
+/// How a `Remote` travels.
+#[derive(Serialize, Deserialize)]
+enum RemoteWire {
+    /// To the process that holds the object: its id there.
+    Here(ObjectId),
+    /// To another client of the server that holds the object: a ticket the
+    /// receiver redeems with that server for a reference of its own.
+    At { server: String, ticket: u64 },
+}
+
 impl<T> Serialize for Remote<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match &*self.handle {
-            Handle::Remote { session, id } => {
-                if ENCODING_FOR.with(Cell::get) != session.id() {
-                    return Err(S::Error::custom(
-                        "a Remote can only be passed to calls on the process that holds its object",
-                    ));
-                }
-                serializer.serialize_u64(*id)
+        let wire = match &*self.handle {
+            Handle::Remote { session, id } if ENCODING_FOR.with(Cell::get) == session.id() => {
+                RemoteWire::Here(*id)
             }
-            Handle::Local { .. } => Err(S::Error::custom(
-                "a Remote resolved in the process that holds its object cannot be sent elsewhere",
-            )),
-        }
+            Handle::Remote { session, id } => {
+                let Some(server) = session.origin() else {
+                    return Err(S::Error::custom(
+                        "a Remote to an object of a slave can only be passed to that slave; \
+                         objects of a server can be passed to any of its clients",
+                    ));
+                };
+                // The server holds a reference for the ticket until the
+                // receiver redeems it, so the object survives the trip even
+                // if this handle drops right after sending.
+                let ticket = encode_for(session, id)
+                    .and_then(|args| {
+                        session.call::<u64>(TicketEntry::function_ref(), RunMode::Queued, args)
+                    })
+                    .and_then(Task::wait)
+                    .map_err(|e| S::Error::custom(format!("cannot send the handle: {e}")))?;
+                RemoteWire::At {
+                    server: server.to_owned(),
+                    ticket,
+                }
+            }
+            Handle::Local { .. } => {
+                return Err(S::Error::custom(
+                    "a Remote resolved in the process that holds its object cannot be sent elsewhere",
+                ));
+            }
+        };
+        wire.serialize(serializer)
     }
 }
 
 impl<'de, T> Deserialize<'de> for Remote<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let id = u64::deserialize(deserializer)?;
-        if !context::is_serving() {
-            return Err(D::Error::custom(
-                "a Remote can only be decoded by the process that holds its object",
-            ));
+        match RemoteWire::deserialize(deserializer)? {
+            RemoteWire::Here(id) => {
+                if !context::is_serving() {
+                    return Err(D::Error::custom(
+                        "a Remote can only be decoded by the process that holds its object",
+                    ));
+                }
+                let slot = ObjectTable::global()
+                    .get(id)
+                    .map_err(|error| D::Error::custom(error.message))?;
+                Ok(Remote {
+                    handle: Arc::new(Handle::Local { slot, id }),
+                    _type: PhantomData,
+                })
+            }
+            RemoteWire::At { server, ticket } => {
+                let session = match Session::to_server(&server) {
+                    Some(session) => session,
+                    None => crate::server::ClientBuilder::new(&server)
+                        .and_then(|builder| builder.connect())
+                        .map(|process| process.session().clone())
+                        .map_err(|e| {
+                            D::Error::custom(format!("cannot reach the server {server}: {e}"))
+                        })?,
+                };
+                let id = encode_for(&session, &ticket)
+                    .and_then(|args| {
+                        session.call::<u64>(RedeemEntry::function_ref(), RunMode::Queued, args)
+                    })
+                    .and_then(Task::wait)
+                    .map_err(|e| D::Error::custom(format!("cannot receive the handle: {e}")))?;
+                Ok(Remote {
+                    handle: Arc::new(Handle::Remote { session, id }),
+                    _type: PhantomData,
+                })
+            }
         }
-        let slot = ObjectTable::global()
-            .get(id)
-            .map_err(|error| D::Error::custom(error.message))?;
-        Ok(Remote {
-            handle: Arc::new(Handle::Local { slot, id }),
-            _type: PhantomData,
-        })
     }
 }

@@ -287,7 +287,10 @@ impl Served {
         let entry = function::resolve(call.function)?;
         let (incoming, fds) =
             Incoming::resolve(call.args, fds).map_err(codec::remote_codec_error)?;
-        let cx = CallContext { refs: &self.refs };
+        let cx = CallContext {
+            refs: &self.refs,
+            unix: self.unix,
+        };
         let run = || {
             context::with_connection(&self.refs, || {
                 processional_thread::with_token(token, || entry(&cx, incoming.bytes()))

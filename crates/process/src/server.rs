@@ -410,10 +410,9 @@ impl ClientBuilder {
                 },
             )
             .map_err(transport_error)?;
-        Ok(SlaveProcess::from_session(
-            Session::new(connection, peer),
-            Kind::Client,
-        ))
+        let session = Session::new(connection, peer);
+        session.set_origin(self.address.to_string());
+        Ok(SlaveProcess::from_session(session, Kind::Client))
     }
 }
 
@@ -448,9 +447,11 @@ impl ServerBuilder {
             address: self.address.to_string(),
             persistent: self.persistent,
         };
-        crate::slave::SlaveProcessBuilder::new()
+        let process = crate::slave::SlaveProcessBuilder::new()
             .detach(self.detach)
-            .spawn_with(key, Some(bootstrap))
+            .spawn_with(key, Some(bootstrap))?;
+        process.session().set_origin(self.address.to_string());
+        Ok(process)
     }
 }
 

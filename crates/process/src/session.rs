@@ -20,6 +20,12 @@ use serde::de::DeserializeOwned;
 
 use crate::payload::{self, Outgoing};
 
+/// This process's client sessions, by server address.
+fn clients() -> &'static Mutex<HashMap<String, Weak<Session>>> {
+    static CLIENTS: OnceLock<Mutex<HashMap<String, Weak<Session>>>> = OnceLock::new();
+    CLIENTS.get_or_init(Mutex::default)
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
@@ -70,6 +76,9 @@ pub(crate) struct Session {
     shutdown_acknowledged: AtomicBool,
     unix: bool,
     exit_probe: OnceLock<Box<dyn ExitProbe>>,
+    /// The address of the server at the other end, for handles that move to
+    /// other clients of it.
+    origin: OnceLock<String>,
     me: Weak<Session>,
 }
 
@@ -103,6 +112,7 @@ impl Session {
             shutdown_acknowledged: AtomicBool::new(false),
             unix,
             exit_probe: OnceLock::new(),
+            origin: OnceLock::new(),
             me: me.clone(),
         })
     }
@@ -110,6 +120,32 @@ impl Session {
     /// Lets the session report the exit status of a child when it dies.
     pub(crate) fn set_exit_probe(&self, probe: Box<dyn ExitProbe>) {
         let _ = self.exit_probe.set(probe);
+    }
+
+    /// Records the address of the server this session is connected to, and
+    /// lists the session for reuse by handles arriving from elsewhere.
+    pub(crate) fn set_origin(self: &Arc<Self>, address: String) {
+        let _ = self.origin.set(address.clone());
+        let mut clients = clients().lock().unwrap_or_else(|p| p.into_inner());
+        clients.retain(|_, session| session.strong_count() > 0);
+        clients
+            .entry(address)
+            .or_insert_with(|| Arc::downgrade(self));
+    }
+
+    /// The address of the server at the other end, if it is one.
+    pub(crate) fn origin(&self) -> Option<&str> {
+        self.origin.get().map(String::as_str)
+    }
+
+    /// A live session to the server at `address`, if this process has one.
+    pub(crate) fn to_server(address: &str) -> Option<Arc<Session>> {
+        clients()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(address)
+            .and_then(Weak::upgrade)
+            .filter(|session| session.is_connected())
     }
 
     /// A number unique to this session within the process.

@@ -419,8 +419,11 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if self.detached || self.kind != Kind::Slave {
-            // Closing tells the slave to finish what it runs, then exit.
+        if self.kind == Kind::Client {
+            // Remote handles may still use the connection: it closes when
+            // the last of them drops.
+        } else if self.detached || self.kind != Kind::Slave {
+            // Closing tells the slave (or server) to finish what it runs.
             self.session.close();
         } else {
             let _ = self.session.send(&processional_proto::Message::Shutdown);
