@@ -420,3 +420,24 @@ fn the_slave_marker_does_not_leak_into_the_slave_environment() {
         .unwrap();
     assert_ne!(nested, process.pid());
 }
+
+#[test]
+fn terminate_is_graceful_even_while_a_long_task_runs() {
+    let process = slave().expect("spawn");
+    let pid = process.pid();
+    let running = process
+        .schedule(|| std::thread::sleep(Duration::from_secs(30)))
+        .expect("schedule");
+    // Let the watchdog notice the long call and keep reading.
+    std::thread::sleep(Duration::from_millis(50));
+    let ending = process.terminate(PATIENCE);
+    assert!(
+        matches!(
+            ending,
+            processional::Termination::Graceful(processional::ExitReason::Code(0))
+        ),
+        "{ending:?}"
+    );
+    assert!(!process_exists(pid));
+    assert!(wait(running).is_err());
+}

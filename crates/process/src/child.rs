@@ -152,11 +152,17 @@ impl ChildProcess {
     /// Waits `grace` for the child to end by itself, then SIGTERM, then
     /// SIGKILL; always reaps it.
     pub(crate) fn stop(&self, grace: Duration) -> Termination {
-        if let Some(reason) = self.wait_timeout(grace) {
+        self.stop_after(grace, grace)
+    }
+
+    /// Waits `graceful` for the child to end by itself, then sends SIGTERM
+    /// and waits `terminated`, then SIGKILL; always reaps it.
+    pub(crate) fn stop_after(&self, graceful: Duration, terminated: Duration) -> Termination {
+        if let Some(reason) = self.wait_timeout(graceful) {
             return Termination::Graceful(reason);
         }
         let _ = sys::kill(self.pid, libc::SIGTERM);
-        if let Some(reason) = self.wait_timeout(grace) {
+        if let Some(reason) = self.wait_timeout(terminated) {
             return Termination::Terminated(reason);
         }
         let _ = sys::kill(self.pid, libc::SIGKILL);

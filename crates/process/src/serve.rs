@@ -42,6 +42,9 @@ enum Job {
     Pong(u64),
 }
 
+/// What a serving process does when a peer asks it to shut down.
+pub(crate) type ShutdownHook = Arc<dyn Fn() + Send + Sync>;
+
 /// Why serving a connection ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum End {
@@ -65,6 +68,7 @@ pub(crate) struct Served {
     end: Mutex<Option<End>>,
     taking_over: AtomicBool,
     unix: bool,
+    on_shutdown: Option<ShutdownHook>,
     threads_running: AtomicUsize,
     threads_done: Condvar,
     threads_lock: Mutex<()>,
@@ -77,12 +81,14 @@ impl std::fmt::Debug for Served {
 }
 
 impl Served {
-    /// Serves `connection` (already authenticated).
-    pub(crate) fn new(connection: Connection) -> Arc<Served> {
+    /// Serves `connection` (already authenticated). `on_shutdown` runs once
+    /// the peer's shutdown request has been acknowledged.
+    pub(crate) fn new(connection: Connection, on_shutdown: Option<ShutdownHook>) -> Arc<Served> {
         let unix = connection.is_unix();
         let (reader, writer) = connection.split();
         let served = Arc::new(Served {
             unix,
+            on_shutdown,
             reader: Mutex::new(reader),
             writer: Mutex::new(writer),
             queue: Mutex::new(VecDeque::new()),
@@ -227,8 +233,26 @@ impl Served {
                 Err(_) => Some(Job::Pong(value)),
             },
             Message::Shutdown => {
-                self.send(&Message::ShutdownAck);
-                self.finish(End::Shutdown);
+                let acknowledge = |served: &Arc<Served>| {
+                    served.send(&Message::ShutdownAck);
+                    served.finish(End::Shutdown);
+                    // Even while a long call still runs on the executor.
+                    if let Some(on_shutdown) = &served.on_shutdown {
+                        on_shutdown();
+                    }
+                };
+                match self.writer.try_lock() {
+                    Ok(writer) => {
+                        drop(writer);
+                        acknowledge(self);
+                    }
+                    // We are inside a send (draining while the socket buffer
+                    // is full): acknowledge once that send is done.
+                    Err(_) => {
+                        let served = self.clone();
+                        std::thread::spawn(move || acknowledge(&served));
+                    }
+                }
                 None
             }
             Message::Pong(_) => None,

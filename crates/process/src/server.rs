@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::entry::{LookupEntry, PublishEntry};
 use crate::function::Described;
 use crate::remote::{Remote, encode_for};
-use crate::serve::{End, Served};
+use crate::serve::{End, Served, ShutdownHook};
 use crate::session::Session;
 use crate::slave::{HANDSHAKE_TIMEOUT, Kind, SlaveProcess, hello, transport_error};
 
@@ -303,7 +303,7 @@ fn accept_loop(listener: Listener, state: Arc<ServerState>) {
     drop(listener);
 }
 
-fn serve_client(mut connection: Connection, state: &ServerState) {
+fn serve_client(mut connection: Connection, state: &Arc<ServerState>) {
     let handshake = connection.handshake(
         Side::Acceptor,
         &Handshake {
@@ -320,10 +320,12 @@ fn serve_client(mut connection: Connection, state: &ServerState) {
     serve_authenticated(connection, state);
 }
 
-fn serve_authenticated(connection: Connection, state: &ServerState) {
+fn serve_authenticated(connection: Connection, state: &Arc<ServerState>) {
     state.clients.fetch_add(1, Ordering::AcqRel);
     state.ever_connected.store(true, Ordering::Release);
-    let served = Served::new(connection);
+    let stopper = state.clone();
+    let stop: ShutdownHook = Arc::new(move || stopper.stop());
+    let served = Served::new(connection, Some(stop));
     let end = served.serve();
     drop(served);
     let left = state.clients.fetch_sub(1, Ordering::AcqRel) - 1;

@@ -20,7 +20,7 @@ use crate::entry::{CallEntry, WrapEntry};
 use crate::fingerprint::{fingerprint, program_name};
 use crate::function::Described;
 use crate::remote::{Remote, encode_for};
-use crate::serve::{End, Served};
+use crate::serve::{End, Served, ShutdownHook};
 use crate::server::ServerBootstrap;
 use crate::session::Session;
 use crate::sys;
@@ -398,7 +398,8 @@ fn run_slave(fd: RawFd) -> Result<(), Error> {
     if let (Some(server), Some(listener)) = (bootstrap.server, listener) {
         return crate::server::run_spawned_server(connection, listener, key, server);
     }
-    let served = Served::new(connection);
+    let exit: ShutdownHook = Arc::new(|| std::process::exit(0));
+    let served = Served::new(connection, Some(exit));
     let end = served.serve();
     if end == End::PeerClosed && bootstrap.detached {
         served.wait_for_threads();
