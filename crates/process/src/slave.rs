@@ -347,6 +347,7 @@ pub(crate) fn run_if_slave() {
     // `main` (`init`, whose docs require it), when no other thread reads or
     // writes the environment.
     unsafe { std::env::remove_var(SLAVE_FD_VAR) };
+    sys::ignore_sigpipe();
     let code = match fd.to_str().and_then(|s| s.parse::<RawFd>().ok()) {
         Some(fd) => match run_slave(fd) {
             Ok(()) => 0,

@@ -68,6 +68,17 @@ pub(crate) unsafe fn prepare_child(fd: RawFd, death_signal: i32, parent: i32) ->
     Ok(())
 }
 
+/// Ignores SIGPIPE, as Rust's runtime does before `main` (a slave runs its
+/// serving loop before `main`, so it must do it itself): writing to a closed
+/// pipe then fails with `EPIPE` instead of killing the process.
+pub(crate) fn ignore_sigpipe() {
+    // SAFETY: installing SIG_IGN for SIGPIPE has no preconditions; it is what
+    // the Rust runtime does at startup.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
 /// The size of a transparent huge page on x86-64 and aarch64 (4 KiB base).
 pub(crate) const HUGE_PAGE: usize = 2 * 1024 * 1024;
 
