@@ -257,7 +257,7 @@ impl Served {
             }
             Message::Pong(_) => None,
             other => {
-                let detail = format!("unexpected message from the peer: {}", message_name(&other));
+                let detail = format!("unexpected message from the peer: {}", other.name());
                 log::debug!("processional: {detail}");
                 self.send(&Message::Error(RemoteError {
                     kind: RemoteErrorKind::Other,
@@ -389,25 +389,6 @@ impl Served {
         }
         self.taking_over.store(false, Ordering::Release);
         self.queue_changed.notify_all();
-    }
-}
-
-fn message_name(message: &Message) -> &'static str {
-    match message {
-        Message::Hello(_) => "Hello",
-        Message::Challenge(_) => "Challenge",
-        Message::Proof(_) => "Proof",
-        Message::Accepted => "Accepted",
-        Message::Refused { .. } => "Refused",
-        Message::Call(_) => "Call",
-        Message::Reply(_) => "Reply",
-        Message::Release { .. } => "Release",
-        Message::Cancel { .. } => "Cancel",
-        Message::Shutdown => "Shutdown",
-        Message::ShutdownAck => "ShutdownAck",
-        Message::Ping(_) => "Ping",
-        Message::Pong(_) => "Pong",
-        Message::Error(_) => "Error",
     }
 }
 

@@ -29,6 +29,12 @@ pub const KEY_VAR: &str = "PROCESSIONAL_KEY";
 /// The environment variable naming a file that holds the key, in hex.
 pub const KEY_FILE_VAR: &str = "PROCESSIONAL_KEY_FILE";
 
+fn parse_address(address: &str) -> Result<Address, Error> {
+    address
+        .parse()
+        .map_err(|e| Error::Protocol(format!("bad address {address:?}: {e}")))
+}
+
 /// The key file a server spawned by [`server`] writes beside its unix socket
 /// (mode 0600), so that clients of the same user find it.
 pub(crate) fn key_file_for(address: &Address) -> Option<PathBuf> {
@@ -101,9 +107,7 @@ pub struct ServerBuilder {
 impl ServerBuilder {
     /// A server on `address` (`unix:/path`, `unix:@name`, `tcp://host:port`).
     pub fn new(address: &str) -> Result<Self, Error> {
-        let address: Address = address
-            .parse()
-            .map_err(|e| Error::Protocol(format!("bad address {address:?}: {e}")))?;
+        let address = parse_address(address)?;
         Ok(ServerBuilder {
             address,
             key: None,
@@ -351,9 +355,7 @@ pub struct ClientBuilder {
 impl ClientBuilder {
     /// A client of the server at `address`.
     pub fn new(address: &str) -> Result<Self, Error> {
-        let address: Address = address
-            .parse()
-            .map_err(|e| Error::Protocol(format!("bad address {address:?}: {e}")))?;
+        let address = parse_address(address)?;
         Ok(ClientBuilder {
             address,
             key: None,
@@ -463,10 +465,7 @@ pub(crate) fn bind_spawned_server(
     bootstrap: &ServerBootstrap,
     key: &Key,
 ) -> Result<Listener, Error> {
-    let address: Address = bootstrap
-        .address
-        .parse()
-        .map_err(|e| Error::Protocol(format!("bad address {:?}: {e}", bootstrap.address)))?;
+    let address = parse_address(&bootstrap.address)?;
     let listener = Listener::bind(&address).map_err(transport_error)?;
     if let Some(path) = key_file_for(&listener.local_addr()) {
         write_key_file(&path, key)?;

@@ -168,7 +168,7 @@ impl Machine {
         match (self.state, message) {
             (State::Done | State::Failed, message) => Err(Error::UnexpectedMessage(format!(
                 "{} after the handshake ended",
-                kind(&message)
+                message.name()
             ))),
             (_, Message::Refused { reason, detail }) => {
                 self.state = State::Failed;
@@ -237,7 +237,7 @@ impl Machine {
                         Side::Initiator => "acceptor",
                         Side::Acceptor => "initiator",
                     },
-                    kind(&message)
+                    message.name()
                 );
                 Err(self.refuse(
                     RefusalReason::UnexpectedMessage,
@@ -343,26 +343,6 @@ impl Machine {
 /// Names a program in diagnostics: `"name" (pid N on host)`.
 fn describe(hello: &Hello) -> String {
     format!("{:?} (pid {} on {})", hello.program, hello.pid, hello.host)
-}
-
-/// The name of a message's variant, for diagnostics.
-pub(crate) fn kind(message: &Message) -> &'static str {
-    match message {
-        Message::Hello(_) => "Hello",
-        Message::Challenge(_) => "Challenge",
-        Message::Proof(_) => "Proof",
-        Message::Accepted => "Accepted",
-        Message::Refused { .. } => "Refused",
-        Message::Call(_) => "Call",
-        Message::Reply(_) => "Reply",
-        Message::Release { .. } => "Release",
-        Message::Cancel { .. } => "Cancel",
-        Message::Shutdown => "Shutdown",
-        Message::ShutdownAck => "ShutdownAck",
-        Message::Ping(_) => "Ping",
-        Message::Pong(_) => "Pong",
-        Message::Error(_) => "Error",
-    }
 }
 
 #[cfg(test)]
