@@ -24,6 +24,7 @@
 //! ```
 
 mod peer;
+pub mod process_peer;
 mod raw;
 
 pub use peer::{
