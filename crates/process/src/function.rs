@@ -18,6 +18,7 @@
 //! authenticated handshake with a matching build fingerprint.
 
 use std::any::type_name;
+use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use processional_proto::{FunctionRef, RemoteError, RemoteErrorKind};
@@ -56,22 +57,73 @@ pub(crate) trait Described {
         signature: signature::<Self>,
     };
 
-    /// The reference a master sends for this entry point.
+    /// The reference a master sends for this entry point (the digest is
+    /// computed once per entry point and thread, then cached).
     fn function_ref() -> FunctionRef {
         let descriptor = Self::DESCRIPTOR as *const Descriptor as usize;
+        let signature = SIGNATURES.with(|cache| {
+            *cache
+                .borrow_mut()
+                .entry(descriptor)
+                .or_insert_with(signature::<Self>)
+        });
         FunctionRef {
             offset: descriptor.wrapping_sub(&ANCHOR as *const u8 as usize) as i64,
-            signature: signature::<Self>(),
+            signature,
         }
     }
 }
 
-/// A digest of a type's name and layout (FNV-1a, 64 bits).
+/// A `HashMap` hasher for keys that are already well spread (addresses,
+/// offsets, sequential ids): one multiplication instead of SipHash.
+#[derive(Default, Clone, Copy, Debug)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn write_i64(&mut self, value: i64) {
+        self.write_u64(value as u64);
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.write_u64(value as u64);
+    }
+}
+
+/// A `HashMap` keyed by ids, hashed with [`IdHasher`].
+pub(crate) type IdMap<K, V> =
+    std::collections::HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+thread_local! {
+    /// Descriptor address → digest, on the calling side.
+    static SIGNATURES: RefCell<IdMap<usize, u64>> = RefCell::new(IdMap::default());
+    /// References already validated, on the serving side.
+    static RESOLVED: RefCell<IdMap<(i64, u64), Entry>> = RefCell::new(IdMap::default());
+}
+
+/// A digest of a type's name (64 bits, 8 bytes at a time).
 fn signature<T: ?Sized>() -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in type_name::<T>().bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    let name = type_name::<T>().as_bytes();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ name.len() as u64;
+    for chunk in name.chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        hash = (hash ^ u64::from_le_bytes(word))
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(29);
     }
     hash
 }
@@ -100,8 +152,19 @@ fn in_segment(image: &ExecutableImage, start: usize, len: usize, executable: boo
         .any(|s| s.start <= start && end <= s.end && (!executable || s.executable))
 }
 
-/// Validates a function reference received from a peer and returns its entry.
+/// Validates a function reference received from a peer and returns its
+/// entry (validated references are cached per thread).
 pub(crate) fn resolve(function: FunctionRef) -> Result<Entry, RemoteError> {
+    let key = (function.offset, function.signature);
+    if let Some(entry) = RESOLVED.with(|cache| cache.borrow().get(&key).copied()) {
+        return Ok(entry);
+    }
+    let entry = validate(function)?;
+    RESOLVED.with(|cache| cache.borrow_mut().insert(key, entry));
+    Ok(entry)
+}
+
+fn validate(function: FunctionRef) -> Result<Entry, RemoteError> {
     let image = image();
     let address = (&ANCHOR as *const u8 as usize).wrapping_add(function.offset as usize);
     if address % std::mem::align_of::<Descriptor>() != 0

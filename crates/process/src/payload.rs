@@ -216,5 +216,8 @@ pub(crate) fn decode<T: DeserializeOwned + Any>(
     fds: Vec<OwnedFd>,
 ) -> Result<T, String> {
     let (incoming, fds) = Incoming::resolve(payload, fds)?;
+    if fds.is_empty() {
+        return codec::decode(incoming.bytes());
+    }
     transfer::provide_fds(fds, || codec::decode(incoming.bytes()))
 }

@@ -7,7 +7,7 @@
 //! that connection: cancellations, releases, pings and `thread` calls are
 //! handled at once, further queued calls wait in the connection's FIFO.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
@@ -21,7 +21,7 @@ use processional_transport::{Connection, ConnectionReader, ConnectionWriter, Rec
 
 use crate::codec;
 use crate::context::{self, CallContext};
-use crate::function;
+use crate::function::{self, IdMap};
 use crate::objects::ConnectionRefs;
 use crate::payload::{self, Incoming, Outgoing};
 use processional_shm::transfer;
@@ -63,7 +63,7 @@ pub(crate) struct Served {
     /// Sequence number of the queued call running now; 0 when idle.
     busy: AtomicU64,
     calls_run: AtomicU64,
-    tokens: Mutex<HashMap<TaskId, CancelToken>>,
+    tokens: Mutex<IdMap<TaskId, CancelToken>>,
     refs: Arc<ConnectionRefs>,
     end: Mutex<Option<End>>,
     taking_over: AtomicBool,
@@ -95,7 +95,7 @@ impl Served {
             queue_changed: Condvar::new(),
             busy: AtomicU64::new(0),
             calls_run: AtomicU64::new(0),
-            tokens: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(IdMap::default()),
             refs: Arc::new(ConnectionRefs::default()),
             end: Mutex::new(None),
             taking_over: AtomicBool::new(false),
@@ -164,6 +164,11 @@ impl Served {
             }
             match self.reader.try_lock() {
                 Ok(mut reader) => {
+                    // The watchdog's reader queues work while it holds the
+                    // socket: look again now that we hold it, before blocking.
+                    if let Some(job) = lock(&self.queue).pop_front() {
+                        return Some(job);
+                    }
                     let received = reader.recv();
                     drop(reader);
                     match received {
@@ -320,13 +325,18 @@ impl Served {
                 processional_thread::with_token(token, || entry(&cx, incoming.bytes()))
             })
         };
-        let (bytes, transfers) = transfer::provide_fds(fds, || {
+        let collect = || {
             if self.unix {
                 transfer::collect_fds(run)
             } else {
                 (run(), Vec::new())
             }
-        });
+        };
+        let (bytes, transfers) = if fds.is_empty() {
+            collect()
+        } else {
+            transfer::provide_fds(fds, collect)
+        };
         Ok(payload::wrap_encoded(bytes?, transfers, self.unix))
     }
 
@@ -375,8 +385,9 @@ impl Served {
                 break;
             };
             let received = reader.recv_timeout(WATCHDOG_TICK);
-            drop(reader);
             match received {
+                // Queue the work before letting go of the socket (see
+                // `next_job`).
                 Ok(Some(received)) => {
                     if let Some(job) = self.handle(received) {
                         lock(&self.queue).push_back(job);
@@ -386,6 +397,7 @@ impl Served {
                 Ok(None) => {}
                 Err(error) => self.on_read_error(error),
             }
+            drop(reader);
         }
         self.taking_over.store(false, Ordering::Release);
         self.queue_changed.notify_all();

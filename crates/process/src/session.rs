@@ -18,6 +18,7 @@ use processional_thread::{Driver, Error, ExitReason, Task};
 use processional_transport::{Connection, ConnectionReader, ConnectionWriter, PeerInfo, Received};
 use serde::de::DeserializeOwned;
 
+use crate::function::IdMap;
 use crate::payload::{self, Outgoing};
 
 /// This process's client sessions, by server address.
@@ -65,11 +66,13 @@ pub(crate) struct Session {
     peer: PeerInfo,
     writer: Mutex<ConnectionWriter>,
     reader: Mutex<ConnectionReader>,
-    pending: Mutex<HashMap<TaskId, Completion>>,
+    pending: Mutex<IdMap<TaskId, Completion>>,
     next_task: AtomicU64,
     death: OnceLock<Death>,
-    /// Bumped whenever the reader role is given up or a reply is dispatched.
-    epoch: Mutex<u64>,
+    /// Bumped whenever the reader role is given up or a reply is dispatched
+    /// while followers wait; `epoch_lock` pairs with `epoch_changed`.
+    epoch: AtomicU64,
+    epoch_lock: Mutex<()>,
     epoch_changed: Condvar,
     followers: AtomicUsize,
     pump_running: AtomicBool,
@@ -102,10 +105,11 @@ impl Session {
             peer,
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(IdMap::default()),
             next_task: AtomicU64::new(1),
             death: OnceLock::new(),
-            epoch: Mutex::new(0),
+            epoch: AtomicU64::new(0),
+            epoch_lock: Mutex::new(()),
             epoch_changed: Condvar::new(),
             followers: AtomicUsize::new(0),
             pump_running: AtomicBool::new(false),
@@ -275,9 +279,16 @@ impl Session {
 
     fn bump_epoch(&self) {
         if self.followers.load(Ordering::Acquire) > 0 {
-            *lock(&self.epoch) += 1;
-            self.epoch_changed.notify_all();
+            self.wake_followers();
         }
+    }
+
+    fn wake_followers(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        // Taking the lock orders the bump with a follower between its check
+        // and its wait, so the notification cannot fall in between.
+        drop(lock(&self.epoch_lock));
+        self.epoch_changed.notify_all();
     }
 
     /// Reads whatever arrived, without blocking (called while a write waits).
@@ -361,8 +372,7 @@ impl Session {
             completion(Err(death.error()));
         }
         let _ = lock(&self.writer).shutdown();
-        *lock(&self.epoch) += 1;
-        self.epoch_changed.notify_all();
+        self.wake_followers();
         death
     }
 
@@ -396,8 +406,12 @@ impl Driver for Session {
             if deadline.is_some_and(|d| now >= d) {
                 return;
             }
-            let epoch = *lock(&self.epoch);
+            // Announce ourselves before looking at the reader role: a leader
+            // that gives it up after our attempt then sees us and wakes us.
+            self.followers.fetch_add(1, Ordering::AcqRel);
+            let epoch = self.epoch.load(Ordering::Acquire);
             if let Ok(mut reader) = self.reader.try_lock() {
+                self.followers.fetch_sub(1, Ordering::AcqRel);
                 if done() {
                     drop(reader);
                     self.bump_epoch();
@@ -412,11 +426,17 @@ impl Driver for Session {
                     None => reader.recv().map(Some),
                     Some(deadline) => reader.recv_timeout(deadline.saturating_duration_since(now)),
                 };
-                drop(reader);
                 match received {
-                    Ok(Some(received)) => self.dispatch(received),
-                    Ok(None) => {}
+                    // Dispatch before giving the role up: a thread that takes
+                    // it next checks `done()` first, so it never blocks in
+                    // `recv` for a reply that was already read.
+                    Ok(Some(received)) => {
+                        self.dispatch(received);
+                        drop(reader);
+                    }
+                    Ok(None) => drop(reader),
                     Err(error) => {
+                        drop(reader);
                         self.die_from(error);
                     }
                 }
@@ -425,9 +445,8 @@ impl Driver for Session {
             }
             // Another thread reads: wait until it dispatches something or
             // gives the role up.
-            self.followers.fetch_add(1, Ordering::AcqRel);
-            let mut guard = lock(&self.epoch);
-            while *guard == epoch && !done() {
+            let mut guard = lock(&self.epoch_lock);
+            while self.epoch.load(Ordering::Acquire) == epoch && !done() {
                 let wait = match deadline {
                     Some(deadline) => {
                         let left = deadline.saturating_duration_since(Instant::now());
