@@ -50,10 +50,15 @@ type SpawnRequest = (Command, OwnedFd, bool, mpsc::Sender<io::Result<StdChild>>)
 /// (it keeps its number) and, when `die_with_parent`, asking the kernel to
 /// SIGKILL the child when this process dies.
 pub(crate) fn spawn(
-    command: Command,
+    mut command: Command,
     inherited: OwnedFd,
     die_with_parent: bool,
 ) -> io::Result<StdChild> {
+    // The main thread lives as long as the process: spawning from it is safe
+    // and saves a hand-off.
+    if !die_with_parent || sys::is_main_thread() {
+        return spawn_here(&mut command, &inherited, die_with_parent);
+    }
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
         let (sender, receiver) = mpsc::channel::<SpawnRequest>();

@@ -23,6 +23,13 @@ pub(crate) fn pid() -> u32 {
     std::process::id()
 }
 
+/// Whether the calling thread is the process's main thread.
+pub(crate) fn is_main_thread() -> bool {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    tid as u32 == pid()
+}
+
 /// The parent's process id.
 pub(crate) fn parent_pid() -> i32 {
     // SAFETY: getppid has no preconditions and cannot fail.
