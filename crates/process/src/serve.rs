@@ -404,6 +404,12 @@ impl Served {
     }
 }
 
+/// Starts the watchdog thread now (a serving process calls this while it
+/// waits for its first peer, so that the thread's creation costs no call).
+pub(crate) fn start_watchdog() {
+    Watchdog::global();
+}
+
 /// The process-wide thread that notices executors stuck in long calls.
 struct Watchdog {
     watched: Mutex<Vec<(Weak<Served>, u64)>>,

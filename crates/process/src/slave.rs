@@ -370,6 +370,8 @@ fn run_slave(fd: RawFd) -> Result<(), Error> {
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut stream = UnixStream::from(owned);
     sys::set_cloexec(&stream).map_err(|e| Error::io("inherited socket", e))?;
+    // Overlap the watchdog thread's creation with the master's first bytes.
+    crate::serve::start_watchdog();
     let bootstrap =
         read_bootstrap(&mut stream).map_err(|e| Error::io("reading the bootstrap", e))?;
     let key = Key::from_bytes(&bootstrap.key)

@@ -269,6 +269,9 @@ impl Connection {
         match self.drive_handshake(&mut machine, config, deadline) {
             Ok(info) => {
                 self.reader.inbound.end_handshake()?;
+                if side == Side::Initiator {
+                    self.reader.inbound.expect_verdict();
+                }
                 Ok(info)
             }
             Err(error) => {

@@ -157,6 +157,15 @@ impl Machine {
         matches!(self.state, State::Done | State::Failed)
     }
 
+    fn finish(&mut self) -> Result<Option<PeerInfo>, Error> {
+        self.state = State::Done;
+        let hello = self
+            .peer
+            .take()
+            .ok_or_else(|| Error::UnexpectedMessage("handshake finished without a hello".into()))?;
+        Ok(Some(PeerInfo { hello }))
+    }
+
     /// Handles one message of the peer. `Ok(Some(_))`: the handshake
     /// succeeded; `Err(_)`: it failed, and the refusal to send (if any) is
     /// queued.
@@ -219,16 +228,17 @@ impl Machine {
                     ));
                 }
                 self.outgoing.push(Message::Accepted);
+                if self.side == Side::Initiator {
+                    // The acceptor proved the key and runs a compatible
+                    // build: we may start sending. Its own verdict on our
+                    // proof arrives as the first frame after the handshake
+                    // (it processes nothing of ours before that verdict).
+                    return self.finish();
+                }
                 self.state = State::Accepted;
                 Ok(None)
             }
-            (State::Accepted, Message::Accepted) => {
-                self.state = State::Done;
-                let hello = self.peer.take().ok_or_else(|| {
-                    Error::UnexpectedMessage("handshake finished without a hello".into())
-                })?;
-                Ok(Some(PeerInfo { hello }))
-            }
+            (State::Accepted, Message::Accepted) => self.finish(),
             (state, message) => {
                 let detail = format!(
                     "expected {:?} from the {}, got {}",

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
-use processional_proto::{Decoder, HEADER_LEN, MAX_FDS_PER_FRAME, READ_CHUNK};
+use processional_proto::{Decoder, HEADER_LEN, MAX_FDS_PER_FRAME, Message, READ_CHUNK};
 
 use crate::connection::Received;
 use crate::error::Error;
@@ -94,6 +94,10 @@ pub(crate) struct Inbound {
     cursor: Option<FrameCursor>,
     /// A `max_frame` change waiting for the decoder to drain.
     pending_max_frame: bool,
+    /// Set on an initiator whose handshake ended before the acceptor's
+    /// verdict arrived: the next frame must be `Accepted` (skipped) or
+    /// `Refused` (an error).
+    verdict_pending: bool,
     eof: bool,
 }
 
@@ -105,6 +109,7 @@ impl Inbound {
             unix,
             max_frame,
             cursor: None,
+            verdict_pending: false,
             pending_max_frame: false,
             eof: false,
         }
@@ -156,11 +161,37 @@ impl Inbound {
         Ok(())
     }
 
+    /// Expects the acceptor's verdict as the next frame (see
+    /// [`Connection::handshake`](crate::Connection::handshake)).
+    pub(crate) fn expect_verdict(&mut self) {
+        self.verdict_pending = true;
+    }
+
     /// The next complete frame with its descriptors, if one is buffered.
     pub(crate) fn next(&mut self) -> Result<Option<Received>, Error> {
-        let Some(frame) = self.decoder.next_frame()? else {
+        let Some(mut frame) = self.decoder.next_frame()? else {
             return Ok(None);
         };
+        if self.verdict_pending {
+            match frame.message {
+                Message::Accepted => {
+                    self.verdict_pending = false;
+                    match self.decoder.next_frame()? {
+                        Some(next) => frame = next,
+                        None => return Ok(None),
+                    }
+                }
+                Message::Refused { reason, detail } => {
+                    return Err(Error::Refused { reason, detail });
+                }
+                other => {
+                    return Err(Error::UnexpectedMessage(format!(
+                        "{} before the peer accepted the handshake",
+                        other.name()
+                    )));
+                }
+            }
+        }
         let announced = usize::from(frame.header.fd_count);
         let fds = if announced == 0 {
             Vec::new()
@@ -201,6 +232,13 @@ impl Inbound {
         let reception = match sys::recv(fd, buf, queue, flags) {
             Ok(reception) => reception,
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(Fill::WouldBlock),
+            // A peer that closes with bytes of ours still unread resets the
+            // connection: for us it is the end of the stream all the same
+            // (`Closed` between frames, `Truncated` inside one).
+            Err(error) if error.kind() == io::ErrorKind::ConnectionReset => {
+                self.eof = true;
+                return Ok(Fill::Eof);
+            }
             Err(error) => return Err(Error::Io(error)),
         };
         if reception.fds_truncated {

@@ -81,8 +81,16 @@
 //! 4. receives the peer's `Proof` and checks it in constant time: wrong →
 //!    `Refused { WrongKey }` and [`Error::WrongKey`]; right → sends
 //!    `Accepted`;
-//! 5. waits for the peer's `Accepted`; a `Refused` instead fails with
-//!    [`Error::Refused`].
+//! 5. the acceptor waits for the initiator's `Accepted`; a `Refused`
+//!    instead fails with [`Error::Refused`]. The initiator does not wait:
+//!    once it has checked the acceptor's proof it may send right away (this
+//!    saves a round trip before the first call), and the acceptor's verdict
+//!    arrives as the first frame after the handshake: receiving skips its
+//!    `Accepted`, and turns a `Refused` into [`Error::Refused`]. The acceptor
+//!    reads nothing of the initiator's before its verdict, and since every
+//!    check is symmetric (equal keys prove both ways, equal versions and
+//!    fingerprints match both ways), a late refusal can only come from a
+//!    role the acceptor does not take, which it sends before its proof.
 //!
 //! So whichever side rejects, both get a typed error. A peer that claims
 //! this side's own role and whose challenge repeats a nonce of a handshake

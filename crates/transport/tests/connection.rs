@@ -271,7 +271,8 @@ fn try_recv_and_timeouts() {
 fn clean_close_then_closed() {
     let (a, mut b) = paired();
     drop(a);
-    assert!(matches!(b.recv_timeout(PATIENCE), Err(Error::Closed)));
+    let got = b.recv_timeout(PATIENCE);
+    assert!(matches!(got, Err(Error::Closed)), "{got:?}");
     assert!(matches!(b.recv(), Err(Error::Closed)));
 }
 
