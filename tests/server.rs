@@ -258,10 +258,25 @@ fn bad_peers_do_not_disturb_a_good_client() {
         .connect();
     assert!(matches!(refused, Err(Error::Auth(_))));
     good.join().unwrap();
-    // The garbage peers were dropped by the server.
-    let mut rest = Vec::new();
-    garbage.set_read_timeout(Some(PATIENCE)).unwrap();
-    let _ = garbage.read_to_end(&mut rest);
+    // The peers that can still read got a typed refusal before the server
+    // dropped them.
+    for mut peer in [garbage, huge] {
+        let mut bytes = Vec::new();
+        peer.set_read_timeout(Some(PATIENCE)).unwrap();
+        let _ = peer.read_to_end(&mut bytes);
+        let mut decoder = processional::proto::Decoder::new();
+        decoder.feed(&bytes);
+        let mut refused = false;
+        while let Ok(Some(message)) = decoder.next() {
+            refused |= matches!(
+                message,
+                processional::proto::Message::Refused { .. }
+                    | processional::proto::Message::Error(_)
+            );
+        }
+        assert!(refused, "no typed refusal in {} bytes", bytes.len());
+    }
+
     assert_eq!(process.invoke(|| 1u8).unwrap(), 1);
 }
 
