@@ -297,6 +297,13 @@ impl Connection {
         loop {
             for message in machine.outgoing() {
                 if let Err(error) = self.writer.send_until(&message, deadline) {
+                    // An initiator that stops reading once it verified us
+                    // (it sent its calls and closed) does not need our
+                    // verdict: what it sent is still ours to read.
+                    if message == Message::Accepted && matches!(error, Error::Closed | Error::Io(_))
+                    {
+                        continue;
+                    }
                     return Err(self.refusal_or(error, deadline));
                 }
             }
