@@ -103,6 +103,10 @@ pub enum Error {
         /// Both programs' names and anything else useful.
         detail: String,
     },
+    /// A shared-memory operation failed (creating, sealing or mapping a
+    /// segment, writing a shared buffer, …).
+    #[error("shared memory: {0}")]
+    Shm(#[from] processional_shm::ShmError),
     /// An operating-system operation (spawn, connect, bind, …) failed.
     #[error("{context}: {source}")]
     Io {
