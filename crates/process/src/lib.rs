@@ -54,6 +54,18 @@
 //! (see `processional-shm`). See `docs/ARCHITECTURE.md` for how function
 //! references are validated.
 //!
+//! # Servers and clients
+//! [`server()`] spawns a server process (this same program) listening on a
+//! unix socket or TCP address and connects to it; [`client()`] connects to a
+//! running one; [`serve()`] / [`ServerBuilder`] run one in this process.
+//! Each client's queued calls run in FIFO order, clients never wait for each
+//! other, and objects are shared by name ([`SlaveProcess::publish`],
+//! [`SlaveProcess::lookup`], [`export`]) as [`Remote`] handles that can also
+//! move between clients of the same server. Every connection is
+//! authenticated; the key comes from [`ClientBuilder::key`], else
+//! `PROCESSIONAL_KEY` (hex), else the file named by `PROCESSIONAL_KEY_FILE`,
+//! else the key file a spawned server writes beside its unix socket.
+//!
 //! # Lifetime
 //! Dropping the last handle stops the slave (a shutdown message, then
 //! SIGTERM after a grace period, then SIGKILL; it is always reaped). If the

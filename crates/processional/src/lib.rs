@@ -46,6 +46,19 @@
 //! [`Remote`] handles. The slave enters its serving loop before `main` runs
 //! (feature `auto-init`, on by default); without that feature, call
 //! [`init()`] first thing in `main`.
+//!
+//! # Servers
+//! [`server()`] spawns a server (this same program) on a unix socket or TCP
+//! address, [`client()`] connects to one, [`serve()`] runs one here. Clients
+//! share objects by name ([`SlaveProcess::publish`], [`SlaveProcess::lookup`],
+//! [`export()`]); every connection proves it holds the key first (see the
+//! README's security section).
+//!
+//! # Shared memory
+//! [`ShmBuf`], [`ShmVec`] and [`ShmSlice`] inside arguments and values travel
+//! to processes on this host as file descriptors: the receiver maps the same
+//! pages, sealed read-only. Large encoded payloads (say a big `Vec<u8>`) go
+//! through a pooled shared-memory segment automatically.
 
 pub use processional_process as process;
 pub use processional_proto as proto;
