@@ -204,14 +204,15 @@ impl Session {
             transfers,
             loan,
         } = args;
-        // The segment lent for the arguments: taken back for reuse when the
-        // reply arrives (the callee no longer reads it then), freed otherwise.
-        let loan = Arc::new(Mutex::new(loan));
+        // The segment lent for the arguments (large payloads only): taken
+        // back for reuse when the reply arrives (the callee no longer reads it
+        // then), freed otherwise.
+        let loan = loan.map(|loan| Arc::new(Mutex::new(Some(loan))));
         let reclaim = loan.clone();
         lock(&self.pending).insert(
             task_id,
             Box::new(move |outcome: Result<(Payload, Vec<OwnedFd>), Error>| {
-                if outcome.is_ok() {
+                if let (Some(reclaim), Ok(_)) = (reclaim, &outcome) {
                     if let Some(loan) = reclaim.try_lock().ok().and_then(|mut l| l.take()) {
                         drop(loan.reclaim());
                     }
@@ -227,12 +228,17 @@ impl Session {
             mode,
             args,
         });
-        let lent = lock(&loan);
-        let mut fds: Vec<BorrowedFd<'_>> = transfers.iter().map(|fd| fd.as_fd()).collect();
-        fds.extend(lent.as_ref().map(|loan| loan.as_fd()));
-        let sent = self.send_with_fds(&message, &fds);
-        drop(fds);
-        drop(lent);
+        let sent = if transfers.is_empty() && loan.is_none() {
+            self.send_with_fds(&message, &[])
+        } else {
+            let lent = loan.as_ref().map(|loan| lock(loan));
+            let mut fds: Vec<BorrowedFd<'_>> = transfers.iter().map(|fd| fd.as_fd()).collect();
+            fds.extend(
+                lent.iter()
+                    .filter_map(|lent| lent.as_ref().map(|loan| loan.as_fd())),
+            );
+            self.send_with_fds(&message, &fds)
+        };
         if let Err(error) = sent {
             // The call never left: fail it here (the session is dead by now,
             // so the task's completion carries the reason).
