@@ -116,6 +116,11 @@ impl ChildProcess {
         }
     }
 
+    /// The child's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Reaps the child if it ended; its exit reason then.
     pub(crate) fn try_wait(&self) -> Option<ExitReason> {
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());

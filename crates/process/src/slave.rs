@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use processional_proto::{Hello, PROTOCOL_VERSION, Role, RunMode};
 use processional_thread::{Error, Task};
-use processional_transport::{Connection, Handshake, Key, Side};
+use processional_transport::{AgreedNonces, Connection, Handshake, Key, PeerInfo, Side};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +36,8 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Bootstrap {
     pub(crate) key: Vec<u8>,
+    /// The challenges of the pipelined handshake (initiator, acceptor).
+    pub(crate) nonces: ([u8; 32], [u8; 32]),
     pub(crate) detached: bool,
     /// Present when the child is to be a server.
     pub(crate) server: Option<ServerBootstrap>,
@@ -216,6 +218,13 @@ impl SlaveProcessBuilder {
         key: Key,
         server: Option<ServerBootstrap>,
     ) -> Result<SlaveProcess, Error> {
+        let nonces =
+            AgreedNonces::generate().map_err(|e| Error::io("cannot draw random nonces", e))?;
+        let role = if server.is_some() {
+            Role::Server
+        } else {
+            Role::Slave
+        };
         let kind = if server.is_some() {
             Kind::SpawnedServer
         } else {
@@ -254,23 +263,41 @@ impl SlaveProcessBuilder {
                 &mut ours,
                 &Bootstrap {
                     key: key.as_bytes().to_vec(),
+                    nonces: (nonces.initiator, nonces.acceptor),
                     detached: self.detach,
                     server,
                 },
             )
             .map_err(|e| Error::io("cannot talk to the new slave", e))?;
             let mut connection = Connection::from_unix(ours).map_err(transport_error)?;
-            let peer = connection
-                .handshake(
-                    Side::Initiator,
-                    &Handshake {
-                        key,
-                        hello: hello(Role::Master),
-                        accept_roles: vec![Role::Slave, Role::Server],
-                        timeout: Some(HANDSHAKE_TIMEOUT),
+            let config = Handshake {
+                key,
+                hello: hello(Role::Master),
+                accept_roles: vec![role],
+                timeout: Some(HANDSHAKE_TIMEOUT),
+            };
+            let peer = if role == Role::Slave {
+                // The nonces went to the child on its private socket: our
+                // first call leaves with our proof, and the child's proof is
+                // checked as the first thing we read (`handshake_pipelined`).
+                connection
+                    .handshake_pipelined(Side::Initiator, &config, &nonces)
+                    .map_err(transport_error)?;
+                // What the child will say about itself; its hello is checked
+                // against the same fingerprint before any reply is read.
+                PeerInfo {
+                    hello: Hello {
+                        pid: child.pid(),
+                        ..hello(role)
                     },
-                )
-                .map_err(transport_error)?;
+                }
+            } else {
+                // A server answers once it listens: its address works as
+                // soon as `server()` returns.
+                connection
+                    .handshake(Side::Initiator, &config)
+                    .map_err(transport_error)?
+            };
             Ok::<_, Error>(Session::new(connection, peer))
         })();
         let session = match result {
@@ -386,17 +413,22 @@ fn run_slave(fd: RawFd) -> Result<(), Error> {
     } else {
         Role::Slave
     };
-    connection
-        .handshake(
-            Side::Acceptor,
-            &Handshake {
-                key: key.clone(),
-                hello: hello(role),
-                accept_roles: vec![Role::Master],
-                timeout: Some(HANDSHAKE_TIMEOUT),
-            },
-        )
-        .map_err(transport_error)?;
+    let nonces = AgreedNonces {
+        initiator: bootstrap.nonces.0,
+        acceptor: bootstrap.nonces.1,
+    };
+    let config = Handshake {
+        key: key.clone(),
+        hello: hello(role),
+        accept_roles: vec![Role::Master],
+        timeout: Some(HANDSHAKE_TIMEOUT),
+    };
+    if role == Role::Slave {
+        connection.handshake_pipelined(Side::Acceptor, &config, &nonces)
+    } else {
+        connection.handshake(Side::Acceptor, &config).map(Some)
+    }
+    .map_err(transport_error)?;
     processional_thread::set_capture_backtraces(true);
     if let (Some(server), Some(listener)) = (bootstrap.server, listener) {
         return crate::server::run_spawned_server(connection, listener, key, server);

@@ -14,7 +14,7 @@ use processional_proto::{
 
 use crate::address::Address;
 use crate::error::Error;
-use crate::handshake::{Handshake, Machine, PeerInfo, Side};
+use crate::handshake::{AgreedNonces, Handshake, Machine, PeerInfo, Side};
 use crate::inbound::{Fill, Inbound};
 use crate::sys;
 
@@ -288,20 +288,75 @@ impl Connection {
         }
     }
 
+    /// The handshake of two peers that agreed on the challenge nonces
+    /// beforehand over a channel only they can read (see [`AgreedNonces`]):
+    /// each side sends its hello, challenge and proof at once.
+    ///
+    /// - The acceptor then checks the initiator's messages (blocking, like
+    ///   [`handshake`](Self::handshake)) and answers `Accepted`; `Ok(Some(_))`
+    ///   means the initiator proved the key.
+    /// - The initiator returns `Ok(None)` at once, without reading: it may
+    ///   send right away, which saves the whole round trip before its first
+    ///   request. The acceptor's messages are checked as the first frames
+    ///   received: until they pass, receiving delivers nothing else and fails
+    ///   with the handshake's typed error if they do not. Use it only where
+    ///   sending before the peer is verified is acceptable (a private
+    ///   channel to a process this side started).
+    pub fn handshake_pipelined(
+        &mut self,
+        side: Side,
+        config: &Handshake,
+        nonces: &AgreedNonces,
+    ) -> Result<Option<PeerInfo>, Error> {
+        let mut machine = Machine::pipelined(side, config, nonces);
+        match side {
+            Side::Initiator => {
+                let deadline = config.timeout.map(|timeout| Instant::now() + timeout);
+                for message in machine.outgoing() {
+                    self.writer.send_until(&message, deadline)?;
+                }
+                self.reader.inbound.verify_first(machine, config.clone());
+                Ok(None)
+            }
+            Side::Acceptor => {
+                let deadline = config.timeout.map(|timeout| Instant::now() + timeout);
+                self.reader.inbound.begin_handshake()?;
+                match self.drive_handshake(&mut machine, config, deadline) {
+                    Ok(info) => {
+                        self.reader.inbound.end_handshake()?;
+                        Ok(Some(info))
+                    }
+                    Err(error) => {
+                        let grace = Instant::now() + REFUSAL_GRACE;
+                        for message in machine.outgoing() {
+                            if self.writer.send_until(&message, Some(grace)).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = sys::shutdown(self.as_fd(), sys::Shutdown::Write);
+                        Err(error)
+                    }
+                }
+            }
+        }
+    }
+
     fn drive_handshake(
         &mut self,
         machine: &mut Machine,
         config: &Handshake,
         deadline: Option<Instant>,
     ) -> Result<PeerInfo, Error> {
+        let pipelined = machine.is_pipelined();
         loop {
             for message in machine.outgoing() {
                 if let Err(error) = self.writer.send_until(&message, deadline) {
-                    // An initiator that stops reading once it verified us
-                    // (it sent its calls and closed) does not need our
-                    // verdict: what it sent is still ours to read.
-                    if message == Message::Accepted && matches!(error, Error::Closed | Error::Io(_))
-                    {
+                    // An initiator that stops reading once it has sent what
+                    // it wanted (its proof and calls) does not need our
+                    // verdict, nor, in a pipelined handshake, our proof:
+                    // what it sent is still ours to check and read.
+                    let unneeded = message == Message::Accepted || pipelined;
+                    if unneeded && matches!(error, Error::Closed | Error::Io(_)) {
                         continue;
                     }
                     return Err(self.refusal_or(error, deadline));
@@ -317,7 +372,13 @@ impl Connection {
             }
             if let Some(info) = machine.receive(config, received.message)? {
                 for message in machine.outgoing() {
-                    self.writer.send_until(&message, deadline)?;
+                    match self.writer.send_until(&message, deadline) {
+                        Ok(()) => {}
+                        // Our verdict, to a peer that already stopped
+                        // reading (see above): what it sent is still ours.
+                        Err(Error::Closed | Error::Io(_)) if message == Message::Accepted => {}
+                        Err(error) => return Err(error),
+                    }
                 }
                 return Ok(info);
             }

@@ -68,6 +68,38 @@ pub struct PeerInfo {
     pub hello: Hello,
 }
 
+/// The two challenge nonces, agreed on before the connection is used, over a
+/// channel only the two peers can read (say, the private bootstrap a master
+/// writes to the child it spawned). With them each side can prove the key
+/// without waiting for the other's challenge, which makes the
+/// [pipelined handshake](crate::Connection::handshake_pipelined) possible.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct AgreedNonces {
+    /// The initiator's challenge.
+    pub initiator: [u8; 32],
+    /// The acceptor's challenge.
+    pub acceptor: [u8; 32],
+}
+
+impl std::fmt::Debug for AgreedNonces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AgreedNonces(..)")
+    }
+}
+
+impl AgreedNonces {
+    /// Two fresh random nonces.
+    pub fn generate() -> std::io::Result<AgreedNonces> {
+        let mut nonces = AgreedNonces {
+            initiator: [0; 32],
+            acceptor: [0; 32],
+        };
+        sys::random_bytes(&mut nonces.initiator)?;
+        sys::random_bytes(&mut nonces.acceptor)?;
+        Ok(nonces)
+    }
+}
+
 /// Nonces of the handshakes running in this process. A peer that claims our
 /// own role and whose challenge repeats one of them is reflecting a challenge
 /// of ours back at us, to make us compute the proof it owes: refused.
@@ -122,6 +154,9 @@ enum State {
 pub(crate) struct Machine {
     side: Side,
     nonce: Nonce,
+    /// The challenges were agreed beforehand (pipelined handshake):
+    /// `peer_nonce` holds the peer's from the start.
+    pipelined: bool,
     state: State,
     peer: Option<Hello>,
     peer_nonce: [u8; 32],
@@ -139,11 +174,43 @@ impl Machine {
         Ok(Machine {
             side,
             nonce,
+            pipelined: false,
             state: State::Hello,
             peer: None,
             peer_nonce: [0; 32],
             outgoing,
         })
+    }
+
+    /// Starts a pipelined handshake with agreed nonces: queues our Hello,
+    /// Challenge and Proof at once. The peer's challenge must then be the
+    /// agreed one, and this side is done as soon as the peer's proof checks.
+    pub(crate) fn pipelined(side: Side, config: &Handshake, nonces: &AgreedNonces) -> Machine {
+        let (own, peer) = match side {
+            Side::Initiator => (nonces.initiator, nonces.acceptor),
+            Side::Acceptor => (nonces.acceptor, nonces.initiator),
+        };
+        let mac = config.key.prove(config.hello.role, &peer, &own);
+        Machine {
+            side,
+            // Not registered as live: nobody can reflect a nonce that never
+            // went over the wire before the peer proved itself.
+            nonce: Nonce(own),
+            pipelined: true,
+            state: State::Hello,
+            peer: None,
+            peer_nonce: peer,
+            outgoing: vec![
+                Message::Hello(config.hello.clone()),
+                Message::Challenge(Challenge { nonce: own }),
+                Message::Proof(Proof { mac }),
+            ],
+        }
+    }
+
+    /// Whether the challenges were agreed beforehand.
+    pub(crate) fn is_pipelined(&self) -> bool {
+        self.pipelined
     }
 
     /// The messages to send now, in order.
@@ -189,6 +256,20 @@ impl Machine {
                 self.state = State::Challenge;
                 Ok(None)
             }
+            (State::Challenge, Message::Challenge(challenge)) if self.pipelined => {
+                if challenge.nonce != self.peer_nonce {
+                    return Err(self.refuse(
+                        RefusalReason::UnexpectedMessage,
+                        "the challenge is not the agreed one".into(),
+                        Error::UnexpectedMessage(
+                            "the peer's challenge is not the agreed one".into(),
+                        ),
+                    ));
+                }
+                // Our proof already went out with our hello.
+                self.state = State::Proof;
+                Ok(None)
+            }
             (State::Challenge, Message::Challenge(challenge)) => {
                 // A reflection only helps a peer claiming our own role (the
                 // proof binds the prover's role); two ends of a legitimate
@@ -228,7 +309,7 @@ impl Machine {
                     ));
                 }
                 self.outgoing.push(Message::Accepted);
-                if self.side == Side::Initiator {
+                if self.side == Side::Initiator || self.pipelined {
                     // The acceptor proved the key and runs a compatible
                     // build: we may start sending. Its own verdict on our
                     // proof arrives as the first frame after the handshake

@@ -10,6 +10,7 @@ use processional_proto::{Decoder, HEADER_LEN, MAX_FDS_PER_FRAME, Message, READ_C
 
 use crate::connection::Received;
 use crate::error::Error;
+use crate::handshake::{Handshake, Machine};
 use crate::sys;
 
 /// The largest handshake message accepted: an unauthenticated peer cannot
@@ -98,6 +99,9 @@ pub(crate) struct Inbound {
     /// verdict arrived: the next frame must be `Accepted` (skipped) or
     /// `Refused` (an error).
     verdict_pending: bool,
+    /// A pipelined initiator's check of the acceptor, run on the first
+    /// frames received: nothing else is delivered before it passes.
+    verifying: Option<Box<(Machine, Handshake)>>,
     eof: bool,
 }
 
@@ -110,6 +114,7 @@ impl Inbound {
             max_frame,
             cursor: None,
             verdict_pending: false,
+            verifying: None,
             pending_max_frame: false,
             eof: false,
         }
@@ -167,11 +172,32 @@ impl Inbound {
         self.verdict_pending = true;
     }
 
+    /// Checks the acceptor's handshake messages as they arrive (pipelined
+    /// initiator), before delivering anything else.
+    pub(crate) fn verify_first(&mut self, machine: Machine, config: Handshake) {
+        self.verifying = Some(Box::new((machine, config)));
+    }
+
     /// The next complete frame with its descriptors, if one is buffered.
     pub(crate) fn next(&mut self) -> Result<Option<Received>, Error> {
         let Some(mut frame) = self.decoder.next_frame()? else {
             return Ok(None);
         };
+        while let Some(verifying) = &mut self.verifying {
+            let (machine, config) = &mut **verifying;
+            if frame.header.fd_count != 0 {
+                return Err(machine.unexpected("file descriptors arrived during the handshake"));
+            }
+            if machine.receive(config, frame.message)?.is_some() {
+                // Its verdict on our proof comes next.
+                self.verifying = None;
+                self.verdict_pending = true;
+            }
+            match self.decoder.next_frame()? {
+                Some(next) => frame = next,
+                None => return Ok(None),
+            }
+        }
         if self.verdict_pending {
             match frame.message {
                 Message::Accepted => {

@@ -134,6 +134,6 @@ pub use event_loop::{
     ConnId, DEFAULT_CLOSE_LINGER, DEFAULT_OUTGOING_LIMIT, DisconnectReason, EventLoop,
     EventLoopHandle, EventLoopRemote, Handler, Outbox,
 };
-pub use handshake::{DEFAULT_HANDSHAKE_TIMEOUT, Handshake, PeerInfo, Side};
+pub use handshake::{AgreedNonces, DEFAULT_HANDSHAKE_TIMEOUT, Handshake, PeerInfo, Side};
 pub use key::{GENERATED_KEY_LEN, Key, KeyError, MIN_KEY_LEN};
 pub use listener::Listener;

@@ -450,3 +450,82 @@ fn nothing_but_the_handshake_is_accepted_first() {
     }
     assert!(refused);
 }
+
+#[test]
+fn pipelined_handshake_lets_the_initiator_send_at_once() {
+    use processional_transport::AgreedNonces;
+    let key = Key::generate();
+    let nonces = AgreedNonces::generate().unwrap();
+    let (mut a, mut b) = Connection::pair().unwrap();
+    // The initiator sends before the acceptor even started its side.
+    assert!(
+        a.handshake_pipelined(
+            Side::Initiator,
+            &config(&key, Role::Master, "master"),
+            &nonces
+        )
+        .unwrap()
+        .is_none()
+    );
+    a.send(&Message::Ping(7)).unwrap();
+    let config_b = config(&key, Role::Slave, "slave");
+    let acceptor = thread::spawn(move || {
+        let peer = b
+            .handshake_pipelined(Side::Acceptor, &config_b, &nonces)
+            .unwrap()
+            .expect("the acceptor learns its peer");
+        assert_eq!(peer.hello.role, Role::Master);
+        assert_eq!(b.recv().unwrap().message, Message::Ping(7));
+        b.send(&Message::Pong(7)).unwrap();
+        b
+    });
+    // The acceptor's handshake messages and verdict are consumed first.
+    assert_eq!(
+        a.recv_timeout(PATIENCE).unwrap().unwrap().message,
+        Message::Pong(7)
+    );
+    drop(acceptor.join().unwrap());
+}
+
+#[test]
+fn pipelined_handshake_with_a_wrong_key_fails_on_both_sides() {
+    use processional_transport::AgreedNonces;
+    let nonces = AgreedNonces::generate().unwrap();
+    let (mut a, mut b) = Connection::pair().unwrap();
+    a.handshake_pipelined(
+        Side::Initiator,
+        &config(&Key::generate(), Role::Master, "master"),
+        &nonces,
+    )
+    .unwrap();
+    a.send(&Message::Ping(1)).unwrap();
+    let config_b = config(&Key::generate(), Role::Slave, "slave");
+    let acceptor = thread::spawn(move || b.handshake_pipelined(Side::Acceptor, &config_b, &nonces));
+    let error = acceptor.join().unwrap().expect_err("the acceptor refuses");
+    assert!(matches!(error, Error::WrongKey), "{error:?}");
+    let error = a
+        .recv_timeout(PATIENCE)
+        .expect_err("the initiator refuses too");
+    assert!(
+        matches!(error, Error::WrongKey | Error::Refused { .. }),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn pipelined_handshake_refuses_a_challenge_that_is_not_the_agreed_one() {
+    use processional_transport::AgreedNonces;
+    let key = Key::generate();
+    let (mut a, mut b) = Connection::pair().unwrap();
+    a.handshake_pipelined(
+        Side::Initiator,
+        &config(&key, Role::Master, "master"),
+        &AgreedNonces::generate().unwrap(),
+    )
+    .unwrap();
+    let config_b = config(&key, Role::Slave, "slave");
+    let other = AgreedNonces::generate().unwrap();
+    let acceptor = thread::spawn(move || b.handshake_pipelined(Side::Acceptor, &config_b, &other));
+    assert!(acceptor.join().unwrap().is_err());
+    assert!(a.recv_timeout(PATIENCE).is_err());
+}
