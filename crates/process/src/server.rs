@@ -388,20 +388,14 @@ impl ClientBuilder {
                 Err(error) => return Err(transport_error(error)),
             }
         };
-        let key = match resolve_key(self.key.as_ref(), &self.address)? {
-            Some(key) => key,
-            None if self.address.is_tcp() && self.address.is_loopback() => {
-                return Err(Error::Auth(format!(
-                    "no key for {} ({KEY_VAR}, {KEY_FILE_VAR} or ClientBuilder::key)",
-                    self.address
-                )));
-            }
-            None => {
-                return Err(Error::Auth(format!(
-                    "no key for {} ({KEY_VAR}, {KEY_FILE_VAR}, ClientBuilder::key, or the key file beside the socket)",
-                    self.address
-                )));
-            }
+        let Some(key) = resolve_key(self.key.as_ref(), &self.address)? else {
+            let key_file = key_file_for(&self.address)
+                .map(|path| format!(", {}", path.display()))
+                .unwrap_or_default();
+            return Err(Error::Auth(format!(
+                "no key for {} (ClientBuilder::key, {KEY_VAR}, {KEY_FILE_VAR}{key_file})",
+                self.address
+            )));
         };
         let peer = connection
             .handshake(

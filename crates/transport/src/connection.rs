@@ -263,19 +263,29 @@ impl Connection {
     /// side's sending direction is shut down, and the connection should be
     /// dropped.
     pub fn handshake(&mut self, side: Side, config: &Handshake) -> Result<PeerInfo, Error> {
+        let machine = Machine::new(side, config)?;
+        let info = self.run_handshake(machine, config)?;
+        if side == Side::Initiator {
+            self.reader.inbound.expect_verdict();
+        }
+        Ok(info)
+    }
+
+    /// Drives `machine` to its end, reading in handshake mode; on failure
+    /// tells the peer why (best effort) and stops sending.
+    fn run_handshake(
+        &mut self,
+        mut machine: Machine,
+        config: &Handshake,
+    ) -> Result<PeerInfo, Error> {
         let deadline = config.timeout.map(|timeout| Instant::now() + timeout);
         self.reader.inbound.begin_handshake()?;
-        let mut machine = Machine::new(side, config)?;
         match self.drive_handshake(&mut machine, config, deadline) {
             Ok(info) => {
                 self.reader.inbound.end_handshake()?;
-                if side == Side::Initiator {
-                    self.reader.inbound.expect_verdict();
-                }
                 Ok(info)
             }
             Err(error) => {
-                // Best effort: tell the peer why, then stop sending.
                 let grace = Instant::now() + REFUSAL_GRACE;
                 for message in machine.outgoing() {
                     if self.writer.send_until(&message, Some(grace)).is_err() {
@@ -318,26 +328,7 @@ impl Connection {
                 self.reader.inbound.verify_first(machine, config.clone());
                 Ok(None)
             }
-            Side::Acceptor => {
-                let deadline = config.timeout.map(|timeout| Instant::now() + timeout);
-                self.reader.inbound.begin_handshake()?;
-                match self.drive_handshake(&mut machine, config, deadline) {
-                    Ok(info) => {
-                        self.reader.inbound.end_handshake()?;
-                        Ok(Some(info))
-                    }
-                    Err(error) => {
-                        let grace = Instant::now() + REFUSAL_GRACE;
-                        for message in machine.outgoing() {
-                            if self.writer.send_until(&message, Some(grace)).is_err() {
-                                break;
-                            }
-                        }
-                        let _ = sys::shutdown(self.as_fd(), sys::Shutdown::Write);
-                        Err(error)
-                    }
-                }
-            }
+            Side::Acceptor => self.run_handshake(machine, config).map(Some),
         }
     }
 
