@@ -92,6 +92,13 @@
 //!    fingerprints match both ways), a late refusal can only come from a
 //!    role the acceptor does not take, which it sends before its proof.
 //!
+//! Two peers that agreed on both challenge nonces beforehand, over a
+//! channel only they can read, can run the same checks without the first
+//! round trip: [`Connection::handshake_pipelined`] sends hello, challenge and
+//! proof at once, and lets the initiator send before it has read anything
+//! (it checks the acceptor's messages as the first frames it receives). The
+//! process runtime uses it for the private socket of a slave it spawned.
+//!
 //! So whichever side rejects, both get a typed error. A peer that claims
 //! this side's own role and whose challenge repeats a nonce of a handshake
 //! running in this process (a reflection of our own challenge, to make us
