@@ -1,14 +1,14 @@
 //! Child processes: spawning them safely, reaping them, stopping them.
 //!
-//! Children are spawned from one long-lived thread, because
-//! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits,
-//! not the process: a slave spawned from a short-lived thread would otherwise
-//! die with that thread. `std::process::Command` forks and immediately
-//! execs, so no user code runs in a forked copy of a multi-threaded process.
+//! Children are spawned from a long-lived thread (the main thread, or a
+//! spawner thread of ours), because `PR_SET_PDEATHSIG` fires when the
+//! *thread* that created the child exits, not the process: a slave spawned
+//! from a short-lived thread would otherwise die with that thread.
+//! `std::process::Command` spawns with `posix_spawn` (we install no
+//! `pre_exec` hook), so no code runs in a copy of a multi-threaded process.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::process::{Child as StdChild, Command};
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 use processional_thread::ExitReason;
 
 use crate::session::ExitProbe;
+use crate::slave::SLAVE_FD_VAR;
+
+/// Names the master's process id in a child that must die with it.
+pub(crate) const PARENT_VAR: &str = "PROCESSIONAL_SLAVE_PARENT";
 use crate::sys::{self, WaitStatus};
 
 /// How a [`terminate`](crate::SlaveProcess::terminate) ended the process.
@@ -88,17 +92,25 @@ fn spawn_here(
     inherited: &OwnedFd,
     die_with_parent: bool,
 ) -> io::Result<StdChild> {
-    let fd = inherited.as_raw_fd();
-    let parent = std::process::id() as i32;
-    let signal = if die_with_parent { libc::SIGKILL } else { 0 };
-    // SAFETY: the hook runs in the child between fork and exec and only makes
-    // async-signal-safe calls (fcntl, prctl, getppid, _exit), as
-    // `prepare_child` requires; `fd` stays open in the parent until `spawn`
-    // returns, so it is open in the child.
-    unsafe {
-        command.pre_exec(move || sys::prepare_child(fd, signal, parent));
+    // No `pre_exec` hook: without one, std spawns with `posix_spawn` (a
+    // vfork-like clone that copies no page tables), much cheaper than
+    // `fork` from a large, multi-threaded master, and no code of ours runs
+    // between the clone and the exec. The child gets its end of the socket as
+    // a duplicate without close-on-exec, made just for this spawn; our own
+    // spawns take turns so that none inherits another's descriptor. The
+    // child asks for its death signal itself, before `main` (see `init`).
+    static SPAWNING: Mutex<()> = Mutex::new(());
+    let _turn = SPAWNING.lock().unwrap_or_else(|p| p.into_inner());
+    let inheritable = sys::duplicate_inheritable(inherited)?;
+    command.env(SLAVE_FD_VAR, inheritable.as_raw_fd().to_string());
+    if die_with_parent {
+        command.env(PARENT_VAR, std::process::id().to_string());
+    } else {
+        command.env_remove(PARENT_VAR);
     }
-    command.spawn()
+    let child = command.spawn();
+    drop(inheritable);
+    child
 }
 
 /// A child process we spawned and must reap.

@@ -243,8 +243,6 @@ impl SlaveProcessBuilder {
                 None => command.env_remove(key),
             };
         }
-        use std::os::fd::AsRawFd;
-        command.env(SLAVE_FD_VAR, theirs.as_raw_fd().to_string());
         if let Some(dir) = &self.current_dir {
             command.current_dir(dir);
         }
@@ -374,6 +372,29 @@ pub(crate) fn run_if_slave() {
     // `main` (`init`, whose docs require it), when no other thread reads or
     // writes the environment.
     unsafe { std::env::remove_var(SLAVE_FD_VAR) };
+    let parent = std::env::var_os(crate::child::PARENT_VAR);
+    if let Some(parent) = &parent {
+        // SAFETY: as above, no other thread touches the environment yet.
+        unsafe { std::env::remove_var(crate::child::PARENT_VAR) };
+        match parent.to_str().and_then(|p| p.parse::<i32>().ok()) {
+            Some(parent) => {
+                if let Err(error) = sys::die_with_parent(parent) {
+                    eprintln!(
+                        "processional: slave {} cannot follow its master: {error}",
+                        sys::pid()
+                    );
+                    std::process::exit(71);
+                }
+            }
+            None => {
+                eprintln!(
+                    "processional: {} is not a process id",
+                    crate::child::PARENT_VAR
+                );
+                std::process::exit(64);
+            }
+        }
+    }
     sys::ignore_sigpipe();
     let code = match fd.to_str().and_then(|s| s.parse::<RawFd>().ok()) {
         Some(fd) => match run_slave(fd) {

@@ -1,7 +1,6 @@
 //! Every OS call of the process runtime, wrapped once.
 
 use std::io;
-use std::os::fd::RawFd;
 
 /// Calls a libc function and turns a `-1` return into the thread's `errno`.
 macro_rules! syscall {
@@ -48,29 +47,29 @@ pub(crate) fn hostname() -> String {
     String::from_utf8_lossy(&buffer[..end]).into_owned()
 }
 
-/// In a freshly forked child, before `exec`: make `fd` survive the exec, and
-/// ask for `death_signal` when the parent dies (0: none). Exits the child at once
-/// if the parent already died. Only async-signal-safe calls.
-///
-/// # Safety
-/// Must be called in a `pre_exec` hook (between fork and exec).
-pub(crate) unsafe fn prepare_child(fd: RawFd, death_signal: i32, parent: i32) -> io::Result<()> {
-    syscall!(fcntl(fd, libc::F_SETFD, 0))?;
-    if death_signal != 0 {
-        #[cfg(target_os = "linux")]
-        syscall!(prctl(
-            libc::PR_SET_PDEATHSIG,
-            death_signal as libc::c_ulong,
-            0,
-            0,
-            0
-        ))?;
-        // The parent may have died between fork and prctl: then the signal
-        // will never come, so leave now.
-        if parent_pid() != parent {
-            // SAFETY: _exit is async-signal-safe and ends this child only.
-            unsafe { libc::_exit(1) };
-        }
+/// A duplicate of `fd` *without* close-on-exec, for a child to inherit.
+pub(crate) fn duplicate_inheritable(
+    fd: &impl std::os::fd::AsRawFd,
+) -> io::Result<std::os::fd::OwnedFd> {
+    let duplicate = syscall!(fcntl(fd.as_raw_fd(), libc::F_DUPFD, 3))?;
+    // SAFETY: fcntl just returned this new descriptor; nothing else owns it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(duplicate) })
+}
+
+/// In a child that must die with its master: asks for SIGKILL when the
+/// parent (thread) dies, then leaves at once if the parent already died
+/// (before the request could take effect).
+pub(crate) fn die_with_parent(parent: i32) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    syscall!(prctl(
+        libc::PR_SET_PDEATHSIG,
+        libc::SIGKILL as libc::c_ulong,
+        0,
+        0,
+        0
+    ))?;
+    if parent_pid() != parent {
+        std::process::exit(1);
     }
     Ok(())
 }
