@@ -35,9 +35,9 @@ fn main() -> anyhow::Result<()> {
     section("the same in another process: slave()");
     let started = Instant::now();
     let process = processional::slave()?; // spawn and connect
+    let pid = process.invoke(std::process::id)?;
     println!(
-        "slave pid {} ready in {:.1} ms",
-        process.pid(),
+        "slave pid {pid} spawned and answering in {:.1} ms",
         started.elapsed().as_secs_f64() * 1e3
     );
     let resource = process.wrap(|| (0..1_000_000u64).collect::<Vec<_>>())?; // lives in the slave
