@@ -27,7 +27,8 @@ use std::hint::black_box;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use criterion::Criterion;
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion};
 use processional::{Remote, Task};
 use processional_benches::process_peer::{
     PipelinedPings, RAW_SINK_FRESH, RAW_UNIX_ECHO, RawPeer, SlaveGuard, configure_slow_group,
@@ -124,9 +125,9 @@ impl Peers {
     }
 }
 
-/// `process.invoke_rtt`.
-fn invoke_rtt(criterion: &mut Criterion, peers: &mut Peers) {
-    let mut group = criterion.benchmark_group("process.invoke_rtt");
+/// The baseline of the round-trip cases: an 8-byte raw ping-pong with the
+/// echo child.
+fn raw_ping_pong_baseline(group: &mut BenchmarkGroup<'_, WallTime>, peers: &mut Peers) {
     group.bench_function("baseline", |bencher| {
         let echo = peers.echo();
         let mut value = 0u64;
@@ -135,6 +136,12 @@ fn invoke_rtt(criterion: &mut Criterion, peers: &mut Peers) {
             round_trip_raw(echo, black_box(value)).expect("raw round trip");
         });
     });
+}
+
+/// `process.invoke_rtt`.
+fn invoke_rtt(criterion: &mut Criterion, peers: &mut Peers) {
+    let mut group = criterion.benchmark_group("process.invoke_rtt");
+    raw_ping_pong_baseline(&mut group, peers);
     group.bench_function("subject", |bencher| {
         let slave = peers.slave();
         bencher.iter(|| slave.invoke(|| black_box(1u64)).expect("invoke"));
@@ -211,14 +218,7 @@ fn schedule_throughput(criterion: &mut Criterion, peers: &mut Peers) {
 /// `process.remote_method_rtt`.
 fn remote_method_rtt(criterion: &mut Criterion, peers: &mut Peers) {
     let mut group = criterion.benchmark_group("process.remote_method_rtt");
-    group.bench_function("baseline", |bencher| {
-        let echo = peers.echo();
-        let mut value = 0u64;
-        bencher.iter(|| {
-            value = value.wrapping_add(1);
-            round_trip_raw(echo, black_box(value)).expect("raw round trip");
-        });
-    });
+    raw_ping_pong_baseline(&mut group, peers);
     group.bench_function("subject", |bencher| {
         let resource = peers.resource();
         bencher.iter(|| {

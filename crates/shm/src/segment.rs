@@ -28,18 +28,23 @@ pub struct Segment {
     local_seals: AtomicU32,
 }
 
+/// `len` as a file size, refused when the kernel's `off_t` cannot hold it.
+fn file_size(len: usize) -> Result<u64> {
+    u64::try_from(len)
+        .ok()
+        .filter(|&size| i64::try_from(size).is_ok())
+        .ok_or(ShmError::TooLarge {
+            len: len as u64,
+            elem_size: 1,
+        })
+}
+
 impl Segment {
     /// Creates an exclusive, zero-filled segment of `len` bytes.
     ///
     /// Pages are allocated when first written, not here.
     pub fn create(len: usize) -> Result<Segment> {
-        let size = u64::try_from(len)
-            .ok()
-            .filter(|&size| i64::try_from(size).is_ok())
-            .ok_or(ShmError::TooLarge {
-                len: len as u64,
-                elem_size: 1,
-            })?;
+        let size = file_size(len)?;
         let fd = sys::anonymous_file().map_err(ShmError::os("memfd_create"))?;
         if size > 0 {
             sys::set_file_len(fd.as_fd(), size).map_err(ShmError::os("ftruncate"))?;
@@ -122,13 +127,7 @@ impl Segment {
         {
             return Err(ShmError::SizeSealed);
         }
-        let size = u64::try_from(len)
-            .ok()
-            .filter(|&size| i64::try_from(size).is_ok())
-            .ok_or(ShmError::TooLarge {
-                len: len as u64,
-                elem_size: 1,
-            })?;
+        let size = file_size(len)?;
         sys::set_file_len(self.fd.as_fd(), size).map_err(ShmError::os("ftruncate"))?;
         self.len = len;
         Ok(())

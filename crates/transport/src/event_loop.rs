@@ -644,16 +644,9 @@ impl<H: Handler> EventLoop<H> {
                 self.remove(slot);
                 return;
             }
-            if !conn.readable {
-                return;
-            }
-            match conn.inbound.fill(conn.fd.as_fd(), sys::DONTWAIT) {
-                Ok(Fill::Read(_)) => {}
-                Ok(Fill::WouldBlock) => {
-                    conn.readable = false;
-                    return;
-                }
-                Ok(Fill::Eof) => conn.peer_eof = true,
+            match read_more(conn) {
+                Ok(true) => {}
+                Ok(false) => return,
                 Err(error) => {
                     self.refuse(slot, error);
                     return;
@@ -723,16 +716,9 @@ impl<H: Handler> EventLoop<H> {
                 self.disconnect(slot, reason);
                 return;
             }
-            if !conn.readable {
-                return;
-            }
-            match conn.inbound.fill(conn.fd.as_fd(), sys::DONTWAIT) {
-                Ok(Fill::Read(_)) => {}
-                Ok(Fill::WouldBlock) => {
-                    conn.readable = false;
-                    return;
-                }
-                Ok(Fill::Eof) => conn.peer_eof = true,
+            match read_more(conn) {
+                Ok(true) => {}
+                Ok(false) => return,
                 Err(error) => {
                     self.fail(slot, error);
                     return;
@@ -977,6 +963,26 @@ impl<H: Handler> EventLoop<H> {
 
 /// The connection in `slot`, borrowing only the slots (so the other fields
 /// of the loop stay usable).
+/// Reads what the socket has for `conn` without blocking: `Ok(true)` if
+/// there may be more to decode now (bytes or end of stream arrived),
+/// `Ok(false)` once the socket is drained (until mio reports it readable).
+fn read_more(conn: &mut Conn) -> Result<bool, Error> {
+    if !conn.readable {
+        return Ok(false);
+    }
+    match conn.inbound.fill(conn.fd.as_fd(), sys::DONTWAIT)? {
+        Fill::Read(_) => Ok(true),
+        Fill::WouldBlock => {
+            conn.readable = false;
+            Ok(false)
+        }
+        Fill::Eof => {
+            conn.peer_eof = true;
+            Ok(true)
+        }
+    }
+}
+
 fn conn_in(slots: &mut [Slot], slot: usize) -> Option<&mut Conn> {
     slots.get_mut(slot).and_then(|entry| entry.conn.as_mut())
 }
