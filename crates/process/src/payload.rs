@@ -76,33 +76,10 @@ impl Sink for PooledSegment {
 /// travel on it.
 pub(crate) fn encode<T: Serialize + Any>(value: &T, unix: bool) -> Result<Outgoing, String> {
     if !unix {
-        return Ok(Outgoing {
-            payload: Payload::Inline(codec::encode(value)?),
-            transfers: Vec::new(),
-            loan: None,
-        });
+        return Ok(wrap_encoded(encode_value(value, false)?, Vec::new(), false));
     }
-    // Large byte vectors go straight into a segment: one copy.
-    if let Some(len) = codec::fast_len(value).filter(|&len| len > inline_limit()) {
-        if let Ok(mut segment) = Pool::global().take(len) {
-            segment.clear();
-            codec::encode_into(value, &mut segment)?;
-            return Ok(segmented(segment, Vec::new()));
-        }
-    }
-    let (bytes, transfers) = transfer::collect_fds(|| codec::encode(value));
-    let bytes = bytes?;
-    if bytes.len() > inline_limit() {
-        if let Ok(mut segment) = Pool::global().take(bytes.len()) {
-            segment.as_mut_slice().copy_from_slice(&bytes);
-            return Ok(segmented(segment, transfers));
-        }
-    }
-    Ok(Outgoing {
-        payload: Payload::Inline(bytes),
-        transfers,
-        loan: None,
-    })
+    let (encoded, transfers) = transfer::collect_fds(|| encode_value(value, true));
+    Ok(wrap_encoded(encoded?, transfers, true))
 }
 
 /// A value encoded by an entry point: in a buffer, or already in a pooled

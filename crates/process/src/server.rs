@@ -8,7 +8,7 @@
 //! Objects are shared through the process-wide object table.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -180,28 +180,12 @@ impl ServerBuilder {
             }
             _ => None,
         };
-        let state = Arc::new(ServerState {
-            clients: AtomicUsize::new(0),
-            ever_connected: AtomicBool::new(false),
-            stopped: Mutex::new(false),
-            stopped_changed: Condvar::new(),
-            persistent: self.persistent,
-            key,
-            address: address.clone(),
-            key_file,
-        });
-        let accept_state = state.clone();
-        std::thread::Builder::new()
-            .name("processional-accept".into())
-            .spawn(move || accept_loop(listener, accept_state))
-            .map_err(|e| Error::io("cannot start the server thread", e))?;
-        Ok(ServerHandle { state })
+        start_accepting(listener, key, key_file, self.persistent)
     }
 }
 
 struct ServerState {
     clients: AtomicUsize,
-    ever_connected: AtomicBool,
     stopped: Mutex<bool>,
     stopped_changed: Condvar,
     persistent: bool,
@@ -279,6 +263,31 @@ impl ServerHandle {
     }
 }
 
+/// The state of a server listening on `listener`, with its accept loop
+/// started on a thread of its own.
+fn start_accepting(
+    listener: Listener,
+    key: Key,
+    key_file: Option<PathBuf>,
+    persistent: bool,
+) -> Result<ServerHandle, Error> {
+    let state = Arc::new(ServerState {
+        clients: AtomicUsize::new(0),
+        stopped: Mutex::new(false),
+        stopped_changed: Condvar::new(),
+        persistent,
+        key,
+        address: listener.local_addr(),
+        key_file,
+    });
+    let accept_state = state.clone();
+    std::thread::Builder::new()
+        .name("processional-accept".into())
+        .spawn(move || accept_loop(listener, accept_state))
+        .map_err(|e| Error::io("cannot start the server thread", e))?;
+    Ok(ServerHandle { state })
+}
+
 /// How often the accept loop checks whether the server stopped.
 const ACCEPT_POLL: Duration = Duration::from_millis(100);
 
@@ -326,7 +335,6 @@ fn serve_client(mut connection: Connection, state: &Arc<ServerState>) {
 
 fn serve_authenticated(connection: Connection, state: &Arc<ServerState>) {
     state.clients.fetch_add(1, Ordering::AcqRel);
-    state.ever_connected.store(true, Ordering::Release);
     let stopper = state.clone();
     let stop: ShutdownHook = Arc::new(move || stopper.stop());
     let served = Served::new(connection, Some(stop));
@@ -475,23 +483,8 @@ pub(crate) fn run_spawned_server(
     key: Key,
     bootstrap: ServerBootstrap,
 ) -> Result<(), Error> {
-    let address = listener.local_addr();
-    let key_file = key_file_for(&address);
-    let state = Arc::new(ServerState {
-        clients: AtomicUsize::new(0),
-        ever_connected: AtomicBool::new(true),
-        stopped: Mutex::new(false),
-        stopped_changed: Condvar::new(),
-        persistent: bootstrap.persistent,
-        key,
-        address,
-        key_file,
-    });
-    let accept_state = state.clone();
-    std::thread::Builder::new()
-        .name("processional-accept".into())
-        .spawn(move || accept_loop(listener, accept_state))
-        .map_err(|e| Error::io("cannot start the server thread", e))?;
+    let key_file = key_file_for(&listener.local_addr());
+    let ServerHandle { state } = start_accepting(listener, key, key_file, bootstrap.persistent)?;
     let master_state = state.clone();
     std::thread::Builder::new()
         .name("processional-client".into())
