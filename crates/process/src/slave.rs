@@ -476,28 +476,27 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if self.kind == Kind::Client {
-            // Remote handles may still use the connection: it closes when
-            // the last of them drops.
-        } else if self.detached || self.kind != Kind::Slave {
-            // Closing tells the slave (or server) to finish what it runs.
-            self.session.close();
-        } else {
+        // Only an attached slave is stopped; a detached slave or a spawned
+        // server is only disconnected (it finishes what it runs, a server
+        // serves its other clients), and a client connection closes when its
+        // last user, maybe a `Remote`, drops it.
+        let stop = self.kind == Kind::Slave && !self.detached;
+        if stop {
             let _ = self.session.send(&processional_proto::Message::Shutdown);
+        }
+        if self.kind != Kind::Client {
             self.session.close();
         }
         if let Some(child) = self.child.clone() {
             let grace = self.grace;
-            let detached = self.detached;
-            let kind = self.kind;
             // Reap in the background: dropping a handle never blocks.
             let _ = std::thread::Builder::new()
                 .name("processional-reaper".into())
                 .spawn(move || {
-                    if detached || kind == Kind::SpawnedServer {
-                        while child.wait_timeout(Duration::from_secs(3600)).is_none() {}
-                    } else {
+                    if stop {
                         child.stop(grace);
+                    } else {
+                        while child.wait_timeout(Duration::from_secs(3600)).is_none() {}
                     }
                 });
         }
