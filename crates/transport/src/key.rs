@@ -165,6 +165,12 @@ pub(crate) fn role_byte(role: Role) -> u8 {
     }
 }
 
+/// Fills `buf` with random bytes from the kernel's CSPRNG, the source
+/// [`Key::generate`] uses: for other unguessable values (nonces, tickets).
+pub fn random_bytes(buf: &mut [u8]) -> std::io::Result<()> {
+    sys::random_bytes(buf)
+}
+
 /// Overwrites secret bytes so they do not linger in freed memory.
 fn wipe(bytes: &mut [u8]) {
     for byte in bytes.iter_mut() {

@@ -142,5 +142,5 @@ pub use event_loop::{
     EventLoopHandle, EventLoopRemote, Handler, Outbox,
 };
 pub use handshake::{AgreedNonces, DEFAULT_HANDSHAKE_TIMEOUT, Handshake, PeerInfo, Side};
-pub use key::{GENERATED_KEY_LEN, Key, KeyError, MIN_KEY_LEN};
+pub use key::{GENERATED_KEY_LEN, Key, KeyError, MIN_KEY_LEN, random_bytes};
 pub use listener::Listener;
