@@ -1,22 +1,22 @@
 //! What a function running on behalf of a peer can reach.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use std::sync::Arc;
 
-use processional_proto::{RemoteError, RemoteErrorKind};
+use processional_proto::{ObjectId, RemoteError, RemoteErrorKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec;
-use crate::objects::{ConnectionRefs, ObjectSlot, ObjectTable};
+use crate::objects::{ConnectionObjects, ObjectSlot};
 use crate::payload::{self, Encoded};
 
 /// The state an entry point needs besides its arguments.
 #[derive(Debug)]
 pub(crate) struct CallContext<'a> {
-    /// The references of the connection the call came from.
-    pub(crate) refs: &'a Arc<ConnectionRefs>,
+    /// The objects the connection the call came from holds.
+    pub(crate) objects: &'a Arc<ConnectionObjects>,
     /// Whether the connection can carry descriptors (a unix socket).
     pub(crate) unix: bool,
 }
@@ -25,34 +25,53 @@ thread_local! {
     /// Set while a serving process decodes arguments: `Remote` handles then
     /// resolve to the objects of this process.
     static SERVING: Cell<bool> = const { Cell::new(false) };
-    /// The references of the connection whose call runs on this thread.
-    static CURRENT_REFS: std::cell::RefCell<Option<Arc<ConnectionRefs>>> =
-        const { std::cell::RefCell::new(None) };
+    /// Why decoding a `Remote` in the arguments was refused, so that the
+    /// caller gets that error rather than a codec error.
+    static REFUSAL: RefCell<Option<RemoteError>> = const { RefCell::new(None) };
+    /// The objects of the connection whose call runs on this thread.
+    static CURRENT: RefCell<Option<Arc<ConnectionObjects>>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` with `refs` as the current connection's references (what
-/// [`export`] charges new objects to).
-pub(crate) fn with_connection<R>(refs: &Arc<ConnectionRefs>, f: impl FnOnce() -> R) -> R {
-    let previous = CURRENT_REFS.with(|c| c.replace(Some(refs.clone())));
+/// Runs `f` with `objects` as the current connection's objects (what
+/// [`export`] charges new objects to, and what handles in the arguments may
+/// name).
+pub(crate) fn with_connection<R>(objects: &Arc<ConnectionObjects>, f: impl FnOnce() -> R) -> R {
+    let previous = CURRENT.with(|c| c.replace(Some(objects.clone())));
     let result = f();
-    CURRENT_REFS.with(|c| *c.borrow_mut() = previous);
+    CURRENT.with(|c| *c.borrow_mut() = previous);
     result
 }
 
-/// Keeps `value` as an object of this process, published under `name` and
-/// held by the connection whose call runs on this thread.
+fn outside_a_task(what: &str) -> RemoteError {
+    RemoteError {
+        kind: RemoteErrorKind::Other,
+        message: format!("{what} can only be done inside a task served for a peer"),
+        location: None,
+        backtrace: None,
+    }
+}
+
+/// Keeps `value` as an object of this server (or slave), published under
+/// `name` and held by the connection whose call runs on this thread.
 pub(crate) fn export<T: Send + 'static>(name: &str, value: T) -> Result<(), RemoteError> {
-    let refs = CURRENT_REFS
+    let objects = CURRENT
         .with(|c| c.borrow().clone())
-        .ok_or_else(|| RemoteError {
-            kind: RemoteErrorKind::Other,
-            message: "export() can only be called inside a task served for a peer".into(),
-            location: None,
-            backtrace: None,
-        })?;
-    let table = ObjectTable::global();
-    let id = table.insert(ObjectSlot::new(value), &refs);
-    table.publish(name.to_owned(), id)
+        .ok_or_else(|| outside_a_task("export()"))?;
+    objects.insert_published(name.to_owned(), ObjectSlot::new(value));
+    Ok(())
+}
+
+/// While decoding arguments: the object `id`, if the calling connection
+/// holds it. A refusal is also kept for [`CallContext::decode`] to report.
+pub(crate) fn resolve_argument(id: ObjectId) -> Result<Arc<ObjectSlot>, RemoteError> {
+    let resolved = CURRENT
+        .with(|c| c.borrow().clone())
+        .ok_or_else(|| outside_a_task("decoding a Remote"))
+        .and_then(|objects| objects.get(id));
+    if let Err(error) = &resolved {
+        REFUSAL.with(|r| *r.borrow_mut() = Some(error.clone()));
+    }
+    resolved
 }
 
 /// Whether the current thread is decoding arguments for a call it serves.
@@ -61,15 +80,18 @@ pub(crate) fn is_serving() -> bool {
 }
 
 impl CallContext<'_> {
-    /// Decodes the arguments of a call.
+    /// Decodes the arguments of a call. A handle naming an object the
+    /// connection does not hold fails the call with that refusal.
     pub(crate) fn decode<A: DeserializeOwned + 'static>(
         &self,
         bytes: &[u8],
     ) -> Result<A, RemoteError> {
         let previous = SERVING.with(|s| s.replace(true));
+        REFUSAL.with(|r| r.borrow_mut().take());
         let result = codec::decode(bytes);
         SERVING.with(|s| s.set(previous));
-        result.map_err(codec::remote_codec_error)
+        let refusal = REFUSAL.with(|r| r.borrow_mut().take());
+        result.map_err(|error| refusal.unwrap_or_else(|| codec::remote_codec_error(error)))
     }
 
     /// Encodes the value of a call.

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::context::CallContext;
 use crate::function::{Described, conjure};
-use crate::objects::{ObjectSlot, ObjectTable};
+use crate::objects::{ObjectSlot, Ticket};
 use crate::payload::Encoded;
 
 /// Names the types an entry point is instantiated for; never constructed.
@@ -80,7 +80,7 @@ where
 {
     fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Encoded, RemoteError> {
         let (object, args): (ObjectId, A) = cx.decode(args)?;
-        let slot = ObjectTable::global().get(object)?;
+        let slot = cx.objects.get(object)?;
         let task = conjure::<F>();
         let value = slot.with(move |value: &mut T| catch(move || task(value, args)))??;
         cx.encode(&value)
@@ -100,7 +100,7 @@ where
         let args: A = cx.decode(args)?;
         let task = conjure::<F>();
         let value = catch(move || task(args))?;
-        let id = ObjectTable::global().insert(ObjectSlot::new(value), cx.refs);
+        let id = cx.objects.insert(ObjectSlot::new(value));
         cx.encode(&id)
     }
 }
@@ -114,18 +114,18 @@ where
 {
     fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Encoded, RemoteError> {
         let object: ObjectId = cx.decode(args)?;
-        let slot = ObjectTable::global().get(object)?;
+        let slot = cx.objects.get(object)?;
         slot.with(|value: &mut T| cx.encode(value))?
     }
 }
 
-/// Publish an object under a name (servers).
+/// Publish an object the caller holds under a name (servers).
 pub(crate) struct PublishEntry;
 
 impl Described for PublishEntry {
     fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Encoded, RemoteError> {
         let (name, object): (String, ObjectId) = cx.decode(args)?;
-        ObjectTable::global().publish(name, object)?;
+        cx.objects.publish(name, object)?;
         cx.encode(&())
     }
 }
@@ -136,22 +136,20 @@ pub(crate) struct LookupEntry<T>(Marker<T>);
 impl<T: 'static> Described for LookupEntry<T> {
     fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Encoded, RemoteError> {
         let name: String = cx.decode(args)?;
-        let table = ObjectTable::global();
-        let id = table.lookup(&name)?;
-        table.get(id)?.with(|_: &mut T| ())?;
-        table.acquire(id, cx.refs)?;
+        let id = cx.objects.lookup::<T>(&name)?;
         cx.encode(&id)
     }
 }
 
-/// Take a reference to an object on behalf of a handle in transit to another
-/// client of this server; the value is the ticket to redeem.
+/// Take a reference to an object the caller holds on behalf of a handle in
+/// transit to another client of this server; the value is the ticket to
+/// redeem.
 pub(crate) struct TicketEntry;
 
 impl Described for TicketEntry {
     fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Encoded, RemoteError> {
         let id: ObjectId = cx.decode(args)?;
-        let ticket = ObjectTable::global().issue_ticket(id, cx.refs)?;
+        let ticket = cx.objects.issue_ticket(id)?;
         cx.encode(&ticket)
     }
 }
@@ -162,8 +160,8 @@ pub(crate) struct RedeemEntry;
 
 impl Described for RedeemEntry {
     fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Encoded, RemoteError> {
-        let ticket: u64 = cx.decode(args)?;
-        let id = ObjectTable::global().redeem_ticket(ticket, cx.refs)?;
+        let ticket: Ticket = cx.decode(args)?;
+        let id = cx.objects.redeem_ticket(ticket)?;
         cx.encode(&id)
     }
 }

@@ -61,7 +61,10 @@
 //! Each client's queued calls run in FIFO order, clients never wait for each
 //! other, and objects are shared by name ([`SlaveProcess::publish`],
 //! [`SlaveProcess::lookup`], [`export`]) as [`Remote`] handles that can also
-//! move between clients of the same server. Every connection is
+//! move between clients of the same server. Objects are capabilities: each
+//! server has its own objects and names, and a client may use only the
+//! objects it holds (wrapped, exported, looked up, or received as a handle);
+//! naming any other object's id fails with `UnknownObject`. Every connection is
 //! authenticated; the key comes from [`ClientBuilder::key`], else
 //! `PROCESSIONAL_KEY` (hex), else the file named by `PROCESSIONAL_KEY_FILE`,
 //! else the key file a spawned server writes beside its unix socket.

@@ -15,7 +15,7 @@ use crate::codec;
 use crate::context;
 use crate::entry::{FetchEntry, MethodEntry, RedeemEntry, TicketEntry};
 use crate::function::Described;
-use crate::objects::{ObjectSlot, ObjectTable};
+use crate::objects::{ObjectSlot, Ticket};
 use crate::payload::{self, Outgoing};
 use crate::session::Session;
 
@@ -186,7 +186,7 @@ enum RemoteWire {
     Here(ObjectId),
     /// To another client of the server that holds the object: a ticket the
     /// receiver redeems with that server for a reference of its own.
-    At { server: String, ticket: u64 },
+    At { server: String, ticket: Ticket },
 }
 
 impl<T> Serialize for Remote<T> {
@@ -202,12 +202,13 @@ impl<T> Serialize for Remote<T> {
                          objects of a server can be passed to any of its clients",
                     ));
                 };
-                // The server holds a reference for the ticket until the
-                // receiver redeems it, so the object survives the trip even
-                // if this handle drops right after sending.
+                // The server holds a reference for the (random) ticket until
+                // the receiver redeems it, or it expires, or this connection
+                // leaves, so the object survives the trip even if this handle
+                // drops right after sending.
                 let ticket = encode_for(session, id)
                     .and_then(|args| {
-                        session.call::<u64>(TicketEntry::function_ref(), RunMode::Queued, args)
+                        session.call::<Ticket>(TicketEntry::function_ref(), RunMode::Queued, args)
                     })
                     .and_then(Task::wait)
                     .map_err(|e| S::Error::custom(format!("cannot send the handle: {e}")))?;
@@ -235,8 +236,9 @@ impl<'de, T> Deserialize<'de> for Remote<T> {
                         "a Remote can only be decoded by the process that holds its object",
                     ));
                 }
-                let slot = ObjectTable::global()
-                    .get(id)
+                // Only an object the calling connection holds: a peer cannot
+                // reach another's objects by naming their ids.
+                let slot = context::resolve_argument(id)
                     .map_err(|error| D::Error::custom(error.message))?;
                 Ok(Remote {
                     handle: Arc::new(Handle::Local { slot, id }),

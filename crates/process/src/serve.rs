@@ -22,7 +22,7 @@ use processional_transport::{Connection, ConnectionReader, ConnectionWriter, Rec
 use crate::codec;
 use crate::context::{self, CallContext};
 use crate::function::{self, IdMap};
-use crate::objects::ConnectionRefs;
+use crate::objects::{ConnectionObjects, ObjectTable};
 use crate::payload::{self, Incoming, Outgoing};
 use processional_shm::transfer;
 
@@ -64,7 +64,8 @@ pub(crate) struct Served {
     busy: AtomicU64,
     calls_run: AtomicU64,
     tokens: Mutex<IdMap<TaskId, CancelToken>>,
-    refs: Arc<ConnectionRefs>,
+    /// The objects this connection holds, in the table of its server.
+    objects: Arc<ConnectionObjects>,
     end: Mutex<Option<End>>,
     taking_over: AtomicBool,
     unix: bool,
@@ -81,9 +82,14 @@ impl std::fmt::Debug for Served {
 }
 
 impl Served {
-    /// Serves `connection` (already authenticated). `on_shutdown` runs once
-    /// the peer's shutdown request has been acknowledged.
-    pub(crate) fn new(connection: Connection, on_shutdown: Option<ShutdownHook>) -> Arc<Served> {
+    /// Serves `connection` (already authenticated) with the objects of
+    /// `table`. `on_shutdown` runs once the peer's shutdown request has been
+    /// acknowledged.
+    pub(crate) fn new(
+        connection: Connection,
+        table: &Arc<ObjectTable>,
+        on_shutdown: Option<ShutdownHook>,
+    ) -> Arc<Served> {
         let unix = connection.is_unix();
         let (reader, writer) = connection.split();
         let served = Arc::new(Served {
@@ -96,7 +102,7 @@ impl Served {
             busy: AtomicU64::new(0),
             calls_run: AtomicU64::new(0),
             tokens: Mutex::new(IdMap::default()),
-            refs: Arc::new(ConnectionRefs::default()),
+            objects: Arc::new(table.connect()),
             end: Mutex::new(None),
             taking_over: AtomicBool::new(false),
             threads_running: AtomicUsize::new(0),
@@ -119,7 +125,7 @@ impl Served {
                     self.execute(call, fds);
                     self.busy.store(0, Ordering::Release);
                 }
-                Some(Job::Release(object)) => self.refs.release(object),
+                Some(Job::Release(object)) => self.objects.release(object),
                 Some(Job::Pong(value)) => self.send(&Message::Pong(value)),
                 None => break,
             }
@@ -149,7 +155,7 @@ impl Served {
             // The peer's handles are gone with it: free what only it held,
             // even while a long call of its still runs (a running call keeps
             // the objects it uses alive by itself).
-            self.refs.release_all();
+            self.objects.release_all();
         }
         self.queue_changed.notify_all();
     }
@@ -317,11 +323,11 @@ impl Served {
         let (incoming, fds) =
             Incoming::resolve(call.args, fds).map_err(codec::remote_codec_error)?;
         let cx = CallContext {
-            refs: &self.refs,
+            objects: &self.objects,
             unix: self.unix,
         };
         let run = || {
-            context::with_connection(&self.refs, || {
+            context::with_connection(&self.objects, || {
                 processional_thread::with_token(token, || entry(&cx, incoming.bytes()))
             })
         };

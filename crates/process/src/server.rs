@@ -5,7 +5,8 @@
 //! thread only until the handshake deadline), then serves it exactly like a
 //! slave serves its master: one executor thread per client, so each client's
 //! queued calls run in FIFO order and clients never wait for each other.
-//! Objects are shared through the process-wide object table.
+//! Each server has an object table of its own (ids, names, tickets), shared
+//! by its clients under the capability rule of [`crate::objects`].
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::entry::{LookupEntry, PublishEntry};
 use crate::function::Described;
+use crate::objects::ObjectTable;
 use crate::remote::{Remote, encode_for};
 use crate::serve::{End, Served, ShutdownHook};
 use crate::session::Session;
@@ -192,6 +194,7 @@ struct ServerState {
     key: Key,
     address: Address,
     key_file: Option<PathBuf>,
+    objects: Arc<ObjectTable>,
 }
 
 impl ServerState {
@@ -245,6 +248,13 @@ impl ServerHandle {
         self.state.clients.load(Ordering::Acquire)
     }
 
+    /// How many objects this server keeps for its clients now (held by a
+    /// client, or by a handle in transit between two). See also the
+    /// process-wide [`live_objects`](crate::live_objects).
+    pub fn live_objects(&self) -> usize {
+        self.state.objects.len()
+    }
+
     /// Stops accepting clients and returns.
     pub fn stop(&self) {
         self.state.stop();
@@ -279,6 +289,7 @@ fn start_accepting(
         key,
         address: listener.local_addr(),
         key_file,
+        objects: ObjectTable::new(),
     });
     let accept_state = state.clone();
     std::thread::Builder::new()
@@ -337,7 +348,7 @@ fn serve_authenticated(connection: Connection, state: &Arc<ServerState>) {
     state.clients.fetch_add(1, Ordering::AcqRel);
     let stopper = state.clone();
     let stop: ShutdownHook = Arc::new(move || stopper.stop());
-    let served = Served::new(connection, Some(stop));
+    let served = Served::new(connection, &state.objects, Some(stop));
     let end = served.serve();
     drop(served);
     let left = state.clients.fetch_sub(1, Ordering::AcqRel) - 1;
@@ -496,7 +507,9 @@ pub(crate) fn run_spawned_server(
 
 impl SlaveProcess {
     /// Gives the object of `remote` a name other clients of the same server
-    /// can [`lookup`](Self::lookup).
+    /// can [`lookup`](Self::lookup). `remote` must be a handle of this
+    /// connection: the server refuses to name an object this connection does
+    /// not hold (`UnknownObject`).
     pub fn publish<T: Send + 'static>(&self, name: &str, remote: &Remote<T>) -> Result<(), Error> {
         let session = self.session();
         let bytes = encode_for(session, &(name.to_owned(), remote.id()))?;

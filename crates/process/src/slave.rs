@@ -19,6 +19,7 @@ use crate::child::{self, ChildExitProbe, ChildProcess, Termination};
 use crate::entry::{CallEntry, WrapEntry};
 use crate::fingerprint::{fingerprint, program_name};
 use crate::function::Described;
+use crate::objects::ObjectTable;
 use crate::remote::{Remote, encode_for};
 use crate::serve::{End, Served, ShutdownHook};
 use crate::server::ServerBootstrap;
@@ -455,7 +456,8 @@ fn run_slave(fd: RawFd) -> Result<(), Error> {
         return crate::server::run_spawned_server(connection, listener, key, server);
     }
     let exit: ShutdownHook = Arc::new(|| std::process::exit(0));
-    let served = Served::new(connection, Some(exit));
+    // A slave's objects are its master's alone.
+    let served = Served::new(connection, &ObjectTable::new(), Some(exit));
     let end = served.serve();
     if end == End::PeerClosed && bootstrap.detached {
         served.wait_for_threads();

@@ -182,7 +182,9 @@ pub enum RemoteErrorKind {
     Codec,
     /// The function reference did not pass validation.
     InvalidFunction,
-    /// The call named an object that does not exist (any more).
+    /// The call named an object its connection does not hold: one that does
+    /// not exist (any more), or another connection's (the two look the same).
+    /// Also an unknown, expired or already redeemed ticket.
     UnknownObject,
     /// The call named an object of another type than it expects.
     WrongObjectType,
