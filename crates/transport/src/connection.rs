@@ -14,7 +14,7 @@ use processional_proto::{
 
 use crate::address::Address;
 use crate::error::Error;
-use crate::handshake::{AgreedNonces, Handshake, Machine, PeerInfo, Side};
+use crate::handshake::{AgreedNonces, FDS_DURING_HANDSHAKE, Handshake, Machine, PeerInfo, Side};
 use crate::inbound::{Fill, Inbound};
 use crate::sys;
 
@@ -356,10 +356,12 @@ impl Connection {
             let received = match self.reader.recv_until(deadline) {
                 Ok(received) => received,
                 Err(Error::Proto(error)) => return Err(machine.malformed(error)),
+                // Descriptors came (and were closed unread): tell the peer.
+                Err(Error::UnexpectedMessage(what)) => return Err(machine.unexpected(&what)),
                 Err(error) => return Err(error),
             };
             if !received.fds.is_empty() {
-                return Err(machine.unexpected("file descriptors arrived during the handshake"));
+                return Err(machine.unexpected(FDS_DURING_HANDSHAKE));
             }
             if let Some(info) = machine.receive(config, received.message)? {
                 for message in machine.outgoing() {

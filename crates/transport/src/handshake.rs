@@ -60,6 +60,11 @@ impl Handshake {
     }
 }
 
+/// Why a handshake fails when the peer sends file descriptors: no
+/// handshake message carries any, and an unauthenticated peer must not
+/// make this process hold descriptors.
+pub(crate) const FDS_DURING_HANDSHAKE: &str = "file descriptors arrived during the handshake";
+
 /// What a successful handshake learned about the peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerInfo {
