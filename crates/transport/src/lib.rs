@@ -128,6 +128,7 @@ mod connection;
 mod error;
 mod event_loop;
 mod handshake;
+mod handshake_step;
 mod inbound;
 mod key;
 mod listener;
