@@ -106,9 +106,14 @@ pub struct ConnectionWriter {
 
 impl Connection {
     fn from_socket(socket: Arc<Socket>) -> Connection {
+        let inbound = Inbound::new(socket.unix, DEFAULT_MAX_FRAME);
+        Connection::from_parts(socket, inbound)
+    }
+
+    fn from_parts(socket: Arc<Socket>, inbound: Inbound) -> Connection {
         Connection {
             reader: ConnectionReader {
-                inbound: Inbound::new(socket.unix, DEFAULT_MAX_FRAME),
+                inbound,
                 socket: Arc::clone(&socket),
             },
             writer: ConnectionWriter {
@@ -116,6 +121,17 @@ impl Connection {
                 buf: Vec::new(),
             },
         }
+    }
+
+    /// A connection whose handshake another driver ran on the socket `fd`
+    /// (switched to blocking here), reading on from `inbound`, which must
+    /// have ended the handshake.
+    pub(crate) fn from_authenticated(
+        fd: OwnedFd,
+        unix: bool,
+        inbound: Inbound,
+    ) -> io::Result<Connection> {
+        Ok(Connection::from_parts(Socket::new(fd, unix)?, inbound))
     }
 
     /// Connects to a listening peer.

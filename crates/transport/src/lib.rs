@@ -124,6 +124,7 @@
 //! `MSG_CMSG_CLOEXEC`, `accept4`, `getrandom`.
 
 mod address;
+mod authenticating_listener;
 mod connection;
 mod error;
 mod event_loop;
@@ -136,6 +137,9 @@ mod outbound;
 mod sys;
 
 pub use address::{Address, AddressError};
+pub use authenticating_listener::{
+    AcceptStopper, AuthenticatingListener, DEFAULT_MAX_PENDING_HANDSHAKES,
+};
 pub use connection::{Connection, ConnectionReader, ConnectionWriter, Received};
 pub use error::Error;
 pub use event_loop::{
