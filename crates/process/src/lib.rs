@@ -97,7 +97,7 @@ pub use payload::{INLINE_LIMIT, INLINE_LIMIT_VAR};
 pub use processional_thread::{Error, ExitReason, Task};
 pub use remote::Remote;
 pub use server::{
-    ClientBuilder, KEY_FILE_VAR, KEY_VAR, ServerBuilder, ServerHandle, client, export, serve,
-    server,
+    ClientBuilder, DEFAULT_MAX_PENDING_HANDSHAKES, DEFAULT_SERVER_HANDSHAKE_TIMEOUT, KEY_FILE_VAR,
+    KEY_VAR, ServerBuilder, ServerHandle, client, export, serve, server,
 };
 pub use slave::{Output, SlaveProcess, SlaveProcessBuilder, slave};
