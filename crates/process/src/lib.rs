@@ -64,7 +64,11 @@
 //! move between clients of the same server. Every connection is
 //! authenticated; the key comes from [`ClientBuilder::key`], else
 //! `PROCESSIONAL_KEY` (hex), else the file named by `PROCESSIONAL_KEY_FILE`,
-//! else the key file a spawned server writes beside its unix socket.
+//! else the key file a spawned server writes beside its unix socket. A
+//! server runs the handshakes of all pending peers on its accept thread, at
+//! most [`DEFAULT_MAX_PENDING_HANDSHAKES`] at once and each for at most
+//! [`DEFAULT_SERVER_HANDSHAKE_TIMEOUT`] unless its [`ServerBuilder`] says
+//! otherwise, so peers without the key cost it no thread.
 //!
 //! # Lifetime
 //! Dropping the last handle stops the slave (a shutdown message, then
