@@ -67,7 +67,11 @@
 //! naming any other object's id fails with `UnknownObject`. Every connection is
 //! authenticated; the key comes from [`ClientBuilder::key`], else
 //! `PROCESSIONAL_KEY` (hex), else the file named by `PROCESSIONAL_KEY_FILE`,
-//! else the key file a spawned server writes beside its unix socket.
+//! else the key file a spawned server writes beside its unix socket. A
+//! server runs the handshakes of all pending peers on its accept thread, at
+//! most [`DEFAULT_MAX_PENDING_HANDSHAKES`] at once and each for at most
+//! [`DEFAULT_SERVER_HANDSHAKE_TIMEOUT`] unless its [`ServerBuilder`] says
+//! otherwise, so peers without the key cost it no thread.
 //!
 //! # Lifetime
 //! Dropping the last handle stops the slave (a shutdown message, then
@@ -100,7 +104,7 @@ pub use payload::{INLINE_LIMIT, INLINE_LIMIT_VAR};
 pub use processional_thread::{Error, ExitReason, Task};
 pub use remote::Remote;
 pub use server::{
-    ClientBuilder, KEY_FILE_VAR, KEY_VAR, ServerBuilder, ServerHandle, client, export, serve,
-    server,
+    ClientBuilder, DEFAULT_MAX_PENDING_HANDSHAKES, DEFAULT_SERVER_HANDSHAKE_TIMEOUT, KEY_FILE_VAR,
+    KEY_VAR, ServerBuilder, ServerHandle, client, export, serve, server,
 };
 pub use slave::{Output, SlaveProcess, SlaveProcessBuilder, slave};

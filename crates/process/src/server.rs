@@ -1,12 +1,15 @@
 //! Servers and clients: one process shared by many, over unix sockets or TCP.
 //!
-//! A server accepts connections on a [`Listener`], authenticates each one on
-//! a thread of its own (a peer that never finishes the handshake costs that
-//! thread only until the handshake deadline), then serves it exactly like a
-//! slave serves its master: one executor thread per client, so each client's
-//! queued calls run in FIFO order and clients never wait for each other.
-//! Each server has an object table of its own (ids, names, tickets), shared
-//! by its clients under the capability rule of [`crate::objects`].
+//! A server accepts connections on a [`Listener`] and authenticates them
+//! all on its accept thread ([`AuthenticatingListener`]: non-blocking
+//! sockets, at most [`ServerBuilder::max_pending_handshakes`] at once, each
+//! bounded by [`ServerBuilder::handshake_timeout`]), so a peer without the
+//! key costs a socket for a few seconds, never a thread. It then serves each
+//! authenticated client exactly like a slave serves its master: one executor
+//! thread per client, so each client's queued calls run in FIFO order and
+//! clients never wait for each other. Each server has an object table of its
+//! own (ids, names, tickets), shared by its clients under the capability rule
+//! of [`crate::objects`].
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use processional_proto::{Role, RunMode};
 use processional_thread::Error;
-use processional_transport::{Address, Connection, Handshake, Key, Listener, Side};
+use processional_transport::{
+    AcceptStopper, Address, AuthenticatingListener, Connection, Handshake, Key, Listener, Side,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::entry::{LookupEntry, PublishEntry};
@@ -24,7 +29,16 @@ use crate::objects::ObjectTable;
 use crate::remote::{Remote, encode_for};
 use crate::serve::{End, Served, ShutdownHook};
 use crate::session::Session;
-use crate::slave::{HANDSHAKE_TIMEOUT, Kind, SlaveProcess, hello, transport_error};
+use crate::slave::{Kind, SlaveProcess, hello, transport_error};
+
+/// How long a server gives a peer to complete the handshake, unless
+/// [`ServerBuilder::handshake_timeout`] says otherwise.
+pub const DEFAULT_SERVER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many handshakes a server runs at once, unless
+/// [`ServerBuilder::max_pending_handshakes`] says otherwise.
+pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize =
+    processional_transport::DEFAULT_MAX_PENDING_HANDSHAKES;
 
 /// The environment variable holding the key, in hex.
 pub const KEY_VAR: &str = "PROCESSIONAL_KEY";
@@ -95,6 +109,24 @@ fn write_key_file(path: &std::path::Path, key: &Key) -> Result<(), Error> {
         .map_err(|e| Error::io(format!("cannot write the key file {}", path.display()), e))
 }
 
+/// How a server treats peers that have not authenticated yet.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) struct HandshakeLimits {
+    /// Handshakes run at once; a newer connection displaces the oldest.
+    pub(crate) max_pending: usize,
+    /// How long one handshake may take.
+    pub(crate) timeout: Duration,
+}
+
+impl Default for HandshakeLimits {
+    fn default() -> Self {
+        HandshakeLimits {
+            max_pending: DEFAULT_MAX_PENDING_HANDSHAKES,
+            timeout: DEFAULT_SERVER_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
 /// Options of a server run in this process ([`serve`]) or spawned
 /// ([`server`]).
 #[derive(Debug, Clone)]
@@ -104,6 +136,7 @@ pub struct ServerBuilder {
     persistent: bool,
     detach: bool,
     insecure_loopback: bool,
+    handshakes: HandshakeLimits,
 }
 
 impl ServerBuilder {
@@ -116,6 +149,7 @@ impl ServerBuilder {
             persistent: false,
             detach: false,
             insecure_loopback: false,
+            handshakes: HandshakeLimits::default(),
         })
     }
 
@@ -137,6 +171,25 @@ impl ServerBuilder {
     /// handle (default: it dies with this process).
     pub fn detach(mut self, detach: bool) -> Self {
         self.detach = detach;
+        self
+    }
+
+    /// How many connections may be in their handshake at once (default
+    /// [`DEFAULT_MAX_PENDING_HANDSHAKES`], at least 1). All handshakes run on
+    /// the server's accept thread, so a peer that connects and says nothing
+    /// costs a socket, never a thread; when this many are pending, a new
+    /// connection closes the one that has waited longest (a legitimate
+    /// client needs one round trip, so only a flood of connections crowds it
+    /// out).
+    pub fn max_pending_handshakes(mut self, max_pending: usize) -> Self {
+        self.handshakes.max_pending = max_pending.max(1);
+        self
+    }
+
+    /// How long a peer has to complete the handshake before it is closed
+    /// (default [`DEFAULT_SERVER_HANDSHAKE_TIMEOUT`]).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshakes.timeout = timeout;
         self
     }
 
@@ -182,7 +235,7 @@ impl ServerBuilder {
             }
             _ => None,
         };
-        start_accepting(listener, key, key_file, self.persistent)
+        start_accepting(listener, key, key_file, self.persistent, self.handshakes)
     }
 }
 
@@ -195,6 +248,7 @@ struct ServerState {
     address: Address,
     key_file: Option<PathBuf>,
     objects: Arc<ObjectTable>,
+    accepting: AcceptStopper,
 }
 
 impl ServerState {
@@ -207,13 +261,11 @@ impl ServerState {
         if let Address::Unix(path) = &self.address {
             let _ = std::fs::remove_file(path);
         }
-        // The accept loop notices within `ACCEPT_POLL` and drops the listener.
         *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        // Wakes the accept thread, which drops the listener and every
+        // pending handshake.
+        self.accepting.stop();
         self.stopped_changed.notify_all();
-    }
-
-    fn is_stopped(&self) -> bool {
-        *self.stopped.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -280,16 +332,27 @@ fn start_accepting(
     key: Key,
     key_file: Option<PathBuf>,
     persistent: bool,
+    handshakes: HandshakeLimits,
 ) -> Result<ServerHandle, Error> {
+    let address = listener.local_addr();
+    let handshake = Handshake {
+        key: key.clone(),
+        hello: hello(Role::Server),
+        accept_roles: vec![Role::Client, Role::Master],
+        timeout: Some(handshakes.timeout),
+    };
+    let listener = AuthenticatingListener::new(listener, handshake, handshakes.max_pending)
+        .map_err(transport_error)?;
     let state = Arc::new(ServerState {
         clients: AtomicUsize::new(0),
         stopped: Mutex::new(false),
         stopped_changed: Condvar::new(),
         persistent,
         key,
-        address: listener.local_addr(),
+        address,
         key_file,
         objects: ObjectTable::new(),
+        accepting: listener.stopper(),
     });
     let accept_state = state.clone();
     std::thread::Builder::new()
@@ -299,49 +362,28 @@ fn start_accepting(
     Ok(ServerHandle { state })
 }
 
-/// How often the accept loop checks whether the server stopped.
-const ACCEPT_POLL: Duration = Duration::from_millis(100);
-
-fn accept_loop(listener: Listener, state: Arc<ServerState>) {
-    while !state.is_stopped() {
-        match listener.accept_timeout(ACCEPT_POLL) {
-            Ok(Some(connection)) => {
-                if state.is_stopped() {
-                    break;
-                }
+/// Runs every handshake and starts serving each client that passes, until
+/// the server stops.
+fn accept_loop(mut listener: AuthenticatingListener, state: Arc<ServerState>) {
+    loop {
+        match listener.accept() {
+            Ok(Some((connection, _peer))) => {
                 let state = state.clone();
                 let spawned = std::thread::Builder::new()
                     .name("processional-client".into())
-                    .spawn(move || serve_client(connection, &state));
+                    .spawn(move || serve_authenticated(connection, &state));
                 if let Err(error) = spawned {
                     log::error!("processional: cannot start a thread for a client: {error}");
                 }
             }
-            Ok(None) => {}
+            Ok(None) => break,
             Err(error) => {
-                log::debug!("processional: accept failed: {error}");
+                log::error!("processional: the server cannot wait for connections: {error}");
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
     }
     drop(listener);
-}
-
-fn serve_client(mut connection: Connection, state: &Arc<ServerState>) {
-    let handshake = connection.handshake(
-        Side::Acceptor,
-        &Handshake {
-            key: state.key.clone(),
-            hello: hello(Role::Server),
-            accept_roles: vec![Role::Client, Role::Master],
-            timeout: Some(HANDSHAKE_TIMEOUT),
-        },
-    );
-    if let Err(error) = handshake {
-        log::debug!("processional: a peer failed the handshake: {error}");
-        return;
-    }
-    serve_authenticated(connection, state);
 }
 
 fn serve_authenticated(connection: Connection, state: &Arc<ServerState>) {
@@ -450,6 +492,7 @@ pub fn server(address: &str) -> Result<SlaveProcess, Error> {
 pub(crate) struct ServerBootstrap {
     pub(crate) address: String,
     pub(crate) persistent: bool,
+    pub(crate) handshakes: HandshakeLimits,
 }
 
 impl ServerBuilder {
@@ -463,6 +506,7 @@ impl ServerBuilder {
         let bootstrap = ServerBootstrap {
             address: self.address.to_string(),
             persistent: self.persistent,
+            handshakes: self.handshakes,
         };
         let process = crate::slave::SlaveProcessBuilder::new()
             .detach(self.detach)
@@ -495,7 +539,13 @@ pub(crate) fn run_spawned_server(
     bootstrap: ServerBootstrap,
 ) -> Result<(), Error> {
     let key_file = key_file_for(&listener.local_addr());
-    let ServerHandle { state } = start_accepting(listener, key, key_file, bootstrap.persistent)?;
+    let ServerHandle { state } = start_accepting(
+        listener,
+        key,
+        key_file,
+        bootstrap.persistent,
+        bootstrap.handshakes,
+    )?;
     let master_state = state.clone();
     std::thread::Builder::new()
         .name("processional-client".into())

@@ -14,7 +14,7 @@ use processional_proto::{
 
 use crate::address::Address;
 use crate::error::Error;
-use crate::handshake::{AgreedNonces, Handshake, Machine, PeerInfo, Side};
+use crate::handshake::{AgreedNonces, FDS_DURING_HANDSHAKE, Handshake, Machine, PeerInfo, Side};
 use crate::inbound::{Fill, Inbound};
 use crate::sys;
 
@@ -106,9 +106,14 @@ pub struct ConnectionWriter {
 
 impl Connection {
     fn from_socket(socket: Arc<Socket>) -> Connection {
+        let inbound = Inbound::new(socket.unix, DEFAULT_MAX_FRAME);
+        Connection::from_parts(socket, inbound)
+    }
+
+    fn from_parts(socket: Arc<Socket>, inbound: Inbound) -> Connection {
         Connection {
             reader: ConnectionReader {
-                inbound: Inbound::new(socket.unix, DEFAULT_MAX_FRAME),
+                inbound,
                 socket: Arc::clone(&socket),
             },
             writer: ConnectionWriter {
@@ -116,6 +121,17 @@ impl Connection {
                 buf: Vec::new(),
             },
         }
+    }
+
+    /// A connection whose handshake another driver ran on the socket `fd`
+    /// (switched to blocking here), reading on from `inbound`, which must
+    /// have ended the handshake.
+    pub(crate) fn from_authenticated(
+        fd: OwnedFd,
+        unix: bool,
+        inbound: Inbound,
+    ) -> io::Result<Connection> {
+        Ok(Connection::from_parts(Socket::new(fd, unix)?, inbound))
     }
 
     /// Connects to a listening peer.
@@ -356,10 +372,12 @@ impl Connection {
             let received = match self.reader.recv_until(deadline) {
                 Ok(received) => received,
                 Err(Error::Proto(error)) => return Err(machine.malformed(error)),
+                // Descriptors came (and were closed unread): tell the peer.
+                Err(Error::UnexpectedMessage(what)) => return Err(machine.unexpected(&what)),
                 Err(error) => return Err(error),
             };
             if !received.fds.is_empty() {
-                return Err(machine.unexpected("file descriptors arrived during the handshake"));
+                return Err(machine.unexpected(FDS_DURING_HANDSHAKE));
             }
             if let Some(info) = machine.receive(config, received.message)? {
                 for message in machine.outgoing() {

@@ -17,6 +17,7 @@ use processional_proto::{DEFAULT_MAX_FRAME, Message, RemoteError, RemoteErrorKin
 
 use crate::error::Error;
 use crate::handshake::{DEFAULT_HANDSHAKE_TIMEOUT, Handshake, Machine, PeerInfo, Side};
+use crate::handshake_step::{self, Progress, Wire};
 use crate::inbound::{Fill, Inbound};
 use crate::listener::Listener;
 use crate::outbound::Outbound;
@@ -572,7 +573,9 @@ impl<H: Handler> EventLoop<H> {
             shut_write: false,
             peer_eof: false,
         };
-        queue_handshake_output(&mut conn);
+        if let Phase::Handshake { machine, .. } = &mut conn.phase {
+            handshake_step::queue_output(machine, &mut conn.outbound, unix);
+        }
         self.slots[slot].conn = Some(conn);
         self.deadlines.push(Reverse((deadline, id)));
         self.dirty.push(slot);
@@ -600,57 +603,37 @@ impl<H: Handler> EventLoop<H> {
     }
 
     fn read_handshake(&mut self, slot: usize) {
-        loop {
-            let Some(conn) = conn_in(&mut self.slots, slot) else {
-                return;
-            };
-            let Phase::Handshake { machine, .. } = &mut conn.phase else {
-                return;
-            };
-            let outcome = match conn.inbound.next() {
-                Ok(Some(received)) if !received.fds.is_empty() => Some(Err(
-                    machine.unexpected("file descriptors arrived during the handshake")
-                )),
-                Ok(Some(received)) => Some(machine.receive(&self.handshake, received.message)),
-                Ok(None) => None,
-                Err(Error::Proto(error)) => Some(Err(machine.malformed(error))),
-                Err(error) => Some(Err(error)),
-            };
-            if let Some(outcome) = outcome {
-                queue_handshake_output(conn);
-                self.dirty.push(slot);
-                match outcome {
-                    Ok(None) => continue,
-                    Ok(Some(peer)) => {
-                        if let Err(error) = conn.inbound.end_handshake() {
-                            self.refuse(slot, error);
-                            return;
-                        }
-                        conn.phase = Phase::Open;
-                        let id = conn.id;
-                        log::debug!("connection {id} authenticated: {:?}", peer.hello);
-                        self.handler.on_connect(id, &peer);
-                        self.read_open(slot);
-                        return;
-                    }
-                    Err(error) => {
-                        self.refuse(slot, error);
-                        return;
-                    }
-                }
+        let Some(conn) = conn_in(&mut self.slots, slot) else {
+            return;
+        };
+        let Phase::Handshake { machine, .. } = &mut conn.phase else {
+            return;
+        };
+        let wire = Wire {
+            fd: conn.fd.as_fd(),
+            unix: conn.unix,
+            readable: &mut conn.readable,
+            inbound: &mut conn.inbound,
+            outbound: &mut conn.outbound,
+        };
+        let progress = handshake_step::advance(machine, &self.handshake, wire);
+        conn.peer_eof |= conn.inbound.at_eof();
+        if conn.outbound.pending() > 0 {
+            self.dirty.push(slot);
+        }
+        match progress {
+            Progress::Waiting => {}
+            Progress::Authenticated(peer) => {
+                conn.phase = Phase::Open;
+                let id = conn.id;
+                log::debug!("connection {id} authenticated: {:?}", peer.hello);
+                self.handler.on_connect(id, &peer);
+                self.read_open(slot);
             }
-            if conn.inbound.at_eof() {
+            Progress::Failed(error) => self.refuse(slot, error),
+            Progress::PeerClosed => {
                 log::debug!("connection {} closed during the handshake", conn.id);
                 self.remove(slot);
-                return;
-            }
-            match read_more(conn) {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(error) => {
-                    self.refuse(slot, error);
-                    return;
-                }
             }
         }
     }
@@ -737,23 +720,15 @@ impl<H: Handler> EventLoop<H> {
             let _ = sys::shutdown(conn.fd.as_fd(), sys::Shutdown::Write);
         }
         if !conn.peer_eof && conn.readable {
-            let mut fds = conn.unix.then(std::collections::VecDeque::new);
             for _ in 0..DISCARDS_PER_TURN {
-                match sys::recv(
-                    conn.fd.as_fd(),
-                    &mut self.discard,
-                    fds.as_mut(),
-                    sys::DONTWAIT,
-                ) {
+                // A plain read: descriptors riding on the discarded bytes are
+                // closed by the kernel, never installed here.
+                match sys::recv(conn.fd.as_fd(), &mut self.discard, None, sys::DONTWAIT) {
                     Ok(reception) if reception.bytes == 0 => {
                         conn.peer_eof = true;
                         break;
                     }
-                    Ok(_) => {
-                        if let Some(fds) = &mut fds {
-                            fds.clear();
-                        }
-                    }
+                    Ok(_) => {}
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                         conn.readable = false;
                         break;
@@ -961,8 +936,6 @@ impl<H: Handler> EventLoop<H> {
     }
 }
 
-/// The connection in `slot`, borrowing only the slots (so the other fields
-/// of the loop stay usable).
 /// Reads what the socket has for `conn` without blocking: `Ok(true)` if
 /// there may be more to decode now (bytes or end of stream arrived),
 /// `Ok(false)` once the socket is drained (until mio reports it readable).
@@ -983,19 +956,8 @@ fn read_more(conn: &mut Conn) -> Result<bool, Error> {
     }
 }
 
+/// The connection in `slot`, borrowing only the slots (so the other fields
+/// of the loop stay usable).
 fn conn_in(slots: &mut [Slot], slot: usize) -> Option<&mut Conn> {
     slots.get_mut(slot).and_then(|entry| entry.conn.as_mut())
-}
-
-/// Moves what the handshake machine wants to send into the connection's
-/// outgoing buffer.
-fn queue_handshake_output(conn: &mut Conn) {
-    let Phase::Handshake { machine, .. } = &mut conn.phase else {
-        return;
-    };
-    for message in machine.outgoing() {
-        if let Err(error) = conn.outbound.push(&message, Vec::new(), conn.unix) {
-            log::error!("cannot encode a handshake message: {error}");
-        }
-    }
 }

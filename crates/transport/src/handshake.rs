@@ -38,13 +38,15 @@ pub struct Handshake {
     /// The roles accepted from the peer; empty accepts any.
     pub accept_roles: Vec<Role>,
     /// Bounds the whole handshake; `None` waits forever (the
-    /// [`EventLoop`](crate::EventLoop) then uses
+    /// [`EventLoop`](crate::EventLoop) and the
+    /// [`AuthenticatingListener`](crate::AuthenticatingListener) then use
     /// [`DEFAULT_HANDSHAKE_TIMEOUT`]).
     pub timeout: Option<Duration>,
 }
 
-/// The handshake timeout the event loop uses when [`Handshake::timeout`] is
-/// `None`: unauthenticated peers must not hold resources forever.
+/// The handshake timeout the event loop and the authenticating listener use
+/// when [`Handshake::timeout`] is `None`: unauthenticated peers must not
+/// hold resources forever.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Handshake {
@@ -59,6 +61,11 @@ impl Handshake {
         }
     }
 }
+
+/// Why a handshake fails when the peer sends file descriptors: no
+/// handshake message carries any, and an unauthenticated peer must not
+/// make this process hold descriptors.
+pub(crate) const FDS_DURING_HANDSHAKE: &str = "file descriptors arrived during the handshake";
 
 /// What a successful handshake learned about the peer.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use processional_proto::{Decoder, HEADER_LEN, MAX_FDS_PER_FRAME, Message, READ_C
 
 use crate::connection::Received;
 use crate::error::Error;
-use crate::handshake::{Handshake, Machine};
+use crate::handshake::{FDS_DURING_HANDSHAKE, Handshake, Machine};
 use crate::sys;
 
 /// The largest handshake message accepted: an unauthenticated peer cannot
@@ -153,9 +153,7 @@ impl Inbound {
     /// Back to normal reading after a successful handshake.
     pub(crate) fn end_handshake(&mut self) -> Result<(), Error> {
         if !self.fds.is_empty() {
-            return Err(Error::UnexpectedMessage(
-                "file descriptors arrived during the handshake".into(),
-            ));
+            return Err(Error::UnexpectedMessage(FDS_DURING_HANDSHAKE.into()));
         }
         self.cursor = None;
         // Reads stopped at the end of the last handshake frame, so nothing
@@ -186,7 +184,7 @@ impl Inbound {
         while let Some(verifying) = &mut self.verifying {
             let (machine, config) = &mut **verifying;
             if frame.header.fd_count != 0 {
-                return Err(machine.unexpected("file descriptors arrived during the handshake"));
+                return Err(machine.unexpected(FDS_DURING_HANDSHAKE));
             }
             if machine.receive(config, frame.message)?.is_some() {
                 // Its verdict on our proof comes next.
@@ -236,7 +234,10 @@ impl Inbound {
     }
 
     /// Reads once from `fd` straight into the decoder. Call [`Inbound::next`]
-    /// until it returns `None` before each fill.
+    /// until it returns `None` before each fill. During the handshake,
+    /// descriptors are refused: they are closed before they reach this
+    /// process's table, and the read fails with
+    /// [`Error::UnexpectedMessage`] ([`FDS_DURING_HANDSHAKE`]).
     pub(crate) fn fill(&mut self, fd: BorrowedFd<'_>, flags: i32) -> Result<Fill, Error> {
         if self.eof {
             return Ok(Fill::Eof);
@@ -254,8 +255,16 @@ impl Inbound {
             )));
         }
         let buf = &mut spare[..len];
-        let queue = if self.unix { Some(&mut self.fds) } else { None };
-        let reception = match sys::recv(fd, buf, queue, flags) {
+        let received = if !self.unix {
+            sys::recv(fd, buf, None, flags)
+        } else if self.cursor.is_some() {
+            // No descriptor belongs to a handshake: the kernel closes any
+            // that come, so an unauthenticated peer cannot fill our table.
+            sys::recv_refusing_fds(fd, buf, flags)
+        } else {
+            sys::recv(fd, buf, Some(&mut self.fds), flags)
+        };
+        let reception = match received {
             Ok(reception) => reception,
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(Fill::WouldBlock),
             // A peer that closes with bytes of ours still unread resets the
@@ -267,6 +276,9 @@ impl Inbound {
             }
             Err(error) => return Err(Error::Io(error)),
         };
+        if reception.fds_truncated && self.cursor.is_some() {
+            return Err(Error::UnexpectedMessage(FDS_DURING_HANDSHAKE.into()));
+        }
         if reception.fds_truncated {
             return Err(Error::MissingFds {
                 announced: MAX_FDS_PER_FRAME.into(),
@@ -359,6 +371,22 @@ mod tests {
             Fill::Read(wire.len() - first)
         );
         assert_eq!(inbound.next().unwrap().unwrap().message, Message::Ping(1));
+    }
+
+    #[test]
+    fn fds_during_the_handshake_are_refused() {
+        let (a, b) = sys::socketpair().unwrap();
+        let (r, _w) = sys::socketpair().unwrap();
+        // One byte of a header, with descriptors on it: what a peer that
+        // wants to fill our descriptor table sends, then waits.
+        sys::send_with_fds(a.as_fd(), b"P", &[r.as_fd(), r.as_fd(), r.as_fd()], 0).unwrap();
+        let mut inbound = Inbound::new(true, 1 << 20);
+        inbound.begin_handshake().unwrap();
+        match inbound.fill(b.as_fd(), 0) {
+            Err(Error::UnexpectedMessage(what)) => assert_eq!(what, FDS_DURING_HANDSHAKE),
+            other => panic!("{other:?}"),
+        }
+        assert!(inbound.fds.is_empty(), "descriptors were kept");
     }
 
     #[test]

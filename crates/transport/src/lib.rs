@@ -1,5 +1,6 @@
 //! Bytes between processes: framed, authenticated connections over unix
-//! sockets and TCP, file descriptor passing, and an event loop for servers.
+//! sockets and TCP, file descriptor passing, an event loop for servers, and
+//! a listener that authenticates its connections before handing them out.
 //!
 //! ```
 //! use processional_transport::{Connection, Handshake, Key, Side};
@@ -104,6 +105,13 @@
 //! running in this process (a reflection of our own challenge, to make us
 //! compute the proof it owes) is refused. [`Handshake::timeout`] bounds the whole
 //! exchange ([`Error::TimedOut`]); handshake frames are limited to 16 KiB.
+//! No descriptor travels with a handshake: those a peer sends before it ends
+//! are closed by the kernel unread, and the peer is refused.
+//!
+//! A server that serves each client on its own thread runs the handshakes
+//! of all its peers on one thread with an [`AuthenticatingListener`]: at
+//! most a fixed number at once, each bounded by the timeout, so peers
+//! without the key never cost a thread each.
 //!
 //! # Security model
 //!
@@ -124,10 +132,12 @@
 //! `MSG_CMSG_CLOEXEC`, `accept4`, `getrandom`.
 
 mod address;
+mod authenticating_listener;
 mod connection;
 mod error;
 mod event_loop;
 mod handshake;
+mod handshake_step;
 mod inbound;
 mod key;
 mod listener;
@@ -135,6 +145,9 @@ mod outbound;
 mod sys;
 
 pub use address::{Address, AddressError};
+pub use authenticating_listener::{
+    AcceptStopper, AuthenticatingListener, DEFAULT_MAX_PENDING_HANDSHAKES,
+};
 pub use connection::{Connection, ConnectionReader, ConnectionWriter, Received};
 pub use error::Error;
 pub use event_loop::{

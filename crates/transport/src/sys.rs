@@ -413,8 +413,39 @@ pub(crate) struct Reception {
     /// Bytes read; 0 means end of stream.
     pub(crate) bytes: usize,
     /// The kernel had more descriptors than fit the control buffer, and closed
-    /// the rest: the stream can no longer be trusted.
+    /// the rest: the stream can no longer be trusted. (For
+    /// [`recv_refusing_fds`], whose control buffer takes none: descriptors
+    /// came, and the kernel closed every one.)
     pub(crate) fds_truncated: bool,
+}
+
+/// Reads bytes from a unix socket into `buf`, taking no descriptors: any
+/// that ride on these bytes are closed by the kernel without ever entering
+/// our descriptor table, and reported as `fds_truncated`.
+pub(crate) fn recv_refusing_fds(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    flags: i32,
+) -> io::Result<Reception> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast::<c_void>(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain old data; all-zero is valid (no address, no
+    // control buffer).
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    let bytes = retry(|| {
+        // SAFETY: `msg` points to one iovec over the writable `buf`, which
+        // outlives the call; without a control buffer the kernel writes no
+        // ancillary data (it drops SCM_RIGHTS and sets MSG_CTRUNC).
+        syscall!(unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags) })
+    })?;
+    Ok(Reception {
+        bytes: bytes as usize,
+        fds_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+    })
 }
 
 /// Reads bytes into `buf`. With `fds = Some(queue)` (unix sockets) it also
@@ -568,6 +599,21 @@ mod tests {
             let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
             assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
         }
+    }
+
+    #[test]
+    fn refused_fds_are_reported() {
+        let (a, b) = socketpair().unwrap();
+        let (r, _w) = socketpair().unwrap();
+        send_with_fds(a.as_fd(), b"xy", &[r.as_fd(), r.as_fd()], 0).unwrap();
+        let mut buf = [0u8; 16];
+        let got = recv_refusing_fds(b.as_fd(), &mut buf, 0).unwrap();
+        assert_eq!(got.bytes, 2);
+        assert!(got.fds_truncated, "the descriptors went unreported");
+        // A plain read after them sees no descriptors at all.
+        send(a.as_fd(), b"z", 0).unwrap();
+        let got = recv_refusing_fds(b.as_fd(), &mut buf, 0).unwrap();
+        assert_eq!((got.bytes, got.fds_truncated), (1, false));
     }
 
     #[test]
