@@ -64,7 +64,11 @@
 //! move between clients of the same server. Every connection is
 //! authenticated; the key comes from [`ClientBuilder::key`], else
 //! `PROCESSIONAL_KEY` (hex), else the file named by `PROCESSIONAL_KEY_FILE`,
-//! else the key file a spawned server writes beside its unix socket.
+//! else the key file a server writes beside its unix socket. A key file must
+//! belong to this user and be closed to group and others
+//! ([`Error::UntrustedKeyFile`]), and the server behind a unix socket must
+//! run as this user or root ([`Error::UntrustedServer`]). Put sockets in
+//! [`runtime_dir()`], a directory only this user can enter.
 //!
 //! # Lifetime
 //! Dropping the last handle stops the slave (a shutdown message, then
@@ -88,6 +92,7 @@ mod server;
 mod session;
 mod slave;
 mod sys;
+mod trust;
 
 pub use child::Termination;
 pub use fingerprint::{fingerprint, program_name};
@@ -97,7 +102,7 @@ pub use payload::{INLINE_LIMIT, INLINE_LIMIT_VAR};
 pub use processional_thread::{Error, ExitReason, Task};
 pub use remote::Remote;
 pub use server::{
-    ClientBuilder, KEY_FILE_VAR, KEY_VAR, ServerBuilder, ServerHandle, client, export, serve,
-    server,
+    ClientBuilder, KEY_FILE_VAR, KEY_VAR, ServerBuilder, ServerHandle, client, export, runtime_dir,
+    serve, server,
 };
 pub use slave::{Output, SlaveProcess, SlaveProcessBuilder, slave};

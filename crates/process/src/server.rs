@@ -23,6 +23,8 @@ use crate::remote::{Remote, encode_for};
 use crate::serve::{End, Served, ShutdownHook};
 use crate::session::Session;
 use crate::slave::{HANDSHAKE_TIMEOUT, Kind, SlaveProcess, hello, transport_error};
+use crate::sys;
+use crate::trust::{is_trusted_server_uid, key_file_for, resolve_key, write_key_file};
 
 /// The environment variable holding the key, in hex.
 pub const KEY_VAR: &str = "PROCESSIONAL_KEY";
@@ -35,62 +37,21 @@ fn parse_address(address: &str) -> Result<Address, Error> {
         .map_err(|e| Error::Protocol(format!("bad address {address:?}: {e}")))
 }
 
-/// The key file a server spawned by [`server`] writes beside its unix socket
-/// (mode 0600), so that clients of the same user find it.
-pub(crate) fn key_file_for(address: &Address) -> Option<PathBuf> {
-    match address {
-        Address::Unix(path) => {
-            let mut name = path.as_os_str().to_owned();
-            name.push(".key");
-            Some(PathBuf::from(name))
-        }
-        _ => None,
-    }
-}
-
-fn read_key_file(path: &std::path::Path) -> Result<Key, Error> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::io(format!("cannot read the key file {}", path.display()), e))?;
-    Key::from_hex(text.trim())
-        .map_err(|e| Error::Auth(format!("bad key in {}: {e}", path.display())))
-}
-
-/// Finds the key for `address`: the explicit one, else `PROCESSIONAL_KEY`,
-/// else the file named by `PROCESSIONAL_KEY_FILE`, else (unix sockets) the
-/// key file beside the socket.
-pub(crate) fn resolve_key(explicit: Option<&Key>, address: &Address) -> Result<Option<Key>, Error> {
-    if let Some(key) = explicit {
-        return Ok(Some(key.clone()));
-    }
-    if let Some(hex) = std::env::var_os(KEY_VAR) {
-        let hex = hex.to_string_lossy();
-        return Key::from_hex(hex.trim())
-            .map(Some)
-            .map_err(|e| Error::Auth(format!("bad key in {KEY_VAR}: {e}")));
-    }
-    if let Some(path) = std::env::var_os(KEY_FILE_VAR) {
-        return read_key_file(std::path::Path::new(&path)).map(Some);
-    }
-    if let Some(path) = key_file_for(address) {
-        if path.exists() {
-            return read_key_file(&path).map(Some);
-        }
-    }
-    Ok(None)
-}
-
-fn write_key_file(path: &std::path::Path, key: &Key) -> Result<(), Error> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::io(format!("cannot write the key file {}", path.display()), e))?;
-    file.write_all(key.to_hex().as_bytes())
-        .map_err(|e| Error::io(format!("cannot write the key file {}", path.display()), e))
+/// A directory for this user's server sockets (and their key files) that
+/// no other user can enter: `$XDG_RUNTIME_DIR/processional/`, else
+/// `/tmp/processional-<uid>/`, created with mode 0700 if needed (an existing
+/// one must be this user's and closed to others).
+///
+/// ```
+/// # fn main() -> Result<(), processional_thread::Error> {
+/// let address = format!("unix:{}/my-server", processional_process::runtime_dir()?.display());
+/// # let _ = address;
+/// # Ok(())
+/// # }
+/// ```
+pub fn runtime_dir() -> Result<PathBuf, Error> {
+    processional_transport::runtime_dir()
+        .map_err(|e| Error::io("cannot make a private runtime directory", e))
 }
 
 /// Options of a server run in this process ([`serve`]) or spawned
@@ -101,7 +62,6 @@ pub struct ServerBuilder {
     key: Option<Key>,
     persistent: bool,
     detach: bool,
-    insecure_loopback: bool,
 }
 
 impl ServerBuilder {
@@ -113,7 +73,6 @@ impl ServerBuilder {
             key: None,
             persistent: false,
             detach: false,
-            insecure_loopback: false,
         })
     }
 
@@ -138,25 +97,14 @@ impl ServerBuilder {
         self
     }
 
-    /// Allows a TCP server without a key, on a loopback address only. Anyone
-    /// on this host can then run code in the server: use it for tests.
-    pub fn insecure_loopback_without_key(mut self) -> Self {
-        self.insecure_loopback = true;
-        self
-    }
-
     fn key_or_error(&self) -> Result<Key, Error> {
         match resolve_key(self.key.as_ref(), &self.address)? {
             Some(key) => Ok(key),
-            None if self.address.is_tcp() && !self.insecure_loopback => Err(Error::Auth(format!(
+            None if self.address.is_tcp() => Err(Error::Auth(format!(
                 "a TCP server needs a key (ServerBuilder::key, {KEY_VAR} or {KEY_FILE_VAR})"
             ))),
-            None if self.address.is_tcp() && !self.address.is_loopback() => Err(Error::Auth(
-                "an unauthenticated TCP server may only listen on a loopback address".into(),
-            )),
-            // Unix sockets (0600) and explicit insecure loopback TCP: a
-            // key derived from nothing but the address would be guessable;
-            // generate one and publish it in the key file where possible.
+            // Unix sockets (0600): generate a key and publish it in the key
+            // file beside a socket file.
             None => Ok(Key::generate()),
         }
     }
@@ -396,6 +344,21 @@ impl ClientBuilder {
                 Err(error) => return Err(transport_error(error)),
             }
         };
+        // Whoever listens on a unix socket of ours must be us (or root):
+        // another user's process there could be impersonating our server.
+        let peer_uid = connection
+            .peer_uid()
+            .map_err(|e| Error::io("cannot tell who runs the server", e))?;
+        if let Some(uid) = peer_uid {
+            let euid = sys::euid();
+            if !is_trusted_server_uid(uid, euid) {
+                return Err(Error::UntrustedServer {
+                    address: self.address.to_string(),
+                    uid,
+                    euid,
+                });
+            }
+        }
         let Some(key) = resolve_key(self.key.as_ref(), &self.address)? else {
             let key_file = key_file_for(&self.address)
                 .map(|path| format!(", {}", path.display()))
@@ -444,10 +407,11 @@ pub(crate) struct ServerBootstrap {
 impl ServerBuilder {
     /// Spawns a server process with these options and connects to it.
     pub fn spawn(self) -> Result<SlaveProcess, Error> {
-        let key = match resolve_key(self.key.as_ref(), &self.address)? {
-            Some(key) if self.key.is_some() || key_file_for(&self.address).is_none() => key,
+        let key = match &self.key {
+            Some(key) => key.clone(),
             // A key file left by an earlier server does not bind a new one.
-            _ => Key::generate(),
+            None if key_file_for(&self.address).is_some() => Key::generate(),
+            None => resolve_key(None, &self.address)?.unwrap_or_else(Key::generate),
         };
         let bootstrap = ServerBootstrap {
             address: self.address.to_string(),

@@ -74,6 +74,12 @@ pub(crate) fn die_with_parent(parent: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// The effective user id of this process: the owner of the files it creates.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid has no arguments and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// Ignores SIGPIPE, as Rust's runtime does before `main` (a slave runs its
 /// serving loop before `main`, so it must do it itself): writing to a closed
 /// pipe then fails with `EPIPE` instead of killing the process.
