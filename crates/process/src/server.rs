@@ -8,7 +8,7 @@
 //! Objects are shared through the process-wide object table.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -128,12 +128,17 @@ impl ServerBuilder {
             }
             _ => None,
         };
-        start_accepting(listener, key, key_file, self.persistent)
+        start_accepting(listener, key, key_file, self.persistent, 0)
     }
 }
 
 struct ServerState {
+    /// Clients served or in their handshake.
     clients: AtomicUsize,
+    /// Whether a client (a spawned server's master included) ever passed the
+    /// handshake: a non-persistent server stops when its count falls to zero
+    /// after that.
+    served_any: AtomicBool,
     stopped: Mutex<bool>,
     stopped_changed: Condvar,
     persistent: bool,
@@ -159,6 +164,17 @@ impl ServerState {
 
     fn is_stopped(&self) -> bool {
         *self.stopped.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A client counted in [`clients`](Self::clients) is gone: after a
+    /// shutdown request, or as the last one of a non-persistent server that
+    /// has served someone, the server stops.
+    fn client_left(&self, shutdown: bool) {
+        let left = self.clients.fetch_sub(1, Ordering::AcqRel) - 1;
+        let idle = left == 0 && !self.persistent && self.served_any.load(Ordering::Acquire);
+        if shutdown || idle {
+            self.stop();
+        }
     }
 }
 
@@ -188,7 +204,8 @@ impl ServerHandle {
         &self.state.key
     }
 
-    /// How many clients are connected now.
+    /// How many clients are connected now (counting those in their
+    /// handshake).
     pub fn clients(&self) -> usize {
         self.state.clients.load(Ordering::Acquire)
     }
@@ -212,15 +229,18 @@ impl ServerHandle {
 }
 
 /// The state of a server listening on `listener`, with its accept loop
-/// started on a thread of its own.
+/// started on a thread of its own; `clients` are counted already (a spawned
+/// server's master).
 fn start_accepting(
     listener: Listener,
     key: Key,
     key_file: Option<PathBuf>,
     persistent: bool,
+    clients: usize,
 ) -> Result<ServerHandle, Error> {
     let state = Arc::new(ServerState {
-        clients: AtomicUsize::new(0),
+        clients: AtomicUsize::new(clients),
+        served_any: AtomicBool::new(clients > 0),
         stopped: Mutex::new(false),
         stopped_changed: Condvar::new(),
         persistent,
@@ -265,6 +285,10 @@ fn accept_loop(listener: Listener, state: Arc<ServerState>) {
 }
 
 fn serve_client(mut connection: Connection, state: &Arc<ServerState>) {
+    // Counted before the handshake: a client may start (its `client()`
+    // returns) once it has checked our proof, before we see its verdict; a
+    // master leaving in that gap must not stop the server under it.
+    state.clients.fetch_add(1, Ordering::AcqRel);
     let handshake = connection.handshake(
         Side::Acceptor,
         &Handshake {
@@ -276,22 +300,21 @@ fn serve_client(mut connection: Connection, state: &Arc<ServerState>) {
     );
     if let Err(error) = handshake {
         log::debug!("processional: a peer failed the handshake: {error}");
+        state.client_left(false);
         return;
     }
-    serve_authenticated(connection, state);
+    serve_counted(connection, state);
 }
 
-fn serve_authenticated(connection: Connection, state: &Arc<ServerState>) {
-    state.clients.fetch_add(1, Ordering::AcqRel);
+/// Serves an authenticated client, already counted in `state.clients`.
+fn serve_counted(connection: Connection, state: &Arc<ServerState>) {
+    state.served_any.store(true, Ordering::Release);
     let stopper = state.clone();
     let stop: ShutdownHook = Arc::new(move || stopper.stop());
     let served = Served::new(connection, Some(stop));
     let end = served.serve();
     drop(served);
-    let left = state.clients.fetch_sub(1, Ordering::AcqRel) - 1;
-    if end == End::Shutdown || (left == 0 && !state.persistent) {
-        state.stop();
-    }
+    state.client_left(end == End::Shutdown);
 }
 
 /// Runs a server on `address` in this process, blocking until it stops.
@@ -448,11 +471,13 @@ pub(crate) fn run_spawned_server(
     bootstrap: ServerBootstrap,
 ) -> Result<(), Error> {
     let key_file = key_file_for(&listener.local_addr());
-    let ServerHandle { state } = start_accepting(listener, key, key_file, bootstrap.persistent)?;
+    // The master is counted from the start: a client that comes and goes
+    // before the master's thread runs must not stop the server.
+    let ServerHandle { state } = start_accepting(listener, key, key_file, bootstrap.persistent, 1)?;
     let master_state = state.clone();
     std::thread::Builder::new()
         .name("processional-client".into())
-        .spawn(move || serve_authenticated(master, &master_state))
+        .spawn(move || serve_counted(master, &master_state))
         .map_err(|e| Error::io("cannot start the server thread", e))?;
     ServerHandle { state }.join();
     Ok(())
