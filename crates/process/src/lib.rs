@@ -75,7 +75,9 @@
 //! SIGTERM after a grace period, then SIGKILL; it is always reaped). If the
 //! master dies, even by SIGKILL, its slaves die too (`PR_SET_PDEATHSIG`,
 //! and end of stream on the socket). A slave that dies fails every pending
-//! task with [`Error::Exited`].
+//! task with [`Error::Exited`]. A spawned server's death signal is SIGTERM:
+//! on it (and on SIGHUP and SIGINT) it removes its socket and key file, then
+//! dies by that signal.
 
 mod child;
 mod codec;

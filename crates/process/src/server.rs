@@ -7,7 +7,7 @@
 //! queued calls run in FIFO order and clients never wait for each other.
 //! Objects are shared through the process-wide object table.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -151,12 +151,11 @@ impl ServerState {
     fn stop(&self) {
         // Files first: a spawned server exits as soon as `join` sees the
         // stop, possibly before this thread runs another line.
-        if let Some(path) = &self.key_file {
-            let _ = std::fs::remove_file(path);
-        }
-        if let Address::Unix(path) = &self.address {
-            let _ = std::fs::remove_file(path);
-        }
+        let socket = match &self.address {
+            Address::Unix(path) => Some(path.as_path()),
+            _ => None,
+        };
+        remove_server_files(&[self.key_file.as_deref(), socket]);
         // The accept loop notices within `ACCEPT_POLL` and drops the listener.
         *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
         self.stopped_changed.notify_all();
@@ -176,6 +175,60 @@ impl ServerState {
             self.stop();
         }
     }
+}
+
+/// The files (socket and key file) a spawned server made and has not
+/// removed yet. Its stop and a stop signal (see [`remove_files_on_signals`])
+/// both take them from here, so each is removed once, by whichever comes
+/// first, and never after another server made a file of the same name.
+static SERVER_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Removes the files a spawned server made, when it cannot start after all.
+pub(crate) fn remove_spawned_server_files() {
+    let mut files = SERVER_FILES.lock().unwrap_or_else(|p| p.into_inner());
+    for path in files.drain(..) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Removes these files of a server (and forgets them in [`SERVER_FILES`]).
+fn remove_server_files(paths: &[Option<&Path>]) {
+    let mut registered = SERVER_FILES.lock().unwrap_or_else(|p| p.into_inner());
+    for path in paths.iter().flatten() {
+        registered.retain(|registered| registered != path);
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The signals that stop a spawned server, its master's death included
+/// (its death signal is SIGTERM): they remove the server's files first.
+const STOP_SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGHUP, libc::SIGINT];
+
+/// In a spawned server: on a [stop signal](STOP_SIGNALS), removes the files
+/// in [`SERVER_FILES`] (waiting for a bind in progress to register them),
+/// then dies by that signal.
+fn remove_files_on_signals() -> Result<(), Error> {
+    use std::io::Read;
+    let mut pipe = sys::report_signals(&STOP_SIGNALS)
+        .map_err(|e| Error::io("cannot handle stop signals", e))?;
+    std::thread::Builder::new()
+        .name("processional-signals".into())
+        .spawn(move || {
+            let mut signal = [0u8];
+            let signal = match pipe.read_exact(&mut signal) {
+                Ok(()) => i32::from(signal[0]),
+                // Cannot happen (we hold the only read end, the write end is
+                // never closed); if it did, stop as SIGTERM would.
+                Err(error) => {
+                    log::error!("processional: lost the stop signal pipe: {error}");
+                    libc::SIGTERM
+                }
+            };
+            remove_spawned_server_files();
+            sys::die_by_signal(signal)
+        })
+        .map_err(|e| Error::io("cannot start the signal thread", e))?;
+    Ok(())
 }
 
 /// A server running in this process.
@@ -450,14 +503,36 @@ impl ServerBuilder {
 
 /// A spawned server binds before it answers its master's handshake, so the
 /// address works as soon as `server()` returns.
+///
+/// Its files must not outlive it, whichever way it stops: it takes the
+/// [stop signals](STOP_SIGNALS) over and, when it must die with its master
+/// (`parent`), asks for SIGTERM rather than SIGKILL as its death signal,
+/// before it makes any file; a signal during the bind waits for the files
+/// to be registered, then removes them.
 pub(crate) fn bind_spawned_server(
     bootstrap: &ServerBootstrap,
     key: &Key,
+    parent: Option<i32>,
 ) -> Result<Listener, Error> {
     let address = parse_address(&bootstrap.address)?;
+    remove_files_on_signals()?;
+    if let Some(parent) = parent {
+        sys::die_with_parent(parent, libc::SIGTERM)
+            .map_err(|e| Error::io("cannot follow the master", e))?;
+    }
+    let mut files = SERVER_FILES.lock().unwrap_or_else(|p| p.into_inner());
     let listener = Listener::bind(&address).map_err(transport_error)?;
-    if let Some(path) = key_file_for(&listener.local_addr()) {
-        write_key_file(&path, key)?;
+    let bound = listener.local_addr();
+    if let Address::Unix(path) = &bound {
+        files.push(path.clone());
+    }
+    if let Some(path) = key_file_for(&bound) {
+        if let Err(error) = write_key_file(&path, key) {
+            drop(files);
+            remove_spawned_server_files();
+            return Err(error);
+        }
+        files.push(path);
     }
     Ok(listener)
 }
