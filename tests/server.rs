@@ -189,21 +189,6 @@ fn a_client_with_the_wrong_key_is_refused() {
 }
 
 #[test]
-fn a_tcp_server_needs_a_key_or_an_explicit_insecure_loopback() {
-    let error = ServerBuilder::new("tcp://127.0.0.1:0")
-        .unwrap()
-        .start()
-        .expect_err("no key");
-    assert!(matches!(error, Error::Auth(_)), "{error:?}");
-    let error = ServerBuilder::new("tcp://0.0.0.0:0")
-        .unwrap()
-        .insecure_loopback_without_key()
-        .start()
-        .expect_err("not loopback");
-    assert!(matches!(error, Error::Auth(_)), "{error:?}");
-}
-
-#[test]
 fn a_tcp_server_in_this_process_serves_a_client() {
     let key = processional::Key::generate();
     let handle = ServerBuilder::new("tcp://127.0.0.1:0")

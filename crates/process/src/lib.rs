@@ -67,9 +67,13 @@
 //! naming any other object's id fails with `UnknownObject`. Every connection is
 //! authenticated; the key comes from [`ClientBuilder::key`], else
 //! `PROCESSIONAL_KEY` (hex), else the file named by `PROCESSIONAL_KEY_FILE`,
-//! else the key file a spawned server writes beside its unix socket. A
-//! server runs the handshakes of all pending peers on its accept thread, at
-//! most [`DEFAULT_MAX_PENDING_HANDSHAKES`] at once and each for at most
+//! else the key file a server writes beside its unix socket. A key file must
+//! belong to this user and be closed to group and others
+//! ([`Error::UntrustedKeyFile`]), and the server behind a unix socket must
+//! run as this user or root ([`Error::UntrustedServer`]). Put sockets in
+//! [`runtime_dir()`], a directory only this user can enter.
+//! A server runs the handshakes of all pending peers on its accept thread,
+//! at most [`DEFAULT_MAX_PENDING_HANDSHAKES`] at once and each for at most
 //! [`DEFAULT_SERVER_HANDSHAKE_TIMEOUT`] unless its [`ServerBuilder`] says
 //! otherwise, so peers without the key cost it no thread.
 //!
@@ -78,7 +82,9 @@
 //! SIGTERM after a grace period, then SIGKILL; it is always reaped). If the
 //! master dies, even by SIGKILL, its slaves die too (`PR_SET_PDEATHSIG`,
 //! and end of stream on the socket). A slave that dies fails every pending
-//! task with [`Error::Exited`].
+//! task with [`Error::Exited`]. A spawned server's death signal is SIGTERM:
+//! on it (and on SIGHUP and SIGINT) it removes its socket and key file, then
+//! dies by that signal.
 
 mod child;
 mod codec;
@@ -95,6 +101,7 @@ mod server;
 mod session;
 mod slave;
 mod sys;
+mod trust;
 
 pub use child::Termination;
 pub use fingerprint::{fingerprint, program_name};
@@ -105,6 +112,6 @@ pub use processional_thread::{Error, ExitReason, Task};
 pub use remote::Remote;
 pub use server::{
     ClientBuilder, DEFAULT_MAX_PENDING_HANDSHAKES, DEFAULT_SERVER_HANDSHAKE_TIMEOUT, KEY_FILE_VAR,
-    KEY_VAR, ServerBuilder, ServerHandle, client, export, serve, server,
+    KEY_VAR, ServerBuilder, ServerHandle, client, export, runtime_dir, serve, server,
 };
 pub use slave::{Output, SlaveProcess, SlaveProcessBuilder, slave};

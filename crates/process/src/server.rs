@@ -11,8 +11,8 @@
 //! own (ids, names, tickets), shared by its clients under the capability rule
 //! of [`crate::objects`].
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,8 @@ use crate::remote::{Remote, encode_for};
 use crate::serve::{End, Served, ShutdownHook};
 use crate::session::Session;
 use crate::slave::{Kind, SlaveProcess, hello, transport_error};
+use crate::sys;
+use crate::trust::{is_trusted_server_uid, key_file_for, resolve_key, write_key_file};
 
 /// How long a server gives a peer to complete the handshake, unless
 /// [`ServerBuilder::handshake_timeout`] says otherwise.
@@ -51,62 +53,21 @@ fn parse_address(address: &str) -> Result<Address, Error> {
         .map_err(|e| Error::Protocol(format!("bad address {address:?}: {e}")))
 }
 
-/// The key file a server spawned by [`server`] writes beside its unix socket
-/// (mode 0600), so that clients of the same user find it.
-pub(crate) fn key_file_for(address: &Address) -> Option<PathBuf> {
-    match address {
-        Address::Unix(path) => {
-            let mut name = path.as_os_str().to_owned();
-            name.push(".key");
-            Some(PathBuf::from(name))
-        }
-        _ => None,
-    }
-}
-
-fn read_key_file(path: &std::path::Path) -> Result<Key, Error> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::io(format!("cannot read the key file {}", path.display()), e))?;
-    Key::from_hex(text.trim())
-        .map_err(|e| Error::Auth(format!("bad key in {}: {e}", path.display())))
-}
-
-/// Finds the key for `address`: the explicit one, else `PROCESSIONAL_KEY`,
-/// else the file named by `PROCESSIONAL_KEY_FILE`, else (unix sockets) the
-/// key file beside the socket.
-pub(crate) fn resolve_key(explicit: Option<&Key>, address: &Address) -> Result<Option<Key>, Error> {
-    if let Some(key) = explicit {
-        return Ok(Some(key.clone()));
-    }
-    if let Some(hex) = std::env::var_os(KEY_VAR) {
-        let hex = hex.to_string_lossy();
-        return Key::from_hex(hex.trim())
-            .map(Some)
-            .map_err(|e| Error::Auth(format!("bad key in {KEY_VAR}: {e}")));
-    }
-    if let Some(path) = std::env::var_os(KEY_FILE_VAR) {
-        return read_key_file(std::path::Path::new(&path)).map(Some);
-    }
-    if let Some(path) = key_file_for(address) {
-        if path.exists() {
-            return read_key_file(&path).map(Some);
-        }
-    }
-    Ok(None)
-}
-
-fn write_key_file(path: &std::path::Path, key: &Key) -> Result<(), Error> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::io(format!("cannot write the key file {}", path.display()), e))?;
-    file.write_all(key.to_hex().as_bytes())
-        .map_err(|e| Error::io(format!("cannot write the key file {}", path.display()), e))
+/// A directory for this user's server sockets (and their key files) that
+/// no other user can enter: `$XDG_RUNTIME_DIR/processional/`, else
+/// `/tmp/processional-<uid>/`, created with mode 0700 if needed (an existing
+/// one must be this user's and closed to others).
+///
+/// ```
+/// # fn main() -> Result<(), processional_thread::Error> {
+/// let address = format!("unix:{}/my-server", processional_process::runtime_dir()?.display());
+/// # let _ = address;
+/// # Ok(())
+/// # }
+/// ```
+pub fn runtime_dir() -> Result<PathBuf, Error> {
+    processional_transport::runtime_dir()
+        .map_err(|e| Error::io("cannot make a private runtime directory", e))
 }
 
 /// How a server treats peers that have not authenticated yet.
@@ -135,7 +96,6 @@ pub struct ServerBuilder {
     key: Option<Key>,
     persistent: bool,
     detach: bool,
-    insecure_loopback: bool,
     handshakes: HandshakeLimits,
 }
 
@@ -148,7 +108,6 @@ impl ServerBuilder {
             key: None,
             persistent: false,
             detach: false,
-            insecure_loopback: false,
             handshakes: HandshakeLimits::default(),
         })
     }
@@ -193,25 +152,14 @@ impl ServerBuilder {
         self
     }
 
-    /// Allows a TCP server without a key, on a loopback address only. Anyone
-    /// on this host can then run code in the server: use it for tests.
-    pub fn insecure_loopback_without_key(mut self) -> Self {
-        self.insecure_loopback = true;
-        self
-    }
-
     fn key_or_error(&self) -> Result<Key, Error> {
         match resolve_key(self.key.as_ref(), &self.address)? {
             Some(key) => Ok(key),
-            None if self.address.is_tcp() && !self.insecure_loopback => Err(Error::Auth(format!(
+            None if self.address.is_tcp() => Err(Error::Auth(format!(
                 "a TCP server needs a key (ServerBuilder::key, {KEY_VAR} or {KEY_FILE_VAR})"
             ))),
-            None if self.address.is_tcp() && !self.address.is_loopback() => Err(Error::Auth(
-                "an unauthenticated TCP server may only listen on a loopback address".into(),
-            )),
-            // Unix sockets (0600) and explicit insecure loopback TCP: a
-            // key derived from nothing but the address would be guessable;
-            // generate one and publish it in the key file where possible.
+            // Unix sockets (0600): generate a key and publish it in the key
+            // file beside a socket file.
             None => Ok(Key::generate()),
         }
     }
@@ -235,12 +183,17 @@ impl ServerBuilder {
             }
             _ => None,
         };
-        start_accepting(listener, key, key_file, self.persistent, self.handshakes)
+        start_accepting(listener, key, key_file, self.persistent, self.handshakes, 0)
     }
 }
 
 struct ServerState {
+    /// Clients served or in their handshake.
     clients: AtomicUsize,
+    /// Whether a client (a spawned server's master included) ever passed the
+    /// handshake: a non-persistent server stops when its count falls to zero
+    /// after that.
+    served_any: AtomicBool,
     stopped: Mutex<bool>,
     stopped_changed: Condvar,
     persistent: bool,
@@ -255,18 +208,92 @@ impl ServerState {
     fn stop(&self) {
         // Files first: a spawned server exits as soon as `join` sees the
         // stop, possibly before this thread runs another line.
-        if let Some(path) = &self.key_file {
-            let _ = std::fs::remove_file(path);
-        }
-        if let Address::Unix(path) = &self.address {
-            let _ = std::fs::remove_file(path);
-        }
+        let socket = match &self.address {
+            Address::Unix(path) => Some(path.as_path()),
+            _ => None,
+        };
+        remove_server_files(&[self.key_file.as_deref(), socket]);
         *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
         // Wakes the accept thread, which drops the listener and every
         // pending handshake.
         self.accepting.stop();
         self.stopped_changed.notify_all();
     }
+
+    /// Whether a non-persistent server that has served someone now serves
+    /// nobody. It stops then, unless a handshake is still running: the
+    /// accept thread decides (see [`accept_loop`]).
+    fn is_idle(&self) -> bool {
+        !self.persistent
+            && self.served_any.load(Ordering::Acquire)
+            && self.clients.load(Ordering::Acquire) == 0
+    }
+
+    /// A client counted in [`clients`](Self::clients) is gone: after a
+    /// shutdown request the server stops; when it was the last one, the
+    /// accept thread is woken to see whether the server is idle.
+    fn client_left(&self, shutdown: bool) {
+        let left = self.clients.fetch_sub(1, Ordering::AcqRel) - 1;
+        if shutdown {
+            self.stop();
+        } else if left == 0 {
+            self.accepting.wake();
+        }
+    }
+}
+
+/// The files (socket and key file) a spawned server made and has not
+/// removed yet. Its stop and a stop signal (see [`remove_files_on_signals`])
+/// both take them from here, so each is removed once, by whichever comes
+/// first, and never after another server made a file of the same name.
+static SERVER_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Removes the files a spawned server made, when it cannot start after all.
+pub(crate) fn remove_spawned_server_files() {
+    let mut files = SERVER_FILES.lock().unwrap_or_else(|p| p.into_inner());
+    for path in files.drain(..) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Removes these files of a server (and forgets them in [`SERVER_FILES`]).
+fn remove_server_files(paths: &[Option<&Path>]) {
+    let mut registered = SERVER_FILES.lock().unwrap_or_else(|p| p.into_inner());
+    for path in paths.iter().flatten() {
+        registered.retain(|registered| registered != path);
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The signals that stop a spawned server, its master's death included
+/// (its death signal is SIGTERM): they remove the server's files first.
+const STOP_SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGHUP, libc::SIGINT];
+
+/// In a spawned server: on a [stop signal](STOP_SIGNALS), removes the files
+/// in [`SERVER_FILES`] (waiting for a bind in progress to register them),
+/// then dies by that signal.
+fn remove_files_on_signals() -> Result<(), Error> {
+    use std::io::Read;
+    let mut pipe = sys::report_signals(&STOP_SIGNALS)
+        .map_err(|e| Error::io("cannot handle stop signals", e))?;
+    std::thread::Builder::new()
+        .name("processional-signals".into())
+        .spawn(move || {
+            let mut signal = [0u8];
+            let signal = match pipe.read_exact(&mut signal) {
+                Ok(()) => i32::from(signal[0]),
+                // Cannot happen (we hold the only read end, the write end is
+                // never closed); if it did, stop as SIGTERM would.
+                Err(error) => {
+                    log::error!("processional: lost the stop signal pipe: {error}");
+                    libc::SIGTERM
+                }
+            };
+            remove_spawned_server_files();
+            sys::die_by_signal(signal)
+        })
+        .map_err(|e| Error::io("cannot start the signal thread", e))?;
+    Ok(())
 }
 
 /// A server running in this process.
@@ -295,7 +322,8 @@ impl ServerHandle {
         &self.state.key
     }
 
-    /// How many clients are connected now.
+    /// How many clients are connected now (counting those in their
+    /// handshake).
     pub fn clients(&self) -> usize {
         self.state.clients.load(Ordering::Acquire)
     }
@@ -326,13 +354,15 @@ impl ServerHandle {
 }
 
 /// The state of a server listening on `listener`, with its accept loop
-/// started on a thread of its own.
+/// started on a thread of its own; `clients` are counted already (a spawned
+/// server's master).
 fn start_accepting(
     listener: Listener,
     key: Key,
     key_file: Option<PathBuf>,
     persistent: bool,
     handshakes: HandshakeLimits,
+    clients: usize,
 ) -> Result<ServerHandle, Error> {
     let address = listener.local_addr();
     let handshake = Handshake {
@@ -344,7 +374,8 @@ fn start_accepting(
     let listener = AuthenticatingListener::new(listener, handshake, handshakes.max_pending)
         .map_err(transport_error)?;
     let state = Arc::new(ServerState {
-        clients: AtomicUsize::new(0),
+        clients: AtomicUsize::new(clients),
+        served_any: AtomicBool::new(clients > 0),
         stopped: Mutex::new(false),
         stopped_changed: Condvar::new(),
         persistent,
@@ -363,20 +394,33 @@ fn start_accepting(
 }
 
 /// Runs every handshake and starts serving each client that passes, until
-/// the server stops.
+/// the server stops, or is idle with no handshake running.
+///
+/// A client may start (its `client()` returns) once it has checked the
+/// server's proof, before the server has read its verdict; so a handshake
+/// that runs keeps a non-persistent server alive, and only this thread,
+/// which sees both the handshakes and (through `is_idle`) the clients,
+/// decides that the server is idle. A client is counted here, before a
+/// later `is_idle` can look.
 fn accept_loop(mut listener: AuthenticatingListener, state: Arc<ServerState>) {
     loop {
-        match listener.accept() {
+        match listener.accept_unless(|pending| pending == 0 && state.is_idle()) {
             Ok(Some((connection, _peer))) => {
-                let state = state.clone();
+                state.clients.fetch_add(1, Ordering::AcqRel);
+                state.served_any.store(true, Ordering::Release);
+                let client_state = state.clone();
                 let spawned = std::thread::Builder::new()
                     .name("processional-client".into())
-                    .spawn(move || serve_authenticated(connection, &state));
+                    .spawn(move || serve_counted(connection, &client_state));
                 if let Err(error) = spawned {
                     log::error!("processional: cannot start a thread for a client: {error}");
+                    state.client_left(false);
                 }
             }
-            Ok(None) => break,
+            Ok(None) => {
+                state.stop();
+                break;
+            }
             Err(error) => {
                 log::error!("processional: the server cannot wait for connections: {error}");
                 std::thread::sleep(Duration::from_millis(10));
@@ -386,17 +430,14 @@ fn accept_loop(mut listener: AuthenticatingListener, state: Arc<ServerState>) {
     drop(listener);
 }
 
-fn serve_authenticated(connection: Connection, state: &Arc<ServerState>) {
-    state.clients.fetch_add(1, Ordering::AcqRel);
+/// Serves an authenticated client, already counted in `state.clients`.
+fn serve_counted(connection: Connection, state: &Arc<ServerState>) {
     let stopper = state.clone();
     let stop: ShutdownHook = Arc::new(move || stopper.stop());
     let served = Served::new(connection, &state.objects, Some(stop));
     let end = served.serve();
     drop(served);
-    let left = state.clients.fetch_sub(1, Ordering::AcqRel) - 1;
-    if end == End::Shutdown || (left == 0 && !state.persistent) {
-        state.stop();
-    }
+    state.client_left(end == End::Shutdown);
 }
 
 /// Runs a server on `address` in this process, blocking until it stops.
@@ -449,6 +490,21 @@ impl ClientBuilder {
                 Err(error) => return Err(transport_error(error)),
             }
         };
+        // Whoever listens on a unix socket of ours must be us (or root):
+        // another user's process there could be impersonating our server.
+        let peer_uid = connection
+            .peer_uid()
+            .map_err(|e| Error::io("cannot tell who runs the server", e))?;
+        if let Some(uid) = peer_uid {
+            let euid = sys::euid();
+            if !is_trusted_server_uid(uid, euid) {
+                return Err(Error::UntrustedServer {
+                    address: self.address.to_string(),
+                    uid,
+                    euid,
+                });
+            }
+        }
         let Some(key) = resolve_key(self.key.as_ref(), &self.address)? else {
             let key_file = key_file_for(&self.address)
                 .map(|path| format!(", {}", path.display()))
@@ -498,10 +554,11 @@ pub(crate) struct ServerBootstrap {
 impl ServerBuilder {
     /// Spawns a server process with these options and connects to it.
     pub fn spawn(self) -> Result<SlaveProcess, Error> {
-        let key = match resolve_key(self.key.as_ref(), &self.address)? {
-            Some(key) if self.key.is_some() || key_file_for(&self.address).is_none() => key,
+        let key = match &self.key {
+            Some(key) => key.clone(),
             // A key file left by an earlier server does not bind a new one.
-            _ => Key::generate(),
+            None if key_file_for(&self.address).is_some() => Key::generate(),
+            None => resolve_key(None, &self.address)?.unwrap_or_else(Key::generate),
         };
         let bootstrap = ServerBootstrap {
             address: self.address.to_string(),
@@ -518,14 +575,36 @@ impl ServerBuilder {
 
 /// A spawned server binds before it answers its master's handshake, so the
 /// address works as soon as `server()` returns.
+///
+/// Its files must not outlive it, whichever way it stops: it takes the
+/// [stop signals](STOP_SIGNALS) over and, when it must die with its master
+/// (`parent`), asks for SIGTERM rather than SIGKILL as its death signal,
+/// before it makes any file; a signal during the bind waits for the files
+/// to be registered, then removes them.
 pub(crate) fn bind_spawned_server(
     bootstrap: &ServerBootstrap,
     key: &Key,
+    parent: Option<i32>,
 ) -> Result<Listener, Error> {
     let address = parse_address(&bootstrap.address)?;
+    remove_files_on_signals()?;
+    if let Some(parent) = parent {
+        sys::die_with_parent(parent, libc::SIGTERM)
+            .map_err(|e| Error::io("cannot follow the master", e))?;
+    }
+    let mut files = SERVER_FILES.lock().unwrap_or_else(|p| p.into_inner());
     let listener = Listener::bind(&address).map_err(transport_error)?;
-    if let Some(path) = key_file_for(&listener.local_addr()) {
-        write_key_file(&path, key)?;
+    let bound = listener.local_addr();
+    if let Address::Unix(path) = &bound {
+        files.push(path.clone());
+    }
+    if let Some(path) = key_file_for(&bound) {
+        if let Err(error) = write_key_file(&path, key) {
+            drop(files);
+            remove_spawned_server_files();
+            return Err(error);
+        }
+        files.push(path);
     }
     Ok(listener)
 }
@@ -539,17 +618,20 @@ pub(crate) fn run_spawned_server(
     bootstrap: ServerBootstrap,
 ) -> Result<(), Error> {
     let key_file = key_file_for(&listener.local_addr());
+    // The master is counted from the start: a client that comes and goes
+    // before the master's thread runs must not stop the server.
     let ServerHandle { state } = start_accepting(
         listener,
         key,
         key_file,
         bootstrap.persistent,
         bootstrap.handshakes,
+        1,
     )?;
     let master_state = state.clone();
     std::thread::Builder::new()
         .name("processional-client".into())
-        .spawn(move || serve_authenticated(master, &master_state))
+        .spawn(move || serve_counted(master, &master_state))
         .map_err(|e| Error::io("cannot start the server thread", e))?;
     ServerHandle { state }.join();
     Ok(())

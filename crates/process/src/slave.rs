@@ -374,18 +374,22 @@ pub(crate) fn run_if_slave() {
     // writes the environment.
     unsafe { std::env::remove_var(SLAVE_FD_VAR) };
     let parent = std::env::var_os(crate::child::PARENT_VAR);
+    let mut master = None;
     if let Some(parent) = &parent {
         // SAFETY: as above, no other thread touches the environment yet.
         unsafe { std::env::remove_var(crate::child::PARENT_VAR) };
         match parent.to_str().and_then(|p| p.parse::<i32>().ok()) {
             Some(parent) => {
-                if let Err(error) = sys::die_with_parent(parent) {
+                // A server trades SIGKILL for SIGTERM once it can handle it
+                // (see `bind_spawned_server`).
+                if let Err(error) = sys::die_with_parent(parent, libc::SIGKILL) {
                     eprintln!(
                         "processional: slave {} cannot follow its master: {error}",
                         sys::pid()
                     );
                     std::process::exit(71);
                 }
+                master = Some(parent);
             }
             None => {
                 eprintln!(
@@ -398,10 +402,12 @@ pub(crate) fn run_if_slave() {
     }
     sys::ignore_sigpipe();
     let code = match fd.to_str().and_then(|s| s.parse::<RawFd>().ok()) {
-        Some(fd) => match run_slave(fd) {
+        Some(fd) => match run_slave(fd, master) {
             Ok(()) => 0,
             Err(error) => {
                 eprintln!("processional: slave {} cannot serve: {error}", sys::pid());
+                // A server that bound its address but could not serve.
+                crate::server::remove_spawned_server_files();
                 70
             }
         },
@@ -413,7 +419,9 @@ pub(crate) fn run_if_slave() {
     std::process::exit(code);
 }
 
-fn run_slave(fd: RawFd) -> Result<(), Error> {
+/// Serves the master on the inherited socket `fd`; `master` is the pid of
+/// the master this process must die with, if any.
+fn run_slave(fd: RawFd, master: Option<i32>) -> Result<(), Error> {
     // SAFETY: the master passed this descriptor to us (and only us) for the
     // connection; nothing else in this process knows or owns it.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -426,7 +434,7 @@ fn run_slave(fd: RawFd) -> Result<(), Error> {
     let key = Key::from_bytes(&bootstrap.key)
         .map_err(|e| Error::Protocol(format!("bad key in the bootstrap: {e}")))?;
     let listener = match &bootstrap.server {
-        Some(server) => Some(crate::server::bind_spawned_server(server, &key)?),
+        Some(server) => Some(crate::server::bind_spawned_server(server, &key, master)?),
         None => None,
     };
     let mut connection = Connection::from_unix(stream).map_err(transport_error)?;

@@ -1,6 +1,8 @@
 //! Every OS call of the process runtime, wrapped once.
 
 use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 /// Calls a libc function and turns a `-1` return into the thread's `errno`.
 macro_rules! syscall {
@@ -56,14 +58,15 @@ pub(crate) fn duplicate_inheritable(
     Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(duplicate) })
 }
 
-/// In a child that must die with its master: asks for SIGKILL when the
+/// In a child that must die with its master: asks for `signal` when the
 /// parent (thread) dies, then leaves at once if the parent already died
-/// (before the request could take effect).
-pub(crate) fn die_with_parent(parent: i32) -> io::Result<()> {
+/// (before the request could take effect). Asking again replaces the signal.
+pub(crate) fn die_with_parent(parent: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number and no pointers.
     #[cfg(target_os = "linux")]
     syscall!(prctl(
         libc::PR_SET_PDEATHSIG,
-        libc::SIGKILL as libc::c_ulong,
+        signal as libc::c_ulong,
         0,
         0,
         0
@@ -72,6 +75,88 @@ pub(crate) fn die_with_parent(parent: i32) -> io::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// The effective user id of this process: the owner of the files it creates.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid has no arguments and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The write end of the pipe [`on_reported_signal`] writes to; -1 until
+/// [`report_signals`] made it. It stays open for the life of the process.
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+/// The handler of the signals [`report_signals`] takes over: writes the
+/// signal number, as one byte, to [`SIGNAL_PIPE`]. Only async-signal-safe
+/// calls, and `errno` is kept for the interrupted code.
+extern "C" fn on_reported_signal(signal: libc::c_int) {
+    // SAFETY: __errno_location returns the calling thread's errno slot,
+    // valid for the life of the thread; reading and restoring it is what a
+    // signal handler that makes calls must do.
+    let errno = unsafe { *libc::__errno_location() };
+    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let byte = signal as u8;
+        // SAFETY: write is async-signal-safe; it reads one byte from a live
+        // local into a descriptor that stays open. The write end is
+        // non-blocking: on a full pipe it fails, and a byte already waits.
+        let _ = unsafe { libc::write(fd, (&raw const byte).cast(), 1) };
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+/// Takes `signals` over for the rest of the process's life: instead of their
+/// default action, each arrival writes the signal number (one byte) to the
+/// returned pipe, for a thread of ours to act on. Only once per process.
+pub(crate) fn report_signals(signals: &[i32]) -> io::Result<std::fs::File> {
+    use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+    let mut fds: [libc::c_int; 2] = [-1, -1];
+    // SAFETY: `fds` is a writable array of two ints, as pipe2 requires.
+    syscall!(pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC))?;
+    // SAFETY: pipe2 just created both descriptors; nothing else owns them.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: F_SETFL with an integer flag; `write` is open.
+    syscall!(fcntl(write.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK))?;
+    let raw = write.as_raw_fd();
+    if SIGNAL_PIPE
+        .compare_exchange(-1, raw, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "signals are already reported",
+        ));
+    }
+    // The handler may write to it at any time from now on: never closed.
+    let _ = write.into_raw_fd();
+    for &signal in signals {
+        // SAFETY: sigaction is plain old data; all-zero is a valid value
+        // (no flags, empty mask), completed below.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction =
+            on_reported_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        // SAFETY: `action.sa_mask` is a live, writable sigset_t.
+        unsafe { libc::sigemptyset(&mut action.sa_mask) };
+        // SAFETY: `action` is a valid sigaction whose handler makes only
+        // async-signal-safe calls; a null old action is allowed.
+        syscall!(sigaction(signal, &action, std::ptr::null_mut()))?;
+    }
+    Ok(std::fs::File::from(read))
+}
+
+/// Ends the process as `signal` does by default (so its parent sees it
+/// killed by that signal): restores the default action and raises it.
+pub(crate) fn die_by_signal(signal: i32) -> ! {
+    // SAFETY: setting SIG_DFL takes no pointer of ours; `signal` is a
+    // signal number whose default action ends the process.
+    unsafe { libc::signal(signal, libc::SIG_DFL) };
+    // SAFETY: raise has no preconditions; it is not blocked on this thread.
+    unsafe { libc::raise(signal) };
+    // Not reached for the signals we report; exit like a shell would say.
+    std::process::exit(128 + signal)
 }
 
 /// Ignores SIGPIPE, as Rust's runtime does before `main` (a slave runs its

@@ -5,11 +5,9 @@ fn publish_heavy_resource() {
 }
 
 fn main() -> Result<(), processional::Error> {
-    let dir = std::env::temp_dir().join(format!("processional-readme-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| processional::Error::io("temporary directory", e))?;
-    let address = format!("unix:{}/server", dir.display());
-
-    // process 1: spawns the server (this same program) and fills it
+    // process 1: spawns the server (this same program) and fills it; its
+    // socket and key file go in a directory only this user can enter
+    let address = format!("unix:{}/server", processional::runtime_dir()?.display());
     let process = processional::server(&address)?;
     process.invoke(publish_heavy_resource)?;
 
@@ -26,7 +24,5 @@ fn main() -> Result<(), processional::Error> {
     let slave = processional::slave()?;
     let len = slave.invoke_with(values, |v: processional::ShmSlice<f64>| v.len())?;
     println!("{len} values seen by the slave");
-
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

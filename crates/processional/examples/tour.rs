@@ -75,9 +75,10 @@ fn publish_heavy_resource() {
 
 fn client_and_server() -> anyhow::Result<()> {
     section("one process shared by several: server(addr) and client(addr)");
-    let dir = std::env::temp_dir().join(format!("processional-tour-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let address = format!("unix:{}/server.sock", dir.display());
+    // A directory only this user can enter ($XDG_RUNTIME_DIR/processional,
+    // else /tmp/processional-<uid>): the server's key file lands beside it.
+    let dir = processional::runtime_dir()?;
+    let address = format!("unix:{}/tour-{}.sock", dir.display(), std::process::id());
 
     // process 1: spawns the server and publishes the resource in it
     let process = processional::server(&address)?;
@@ -101,7 +102,6 @@ fn client_and_server() -> anyhow::Result<()> {
     println!("product is {product}");
     drop(other);
     drop(process);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 

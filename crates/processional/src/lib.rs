@@ -68,12 +68,13 @@ pub use processional_transport as transport;
 
 pub use processional_process::{
     ClientBuilder, Output, Remote, ServerBuilder, ServerHandle, SlaveProcess, SlaveProcessBuilder,
-    Termination, client, export, fingerprint, init, live_objects, serve, server, slave,
+    Termination, client, export, fingerprint, init, live_objects, runtime_dir, serve, server,
+    slave,
 };
 pub use processional_shm::{SharedMutBuf, ShmBuf, ShmSlice, ShmVec};
 pub use processional_thread::{
-    Bound, Builder as ThreadBuilder, CancelToken, Error, ExitReason, PanicReport, RemoteError,
-    RemoteErrorKind, Result, SlaveBuilder as SlaveThreadBuilder, SlaveDriver, SlaveThread, Task,
-    checkpoint, thread,
+    Bound, Builder as ThreadBuilder, CancelToken, Error, ExitReason, KeyFileProblem, PanicReport,
+    RemoteError, RemoteErrorKind, Result, SlaveBuilder as SlaveThreadBuilder, SlaveDriver,
+    SlaveThread, Task, checkpoint, thread,
 };
 pub use processional_transport::{Address, Key};

@@ -53,6 +53,26 @@ impl fmt::Display for ExitReason {
     }
 }
 
+/// Why a key file is not trusted ([`Error::UntrustedKeyFile`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyFileProblem {
+    /// The file belongs to another user.
+    #[error("it belongs to uid {owner}, not to this user (uid {euid})")]
+    NotOwned {
+        /// The file's owner.
+        owner: u32,
+        /// This process's effective user id.
+        euid: u32,
+    },
+    /// The file's group or other permission bits are set.
+    #[error("its mode {mode:04o} lets the group or others in (chmod 600 it)")]
+    OpenToOthers {
+        /// The file's permission bits.
+        mode: u32,
+    },
+}
+
 /// Why a call, or an operation on a worker, failed.
 ///
 /// The enum is `#[non_exhaustive]`: runtimes added later bring new variants.
@@ -93,6 +113,30 @@ pub enum Error {
     /// The peer could not be authenticated, or refused our credentials.
     #[error("authentication failed: {0}")]
     Auth(String),
+    /// A key file this process will not use: someone other than this user
+    /// could have written or read it.
+    #[error("untrusted key file {}: {problem}", path.display())]
+    UntrustedKeyFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        problem: KeyFileProblem,
+    },
+    /// The process listening on a unix socket runs as another user (neither
+    /// this process's effective user nor root), so it may not be the server
+    /// meant.
+    #[error(
+        "the server at {address} runs as uid {uid}; only uid {euid} (this user) or root is trusted"
+    )]
+    UntrustedServer {
+        /// The address connected to.
+        address: String,
+        /// The server's effective user id when it started listening
+        /// (`SO_PEERCRED`).
+        uid: u32,
+        /// This process's effective user id.
+        euid: u32,
+    },
     /// The peer runs another program or another build of it.
     #[error("build fingerprint mismatch: ours is {ours}, the peer's is {theirs} ({detail})")]
     Fingerprint {

@@ -196,6 +196,18 @@ impl Address {
     }
 }
 
+/// A directory for this user's sockets and key files that no other user can
+/// enter: `$XDG_RUNTIME_DIR/processional/` when that variable names an
+/// absolute directory, else `/tmp/processional-<uid>/`. It is created (mode
+/// 0700) if needed; an existing one must belong to this user and be closed
+/// to others, or the call fails rather than use it. Paths in it leave room
+/// for a unix socket name of about 40 bytes.
+///
+/// [`Address::private_unix`] makes its fresh socket paths here.
+pub fn runtime_dir() -> io::Result<PathBuf> {
+    private_dir()
+}
+
 /// Creates (if needed) and checks the directory of [`Address::private_unix`].
 fn private_dir() -> io::Result<PathBuf> {
     let uid = sys::uid();

@@ -72,6 +72,14 @@ pub struct AcceptStopper {
 }
 
 impl AcceptStopper {
+    /// Wakes a blocked [`accept_unless`](AuthenticatingListener::accept_unless)
+    /// so that it asks its condition again.
+    pub fn wake(&self) {
+        if let Err(error) = self.shared.waker.wake() {
+            log::error!("cannot wake the listener: {error}");
+        }
+    }
+
     /// Stops the listener (a blocked `accept` wakes up and returns `None`).
     pub fn stop(&self) {
         self.shared.stopped.store(true, Ordering::Release);
@@ -203,12 +211,27 @@ impl AuthenticatingListener {
     /// Peers that fail the handshake are told why (when they can be) and
     /// closed; they never show here. An error means the `epoll` failed.
     pub fn accept(&mut self) -> Result<Option<(Connection, PeerInfo)>, Error> {
+        self.accept_unless(|_| false)
+    }
+
+    /// As [`accept`](Self::accept), but also returns `Ok(None)` as soon as
+    /// `done(pending handshakes)` says so, with no authenticated connection
+    /// waiting. `done` is asked again whenever a handshake ends and whenever
+    /// an [`AcceptStopper::wake`] arrives; a server uses it to stop when it
+    /// serves nobody and no handshake runs.
+    pub fn accept_unless(
+        &mut self,
+        mut done: impl FnMut(usize) -> bool,
+    ) -> Result<Option<(Connection, PeerInfo)>, Error> {
         loop {
             if self.stop.stopped.load(Ordering::Acquire) {
                 return Ok(None);
             }
             if let Some(ready) = self.ready.pop_front() {
                 return Ok(Some(ready));
+            }
+            if done(self.live) {
+                return Ok(None);
             }
             let now = Instant::now();
             self.expire(now);

@@ -192,7 +192,21 @@ impl Connection {
         if !self.is_unix() {
             return None;
         }
-        sys::peer_pid(self.as_fd()).ok().filter(|&pid| pid != 0)
+        sys::peer_credentials(self.as_fd())
+            .ok()
+            .map(|cred| cred.pid)
+            .filter(|&pid| pid != 0)
+    }
+
+    /// The effective user id of the peer of a unix socket (`SO_PEERCRED`):
+    /// for a connection this side made, the user the listening process ran
+    /// as when it started listening; for an accepted one, the user the
+    /// connecting process ran as. `Ok(None)` for TCP.
+    pub fn peer_uid(&self) -> io::Result<Option<u32>> {
+        if !self.is_unix() {
+            return Ok(None);
+        }
+        Ok(Some(sys::peer_credentials(self.as_fd())?.uid))
     }
 
     /// Sets the largest frame payload accepted from the peer (default

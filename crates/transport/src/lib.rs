@@ -45,8 +45,8 @@
 //! - `tcp://host:port`, `tcp://192.0.2.7:port`, `tcp://[::1]:port`: TCP,
 //!   IPv6 addresses in brackets.
 //!
-//! [`Address::private_unix`] makes a fresh socket path in a directory only
-//! this user can enter, and [`Listener`]s create unix socket files with mode
+//! [`runtime_dir`] is a directory only this user can enter (created if
+//! needed), [`Address::private_unix`] makes a fresh socket path in it, and [`Listener`]s create unix socket files with mode
 //! 0600.
 //!
 //! # Frames
@@ -144,7 +144,7 @@ mod listener;
 mod outbound;
 mod sys;
 
-pub use address::{Address, AddressError};
+pub use address::{Address, AddressError, runtime_dir};
 pub use authenticating_listener::{
     AcceptStopper, AuthenticatingListener, DEFAULT_MAX_PENDING_HANDSHAKES,
 };

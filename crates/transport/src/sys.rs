@@ -304,15 +304,28 @@ pub(crate) fn socket_kind(fd: BorrowedFd<'_>) -> io::Result<SocketKind> {
     })
 }
 
-/// The process id of the peer of a unix socket, as of when it connected.
-pub(crate) fn peer_pid(fd: BorrowedFd<'_>) -> io::Result<u32> {
+/// Who the peer of a unix socket was when it connected (or, for the
+/// accepting side of a connection we made, when it called `listen`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PeerCredentials {
+    /// Its process id (0 if unknown, e.g. from another pid namespace).
+    pub(crate) pid: u32,
+    /// Its effective user id.
+    pub(crate) uid: u32,
+}
+
+/// `SO_PEERCRED` of a unix socket.
+pub(crate) fn peer_credentials(fd: BorrowedFd<'_>) -> io::Result<PeerCredentials> {
     let cred = libc::ucred {
         pid: 0,
         uid: 0,
         gid: 0,
     };
     let cred: libc::ucred = getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, cred)?;
-    Ok(cred.pid as u32)
+    Ok(PeerCredentials {
+        pid: cred.pid as u32,
+        uid: cred.uid,
+    })
 }
 
 /// Which directions [`shutdown`] closes.
@@ -637,6 +650,14 @@ mod tests {
         random_bytes(&mut x).unwrap();
         random_bytes(&mut y).unwrap();
         assert_ne!(x, y);
+    }
+
+    #[test]
+    fn peer_credentials_name_this_process() {
+        let (a, _b) = socketpair().unwrap();
+        let cred = peer_credentials(a.as_fd()).unwrap();
+        assert_eq!(cred.pid, std::process::id());
+        assert_eq!(cred.uid, uid());
     }
 
     #[test]
