@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::codec;
 use crate::objects::{ConnectionRefs, ObjectSlot, ObjectTable};
-use crate::payload::{self, Encoded};
+use crate::payload::{self, Encoded, Incoming};
 
 /// The state an entry point needs besides its arguments.
 #[derive(Debug)]
@@ -64,10 +64,10 @@ impl CallContext<'_> {
     /// Decodes the arguments of a call.
     pub(crate) fn decode<A: DeserializeOwned + 'static>(
         &self,
-        bytes: &[u8],
+        args: &Incoming,
     ) -> Result<A, RemoteError> {
         let previous = SERVING.with(|s| s.replace(true));
-        let result = codec::decode(bytes);
+        let result = args.decode();
         SERVING.with(|s| s.set(previous));
         result.map_err(codec::remote_codec_error)
     }

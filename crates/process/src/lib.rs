@@ -78,6 +78,7 @@ mod codec;
 mod context;
 mod entry;
 mod fingerprint;
+mod func;
 mod function;
 mod init;
 mod objects;
@@ -91,6 +92,7 @@ mod sys;
 
 pub use child::Termination;
 pub use fingerprint::{fingerprint, program_name};
+pub use func::Func;
 pub use init::init;
 pub use objects::live_objects;
 pub use payload::{INLINE_LIMIT, INLINE_LIMIT_VAR};

@@ -322,7 +322,7 @@ impl Served {
         };
         let run = || {
             context::with_connection(&self.refs, || {
-                processional_thread::with_token(token, || entry(&cx, incoming.bytes()))
+                processional_thread::with_token(token, || entry(&cx, &incoming))
             })
         };
         let collect = || {
