@@ -8,6 +8,7 @@
 use std::any::{Any, TypeId};
 
 use processional_proto::{RemoteError, RemoteErrorKind};
+use processional_shm::SegmentView;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -105,6 +106,55 @@ pub(crate) fn decode<T: DeserializeOwned + Any>(bytes: &[u8]) -> Result<T, Strin
     }
 }
 
+/// Deserializes a `T` from a mapped segment the sender may still write.
+///
+/// The bytes are copied into private memory first and decoded from there,
+/// so no reference to peer-writable memory is ever made: a `Vec<u8>` is
+/// copied straight into its own buffer (one copy, as inline), anything else
+/// into a scratch buffer that postcard then reads.
+pub(crate) fn decode_mapped<T: DeserializeOwned + Any>(view: &SegmentView) -> Result<T, String> {
+    if TypeId::of::<T>() == TypeId::of::<Vec<u8>>() {
+        let decoded = decode_mapped_bytes(view)?;
+        let boxed: Box<dyn Any> = Box::new(decoded);
+        return Ok(*boxed.downcast::<T>().expect("T is Vec<u8>"));
+    }
+    decode(&copy_range(view, 0, view.len())?)
+}
+
+/// The fast path of [`decode_mapped`]: a varint length, then the bytes.
+fn decode_mapped_bytes(view: &SegmentView) -> Result<Vec<u8>, String> {
+    let mut header = [std::mem::MaybeUninit::uninit(); 10];
+    let header = view
+        .copy_to(0, &mut header[..view.len().min(10)])
+        .map_err(|e| e.to_string())?;
+    let Some((len, rest)) = read_varint(header) else {
+        return Err("a Vec<u8> with a malformed length".to_owned());
+    };
+    let start = header.len() - rest.len();
+    let follow = view.len() - start;
+    if follow != len {
+        return Err(format!(
+            "a Vec<u8> of {len} bytes, but {follow} bytes follow its length"
+        ));
+    }
+    copy_range(view, start, len)
+}
+
+/// A new `Vec<u8>` holding `len` bytes of `view` from `start`. Large ones ask
+/// for transparent huge pages first, as [`fresh_copy`] does.
+fn copy_range(view: &SegmentView, start: usize, len: usize) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(len);
+    if len >= crate::sys::HUGE_PAGE * 4 {
+        crate::sys::advise_huge_pages(out.as_mut_ptr(), out.capacity());
+    }
+    view.copy_to(start, &mut out.spare_capacity_mut()[..len])
+        .map_err(|e| e.to_string())?;
+    // SAFETY: `copy_to` initialized the first `len` bytes of the spare
+    // capacity, which is at least `len`.
+    unsafe { out.set_len(len) };
+    Ok(out)
+}
+
 /// A new `Vec<u8>` holding `bytes`. Large ones ask for transparent huge
 /// pages first: a fresh 100 MiB buffer then costs 50 page faults, not 25 600.
 fn fresh_copy(bytes: &[u8]) -> Vec<u8> {
@@ -128,7 +178,70 @@ pub(crate) fn remote_codec_error(message: String) -> RemoteError {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use processional_shm::SharedMutBuf;
+
     use super::*;
+
+    /// A segment holding `bytes`, which this process can keep writing.
+    fn writable_segment(bytes: &[u8]) -> (SharedMutBuf, SegmentView) {
+        let buf = SharedMutBuf::new(bytes.len()).unwrap();
+        for (cell, &byte) in buf.atomic_u8s().iter().zip(bytes) {
+            cell.store(byte, Ordering::Relaxed);
+        }
+        let view = SegmentView::map(buf.try_clone_fd().unwrap(), bytes.len()).unwrap();
+        (buf, view)
+    }
+
+    #[test]
+    fn mapped_payloads_decode_like_inline_ones() {
+        let value = (7u64, "seven".to_string(), vec![7u8; 300]);
+        let (_buf, view) = writable_segment(&encode(&value).unwrap());
+        assert_eq!(decode_mapped::<(u64, String, Vec<u8>)>(&view).unwrap(), value);
+        let bytes = vec![9u8; 70_000];
+        let (_buf, view) = writable_segment(&encode(&bytes).unwrap());
+        assert_eq!(decode_mapped::<Vec<u8>>(&view).unwrap(), bytes);
+        let (_buf, view) = writable_segment(&encode(&bytes).unwrap()[..1000]);
+        assert!(decode_mapped::<Vec<u8>>(&view).unwrap_err().contains("follow"));
+    }
+
+    /// A sender that breaks the lending protocol and writes its segment while
+    /// the receiver decodes it can garble the value, but never hand the
+    /// receiver a `String` that is not UTF-8 (which decoding in place, after
+    /// validation, could).
+    #[test]
+    fn a_segment_written_during_decoding_never_yields_invalid_text() {
+        let text = "a".repeat(1 << 20);
+        let encoded = encode(&text).unwrap();
+        let (buf, view) = writable_segment(&encoded);
+        let (stop, writing) = (AtomicBool::new(false), AtomicBool::new(false));
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let cells = &buf.atomic_u8s()[encoded.len() - text.len()..];
+                let mut at = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    // One byte turns invalid for a moment, then valid again.
+                    at = (at + 7919) % cells.len();
+                    cells[at].store(0xff, Ordering::Relaxed);
+                    writing.store(true, Ordering::Relaxed);
+                    for _ in 0..200 {
+                        std::hint::spin_loop();
+                    }
+                    cells[at].store(b'a', Ordering::Relaxed);
+                }
+            });
+            while !writing.load(Ordering::Relaxed) {
+                std::thread::yield_now();
+            }
+            let invalid = (0..300)
+                .filter_map(|_| decode_mapped::<String>(&view).ok())
+                .filter(|decoded| std::str::from_utf8(decoded.as_bytes()).is_err())
+                .count();
+            stop.store(true, Ordering::Relaxed);
+            assert_eq!(invalid, 0, "decoded Strings that are not UTF-8");
+        });
+    }
 
     #[test]
     fn round_trip_and_trailing_bytes() {

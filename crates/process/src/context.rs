@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::codec;
 use crate::objects::{ConnectionObjects, ObjectSlot};
-use crate::payload::{self, Encoded};
+use crate::payload::{self, Encoded, Incoming};
 
 /// The state an entry point needs besides its arguments.
 #[derive(Debug)]
@@ -84,11 +84,11 @@ impl CallContext<'_> {
     /// connection does not hold fails the call with that refusal.
     pub(crate) fn decode<A: DeserializeOwned + 'static>(
         &self,
-        bytes: &[u8],
+        args: &Incoming,
     ) -> Result<A, RemoteError> {
         let previous = SERVING.with(|s| s.replace(true));
         REFUSAL.with(|r| r.borrow_mut().take());
-        let result = codec::decode(bytes);
+        let result = args.decode();
         SERVING.with(|s| s.set(previous));
         let refusal = REFUSAL.with(|r| r.borrow_mut().take());
         result.map_err(|error| refusal.unwrap_or_else(|| codec::remote_codec_error(error)))

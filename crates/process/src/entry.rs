@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use crate::context::CallContext;
 use crate::function::{Described, conjure};
 use crate::objects::{ObjectSlot, Ticket};
-use crate::payload::Encoded;
+use crate::payload::{Encoded, Incoming};
 
 /// Names the types an entry point is instantiated for; never constructed.
 type Marker<T> = PhantomData<fn() -> T>;
@@ -60,7 +60,7 @@ where
     A: DeserializeOwned + 'static,
     R: Serialize + 'static,
 {
-    fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Encoded, RemoteError> {
+    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Encoded, RemoteError> {
         let args: A = cx.decode(args)?;
         let task = conjure::<F>();
         let value = catch(move || task(args))?;
@@ -78,7 +78,7 @@ where
     A: DeserializeOwned + 'static,
     R: Serialize + 'static,
 {
-    fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Encoded, RemoteError> {
+    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Encoded, RemoteError> {
         let (object, args): (ObjectId, A) = cx.decode(args)?;
         let slot = cx.objects.get(object)?;
         let task = conjure::<F>();
@@ -96,7 +96,7 @@ where
     A: DeserializeOwned + 'static,
     T: Send + 'static,
 {
-    fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Encoded, RemoteError> {
+    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Encoded, RemoteError> {
         let args: A = cx.decode(args)?;
         let task = conjure::<F>();
         let value = catch(move || task(args))?;
@@ -112,7 +112,7 @@ impl<T> Described for FetchEntry<T>
 where
     T: Serialize + 'static,
 {
-    fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Encoded, RemoteError> {
+    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Encoded, RemoteError> {
         let object: ObjectId = cx.decode(args)?;
         let slot = cx.objects.get(object)?;
         slot.with(|value: &mut T| cx.encode(value))?
@@ -123,7 +123,7 @@ where
 pub(crate) struct PublishEntry;
 
 impl Described for PublishEntry {
-    fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Encoded, RemoteError> {
+    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Encoded, RemoteError> {
         let (name, object): (String, ObjectId) = cx.decode(args)?;
         cx.objects.publish(name, object)?;
         cx.encode(&())
@@ -134,7 +134,7 @@ impl Described for PublishEntry {
 pub(crate) struct LookupEntry<T>(Marker<T>);
 
 impl<T: 'static> Described for LookupEntry<T> {
-    fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Encoded, RemoteError> {
+    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Encoded, RemoteError> {
         let name: String = cx.decode(args)?;
         let id = cx.objects.lookup::<T>(&name)?;
         cx.encode(&id)
@@ -147,7 +147,7 @@ impl<T: 'static> Described for LookupEntry<T> {
 pub(crate) struct TicketEntry;
 
 impl Described for TicketEntry {
-    fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Encoded, RemoteError> {
+    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Encoded, RemoteError> {
         let id: ObjectId = cx.decode(args)?;
         let ticket = cx.objects.issue_ticket(id)?;
         cx.encode(&ticket)
@@ -159,7 +159,7 @@ impl Described for TicketEntry {
 pub(crate) struct RedeemEntry;
 
 impl Described for RedeemEntry {
-    fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Encoded, RemoteError> {
+    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Encoded, RemoteError> {
         let ticket: Ticket = cx.decode(args)?;
         let id = cx.objects.redeem_ticket(ticket)?;
         cx.encode(&id)

@@ -10,12 +10,22 @@
 //! digest of the entry's type.
 //!
 //! The slave never jumps to an address a peer chose: it accepts a reference
-//! only if the offset lands, aligned, inside a load segment of its own
-//! executable, the words there carry the descriptor magic, and both function
-//! words point into an executable segment of its own image; only then does it
-//! call the descriptor's signature function and compare the digest, and only
-//! if that matches does it run the entry. Peers reach this code only after the
-//! authenticated handshake with a matching build fingerprint.
+//! only if the offset lands, aligned, inside memory of its own executable that
+//! is read-only once loaded (a read-only load segment, or the RELRO range
+//! where the compiler's descriptors live after relocation), the words there
+//! carry the descriptor magic, and both function words point into an
+//! executable segment of its own image. Nothing a peer can write (the stack,
+//! the heap, a `static` with interior mutability in `.data` / `.bss`, a shared
+//! segment) passes the first check, so the words that pass are a descriptor
+//! the compiler built; only then does the slave call its signature function
+//! and compare the digest, and only if that matches does it run the entry.
+//! Peers reach this code only after the authenticated handshake with a
+//! matching build fingerprint.
+//!
+//! The task type itself travels as nothing: the slave makes its value from
+//! nothing ([`conjure`]). That is sound because tasks arrive as a
+//! [`Func`](crate::Func), whose closure was made in a `const` context and so
+//! captures nothing.
 
 use std::any::type_name;
 use std::cell::RefCell;
@@ -24,7 +34,7 @@ use std::sync::OnceLock;
 use processional_proto::{FunctionRef, RemoteError, RemoteErrorKind};
 
 use crate::context::CallContext;
-use crate::payload::Encoded;
+use crate::payload::{Encoded, Incoming};
 use crate::sys::{self, ExecutableImage};
 
 /// The fixed point offsets are measured from.
@@ -34,7 +44,7 @@ static ANCHOR: u8 = 0;
 const MAGIC: [u64; 2] = [0x7072_6f63_6573_7369, 0x6f6e_616c_2d66_6e31];
 
 /// The signature of every entry point: arguments in, encoded value out.
-pub(crate) type Entry = fn(&CallContext<'_>, &[u8]) -> Result<Encoded, RemoteError>;
+pub(crate) type Entry = fn(&CallContext<'_>, &Incoming) -> Result<Encoded, RemoteError>;
 
 /// What a function reference points to. `repr(C)`, so the slave can check
 /// the words before it trusts them as function pointers.
@@ -48,7 +58,7 @@ pub(crate) struct Descriptor {
 /// Types that have a descriptor: one per entry point instantiation.
 pub(crate) trait Described {
     /// The entry point.
-    fn run(cx: &CallContext<'_>, args: &[u8]) -> Result<Encoded, RemoteError>;
+    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Encoded, RemoteError>;
 
     /// The descriptor, promoted to a `'static` in read-only data.
     const DESCRIPTOR: &'static Descriptor = &Descriptor {
@@ -142,6 +152,18 @@ fn image() -> &'static ExecutableImage {
     IMAGE.get_or_init(|| sys::executable_image(&ANCHOR as *const u8 as usize))
 }
 
+/// Whether `len` bytes at `start` lie in memory the build fixed and nothing in
+/// this process can write: a read-only load segment or a RELRO range.
+fn in_read_only(image: &ExecutableImage, start: usize, len: usize) -> bool {
+    let Some(end) = start.checked_add(len) else {
+        return false;
+    };
+    image
+        .read_only
+        .iter()
+        .any(|range| range.start <= start && end <= range.end)
+}
+
 fn in_segment(image: &ExecutableImage, start: usize, len: usize, executable: bool) -> bool {
     let Some(end) = start.checked_add(len) else {
         return false;
@@ -168,15 +190,15 @@ fn validate(function: FunctionRef) -> Result<Entry, RemoteError> {
     let image = image();
     let address = (&ANCHOR as *const u8 as usize).wrapping_add(function.offset as usize);
     if address % std::mem::align_of::<Descriptor>() != 0
-        || !in_segment(image, address, std::mem::size_of::<Descriptor>(), false)
+        || !in_read_only(image, address, std::mem::size_of::<Descriptor>())
     {
         return Err(invalid(format!(
-            "function reference {:#x} does not point into this program's image",
+            "function reference {:#x} does not point into this program's read-only data",
             function.offset
         )));
     }
     // SAFETY: `address` is aligned for `Descriptor` (so for u64 and usize)
-    // and the whole descriptor's bytes lie inside a loaded segment of our
+    // and the whole descriptor's bytes lie inside a read-only range of our
     // executable, which stays mapped and readable for the life of the process.
     // Reading them as plain integers makes no claim about their meaning yet.
     let (magic, [entry_word, signature_word]) = unsafe {
@@ -195,10 +217,12 @@ fn validate(function: FunctionRef) -> Result<Entry, RemoteError> {
             function.offset
         )));
     }
-    // SAFETY: the words carry the magic only compiler-built descriptors have,
-    // and both point into executable code of our own image, so this is one of
-    // the `Descriptor`s built by `Described::DESCRIPTOR`; reading it as one is
-    // reading the value the compiler wrote there.
+    // SAFETY: the words lie in memory whose content the build fixed and that
+    // no code of this process (and no peer) can write, they carry the magic
+    // only compiler-built descriptors have, and both point into executable
+    // code of our own image: this is one of the `Descriptor`s promoted by
+    // `Described::DESCRIPTOR`, and reading it as one reads the value the
+    // compiler wrote there. Its `signature` is thus compiler-emitted code.
     let descriptor = unsafe { &*(address as *const Descriptor) };
     let actual = (descriptor.signature)();
     if actual != function.signature {
@@ -210,10 +234,13 @@ fn validate(function: FunctionRef) -> Result<Entry, RemoteError> {
     Ok(descriptor.entry)
 }
 
-/// Produces the value of a zero-sized, copyable task type.
+/// Produces the value of a task type that a [`Func`](crate::Func) vouched
+/// for.
 ///
-/// A task shipped to another process must capture nothing: its type then has
-/// exactly one value, which the receiving process recreates here.
+/// A task shipped to another process captures nothing: its type then has
+/// exactly one value, which the receiving process recreates here. Entry
+/// points are only instantiated from `Func<F>` (or closures that capture only
+/// such an `F`), whose constructor requires exactly that.
 pub(crate) fn conjure<F: 'static>() -> F {
     const {
         assert!(
@@ -223,22 +250,24 @@ pub(crate) fn conjure<F: 'static>() -> F {
         )
     };
     // SAFETY: `F` is zero-sized (checked at compile time above), so it has no
-    // bytes to initialize and its only value is the one the sender had; the
-    // sender held a value of `F`, so the type is inhabited. It has no drop
-    // glue (checked too), so making one more value of it runs no user code at
-    // drop. Task types are closures and fn items, which carry no safety
-    // invariant beyond that.
+    // bytes to initialize; the sender held a `Func<F>`, so the type is
+    // inhabited and, by `Func::new_unchecked`'s contract, a fn item or a
+    // closure without captures (or one capturing only such values), whose
+    // value carries no state a process could lack. It has no drop glue
+    // (checked too), so making one more value of it runs no user code.
     unsafe { std::mem::zeroed::<F>() }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
     use super::*;
 
     struct Probe;
     impl Described for Probe {
-        fn run(_: &CallContext<'_>, args: &[u8]) -> Result<Encoded, RemoteError> {
-            Ok(Encoded::Inline(args.to_vec()))
+        fn run(_: &CallContext<'_>, _: &Incoming) -> Result<Encoded, RemoteError> {
+            Ok(Encoded::Inline(Vec::new()))
         }
     }
 
@@ -275,6 +304,47 @@ mod tests {
         })
         .expect_err("wrong signature");
         assert!(error.message.contains("signature"));
+    }
+
+    /// Set by the forged descriptor's functions, if anything calls them.
+    static FORGED_CODE_RAN: AtomicBool = AtomicBool::new(false);
+
+    fn forged_signature() -> u64 {
+        FORGED_CODE_RAN.store(true, Ordering::SeqCst);
+        0x5eed
+    }
+
+    fn forged_entry(_: &CallContext<'_>, _: &Incoming) -> Result<Encoded, RemoteError> {
+        FORGED_CODE_RAN.store(true, Ordering::SeqCst);
+        Ok(Encoded::Inline(Vec::new()))
+    }
+
+    /// A writable static, in `.data` / `.bss`: what a peer that gets 32
+    /// aligned bytes into any static of the program could fill.
+    #[repr(C, align(8))]
+    struct Writable([AtomicUsize; 4]);
+    static WRITABLE: Writable = Writable([const { AtomicUsize::new(0) }; 4]);
+
+    #[test]
+    fn a_forged_descriptor_in_writable_memory_is_refused_and_nothing_runs() {
+        let words = [
+            MAGIC[0] as usize,
+            MAGIC[1] as usize,
+            forged_entry as Entry as usize,
+            forged_signature as fn() -> u64 as usize,
+        ];
+        for (slot, word) in WRITABLE.0.iter().zip(words) {
+            slot.store(word, Ordering::SeqCst);
+        }
+        let address = &WRITABLE as *const Writable as usize;
+        let function = FunctionRef {
+            offset: address.wrapping_sub(&ANCHOR as *const u8 as usize) as i64,
+            signature: 0x5eed,
+        };
+        let error = resolve(function).expect_err("a descriptor in writable memory");
+        assert_eq!(error.kind, RemoteErrorKind::InvalidFunction);
+        assert!(error.message.contains("read-only"), "{}", error.message);
+        assert!(!FORGED_CODE_RAN.load(Ordering::SeqCst), "forged code ran");
     }
 
     #[test]

@@ -91,6 +91,7 @@ mod codec;
 mod context;
 mod entry;
 mod fingerprint;
+mod func;
 mod function;
 mod init;
 mod objects;
@@ -105,6 +106,7 @@ mod trust;
 
 pub use child::Termination;
 pub use fingerprint::{fingerprint, program_name};
+pub use func::Func;
 pub use init::init;
 pub use objects::live_objects;
 pub use payload::{INLINE_LIMIT, INLINE_LIMIT_VAR};

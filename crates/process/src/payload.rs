@@ -7,7 +7,10 @@
 //! encoded payload larger than [`INLINE_LIMIT`] travels in a segment of the
 //! shared-memory pool: the bytes are written once into an already faulted-in
 //! mapping, its descriptor rides on the frame (last among the frame's
-//! descriptors), and the receiver decodes straight from its mapping. Call
+//! descriptors), and the receiver copies the bytes out of its mapping into
+//! private memory as it decodes them (a `Vec<u8>` straight into its own
+//! buffer), so a sender that breaks the protocol can garble only its own
+//! call, never the receiver's memory safety. Call
 //! arguments are *lent*: the caller takes the segment back for reuse when the
 //! reply arrives, since the callee never reads its arguments after replying.
 //! Values are handed over: the receiver's mapping is the last reference.
@@ -170,19 +173,13 @@ impl Incoming {
         }
     }
 
-    /// The bytes.
-    ///
-    /// Segments are only ever mapped by the side that receives them while the
-    /// sender keeps its hands off: arguments are lent until the reply, values
-    /// are handed over for good (see the module docs).
-    pub(crate) fn bytes(&self) -> &[u8] {
+    /// Decodes a `T` from the payload. A mapped segment is copied out
+    /// before it is decoded, never read in place: its sender can still write
+    /// it, and a decoder must not hold a `&[u8]` that can change under it.
+    pub(crate) fn decode<T: DeserializeOwned + Any>(&self) -> Result<T, String> {
         match self {
-            Incoming::Inline(bytes) => bytes,
-            // SAFETY: the segment's size is sealed, so the mapping stays valid
-            // while `view` lives; its sender does not write it while we read:
-            // a lent argument segment is reclaimed only after our reply, and a
-            // value segment was handed over (its loan dropped, never reused).
-            Incoming::Mapped(view) => unsafe { view.as_slice() },
+            Incoming::Inline(bytes) => codec::decode(bytes),
+            Incoming::Mapped(view) => codec::decode_mapped(view),
         }
     }
 }
@@ -194,7 +191,7 @@ pub(crate) fn decode<T: DeserializeOwned + Any>(
 ) -> Result<T, String> {
     let (incoming, fds) = Incoming::resolve(payload, fds)?;
     if fds.is_empty() {
-        return codec::decode(incoming.bytes());
+        return incoming.decode();
     }
-    transfer::provide_fds(fds, || codec::decode(incoming.bytes()))
+    transfer::provide_fds(fds, || incoming.decode())
 }

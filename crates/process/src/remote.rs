@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::context;
 use crate::entry::{FetchEntry, MethodEntry, RedeemEntry, TicketEntry};
+use crate::func::Func;
 use crate::function::Described;
 use crate::objects::{ObjectSlot, Ticket};
 use crate::payload::{self, Outgoing};
@@ -106,16 +107,16 @@ impl<T: Send + 'static> Remote<T> {
     }
 
     /// Runs `f` on the object and waits for its value.
-    pub fn invoke<F, R>(&self, f: F) -> Result<R, Error>
+    pub fn invoke<F, R>(&self, f: Func<F>) -> Result<R, Error>
     where
         F: Fn(&mut T) -> R + Send + Sync + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.invoke_with((), move |object: &mut T, ()| f(object))
+        self.schedule(f)?.wait()
     }
 
     /// Runs `f` on the object with `args` and waits for its value.
-    pub fn invoke_with<A, F, R>(&self, args: A, f: F) -> Result<R, Error>
+    pub fn invoke_with<A, F, R>(&self, args: A, f: Func<F>) -> Result<R, Error>
     where
         A: Serialize + DeserializeOwned + 'static,
         F: Fn(&mut T, A) -> R + Send + Sync + 'static,
@@ -125,16 +126,16 @@ impl<T: Send + 'static> Remote<T> {
     }
 
     /// Queues `f` on the object; the task completes with its value.
-    pub fn schedule<F, R>(&self, f: F) -> Result<Task<R>, Error>
+    pub fn schedule<F, R>(&self, f: Func<F>) -> Result<Task<R>, Error>
     where
         F: Fn(&mut T) -> R + Send + Sync + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.schedule_with((), move |object: &mut T, ()| f(object))
+        self.schedule_with((), f.with_unit_method_argument())
     }
 
     /// Queues `f` on the object with `args`; the task completes with its value.
-    pub fn schedule_with<A, F, R>(&self, args: A, f: F) -> Result<Task<R>, Error>
+    pub fn schedule_with<A, F, R>(&self, args: A, f: Func<F>) -> Result<Task<R>, Error>
     where
         A: Serialize + DeserializeOwned + 'static,
         F: Fn(&mut T, A) -> R + Send + Sync + 'static,
@@ -151,7 +152,7 @@ impl<T: Send + 'static> Remote<T> {
             }
             Handle::Local { slot, .. } => {
                 let outcome = slot
-                    .with(|object: &mut T| processional_thread::catch_panic(|| f(object, args)))
+                    .with(|object: &mut T| processional_thread::catch_panic(|| (f.get())(object, args)))
                     .map_err(Error::Remote)
                     .and_then(|result| result);
                 Ok(Task::ready(outcome))

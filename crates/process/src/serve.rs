@@ -328,7 +328,7 @@ impl Served {
         };
         let run = || {
             context::with_connection(&self.objects, || {
-                processional_thread::with_token(token, || entry(&cx, incoming.bytes()))
+                processional_thread::with_token(token, || entry(&cx, &incoming))
             })
         };
         let collect = || {

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::child::{self, ChildExitProbe, ChildProcess, Termination};
 use crate::entry::{CallEntry, WrapEntry};
 use crate::fingerprint::{fingerprint, program_name};
+use crate::func::Func;
 use crate::function::Described;
 use crate::objects::ObjectTable;
 use crate::remote::{Remote, encode_for};
@@ -569,9 +570,9 @@ impl SlaveProcess {
 
     /// Runs `f` in the process and waits for its value.
     ///
-    /// `f` must capture nothing (a compile-time error says so otherwise):
-    /// pass data with [`invoke_with`](Self::invoke_with).
-    pub fn invoke<F, R>(&self, f: F) -> Result<R, Error>
+    /// `f` is a [`Func`], made with [`func!`](crate::func!): it captures
+    /// nothing; pass data with [`invoke_with`](Self::invoke_with).
+    pub fn invoke<F, R>(&self, f: Func<F>) -> Result<R, Error>
     where
         F: Fn() -> R + Send + Sync + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
@@ -580,7 +581,7 @@ impl SlaveProcess {
     }
 
     /// Runs `f(args)` in the process and waits for its value.
-    pub fn invoke_with<A, F, R>(&self, args: A, f: F) -> Result<R, Error>
+    pub fn invoke_with<A, F, R>(&self, args: A, f: Func<F>) -> Result<R, Error>
     where
         A: Serialize + DeserializeOwned + 'static,
         F: Fn(A) -> R + Send + Sync + 'static,
@@ -590,16 +591,16 @@ impl SlaveProcess {
     }
 
     /// Queues `f` in the process (FIFO with this handle's other queued calls).
-    pub fn schedule<F, R>(&self, f: F) -> Result<Task<R>, Error>
+    pub fn schedule<F, R>(&self, f: Func<F>) -> Result<Task<R>, Error>
     where
         F: Fn() -> R + Send + Sync + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.schedule_with((), move |()| f())
+        self.schedule_with((), f.with_unit_argument())
     }
 
     /// Queues `f(args)` in the process.
-    pub fn schedule_with<A, F, R>(&self, args: A, f: F) -> Result<Task<R>, Error>
+    pub fn schedule_with<A, F, R>(&self, args: A, f: Func<F>) -> Result<Task<R>, Error>
     where
         A: Serialize + DeserializeOwned + 'static,
         F: Fn(A) -> R + Send + Sync + 'static,
@@ -610,16 +611,16 @@ impl SlaveProcess {
 
     /// Runs `f` in the process on a thread of its own, concurrently with the
     /// queued calls.
-    pub fn thread<F, R>(&self, f: F) -> Result<Task<R>, Error>
+    pub fn thread<F, R>(&self, f: Func<F>) -> Result<Task<R>, Error>
     where
         F: Fn() -> R + Send + Sync + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.thread_with((), move |()| f())
+        self.thread_with((), f.with_unit_argument())
     }
 
     /// Runs `f(args)` in the process on a thread of its own.
-    pub fn thread_with<A, F, R>(&self, args: A, f: F) -> Result<Task<R>, Error>
+    pub fn thread_with<A, F, R>(&self, args: A, f: Func<F>) -> Result<Task<R>, Error>
     where
         A: Serialize + DeserializeOwned + 'static,
         F: Fn(A) -> R + Send + Sync + 'static,
@@ -628,7 +629,7 @@ impl SlaveProcess {
         self.call(args, f, RunMode::Thread)
     }
 
-    fn call<A, F, R>(&self, args: A, _f: F, mode: RunMode) -> Result<Task<R>, Error>
+    fn call<A, F, R>(&self, args: A, _f: Func<F>, mode: RunMode) -> Result<Task<R>, Error>
     where
         A: Serialize + DeserializeOwned + 'static,
         F: Fn(A) -> R + Send + Sync + 'static,
@@ -640,16 +641,16 @@ impl SlaveProcess {
     }
 
     /// Builds an object in the process with `f` and keeps it there.
-    pub fn wrap<F, T>(&self, f: F) -> Result<Remote<T>, Error>
+    pub fn wrap<F, T>(&self, f: Func<F>) -> Result<Remote<T>, Error>
     where
         F: Fn() -> T + Send + Sync + 'static,
         T: Send + 'static,
     {
-        self.wrap_with((), move |()| f())
+        self.wrap_with((), f.with_unit_argument())
     }
 
     /// Builds an object in the process with `f(args)` and keeps it there.
-    pub fn wrap_with<A, F, T>(&self, args: A, _f: F) -> Result<Remote<T>, Error>
+    pub fn wrap_with<A, F, T>(&self, args: A, _f: Func<F>) -> Result<Remote<T>, Error>
     where
         A: Serialize + DeserializeOwned + 'static,
         F: Fn(A) -> T + Send + Sync + 'static,

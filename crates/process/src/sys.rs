@@ -246,11 +246,16 @@ pub(crate) struct LoadedSegment {
     pub(crate) executable: bool,
 }
 
-/// The main executable's image in memory: its load segments and its GNU
-/// build id, read from the program headers the dynamic loader keeps.
+/// The main executable's image in memory: its load segments, the ranges
+/// that are read-only once the loader is done, and its GNU build id, read
+/// from the program headers the dynamic loader keeps.
 #[derive(Debug, Default)]
 pub(crate) struct ExecutableImage {
     pub(crate) segments: Vec<LoadedSegment>,
+    /// Load segments mapped without write permission, and the `PT_GNU_RELRO`
+    /// ranges the loader makes read-only after relocating them: bytes whose
+    /// content the build fixed, which no code of this process can change.
+    pub(crate) read_only: Vec<std::ops::Range<usize>>,
     pub(crate) build_id: Option<Vec<u8>>,
 }
 
@@ -283,13 +288,20 @@ pub(crate) fn executable_image(address: usize) -> ExecutableImage {
         };
         let mut image = ExecutableImage::default();
         for header in headers {
+            let start = base + header.p_vaddr as usize;
+            let end = start + header.p_memsz as usize;
             if header.p_type == libc::PT_LOAD {
-                let start = base + header.p_vaddr as usize;
                 image.segments.push(LoadedSegment {
                     start,
-                    end: start + header.p_memsz as usize,
+                    end,
                     executable: header.p_flags & libc::PF_X != 0,
                 });
+                if header.p_flags & libc::PF_W == 0 {
+                    image.read_only.push(start..end);
+                }
+            }
+            if header.p_type == libc::PT_GNU_RELRO {
+                image.read_only.push(start..end);
             }
         }
         if !image

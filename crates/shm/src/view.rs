@@ -57,6 +57,45 @@ impl SegmentView {
         Ok(self.segment.seals()?.contains(Seals::WRITE))
     }
 
+    /// Copies `out.len()` bytes starting at `offset` into `out` and returns
+    /// them, initialized.
+    ///
+    /// Safe whatever the owner does meanwhile: no reference to the shared
+    /// bytes is ever made, only a copy of what they held at the moment each
+    /// byte was read. If the owner writes concurrently, the copy may mix old
+    /// and new bytes; it is still plain bytes in private memory, for a
+    /// decoder that validates its input. Fails with
+    /// [`ShmError::OutOfBounds`] if the range does not lie inside the view.
+    pub fn copy_to<'a>(
+        &self,
+        offset: usize,
+        out: &'a mut [std::mem::MaybeUninit<u8>],
+    ) -> Result<&'a mut [u8]> {
+        let end = offset.checked_add(out.len());
+        if end.is_none_or(|end| end > self.len()) {
+            return Err(ShmError::OutOfBounds {
+                offset: offset as u64,
+                len: out.len() as u64,
+                size: self.len() as u64,
+            });
+        }
+        // SAFETY: `offset + out.len()` lies inside the mapping (checked),
+        // which stays mapped and readable while `self` lives (its size is
+        // sealed); `out` is private memory of ours, so the ranges cannot
+        // overlap. The source is read through a raw pointer, never through a
+        // reference, so a concurrent write by the owner changes only which
+        // byte values land in `out`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.map.ptr().add(offset),
+                out.as_mut_ptr().cast::<u8>(),
+                out.len(),
+            );
+        }
+        // SAFETY: every byte of `out` was just written.
+        Ok(unsafe { &mut *(out as *mut [std::mem::MaybeUninit<u8>] as *mut [u8]) })
+    }
+
     /// The start of the mapping, valid for [`len`](SegmentView::len) bytes of reads while the
     /// view lives.
     pub fn as_ptr(&self) -> *const u8 {
@@ -104,5 +143,17 @@ mod tests {
         assert!(!view.is_immutable().unwrap());
         // SAFETY: nobody writes the segment in this test.
         assert!(unsafe { view.as_slice() }.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn copies_ranges_and_refuses_out_of_bounds() {
+        let mut segment = Segment::create(16).unwrap();
+        segment.seal_size().unwrap();
+        let view = SegmentView::map(segment.try_clone_fd().unwrap(), 16).unwrap();
+        let mut out = [std::mem::MaybeUninit::new(7u8); 4];
+        assert_eq!(view.copy_to(12, &mut out).unwrap(), &[0, 0, 0, 0]);
+        let err = view.copy_to(13, &mut out).unwrap_err();
+        assert!(matches!(err, ShmError::OutOfBounds { .. }), "{err}");
+        assert!(view.copy_to(usize::MAX, &mut out).is_err());
     }
 }
