@@ -23,6 +23,7 @@
 //!   100 MiB (64 KiB writes) over the socketpair to a child that reads it
 //!   into a freshly allocated `Vec<u8>`, drops it, and answers 8 bytes.
 
+use processional::func;
 use std::hint::black_box;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -84,7 +85,7 @@ impl Peers {
         if self.resource.is_none() {
             let resource = self
                 .slave()
-                .wrap(|| vec![1u64; 16])
+                .wrap(func!(|| vec![1u64; 16]))
                 .expect("cannot make an object in the slave");
             self.resource = Some(resource);
         }
@@ -144,7 +145,7 @@ fn invoke_rtt(criterion: &mut Criterion, peers: &mut Peers) {
     raw_ping_pong_baseline(&mut group, peers);
     group.bench_function("subject", |bencher| {
         let slave = peers.slave();
-        bencher.iter(|| slave.invoke(|| black_box(1u64)).expect("invoke"));
+        bencher.iter(|| slave.invoke(func!(|| black_box(1u64))).expect("invoke"));
     });
     group.finish();
 }
@@ -172,7 +173,7 @@ fn spawn_ready(criterion: &mut Criterion) {
             for _ in 0..iters {
                 let start = Instant::now();
                 let process = processional::slave().expect("cannot spawn a slave");
-                let one = process.invoke(|| 1u64).expect("the new slave answers");
+                let one = process.invoke(func!(|| 1u64)).expect("the new slave answers");
                 timed += start.elapsed();
                 assert_eq!(one, 1);
                 drop(SlaveGuard(process)); // stops and reaps it
@@ -203,7 +204,7 @@ fn schedule_throughput(criterion: &mut Criterion, peers: &mut Peers) {
             let start = Instant::now();
             for batch in batches(iters) {
                 for _ in 0..batch {
-                    tasks.push(slave.schedule(|| black_box(1u64)).expect("schedule"));
+                    tasks.push(slave.schedule(func!(|| black_box(1u64))).expect("schedule"));
                 }
                 for task in tasks.drain(..) {
                     assert_eq!(task.wait().expect("a scheduled call"), 1);
@@ -223,7 +224,7 @@ fn remote_method_rtt(criterion: &mut Criterion, peers: &mut Peers) {
         let resource = peers.resource();
         bencher.iter(|| {
             resource
-                .invoke(|v: &mut Vec<u64>| v.len())
+                .invoke(func!(|v: &mut Vec<u64>| v.len()))
                 .expect("a method call")
         });
     });
@@ -256,7 +257,7 @@ fn bytes_100mib(criterion: &mut Criterion, peers: &mut Peers) {
                 let argument = bulk.clone();
                 let start = Instant::now();
                 let len = slave
-                    .invoke_with(argument, |v: Vec<u8>| v.len())
+                    .invoke_with(argument, func!(|v: Vec<u8>| v.len()))
                     .expect("a 100 MiB argument");
                 timed += start.elapsed();
                 assert_eq!(len, BULK_BYTES);

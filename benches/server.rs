@@ -20,6 +20,7 @@
 //!   iteration is one call; the work of an iteration count is split evenly
 //!   between the 64 threads.
 
+use processional::func;
 use std::hint::black_box;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
@@ -197,7 +198,7 @@ fn scheduled_calls(client: &mut SlaveProcess, count: u64) -> Result<(), String> 
         for _ in 0..batch {
             tasks.push(
                 client
-                    .schedule(|| black_box(1u64))
+                    .schedule(func!(|| black_box(1u64)))
                     .map_err(|error| error.to_string())?,
             );
         }
@@ -224,7 +225,7 @@ fn invoke_rtt_unix(criterion: &mut Criterion, peers: &mut Peers) {
     });
     group.bench_function("subject", |bencher| {
         let client = peers.unix_client();
-        bencher.iter(|| client.invoke(|| black_box(1u64)).expect("invoke"));
+        bencher.iter(|| client.invoke(func!(|| black_box(1u64))).expect("invoke"));
     });
     group.finish();
 }
@@ -242,7 +243,7 @@ fn invoke_rtt_tcp(criterion: &mut Criterion, peers: &mut Peers) {
     });
     group.bench_function("subject", |bencher| {
         let client = peers.tcp_client();
-        bencher.iter(|| client.invoke(|| black_box(1u64)).expect("invoke"));
+        bencher.iter(|| client.invoke(func!(|| black_box(1u64))).expect("invoke"));
     });
     group.finish();
 }

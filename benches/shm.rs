@@ -14,6 +14,7 @@
 //! group, so each ratio compares two numbers of the same run. The 100 MiB
 //! handoff should also cost about what the 1 MiB one does.
 
+use processional::func;
 use std::os::unix::net::UnixStream;
 
 use criterion::Criterion;
@@ -73,7 +74,7 @@ fn handoff(criterion: &mut Criterion, peers: &mut Peers, name: &str, len: usize)
         let buf = buf.get_or_insert_with(|| filled_shared_buf(len));
         bencher.iter(|| {
             let seen = slave
-                .invoke_with(buf.clone(), |b: ShmBuf| b.len())
+                .invoke_with(buf.clone(), func!(|b: ShmBuf| b.len()))
                 .expect("a shared-memory handoff");
             assert_eq!(seen, len);
         });

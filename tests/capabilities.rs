@@ -1,6 +1,7 @@
 //! Acceptance tests of the capability rule: a connection may use only the
 //! objects it holds, and each server has its own objects and names.
 
+use processional::func;
 use processional::{ClientBuilder, Error, Remote, RemoteErrorKind, ServerBuilder, client, server};
 use serde::de::Deserializer;
 use serde::ser::Serializer;
@@ -58,10 +59,10 @@ fn remote_kind(result: Result<impl std::fmt::Debug, Error>) -> (RemoteErrorKind,
 fn a_client_naming_another_clients_object_is_refused() {
     let address = unix_address("foreign-id");
     let a = server(&address).expect("spawn the server");
-    let private = a.wrap(|| vec![42u64, 7]).expect("wrap");
+    let private = a.wrap(func!(|| vec![42u64, 7])).expect("wrap");
     let b = client(&address).expect("second client");
 
-    let stolen = b.invoke_with(Forged::Id(private.id()), read_forged);
+    let stolen = b.invoke_with(Forged::Id(private.id()), func!(read_forged));
     let (kind, message) = remote_kind(stolen);
     assert_eq!(kind, RemoteErrorKind::UnknownObject, "{message}");
 
@@ -69,7 +70,7 @@ fn a_client_naming_another_clients_object_is_refused() {
     // that the id is taken.
     let missing_id = private.id() + 1_000_000;
     let (missing_kind, missing_message) =
-        remote_kind(b.invoke_with(Forged::Id(missing_id), read_forged));
+        remote_kind(b.invoke_with(Forged::Id(missing_id), func!(read_forged)));
     assert_eq!(missing_kind, kind);
     assert_eq!(
         missing_message.replace(&missing_id.to_string(), "N"),
@@ -84,7 +85,7 @@ fn a_client_naming_another_clients_object_is_refused() {
 fn a_client_cannot_publish_another_clients_object() {
     let address = unix_address("foreign-publish");
     let a = server(&address).expect("spawn the server");
-    let private = a.wrap(|| vec![42u64, 7]).expect("wrap");
+    let private = a.wrap(func!(|| vec![42u64, 7])).expect("wrap");
     let b = client(&address).expect("second client");
 
     // B names A's object id in its own publish call.
@@ -122,7 +123,7 @@ fn two_servers_in_one_process_have_separate_names_and_ids() {
     };
     let (to_first, to_second) = (connect(&first), connect(&second));
 
-    to_first.invoke(export_numbers).unwrap();
+    to_first.invoke(func!(export_numbers)).unwrap();
     assert_eq!(
         to_first
             .lookup::<Vec<u64>>("numbers")
@@ -135,9 +136,9 @@ fn two_servers_in_one_process_have_separate_names_and_ids() {
     assert_eq!(kind, RemoteErrorKind::NotFound, "{message}");
 
     // Each server numbers its own objects.
-    let in_first = to_first.wrap(|| vec![10u64]).unwrap();
-    let in_second = to_second.wrap(|| vec![20u64]).unwrap();
-    let in_second_again = to_second.wrap(|| vec![21u64]).unwrap();
+    let in_first = to_first.wrap(func!(|| vec![10u64])).unwrap();
+    let in_second = to_second.wrap(func!(|| vec![20u64])).unwrap();
+    let in_second_again = to_second.wrap(func!(|| vec![21u64])).unwrap();
     assert_eq!(in_first.id(), in_second_again.id());
     assert_eq!(in_second.fetch().unwrap(), vec![20]);
     // Each server counts its own objects: the export and one wrap, two wraps.

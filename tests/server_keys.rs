@@ -2,6 +2,7 @@
 //! read them, and unix-socket servers only if they run as this user or
 //! root. The search order of keys is unit-tested beside `resolve_key`.
 
+use processional::func;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -48,7 +49,7 @@ fn a_key_file_beside_the_socket_open_to_others_is_refused() {
     }
     chmod(&key_file, 0o600);
     let second = client(&address).expect("a private key file is used");
-    assert_eq!(second.invoke(|| 3u8).unwrap(), 3);
+    assert_eq!(second.invoke(func!(|| 3u8)).unwrap(), 3);
     drop(process);
 }
 
@@ -92,12 +93,12 @@ fn the_key_file_named_by_the_environment_is_checked_too() {
         .env(processional::process::KEY_FILE_VAR, &named)
         .spawn()
         .expect("spawn a slave");
-    let connect = |address: String| {
+    fn connect(address: String) -> Result<u8, String> {
         processional::client(&address)
-            .map(|c| c.invoke(|| 4u8).unwrap())
+            .map(|c| c.invoke(func!(|| 4u8)).unwrap())
             .map_err(|e| format!("{e:?}"))
-    };
-    let refused = slave.invoke_with(address.clone(), connect).unwrap();
+    }
+    let refused = slave.invoke_with(address.clone(), func!(connect)).unwrap();
     let error = refused.expect_err("the key file is open to the group");
     assert!(
         error.contains("UntrustedKeyFile") && error.contains("OpenToOthers"),
@@ -105,7 +106,7 @@ fn the_key_file_named_by_the_environment_is_checked_too() {
     );
     assert!(error.contains(named.to_str().unwrap()), "{error}");
     chmod(&named, 0o600);
-    assert_eq!(slave.invoke_with(address, connect).unwrap(), Ok(4));
+    assert_eq!(slave.invoke_with(address, func!(connect)).unwrap(), Ok(4));
     std::fs::remove_file(&named).unwrap();
     drop(process);
 }

@@ -3,6 +3,7 @@
 //! connected, and a server whose master goes away (killed, or exiting right
 //! after dropping its handle) leaves no socket or key file behind.
 
+use processional::func;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -101,7 +102,7 @@ fn a_new_client_keeps_a_non_persistent_server_when_the_master_leaves_at_once() {
         let pid = master.pid();
         let second = client(&address).expect("connect a second client");
         drop(master);
-        let answer = second.invoke_with(round, |x: u32| x + 1);
+        let answer = second.invoke_with(round, func!(|x: u32| x + 1));
         assert_eq!(
             answer.as_ref().ok(),
             Some(&(round + 1)),

@@ -2,6 +2,7 @@
 //! never authenticate must not cost a thread each, and descriptors sent
 //! before the handshake must not stay in the server.
 
+use processional::func;
 use std::io::{BufRead, BufReader, IoSlice, Read};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -165,17 +166,17 @@ fn idle_unix_connections_cost_no_thread_each() {
         .spawn()
         .expect("spawn the server");
     let pid = process.pid();
-    assert_eq!(process.invoke(|| 1u8).unwrap(), 1);
+    assert_eq!(process.invoke(func!(|| 1u8)).unwrap(), 1);
     idle_connections_leave_threads_bounded(
         pid,
         || UnixStream::connect(&path).expect("connect"),
         |c| c.set_read_timeout(Some(PATIENCE)).unwrap(),
         || {
             let good = client(&address).expect("a good client connects");
-            good.invoke(std::process::id).unwrap()
+            good.invoke(func!(std::process::id)).unwrap()
         },
     );
-    assert_eq!(process.invoke(|| 2u8).unwrap(), 2);
+    assert_eq!(process.invoke(func!(|| 2u8)).unwrap(), 2);
 }
 
 /// The helper of [`idle_tcp_connections_cost_no_thread_each`]: a TCP server
@@ -231,7 +232,7 @@ fn idle_tcp_connections_cost_no_thread_each() {
                 .timeout(PATIENCE)
                 .connect()
                 .expect("a good client connects");
-            good.invoke(std::process::id).unwrap()
+            good.invoke(func!(std::process::id)).unwrap()
         },
     );
 }
@@ -262,7 +263,7 @@ fn descriptors_sent_before_the_handshake_are_not_kept() {
         .spawn()
         .expect("spawn the server");
     let pid = process.pid();
-    assert_eq!(process.invoke(|| 1u8).unwrap(), 1);
+    assert_eq!(process.invoke(func!(|| 1u8)).unwrap(), 1);
     let before = open_fds_of(pid);
     let peak = Peak::watch(move || open_fds_of(pid));
 
@@ -316,7 +317,7 @@ fn descriptors_sent_before_the_handshake_are_not_kept() {
         let refusal = refusal.unwrap_or_else(|| panic!("peer {index} was not refused"));
         assert!(refusal.contains("descriptors"), "peer {index}: {refusal}");
     }
-    assert_eq!(process.invoke(|| 2u8).unwrap(), 2);
+    assert_eq!(process.invoke(func!(|| 2u8)).unwrap(), 2);
 }
 
 #[test]
@@ -328,12 +329,12 @@ fn an_idle_connection_is_closed_at_the_handshake_deadline() {
         .handshake_timeout(Duration::from_millis(200))
         .spawn()
         .expect("spawn the server");
-    assert_eq!(process.invoke(|| 1u8).unwrap(), 1);
+    assert_eq!(process.invoke(func!(|| 1u8)).unwrap(), 1);
     let mut idle = UnixStream::connect(&path).unwrap();
     idle.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut bytes = Vec::new();
     idle.read_to_end(&mut bytes)
         .expect("the server closes an idle peer at its handshake deadline");
     assert!(!bytes.is_empty(), "the server never said hello");
-    assert_eq!(process.invoke(|| 2u8).unwrap(), 2);
+    assert_eq!(process.invoke(func!(|| 2u8)).unwrap(), 2);
 }

@@ -2,11 +2,12 @@
 //! as easily as in a thread.
 //!
 //! ```
+//! use processional_process::func;
 //! # fn main() -> Result<(), processional_thread::Error> {
 //! let process = processional_process::slave()?; // spawn and connect
-//! let resource = process.wrap(|| (0..1_000_000u64).collect::<Vec<_>>())?;
-//! let sum = resource.schedule(|v| v.iter().sum::<u64>())?;
-//! let product = resource.schedule(|v| v.iter().product::<u64>())?;
+//! let resource = process.wrap(func!(|| (0..1_000_000u64).collect::<Vec<_>>()))?;
+//! let sum = resource.schedule(func!(|v: &mut Vec<u64>| v.iter().sum::<u64>()))?;
+//! let product = resource.schedule(func!(|v: &mut Vec<u64>| v.iter().product::<u64>()))?;
 //! assert_eq!(sum.wait()?, 499_999_500_000);
 //! assert_eq!(product.wait()?, 0);
 //! # Ok(())
@@ -21,38 +22,76 @@
 //! per slave and handed to it on that private socket).
 //!
 //! # Shipping functions
-//! A task is a closure that captures nothing, or a fn item; its data travels
-//! as explicit serde arguments (`invoke_with`, `schedule_with`, …):
+//! A function sent to another process travels as its type, and the receiving
+//! process makes its value from nothing; so it must carry no state at all.
+//! [`func!`] makes such a [`Func`]: it evaluates a closure (or names a fn
+//! item) in a `const` block, where no local variable can be captured. Data
+//! travels as explicit serde arguments (`invoke_with`, `schedule_with`, …):
 //!
 //! ```
+//! use processional_process::func;
 //! # fn main() -> Result<(), processional_thread::Error> {
 //! # let process = processional_process::slave()?;
 //! let words = vec!["shipped".to_string(), "as".into(), "arguments".into()];
-//! let count = process.invoke_with(words, |words: Vec<String>| words.len())?;
+//! let count = process.invoke_with(words, func!(|words: Vec<String>| words.len()))?;
 //! assert_eq!(count, 3);
 //! # Ok(())
 //! # }
 //! ```
 //!
-//! A capturing closure fails to build, with a message saying to pass the
-//! data as arguments (the check runs when the code is compiled to a binary,
-//! so `cargo check` alone does not report it):
+//! A closure that captures anything, even a zero-sized "proof" value that
+//! only an `init()` of this process can make, fails to build, and so does a
+//! plain closure passed without `func!`:
 //!
-//! ```compile_fail
+//! ```compile_fail,E0435
+//! use processional_process::func;
+//!
+//! mod registry {
+//!     use std::sync::atomic::{AtomicPtr, Ordering};
+//!     static STATE: AtomicPtr<u64> = AtomicPtr::new(std::ptr::null_mut());
+//!
+//!     /// Proof that `init` ran in this process.
+//!     #[derive(Clone, Copy)]
+//!     pub struct Ready(());
+//!
+//!     pub fn init() -> Ready {
+//!         STATE.store(Box::into_raw(Box::new(41)), Ordering::Release);
+//!         Ready(())
+//!     }
+//!
+//!     impl Ready {
+//!         pub fn get(self) -> u64 {
+//!             // SAFETY: a `Ready` exists only after `init` stored the pointer.
+//!             unsafe { *STATE.load(Ordering::Acquire) + 1 }
+//!         }
+//!     }
+//! }
+//!
 //! # fn main() -> Result<(), processional_thread::Error> {
 //! # let process = processional_process::slave()?;
-//! let words = vec!["captured".to_string()];
-//! let count = process.invoke(move || words.len())?; // error: must not capture anything
+//! let token = registry::init();
+//! let value = process.invoke(func!(move || token.get()))?; // error[E0435]
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! ```compile_fail,E0308
+//! # fn main() -> Result<(), processional_thread::Error> {
+//! # let process = processional_process::slave()?;
+//! let value = process.invoke(|| 42)?; // error[E0308]: expected `Func<_>`
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The receiving process checks every function reference before it runs
+//! anything: it must point at a descriptor the compiler emitted in the
+//! program's read-only data (see `docs/ARCHITECTURE.md`).
 //!
 //! Arguments and values are any `Serialize + DeserializeOwned` type, encoded
 //! with postcard; a value that fails to encode or decode fails that call only.
 //! `Vec<u8>` takes a fast path, large payloads travel through shared memory,
 //! and `ShmBuf` / `ShmVec` values travel as file descriptors on unix sockets
-//! (see `processional-shm`). See `docs/ARCHITECTURE.md` for how function
-//! references are validated.
+//! (see `processional-shm`).
 //!
 //! # Servers and clients
 //! [`server()`] spawns a server process (this same program) listening on a

@@ -3,6 +3,7 @@
 //!
 //! Run it with `cargo run --release --example tour`.
 
+use processional::func;
 use std::time::Instant;
 
 fn heavy_work(numbers: &[u64]) -> u64 {
@@ -35,14 +36,14 @@ fn main() -> anyhow::Result<()> {
     section("the same in another process: slave()");
     let started = Instant::now();
     let process = processional::slave()?; // spawn and connect
-    let pid = process.invoke(std::process::id)?;
+    let pid = process.invoke(func!(std::process::id))?;
     println!(
         "slave pid {pid} spawned and answering in {:.1} ms",
         started.elapsed().as_secs_f64() * 1e3
     );
-    let resource = process.wrap(|| (0..1_000_000u64).collect::<Vec<_>>())?; // lives in the slave
-    let sum = resource.schedule(|v| v.iter().sum::<u64>())?;
-    let product = resource.schedule(|v| v.iter().product::<u64>())?;
+    let resource = process.wrap(func!(|| (0..1_000_000u64).collect::<Vec<_>>()))?; // lives in the slave
+    let sum = resource.schedule(func!(|v: &mut Vec<u64>| v.iter().sum::<u64>()))?;
+    let product = resource.schedule(func!(|v: &mut Vec<u64>| v.iter().product::<u64>()))?;
     println!("summing");
     println!("multiplying");
     println!("sum is {}", sum.wait()?);
@@ -51,13 +52,13 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let rounds = 10_000;
     for _ in 0..rounds {
-        process.invoke(|| 1u64)?;
+        process.invoke(func!(|| 1u64))?;
     }
     println!(
         "a call to the slave and back takes {:.1} µs",
         started.elapsed().as_secs_f64() * 1e6 / f64::from(rounds)
     );
-    match process.invoke(|| -> u64 { panic!("a panic in the slave") }) {
+    match process.invoke(func!(|| -> u64 { panic!("a panic in the slave") })) {
         Ok(_) => println!("unexpected: the panic was lost"),
         Err(error) => println!("a remote panic comes back as an error: {error}"),
     }
@@ -82,23 +83,23 @@ fn client_and_server() -> anyhow::Result<()> {
 
     // process 1: spawns the server and publishes the resource in it
     let process = processional::server(&address)?;
-    process.invoke(publish_heavy_resource)?;
+    process.invoke(func!(publish_heavy_resource))?;
     let resource = process.lookup::<Vec<u64>>("heavy_resource")?;
-    let sum = resource.schedule(|v| v.iter().sum::<u64>())?;
+    let sum = resource.schedule(func!(|v: &mut Vec<u64>| v.iter().sum::<u64>()))?;
     println!("summing");
     println!("sum is {}", sum.wait()?);
 
     // process 2: another process (here a slave of ours) connects as a client
     let other = processional::slave()?;
-    let product = other.invoke_with(address.clone(), |address: String| {
+    let product = other.invoke_with(address.clone(), func!(|address: String| {
         let process = processional::client(&address).expect("connect");
         let resource: processional::Remote<Vec<u64>> =
             process.lookup("heavy_resource").expect("lookup");
         println!("multiplying (in process {})", std::process::id());
         resource
-            .invoke(|v| v.iter().product::<u64>())
+            .invoke(func!(|v: &mut Vec<u64>| v.iter().product::<u64>()))
             .expect("product")
-    })?;
+    }))?;
     println!("product is {product}");
     drop(other);
     drop(process);
@@ -131,9 +132,9 @@ fn shared_memory(process: &processional::SlaveProcess) -> anyhow::Result<()> {
     }
     let values = values.share()?; // read-only from now on, sealed
     let started = Instant::now();
-    let sum = process.invoke_with(values.clone(), |values: processional::ShmSlice<f64>| {
+    let sum = process.invoke_with(values.clone(), func!(|values: processional::ShmSlice<f64>| {
         values.iter().sum::<f64>()
-    })?;
+    }))?;
     let shared = started.elapsed();
     println!(
         "100 MiB of f64 summed in the slave: {sum:e}; sent in {:.2} ms (with the sum) through shared memory, \
@@ -148,7 +149,7 @@ fn shared_memory(process: &processional::SlaveProcess) -> anyhow::Result<()> {
     for _ in 0..3 {
         let bytes = received.clone();
         let started = Instant::now();
-        let len = process.invoke_with(bytes, |bytes: Vec<u8>| bytes.len())?;
+        let len = process.invoke_with(bytes, func!(|bytes: Vec<u8>| bytes.len()))?;
         assert_eq!(len, LEN);
         times.push(format!("{:.1} ms", started.elapsed().as_secs_f64() * 1e3));
     }

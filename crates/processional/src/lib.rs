@@ -2,6 +2,7 @@
 //! server on another machine as easily as calling it here.
 //!
 //! ```
+//! use processional::func;
 //! # fn main() -> Result<(), processional::Error> {
 //! // A function on another thread: its value, or its panic as an error.
 //! let task = processional::thread(|| (0..1_000_000u64).sum::<u64>());
@@ -13,10 +14,11 @@
 //! let sum = resource.schedule(|v| v.iter().sum::<u64>());
 //! assert_eq!(sum.wait()?, 499_999_500_000);
 //!
-//! // The same across a process boundary.
+//! // The same across a process boundary: functions sent to another process
+//! // are written with `func!`, which refuses any closure that captures.
 //! let process = processional::slave()?;
-//! let resource = process.wrap(|| (0..1_000_000u64).collect::<Vec<_>>())?;
-//! let product = resource.schedule(|v| v.iter().product::<u64>())?;
+//! let resource = process.wrap(func!(|| (0..1_000_000u64).collect::<Vec<_>>()))?;
+//! let product = resource.schedule(func!(|v: &mut Vec<u64>| v.iter().product::<u64>()))?;
 //! assert_eq!(product.wait()?, 0);
 //! # Ok(())
 //! # }
@@ -41,9 +43,10 @@
 //!
 //! # Processes
 //! [`slave()`] re-executes this program as a slave process. Tasks sent to it
-//! are closures that capture nothing (data travels as serde arguments:
-//! `invoke_with`, `schedule_with`), and objects it keeps are reached through
-//! [`Remote`] handles. The slave enters its serving loop before `main` runs
+//! are [`Func`]s, written with [`func!`]: a closure that captures nothing, or
+//! a fn item (data travels as serde arguments: `invoke_with`,
+//! `schedule_with`), and objects it keeps are reached through [`Remote`]
+//! handles. The slave enters its serving loop before `main` runs
 //! (feature `auto-init`, on by default); without that feature, call
 //! [`init()`] first thing in `main`.
 //!
@@ -67,8 +70,8 @@ pub use processional_thread as thread;
 pub use processional_transport as transport;
 
 pub use processional_process::{
-    ClientBuilder, Output, Remote, ServerBuilder, ServerHandle, SlaveProcess, SlaveProcessBuilder,
-    Termination, client, export, fingerprint, init, live_objects, runtime_dir, serve, server,
+    ClientBuilder, Func, Output, Remote, ServerBuilder, ServerHandle, SlaveProcess, SlaveProcessBuilder,
+    Termination, client, export, fingerprint, func, init, live_objects, runtime_dir, serve, server,
     slave,
 };
 pub use processional_shm::{SharedMutBuf, ShmBuf, ShmSlice, ShmVec};
