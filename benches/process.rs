@@ -173,7 +173,9 @@ fn spawn_ready(criterion: &mut Criterion) {
             for _ in 0..iters {
                 let start = Instant::now();
                 let process = processional::slave().expect("cannot spawn a slave");
-                let one = process.invoke(func!(|| 1u64)).expect("the new slave answers");
+                let one = process
+                    .invoke(func!(|| 1u64))
+                    .expect("the new slave answers");
                 timed += start.elapsed();
                 assert_eq!(one, 1);
                 drop(SlaveGuard(process)); // stops and reaps it

@@ -4,6 +4,7 @@
 //! Every slave here is this test binary re-executed: it turns into a slave
 //! before libtest's `main` runs.
 
+use processional::func;
 use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
@@ -23,13 +24,13 @@ fn wait<T>(task: processional::Task<T>) -> Result<T, Error> {
 fn the_readme_example_sums_and_multiplies() {
     let process = slave().expect("spawn");
     let resource = process
-        .wrap(|| (0..1_000_000u64).collect::<Vec<_>>())
+        .wrap(func!(|| (0..1_000_000u64).collect::<Vec<_>>()))
         .expect("wrap");
     let sum = resource
-        .schedule(|v| v.iter().sum::<u64>())
+        .schedule(func!(|v: &mut Vec<u64>| v.iter().sum::<u64>()))
         .expect("schedule");
     let product = resource
-        .schedule(|v| v.iter().product::<u64>())
+        .schedule(func!(|v: &mut Vec<u64>| v.iter().product::<u64>()))
         .expect("schedule");
     assert_eq!(wait(sum).unwrap(), 499_999_500_000);
     assert_eq!(wait(product).unwrap(), 0);
@@ -38,7 +39,7 @@ fn the_readme_example_sums_and_multiplies() {
 #[test]
 fn the_slave_is_another_process() {
     let process = slave().expect("spawn");
-    let pid = process.invoke(std::process::id).expect("invoke");
+    let pid = process.invoke(func!(std::process::id)).expect("invoke");
     assert_ne!(pid, std::process::id());
     assert_eq!(pid, process.pid());
     assert!(process.is_alive());
@@ -56,14 +57,16 @@ fn nested(x: u64) -> u64 {
 fn closures_with_arguments_fn_items_and_nested_calls() {
     let process = slave().expect("spawn");
     assert_eq!(
-        process.invoke_with((3u64, 4u64), |(a, b)| a * b).unwrap(),
+        process
+            .invoke_with((3u64, 4u64), func!(|(a, b)| a * b))
+            .unwrap(),
         12
     );
-    assert_eq!(process.invoke_with(21u64, double).unwrap(), 42);
-    assert_eq!(process.invoke_with(10u64, nested).unwrap(), 41);
+    assert_eq!(process.invoke_with(21u64, func!(double)).unwrap(), 42);
+    assert_eq!(process.invoke_with(10u64, func!(nested)).unwrap(), 41);
     assert_eq!(
         process
-            .invoke_with("hello".to_string(), |s: String| s.to_uppercase())
+            .invoke_with("hello".to_string(), func!(|s: String| s.to_uppercase()))
             .unwrap(),
         "HELLO"
     );
@@ -75,7 +78,7 @@ fn large_payloads_are_echoed() {
     for round in 0..5u8 {
         let payload: Vec<u8> = (0..30_000).map(|i| (i as u8).wrapping_add(round)).collect();
         let echoed = process
-            .invoke_with(payload.clone(), |v: Vec<u8>| v)
+            .invoke_with(payload.clone(), func!(|v: Vec<u8>| v))
             .expect("echo");
         assert_eq!(echoed, payload);
     }
@@ -85,13 +88,13 @@ fn large_payloads_are_echoed() {
 fn a_thread_task_runs_concurrently_with_queued_calls() {
     let process = slave().expect("spawn");
     let sleeper = process
-        .thread(|| {
+        .thread(func!(|| {
             std::thread::sleep(Duration::from_millis(200));
             "slept".to_string()
-        })
+        }))
         .expect("thread");
     // Answered while the thread task still sleeps.
-    assert_eq!(process.invoke(|| 7u8).unwrap(), 7);
+    assert_eq!(process.invoke(func!(|| 7u8)).unwrap(), 7);
     assert!(!sleeper.is_finished());
     assert_eq!(wait(sleeper).unwrap(), "slept");
 }
@@ -99,14 +102,17 @@ fn a_thread_task_runs_concurrently_with_queued_calls() {
 #[test]
 fn queued_calls_run_in_order() {
     let process = slave().expect("spawn");
-    let counter = process.wrap(Vec::<u32>::new).expect("wrap");
+    let counter = process.wrap(func!(Vec::<u32>::new)).expect("wrap");
     let tasks: Vec<_> = (0..200u32)
         .map(|i| {
             counter
-                .schedule_with(i, |v, i| {
-                    v.push(i);
-                    v.len()
-                })
+                .schedule_with(
+                    i,
+                    func!(|v: &mut Vec<u32>, i| {
+                        v.push(i);
+                        v.len()
+                    }),
+                )
                 .expect("schedule")
         })
         .collect();
@@ -120,7 +126,9 @@ fn queued_calls_run_in_order() {
 fn a_remote_panic_is_an_error_and_the_slave_keeps_serving() {
     let process = slave().expect("spawn");
     let error = process
-        .invoke(|| -> u8 { panic!("deliberate failure in the slave") })
+        .invoke(func!(|| -> u8 {
+            panic!("deliberate failure in the slave")
+        }))
         .expect_err("panics");
     assert!(error.is_panic(), "{error:?}");
     assert!(
@@ -138,7 +146,7 @@ fn a_remote_panic_is_an_error_and_the_slave_keeps_serving() {
             .contains("process.rs")
     );
     assert!(remote.backtrace.is_some());
-    assert_eq!(process.invoke(|| 1u8).unwrap(), 1);
+    assert_eq!(process.invoke(func!(|| 1u8)).unwrap(), 1);
 }
 
 /// A value whose decoding fails when it holds 13.
@@ -160,7 +168,7 @@ fn a_value_that_does_not_deserialize_fails_that_task_only() {
     let process = slave().expect("spawn");
     // Arguments the slave cannot decode.
     let error = process
-        .invoke_with(Picky(13), |p: Picky| p.0)
+        .invoke_with(Picky(13), func!(|p: Picky| p.0))
         .expect_err("the slave refuses the argument");
     let Error::Remote(remote) = &error else {
         panic!("{error:?}")
@@ -169,27 +177,29 @@ fn a_value_that_does_not_deserialize_fails_that_task_only() {
     assert!(remote.message.contains("Picky"), "{remote:?}");
     // A value the master cannot decode.
     let error = process
-        .invoke(|| Picky(13))
+        .invoke(func!(|| Picky(13)))
         .expect_err("the master refuses the value");
     assert!(
         matches!(&error, Error::Codec(m) if m.contains("Picky")),
         "{error:?}"
     );
     // Both sides keep working.
-    assert_eq!(process.invoke(|| Picky(12)).unwrap(), Picky(12));
+    assert_eq!(process.invoke(func!(|| Picky(12))).unwrap(), Picky(12));
 }
 
 #[test]
 fn remote_handles_passed_back_resolve_to_the_object() {
     let process = slave().expect("spawn");
-    let numbers = process.wrap(|| vec![1u64, 2, 3]).expect("wrap");
+    let numbers = process.wrap(func!(|| vec![1u64, 2, 3])).expect("wrap");
     let total = process
         .invoke_with(
             numbers.clone(),
-            |numbers: processional::Remote<Vec<u64>>| {
+            func!(|numbers: processional::Remote<Vec<u64>>| {
                 assert!(numbers.is_local());
-                numbers.invoke(|v| v.iter().sum::<u64>()).unwrap()
-            },
+                numbers
+                    .invoke(func!(|v: &mut Vec<u64>| v.iter().sum::<u64>()))
+                    .unwrap()
+            }),
         )
         .unwrap();
     assert_eq!(total, 6);
@@ -199,17 +209,26 @@ fn remote_handles_passed_back_resolve_to_the_object() {
 fn thousand_wraps_and_drops_leave_no_live_object() {
     let process = slave().expect("spawn");
     for i in 0..1000u64 {
-        let object = process.wrap_with(i, |i| vec![i; 16]).expect("wrap");
+        let object = process.wrap_with(i, func!(|i| vec![i; 16])).expect("wrap");
         if i % 100 == 0 {
-            assert_eq!(object.invoke(|v| v[0]).unwrap(), i);
+            assert_eq!(object.invoke(func!(|v: &mut Vec<u64>| v[0])).unwrap(), i);
         }
     }
     // Releases travel in order with calls, so they are all applied by now.
-    assert_eq!(process.invoke(processional::live_objects).unwrap(), 0);
-    let kept = process.wrap(|| 1u8).expect("wrap");
-    assert_eq!(process.invoke(processional::live_objects).unwrap(), 1);
+    assert_eq!(
+        process.invoke(func!(processional::live_objects)).unwrap(),
+        0
+    );
+    let kept = process.wrap(func!(|| 1u8)).expect("wrap");
+    assert_eq!(
+        process.invoke(func!(processional::live_objects)).unwrap(),
+        1
+    );
     drop(kept);
-    assert_eq!(process.invoke(processional::live_objects).unwrap(), 0);
+    assert_eq!(
+        process.invoke(func!(processional::live_objects)).unwrap(),
+        0
+    );
 }
 
 #[test]
@@ -217,9 +236,9 @@ fn a_slave_killed_mid_task_fails_the_pending_tasks() {
     let process = slave().expect("spawn");
     let pid = process.pid();
     let long = process
-        .schedule(|| std::thread::sleep(Duration::from_secs(30)))
+        .schedule(func!(|| std::thread::sleep(Duration::from_secs(30))))
         .expect("schedule");
-    let queued = process.schedule(|| 1u8).expect("schedule");
+    let queued = process.schedule(func!(|| 1u8)).expect("schedule");
     kill_hard(pid);
     let error = wait(long).expect_err("the slave died");
     assert!(
@@ -228,7 +247,7 @@ fn a_slave_killed_mid_task_fails_the_pending_tasks() {
     );
     assert!(wait(queued).is_err());
     assert!(!process.is_alive());
-    assert!(process.invoke(|| 1u8).is_err());
+    assert!(process.invoke(func!(|| 1u8)).is_err());
 }
 
 #[test]
@@ -236,7 +255,7 @@ fn a_dropped_slave_stops_even_while_a_task_runs() {
     let process = slave().expect("spawn");
     let pid = process.pid();
     let _background = process
-        .schedule(|| std::thread::sleep(Duration::from_secs(10)))
+        .schedule(func!(|| std::thread::sleep(Duration::from_secs(10))))
         .expect("schedule");
     drop(process);
     assert!(
@@ -263,10 +282,13 @@ fn a_detached_slave_finishes_its_task_then_exits() {
         .expect("spawn");
     let pid = process.pid();
     let task = process
-        .thread_with(marker.to_string_lossy().into_owned(), |path: String| {
-            std::thread::sleep(Duration::from_millis(300));
-            std::fs::write(path, b"done").unwrap();
-        })
+        .thread_with(
+            marker.to_string_lossy().into_owned(),
+            func!(|path: String| {
+                std::thread::sleep(Duration::from_millis(300));
+                std::fs::write(path, b"done").unwrap();
+            }),
+        )
         .expect("thread");
     task.detach();
     drop(process);
@@ -330,13 +352,13 @@ fn a_slave_spawned_from_a_short_lived_thread_outlives_that_thread() {
         .join()
         .unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(process.invoke(|| 5u8).unwrap(), 5);
+    assert_eq!(process.invoke(func!(|| 5u8)).unwrap(), 5);
 }
 
 #[test]
 fn tasks_can_be_awaited() {
     let process = slave().expect("spawn");
-    let task = process.schedule(|| 40u8 + 2).expect("schedule");
+    let task = process.schedule(func!(|| 40u8 + 2)).expect("schedule");
     assert_eq!(pollster::block_on(task).unwrap(), 42);
 }
 
@@ -344,9 +366,9 @@ fn tasks_can_be_awaited() {
 fn cancelling_a_queued_task_before_it_runs() {
     let process = slave().expect("spawn");
     let blocker = process
-        .schedule(|| std::thread::sleep(Duration::from_millis(300)))
+        .schedule(func!(|| std::thread::sleep(Duration::from_millis(300))))
         .expect("schedule");
-    let victim = process.schedule(|| 1u8).expect("schedule");
+    let victim = process.schedule(func!(|| 1u8)).expect("schedule");
     victim.cancel();
     let error = wait(victim).expect_err("cancelled");
     assert!(error.is_cancelled(), "{error:?}");
@@ -357,7 +379,7 @@ fn cancelling_a_queued_task_before_it_runs() {
 fn a_cancelled_remote_task_sees_its_checkpoint() {
     let process = slave().expect("spawn");
     let task = process
-        .schedule(|| {
+        .schedule(func!(|| {
             for _ in 0..6000 {
                 if processional::checkpoint().is_err() {
                     return "cancelled".to_string();
@@ -365,7 +387,7 @@ fn a_cancelled_remote_task_sees_its_checkpoint() {
                 std::thread::sleep(Duration::from_millis(10));
             }
             "finished".to_string()
-        })
+        }))
         .expect("schedule");
     std::thread::sleep(Duration::from_millis(100));
     task.cancel();
@@ -384,13 +406,13 @@ fn the_builder_sets_environment_directory_and_captures_output() {
         .spawn()
         .expect("spawn");
     let (value, cwd) = process
-        .invoke(|| {
+        .invoke(func!(|| {
             println!("hello from the slave");
             (
                 std::env::var("PROCESSIONAL_TEST_VALUE").ok(),
                 std::env::current_dir().unwrap(),
             )
-        })
+        }))
         .unwrap();
     assert_eq!(value.as_deref(), Some("forty-two"));
     assert_eq!(cwd.canonicalize().unwrap(), dir.canonicalize().unwrap());
@@ -408,15 +430,17 @@ fn the_builder_sets_environment_directory_and_captures_output() {
 fn the_slave_marker_does_not_leak_into_the_slave_environment() {
     let process = slave().expect("spawn");
     let leaked = process
-        .invoke(|| std::env::vars().any(|(k, _)| k.starts_with("PROCESSIONAL_SLAVE")))
+        .invoke(func!(
+            || std::env::vars().any(|(k, _)| k.starts_with("PROCESSIONAL_SLAVE"))
+        ))
         .unwrap();
     assert!(!leaked);
     // A slave can spawn slaves of its own.
     let nested = process
-        .invoke(|| {
+        .invoke(func!(|| {
             let inner = processional::slave().unwrap();
-            inner.invoke(std::process::id).unwrap()
-        })
+            inner.invoke(func!(std::process::id)).unwrap()
+        }))
         .unwrap();
     assert_ne!(nested, process.pid());
 }
@@ -426,7 +450,7 @@ fn terminate_is_graceful_even_while_a_long_task_runs() {
     let process = slave().expect("spawn");
     let pid = process.pid();
     let running = process
-        .schedule(|| std::thread::sleep(Duration::from_secs(30)))
+        .schedule(func!(|| std::thread::sleep(Duration::from_secs(30))))
         .expect("schedule");
     // Let the watchdog notice the long call and keep reading.
     std::thread::sleep(Duration::from_millis(50));

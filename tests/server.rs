@@ -1,6 +1,7 @@
 //! Acceptance tests of servers and clients: sharing one process between
 //! many clients, shared objects, security, bad input and load.
 
+use processional::func;
 use std::io::{Read, Write};
 use std::time::Duration;
 
@@ -22,18 +23,25 @@ fn publish_heavy_resource() {
 fn two_clients_share_a_resource() {
     let address = unix_address("share");
     let process = server(&address).expect("spawn the server");
-    process.invoke(publish_heavy_resource).expect("publish");
+    process
+        .invoke(func!(publish_heavy_resource))
+        .expect("publish");
     let sum = process
         .lookup::<Vec<u64>>("heavy_resource")
         .unwrap()
-        .schedule(|v| v.iter().sum::<u64>())
+        .schedule(func!(|v: &mut Vec<u64>| v.iter().sum::<u64>()))
         .unwrap();
     assert_eq!(sum.wait().unwrap(), 499_999_500_000);
 
     let second = client(&address).expect("second client");
     assert_eq!(second.pid(), process.pid());
     let resource: processional::Remote<Vec<u64>> = second.lookup("heavy_resource").unwrap();
-    assert_eq!(resource.invoke(|v| v.iter().product::<u64>()).unwrap(), 0);
+    assert_eq!(
+        resource
+            .invoke(func!(|v: &mut Vec<u64>| v.iter().product::<u64>()))
+            .unwrap(),
+        0
+    );
 }
 
 #[test]
@@ -44,10 +52,13 @@ fn a_hundred_more_clients_connect_then_drop() {
         .map(|_| client(&address).expect("connect"))
         .collect();
     for (i, c) in clients.iter().enumerate().step_by(10) {
-        assert_eq!(c.invoke_with(i as u64, |x| x + 1).unwrap(), i as u64 + 1);
+        assert_eq!(
+            c.invoke_with(i as u64, func!(|x| x + 1)).unwrap(),
+            i as u64 + 1
+        );
     }
     drop(clients);
-    assert_eq!(process.invoke(|| 5u8).unwrap(), 5);
+    assert_eq!(process.invoke(func!(|| 5u8)).unwrap(), 5);
 }
 
 #[test]
@@ -55,7 +66,11 @@ fn each_clients_results_come_back_in_order() {
     let address = unix_address("order");
     let process = server(&address).expect("spawn");
     process
-        .invoke(|| processional::export("log", Vec::<(u32, u32)>::new()).unwrap())
+        .invoke(func!(|| processional::export(
+            "log",
+            Vec::<(u32, u32)>::new()
+        )
+        .unwrap()))
         .unwrap();
     let other = client(&address).unwrap();
     let threads: Vec<_> = [process.clone(), other]
@@ -66,10 +81,13 @@ fn each_clients_results_come_back_in_order() {
                 let log = c.lookup::<Vec<(u32, u32)>>("log").unwrap();
                 let tasks: Vec<_> = (0..100u32)
                     .map(|i| {
-                        log.schedule_with((who as u32, i), |log, entry| {
-                            log.push(entry);
-                            entry.1
-                        })
+                        log.schedule_with(
+                            (who as u32, i),
+                            func!(|log: &mut Vec<(u32, u32)>, entry: (u32, u32)| {
+                                log.push(entry);
+                                entry.1
+                            }),
+                        )
                         .unwrap()
                     })
                     .collect();
@@ -106,7 +124,7 @@ fn a_persistent_server_survives_its_clients_and_stops_on_request() {
     std::thread::sleep(Duration::from_millis(100));
     assert!(process_exists(pid));
     let again = client(&address).unwrap();
-    assert_eq!(again.invoke(|| 1u8).unwrap(), 1);
+    assert_eq!(again.invoke(func!(|| 1u8)).unwrap(), 1);
     assert!(again.stop(PATIENCE));
     assert!(
         wait_until(PATIENCE, || !process_exists(pid)),
@@ -135,7 +153,7 @@ fn objects_only_a_departed_client_held_are_freed() {
     let address = unix_address("release");
     let process = server(&address).expect("spawn");
     let other = client(&address).unwrap();
-    let object = other.wrap(|| vec![1u8; 1024]).unwrap();
+    let object = other.wrap(func!(|| vec![1u8; 1024])).unwrap();
     other.publish("temporary", &object).unwrap();
     assert!(process.lookup::<Vec<u8>>("temporary").is_ok());
     drop(object);
@@ -156,23 +174,26 @@ fn a_client_killed_mid_call_releases_its_objects() {
     let helper = processional::slave().unwrap();
     let helper_pid = helper.pid();
     helper
-        .invoke_with(address.clone(), |address: String| {
-            let c = processional::client(&address).unwrap();
-            let object = c.wrap(|| vec![7u8; 64]).unwrap();
-            c.publish("orphan", &object).unwrap();
-            std::mem::forget(object);
-            let pending = c
-                .schedule(|| std::thread::sleep(Duration::from_secs(30)))
-                .unwrap();
-            pending.detach();
-            std::mem::forget(c);
-        })
+        .invoke_with(
+            address.clone(),
+            func!(|address: String| {
+                let c = processional::client(&address).unwrap();
+                let object = c.wrap(func!(|| vec![7u8; 64])).unwrap();
+                c.publish("orphan", &object).unwrap();
+                std::mem::forget(object);
+                let pending = c
+                    .schedule(func!(|| std::thread::sleep(Duration::from_secs(30))))
+                    .unwrap();
+                pending.detach();
+                std::mem::forget(c);
+            }),
+        )
         .unwrap();
     assert!(process.lookup::<Vec<u8>>("orphan").is_ok());
     kill_hard(helper_pid);
     let freed = wait_until(PATIENCE, || process.lookup::<Vec<u8>>("orphan").is_err());
     assert!(freed);
-    assert_eq!(process.invoke(|| 9u8).unwrap(), 9);
+    assert_eq!(process.invoke(func!(|| 9u8)).unwrap(), 9);
 }
 
 #[test]
@@ -185,7 +206,7 @@ fn a_client_with_the_wrong_key_is_refused() {
         .connect()
         .expect_err("refused");
     assert!(matches!(error, Error::Auth(_)), "{error:?}");
-    assert_eq!(process.invoke(|| 2u8).unwrap(), 2);
+    assert_eq!(process.invoke(func!(|| 2u8)).unwrap(), 2);
 }
 
 #[test]
@@ -204,7 +225,7 @@ fn a_tcp_server_in_this_process_serves_a_client() {
         .connect()
         .unwrap();
     assert_eq!(c.pid(), std::process::id());
-    assert_eq!(c.invoke_with(20u32, |x| x + 1).unwrap(), 21);
+    assert_eq!(c.invoke_with(20u32, func!(|x| x + 1)).unwrap(), 21);
     drop(c);
     handle.stop();
 }
@@ -218,7 +239,7 @@ fn bad_peers_do_not_disturb_a_good_client() {
         let process = process.clone();
         std::thread::spawn(move || {
             for i in 0..2000u64 {
-                assert_eq!(process.invoke_with(i, |x| x * 3).unwrap(), i * 3);
+                assert_eq!(process.invoke_with(i, func!(|x| x * 3)).unwrap(), i * 3);
             }
         })
     };
@@ -262,7 +283,7 @@ fn bad_peers_do_not_disturb_a_good_client() {
         assert!(refused, "no typed refusal in {} bytes", bytes.len());
     }
 
-    assert_eq!(process.invoke(|| 1u8).unwrap(), 1);
+    assert_eq!(process.invoke(func!(|| 1u8)).unwrap(), 1);
 }
 
 #[test]
@@ -281,7 +302,7 @@ fn many_clients_many_calls() {
                 for i in 0..calls {
                     in_flight.push_back((
                         i,
-                        c.schedule_with((n, i), |(n, i): (u64, u64)| n * 1_000_000 + i)
+                        c.schedule_with((n, i), func!(|(n, i): (u64, u64)| n * 1_000_000 + i))
                             .unwrap(),
                     ));
                     if in_flight.len() == window {
@@ -304,7 +325,7 @@ fn many_clients_many_calls() {
     for thread in threads {
         thread.join().unwrap();
     }
-    assert_eq!(process.invoke(|| 1u8).unwrap(), 1);
+    assert_eq!(process.invoke(func!(|| 1u8)).unwrap(), 1);
 }
 
 #[test]
@@ -342,7 +363,7 @@ fn a_client_of_another_build_is_refused_with_both_fingerprints() {
         text.contains(&processional::fingerprint().to_string()),
         "{text}"
     );
-    assert_eq!(process.invoke(|| 4u8).unwrap(), 4);
+    assert_eq!(process.invoke(func!(|| 4u8)).unwrap(), 4);
 }
 
 #[test]
@@ -366,20 +387,27 @@ fn terminate_stops_a_spawned_server() {
 fn remote_handles_move_between_clients_of_a_server() {
     let address = unix_address("moving");
     let process = server(&address).expect("spawn");
-    let baseline = process.invoke(processional::live_objects).unwrap();
-    let numbers = process.wrap(|| vec![1u64, 2, 3, 4]).expect("wrap");
+    let baseline = process.invoke(func!(processional::live_objects)).unwrap();
+    let numbers = process.wrap(func!(|| vec![1u64, 2, 3, 4])).expect("wrap");
     // A slave of ours becomes a client of the same server when the handle
     // arrives, and works on the object where it lives.
     let other = processional::slave().unwrap();
     let (sum, server_pid) = other
         .invoke_with(
             numbers.clone(),
-            |numbers: processional::Remote<Vec<u64>>| {
+            func!(|numbers: processional::Remote<Vec<u64>>| {
                 assert!(!numbers.is_local());
-                let sum = numbers.invoke(|v| v.iter().sum::<u64>()).unwrap();
-                numbers.invoke(|v| v.push(5)).unwrap();
-                (sum, numbers.invoke(|_| std::process::id()).unwrap())
-            },
+                let sum = numbers
+                    .invoke(func!(|v: &mut Vec<u64>| v.iter().sum::<u64>()))
+                    .unwrap();
+                numbers.invoke(func!(|v: &mut Vec<u64>| v.push(5))).unwrap();
+                (
+                    sum,
+                    numbers
+                        .invoke(func!(|_: &mut Vec<u64>| std::process::id()))
+                        .unwrap(),
+                )
+            }),
         )
         .unwrap();
     assert_eq!(sum, 10);
@@ -387,13 +415,16 @@ fn remote_handles_move_between_clients_of_a_server() {
     assert_eq!(numbers.fetch().unwrap(), vec![1, 2, 3, 4, 5]);
     // Sent, then dropped here at once: the handle still arrives.
     let task = other
-        .schedule_with(numbers, |numbers: processional::Remote<Vec<u64>>| {
-            numbers.invoke(|v| v.len()).unwrap()
-        })
+        .schedule_with(
+            numbers,
+            func!(|numbers: processional::Remote<Vec<u64>>| {
+                numbers.invoke(func!(|v: &mut Vec<u64>| v.len())).unwrap()
+            }),
+        )
         .unwrap();
     assert_eq!(task.wait_timeout(PATIENCE).ok().unwrap().unwrap(), 5);
     // Everyone let go: the object is freed in the server.
     assert!(wait_until(PATIENCE, || {
-        process.invoke(processional::live_objects).unwrap() == baseline
+        process.invoke(func!(processional::live_objects)).unwrap() == baseline
     }));
 }

@@ -198,12 +198,19 @@ mod tests {
     fn mapped_payloads_decode_like_inline_ones() {
         let value = (7u64, "seven".to_string(), vec![7u8; 300]);
         let (_buf, view) = writable_segment(&encode(&value).unwrap());
-        assert_eq!(decode_mapped::<(u64, String, Vec<u8>)>(&view).unwrap(), value);
+        assert_eq!(
+            decode_mapped::<(u64, String, Vec<u8>)>(&view).unwrap(),
+            value
+        );
         let bytes = vec![9u8; 70_000];
         let (_buf, view) = writable_segment(&encode(&bytes).unwrap());
         assert_eq!(decode_mapped::<Vec<u8>>(&view).unwrap(), bytes);
         let (_buf, view) = writable_segment(&encode(&bytes).unwrap()[..1000]);
-        assert!(decode_mapped::<Vec<u8>>(&view).unwrap_err().contains("follow"));
+        assert!(
+            decode_mapped::<Vec<u8>>(&view)
+                .unwrap_err()
+                .contains("follow")
+        );
     }
 
     /// A sender that breaks the lending protocol and writes its segment while

@@ -152,7 +152,9 @@ impl<T: Send + 'static> Remote<T> {
             }
             Handle::Local { slot, .. } => {
                 let outcome = slot
-                    .with(|object: &mut T| processional_thread::catch_panic(|| (f.get())(object, args)))
+                    .with(|object: &mut T| {
+                        processional_thread::catch_panic(|| (f.get())(object, args))
+                    })
                     .map_err(Error::Remote)
                     .and_then(|result| result);
                 Ok(Task::ready(outcome))

@@ -91,15 +91,18 @@ fn client_and_server() -> anyhow::Result<()> {
 
     // process 2: another process (here a slave of ours) connects as a client
     let other = processional::slave()?;
-    let product = other.invoke_with(address.clone(), func!(|address: String| {
-        let process = processional::client(&address).expect("connect");
-        let resource: processional::Remote<Vec<u64>> =
-            process.lookup("heavy_resource").expect("lookup");
-        println!("multiplying (in process {})", std::process::id());
-        resource
-            .invoke(func!(|v: &mut Vec<u64>| v.iter().product::<u64>()))
-            .expect("product")
-    }))?;
+    let product = other.invoke_with(
+        address.clone(),
+        func!(|address: String| {
+            let process = processional::client(&address).expect("connect");
+            let resource: processional::Remote<Vec<u64>> =
+                process.lookup("heavy_resource").expect("lookup");
+            println!("multiplying (in process {})", std::process::id());
+            resource
+                .invoke(func!(|v: &mut Vec<u64>| v.iter().product::<u64>()))
+                .expect("product")
+        }),
+    )?;
     println!("product is {product}");
     drop(other);
     drop(process);
@@ -132,9 +135,10 @@ fn shared_memory(process: &processional::SlaveProcess) -> anyhow::Result<()> {
     }
     let values = values.share()?; // read-only from now on, sealed
     let started = Instant::now();
-    let sum = process.invoke_with(values.clone(), func!(|values: processional::ShmSlice<f64>| {
-        values.iter().sum::<f64>()
-    }))?;
+    let sum = process.invoke_with(
+        values.clone(),
+        func!(|values: processional::ShmSlice<f64>| { values.iter().sum::<f64>() }),
+    )?;
     let shared = started.elapsed();
     println!(
         "100 MiB of f64 summed in the slave: {sum:e}; sent in {:.2} ms (with the sum) through shared memory, \
