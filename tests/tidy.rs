@@ -1,7 +1,9 @@
 //! Tidy checks of the workspace's shape, run by `cargo test`:
 //!
-//! - the crates depend only downward: proto < transport < shm < thread <
-//!   process < processional (read from `cargo metadata`);
+//! - the crates depend only downward: proto < transport < shm < task <
+//!   thread < process < processional (read from `cargo metadata`);
+//! - processional-task uses only proto (and shm behind its `shm` feature),
+//!   and processional-thread only task, of our crates;
 //! - processional-proto has no I/O dependency;
 //! - every library denies `unsafe_op_in_unsafe_fn`;
 //! - every `unsafe` block has a `// SAFETY:` comment right above it;
@@ -20,9 +22,22 @@ const LAYERS: &[(&str, u32)] = &[
     ("processional-proto", 0),
     ("processional-transport", 1),
     ("processional-shm", 2),
-    ("processional-thread", 3),
-    ("processional-process", 4),
-    ("processional", 5),
+    ("processional-task", 3),
+    ("processional-thread", 4),
+    ("processional-process", 5),
+    ("processional", 6),
+];
+
+/// Crates whose dependencies on our crates are listed exactly, beyond the
+/// ranks: `(crate, [(dependency, optional only)])`. The tasks must not drag
+/// sockets or shared memory into every runtime, and threads need nothing but
+/// the tasks.
+const LEAN: &[(&str, &[(&str, bool)])] = &[
+    (
+        "processional-task",
+        &[("processional-proto", false), ("processional-shm", true)],
+    ),
+    ("processional-thread", &[("processional-task", false)]),
 ];
 
 /// The only crates processional-proto may depend on: pure data crates.
@@ -77,16 +92,21 @@ fn manifest_path(package: &Value) -> PathBuf {
 
 /// The dependencies a build of `package` uses: normal and build ones.
 fn build_dependencies(package: &Value) -> impl Iterator<Item = &str> {
+    build_dependency_entries(package).map(|dependency| {
+        dependency["name"]
+            .as_str()
+            .expect("dependencies have a name")
+    })
+}
+
+/// The `cargo metadata` entries of the normal and build dependencies of
+/// `package`.
+fn build_dependency_entries(package: &Value) -> impl Iterator<Item = &Value> {
     package["dependencies"]
         .as_array()
         .expect("packages list dependencies")
         .iter()
         .filter(|dependency| dependency["kind"].is_null() || dependency["kind"] == "build")
-        .map(|dependency| {
-            dependency["name"]
-                .as_str()
-                .expect("dependencies have a name")
-        })
 }
 
 fn rank(crate_name: &str) -> Option<u32> {
@@ -143,6 +163,44 @@ fn crates_depend_only_on_lower_layers() {
         }
     }
     fail_with("the layering is broken", &problems);
+}
+
+#[test]
+fn task_and_thread_use_only_their_listed_crates() {
+    let mut problems = Vec::new();
+    for (crate_name, allowed) in LEAN {
+        let package = packages()
+            .iter()
+            .find(|package| name(package) == *crate_name)
+            .unwrap_or_else(|| panic!("{crate_name} is a workspace member"));
+        for dependency in build_dependency_entries(package) {
+            let dependency_name = dependency["name"]
+                .as_str()
+                .expect("dependencies have a name");
+            if rank(dependency_name).is_none() {
+                continue; // Not one of our crates.
+            }
+            let optional = dependency["optional"].as_bool().unwrap_or(false);
+            let names: Vec<&str> = allowed.iter().map(|(name, _)| *name).collect();
+            match allowed.iter().find(|(name, _)| *name == dependency_name) {
+                None => problems.push(format!(
+                    "{crate_name} depends on {dependency_name}, but of our crates it may use \
+                     only {names:?}: a thread-only program must not compile sockets or \
+                     shared memory; move what it needs down into one of those, or update \
+                     LEAN in tests/tidy.rs and the layering in docs/ARCHITECTURE.md"
+                )),
+                Some((_, true)) if !optional => problems.push(format!(
+                    "{crate_name} depends on {dependency_name} unconditionally; it may only \
+                     do so behind a feature (`optional = true`)"
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    fail_with(
+        "a lean crate depends on more of ours than it may",
+        &problems,
+    );
 }
 
 #[test]

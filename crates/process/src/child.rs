@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use processional_thread::ExitReason;
+use processional_task::{ExitReason, Termination};
 
 use crate::session::ExitProbe;
 use crate::slave::SLAVE_FD_VAR;
@@ -22,31 +22,6 @@ use crate::slave::SLAVE_FD_VAR;
 /// Names the master's process id in a child that must die with it.
 pub(crate) const PARENT_VAR: &str = "PROCESSIONAL_SLAVE_PARENT";
 use crate::sys::{self, WaitStatus};
-
-/// How a [`terminate`](crate::SlaveProcess::terminate) ended the process.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Termination {
-    /// It exited by itself after being asked to (or had already ended).
-    Graceful(ExitReason),
-    /// It did not exit in time and was sent SIGTERM, which ended it.
-    Terminated(ExitReason),
-    /// It ignored SIGTERM and was killed with SIGKILL.
-    Killed(ExitReason),
-    /// It was not our child, or could not be reaped: its end is not known.
-    Unknown,
-}
-
-impl Termination {
-    /// How the process ended, if known.
-    pub fn exit_reason(&self) -> Option<ExitReason> {
-        match self {
-            Termination::Graceful(r) | Termination::Terminated(r) | Termination::Killed(r) => {
-                Some(*r)
-            }
-            Termination::Unknown => None,
-        }
-    }
-}
 
 type SpawnRequest = (Command, OwnedFd, bool, mpsc::Sender<io::Result<StdChild>>);
 

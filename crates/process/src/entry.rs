@@ -3,7 +3,7 @@
 use std::marker::PhantomData;
 
 use processional_proto::{ObjectId, RemoteError, RemoteErrorKind};
-use processional_thread::Error;
+use processional_task::Error;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -17,7 +17,7 @@ type Marker<T> = PhantomData<fn() -> T>;
 
 /// Runs `f`, turning a panic into the error the caller receives.
 pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, RemoteError> {
-    processional_thread::catch_panic(f).map_err(|error| to_remote(&error))
+    processional_task::catch_panic(f).map_err(|error| to_remote(&error))
 }
 
 /// The wire form of a local error.

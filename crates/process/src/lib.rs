@@ -143,13 +143,12 @@ mod slave;
 mod sys;
 mod trust;
 
-pub use child::Termination;
 pub use fingerprint::{fingerprint, program_name};
 pub use func::Func;
 pub use init::init;
 pub use objects::live_objects;
 pub use payload::{INLINE_LIMIT, INLINE_LIMIT_VAR};
-pub use processional_thread::{Error, ExitReason, Task};
+pub use processional_task::{Error, ExitReason, Task, Termination};
 pub use remote::Remote;
 pub use server::{
     ClientBuilder, DEFAULT_MAX_PENDING_HANDSHAKES, DEFAULT_SERVER_HANDSHAKE_TIMEOUT, KEY_FILE_VAR,

@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use processional_proto::{Message, ObjectId, RunMode};
-use processional_thread::{Error, Task};
+use processional_task::{Error, Task};
 use serde::de::{DeserializeOwned, Deserializer, Error as _};
 use serde::ser::{Error as _, Serializer};
 use serde::{Deserialize, Serialize};
@@ -153,7 +153,7 @@ impl<T: Send + 'static> Remote<T> {
             Handle::Local { slot, .. } => {
                 let outcome = slot
                     .with(|object: &mut T| {
-                        processional_thread::catch_panic(|| (f.get())(object, args))
+                        processional_task::catch_panic(|| (f.get())(object, args))
                     })
                     .map_err(Error::Remote)
                     .and_then(|result| result);

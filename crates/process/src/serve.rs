@@ -16,7 +16,7 @@ use std::time::Duration;
 use processional_proto::{
     Call, Message, ObjectId, Outcome, RemoteError, RemoteErrorKind, Reply, RunMode, TaskId,
 };
-use processional_thread::CancelToken;
+use processional_task::CancelToken;
 use processional_transport::{Connection, ConnectionReader, ConnectionWriter, Received};
 
 use crate::codec;
@@ -328,7 +328,7 @@ impl Served {
         };
         let run = || {
             context::with_connection(&self.objects, || {
-                processional_thread::with_token(token, || entry(&cx, &incoming))
+                processional_task::with_token(token, || entry(&cx, &incoming))
             })
         };
         let collect = || {

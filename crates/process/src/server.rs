@@ -17,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use processional_proto::{Role, RunMode};
-use processional_thread::Error;
+use processional_task::Error;
 use processional_transport::{
     AcceptStopper, Address, AuthenticatingListener, Connection, Handshake, Key, Listener, Side,
 };

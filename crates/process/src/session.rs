@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use processional_proto::{Call, FunctionRef, Message, Outcome, Payload, RunMode, TaskId};
-use processional_thread::{Driver, Error, ExitReason, Task};
+use processional_task::{Driver, Error, ExitReason, Task};
 use processional_transport::{Connection, ConnectionReader, ConnectionWriter, PeerInfo, Received};
 use serde::de::DeserializeOwned;
 

@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use processional_proto::{Hello, PROTOCOL_VERSION, Role, RunMode};
-use processional_thread::{Error, Task};
+use processional_task::{Error, Task, Termination};
 use processional_transport::{AgreedNonces, Connection, Handshake, Key, PeerInfo, Side};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::child::{self, ChildExitProbe, ChildProcess, Termination};
+use crate::child::{self, ChildExitProbe, ChildProcess};
 use crate::entry::{CallEntry, WrapEntry};
 use crate::fingerprint::{fingerprint, program_name};
 use crate::func::Func;
@@ -460,7 +460,7 @@ fn run_slave(fd: RawFd, master: Option<i32>) -> Result<(), Error> {
         connection.handshake(Side::Acceptor, &config).map(Some)
     }
     .map_err(transport_error)?;
-    processional_thread::set_capture_backtraces(true);
+    processional_task::set_capture_backtraces(true);
     if let (Some(server), Some(listener)) = (bootstrap.server, listener) {
         return crate::server::run_spawned_server(connection, listener, key, server);
     }

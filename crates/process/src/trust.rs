@@ -7,7 +7,7 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use processional_thread::{Error, KeyFileProblem};
+use processional_task::{Error, KeyFileProblem};
 use processional_transport::{Address, Key};
 
 use crate::server::{KEY_FILE_VAR, KEY_VAR};

@@ -32,7 +32,8 @@
 //! | [`proto`] (`processional-proto`) | the wire format: frames, messages, the incremental decoder |
 //! | [`transport`] (`processional-transport`) | unix/TCP connections, fd passing, authentication, the event loop |
 //! | [`shm`] (`processional-shm`) | shared-memory segments, `ShmBuf`, `ShmVec`, the segment pool |
-//! | [`thread`](mod@thread) (`processional-thread`) | [`Task`], [`thread()`], [`SlaveThread`], cancellation, [`Error`] |
+//! | [`task`] (`processional-task`) | [`Task`], [`Completer`](task::Completer), cancellation, [`Error`]: what every runtime shares |
+//! | [`thread`](mod@thread) (`processional-thread`) | [`thread()`], [`SlaveThread`], thread-bound objects |
 //! | [`process`] (`processional-process`) | [`slave()`], [`SlaveProcess`], [`Remote`] |
 //!
 //! # Threads
@@ -66,6 +67,7 @@
 pub use processional_process as process;
 pub use processional_proto as proto;
 pub use processional_shm as shm;
+pub use processional_task as task;
 pub use processional_thread as thread;
 pub use processional_transport as transport;
 
@@ -75,9 +77,12 @@ pub use processional_process::{
     runtime_dir, serve, server, slave,
 };
 pub use processional_shm::{SharedMutBuf, ShmBuf, ShmSlice, ShmVec};
+pub use processional_task::{
+    CancelToken, Error, ExitReason, KeyFileProblem, PanicReport, RemoteError, RemoteErrorKind,
+    Result, Task, checkpoint,
+};
 pub use processional_thread::{
-    Bound, Builder as ThreadBuilder, CancelToken, Error, ExitReason, KeyFileProblem, PanicReport,
-    RemoteError, RemoteErrorKind, Result, SlaveBuilder as SlaveThreadBuilder, SlaveDriver,
-    SlaveThread, Task, checkpoint, thread,
+    Bound, Builder as ThreadBuilder, SlaveBuilder as SlaveThreadBuilder, SlaveDriver, SlaveThread,
+    thread,
 };
 pub use processional_transport::{Address, Key};

@@ -7,11 +7,9 @@ use std::marker::PhantomData;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::cancel::with_token;
-use crate::error::{Error, PanicReport, Result};
-use crate::panic::catch_panic;
+use processional_task::{Error, PanicReport, Result, Task, catch_panic, with_token};
+
 use crate::slave::{Object, Objects, Order, SlaveThread, hosted, next_id};
-use crate::task::Task;
 
 /// A handle to an object of type `T` created on a [`SlaveThread`] by
 /// [`SlaveThread::wrap`].

@@ -27,7 +27,9 @@
 //!
 //! # Tasks
 //!
-//! Every call returns a [`Task`]: [`wait`](Task::wait) for its value,
+//! Every call returns a [`Task`] (from `processional-task`, re-exported here
+//! with the [`Error`] type and cancellation, as are [`Completer`] and
+//! [`Driver`] for other runtimes): [`wait`](Task::wait) for its value,
 //! [`wait_timeout`](Task::wait_timeout) (which hands the task back if time
 //! runs out), poll [`is_finished`](Task::is_finished), or `.await` it under
 //! any executor: the thread that completes the call wakes the future, with
@@ -88,21 +90,18 @@
 //! through a [`Driver`]; [`catch_panic`] and [`with_token`] run calls the
 //! way this crate does.
 
-mod backoff;
 mod bound;
-mod cancel;
-mod error;
-mod panic;
+mod call;
 mod pool;
 mod slave;
-mod task;
 #[cfg(test)]
 mod test_log;
 
 pub use bound::Bound;
-pub use cancel::{CancelToken, checkpoint, current_token, with_token};
-pub use error::*;
-pub use panic::{catch_panic, set_capture_backtraces};
 pub use pool::{Builder, IDLE_TIMEOUT, thread};
+pub use processional_task::{
+    CancelToken, Completer, Driver, Error, ExitReason, KeyFileProblem, PanicReport, RemoteError,
+    RemoteErrorKind, Result, Task, catch_panic, checkpoint, current_token, set_capture_backtraces,
+    with_token,
+};
 pub use slave::{SlaveBuilder, SlaveDriver, SlaveThread};
-pub use task::{Completer, Driver, Task};

@@ -11,10 +11,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
-use crate::backoff::Backoff;
+use processional_task::{Backoff, Completer, Error, Task};
 
-use crate::error::Error;
-use crate::task::{Completer, Task, run_call};
+use crate::call::run_call;
 
 /// How long an idle cached thread waits for another call before it exits.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -268,7 +267,7 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Result;
+    use processional_task::Result;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Instant;
 

@@ -15,12 +15,10 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
-use crate::backoff::Backoff;
+use processional_task::{Backoff, CancelToken, Completer, PanicReport, Result, Task, catch_panic};
+
 use crate::bound::Bound;
-use crate::cancel::CancelToken;
-use crate::error::{PanicReport, Result};
-use crate::panic::catch_panic;
-use crate::task::{Completer, Task, run_call};
+use crate::call::run_call;
 
 /// Identifies slaves and the objects bound to them.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -635,8 +633,8 @@ impl fmt::Debug for SlaveDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Error;
     use crossbeam_channel::{bounded, unbounded};
+    use processional_task::Error;
     use std::sync::atomic::{AtomicBool, AtomicUsize};
 
     const LONG: Duration = Duration::from_secs(60);

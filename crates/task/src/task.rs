@@ -11,9 +11,8 @@ use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use crate::backoff::Backoff;
-use crate::cancel::{CancelToken, with_token};
+use crate::cancel::CancelToken;
 use crate::error::{Error, Result};
-use crate::panic::catch_panic;
 
 /// The outcome is not there yet.
 const PENDING: u8 = 0;
@@ -376,7 +375,7 @@ impl<T> Completer<T> {
     }
 
     /// The call's cancellation token; [`Task::cancel`] cancels it. Runtimes
-    /// install it around the call with [`with_token`] and can subscribe to
+    /// install it around the call with [`with_token`](crate::with_token) and can subscribe to
     /// it with [`CancelToken::on_cancel`].
     pub fn token(&self) -> &CancelToken {
         match &self.shared {
@@ -427,25 +426,6 @@ impl<T> fmt::Debug for Completer<T> {
             .field("abandoned", &self.is_abandoned())
             .finish()
     }
-}
-
-/// Runs `f` as the call of `completer`: skipped with [`Error::Cancelled`] if
-/// already cancelled, otherwise under the call's token with panics caught.
-/// `before_complete` runs after the call, right before the outcome is
-/// delivered.
-pub(crate) fn run_call<T>(
-    completer: Completer<T>,
-    f: impl FnOnce() -> T,
-    before_complete: impl FnOnce(),
-) {
-    let token = completer.token();
-    let outcome = if token.is_cancelled() {
-        Err(Error::Cancelled)
-    } else {
-        with_token(token, || catch_panic(f))
-    };
-    before_complete();
-    completer.complete(outcome);
 }
 
 #[cfg(test)]

@@ -144,22 +144,28 @@ thread_local! {
 /// Put `checkpoint()?` in the loops of long computations so that
 /// [`Task::cancel`](crate::Task::cancel) and `terminate` can end them.
 ///
-/// ```
-/// use std::time::Duration;
+/// A runtime installs the call's token with [`with_token`] (the thread and
+/// process runtimes do it for every call); the call only checks:
 ///
-/// let task = processional_thread::thread(|| -> processional_thread::Result<u64> {
-///     let mut rounds = 0u64;
-///     loop {
-///         processional_thread::checkpoint()?;
-///         rounds += 1;
-///         std::thread::sleep(Duration::from_millis(1));
-///     }
-/// });
-/// task.cancel();
-/// // Stopped at a checkpoint (`Ok(Err(Cancelled))`), or before it even
-/// // started (`Err(Cancelled)`).
-/// let error = task.wait().and_then(|outcome| outcome).unwrap_err();
-/// assert!(error.is_cancelled());
+/// ```
+/// use processional_task::{CancelToken, checkpoint, with_token};
+///
+/// let token = CancelToken::new();
+/// let call = {
+///     let token = token.clone();
+///     std::thread::spawn(move || {
+///         with_token(&token, || -> processional_task::Result<u64> {
+///             let mut rounds = 0u64;
+///             loop {
+///                 checkpoint()?;
+///                 rounds += 1;
+///                 std::thread::yield_now();
+///             }
+///         })
+///     })
+/// };
+/// token.cancel();
+/// assert!(call.join().unwrap().unwrap_err().is_cancelled());
 /// ```
 pub fn checkpoint() -> Result<()> {
     CURRENT.with(|current| match &*current.borrow() {

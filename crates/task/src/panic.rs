@@ -37,9 +37,9 @@ thread_local! {
 /// then printed by that hook and their reports lack a location.
 ///
 /// ```
-/// let error = processional_thread::catch_panic(|| panic!("out of cheese")).unwrap_err();
+/// let error = processional_task::catch_panic(|| panic!("out of cheese")).unwrap_err();
 /// assert_eq!(error.message(), Some("out of cheese"));
-/// assert_eq!(processional_thread::catch_panic(|| 7).unwrap(), 7);
+/// assert_eq!(processional_task::catch_panic(|| 7).unwrap(), 7);
 /// ```
 pub fn catch_panic<R>(f: impl FnOnce() -> R) -> Result<R> {
     install_hook();

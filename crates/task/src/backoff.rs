@@ -6,6 +6,8 @@
 //! interrupt: several microseconds, during which the other side may fall
 //! asleep too). Waiters therefore spin for a few microseconds, then yield
 //! the processor until [`SPIN_WINDOW`] has passed, and only then block.
+//! [`Task`](crate::Task) waits this way, and so do the runtimes' workers
+//! waiting for their next call.
 
 use std::hint;
 use std::thread;
@@ -21,8 +23,22 @@ const PAUSES_PER_ROUND: u32 = 8;
 pub(crate) const SPIN_WINDOW: Duration = Duration::from_micros(50);
 
 /// The spin-then-yield schedule of one wait.
+///
+/// ```
+/// use std::sync::atomic::{AtomicBool, Ordering};
+///
+/// let flag = AtomicBool::new(false);
+/// let mut backoff = processional_task::Backoff::new();
+/// while !flag.load(Ordering::Acquire) {
+///     if backoff.is_exhausted() {
+///         // Time to block on something (a condvar, a channel, park).
+///         break;
+///     }
+///     backoff.snooze();
+/// }
+/// ```
 #[derive(Debug, Default)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     step: u32,
     /// When yielding started.
     yielding_since: Option<Instant>,
@@ -30,13 +46,13 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     /// A fresh schedule.
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         Backoff::default()
     }
 
     /// Waits a little longer than the previous call: spins, then yields the
     /// processor.
-    pub(crate) fn snooze(&mut self) {
+    pub fn snooze(&mut self) {
         if self.step < SPIN_ROUNDS {
             for _ in 0..PAUSES_PER_ROUND {
                 hint::spin_loop();
@@ -51,7 +67,7 @@ impl Backoff {
     }
 
     /// Whether waiting has lasted long enough and the waiter should block.
-    pub(crate) fn is_exhausted(&self) -> bool {
+    pub fn is_exhausted(&self) -> bool {
         self.yielding_since
             .is_some_and(|since| since.elapsed() >= SPIN_WINDOW)
     }

@@ -1,11 +1,13 @@
-//! The one error type of processional.
+//! The one error type of processional, and the reports it carries.
 //!
 //! Every runtime (threads, processes, servers) reports failures of a call as an
-//! [`Error`]. User errors are not wrapped: they travel as the task's value
+//! [`Error`], so that it lives here, below the runtimes. User errors are not wrapped: they travel as the task's value
 //! (`Task<Result<T, E>>`).
 
 use std::fmt;
 use std::time::Duration;
+
+use crate::exit::ExitReason;
 
 pub use processional_proto::{RemoteError, RemoteErrorKind};
 
@@ -28,28 +30,6 @@ impl fmt::Display for PanicReport {
             write!(f, " at {location}")?;
         }
         Ok(())
-    }
-}
-
-/// How a process ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ExitReason {
-    /// It exited with this code.
-    Code(i32),
-    /// It was killed by this signal.
-    Signal(i32),
-    /// It ended, but how is not known (e.g. reaped by someone else, or on
-    /// another host).
-    Unknown,
-}
-
-impl fmt::Display for ExitReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ExitReason::Code(code) => write!(f, "exit code {code}"),
-            ExitReason::Signal(signal) => write!(f, "signal {signal}"),
-            ExitReason::Unknown => f.write_str("unknown exit status"),
-        }
     }
 }
 
@@ -149,6 +129,10 @@ pub enum Error {
     },
     /// A shared-memory operation failed (creating, sealing or mapping a
     /// segment, writing a shared buffer, …).
+    ///
+    /// Present with the feature `shm`, which the process runtime turns on:
+    /// a build with threads alone compiles no shared-memory code.
+    #[cfg(feature = "shm")]
     #[error("shared memory: {0}")]
     Shm(#[from] processional_shm::ShmError),
     /// An operating-system operation (spawn, connect, bind, …) failed.

@@ -1,0 +1,52 @@
+//! How a process ended: [`ExitReason`], and [`Termination`] when it was
+//! stopped on purpose.
+
+use std::fmt;
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExitReason {
+    /// It exited with this code.
+    Code(i32),
+    /// It was killed by this signal.
+    Signal(i32),
+    /// It ended, but how is not known (e.g. reaped by someone else, or on
+    /// another host).
+    Unknown,
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitReason::Code(code) => write!(f, "exit code {code}"),
+            ExitReason::Signal(signal) => write!(f, "signal {signal}"),
+            ExitReason::Unknown => f.write_str("unknown exit status"),
+        }
+    }
+}
+
+/// How stopping a process on purpose ended it (the answer of a slave
+/// process's `terminate`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Termination {
+    /// It exited by itself after being asked to (or had already ended).
+    Graceful(ExitReason),
+    /// It did not exit in time and was sent SIGTERM, which ended it.
+    Terminated(ExitReason),
+    /// It ignored SIGTERM and was killed with SIGKILL.
+    Killed(ExitReason),
+    /// It was not our child, or could not be reaped: its end is not known.
+    Unknown,
+}
+
+impl Termination {
+    /// How the process ended, if known.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        match self {
+            Termination::Graceful(r) | Termination::Terminated(r) | Termination::Killed(r) => {
+                Some(*r)
+            }
+            Termination::Unknown => None,
+        }
+    }
+}

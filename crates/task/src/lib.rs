@@ -1,0 +1,79 @@
+//! Tasks of processional, shared by every runtime: the handle to one call
+//! ([`Task`]), the side that delivers its outcome ([`Completer`]),
+//! cooperative cancellation, and the library-wide [`Error`].
+//!
+//! ```
+//! use processional_task::Task;
+//!
+//! # fn main() -> processional_task::Result<()> {
+//! // A runtime makes a task and hands its completer to whatever runs the call.
+//! let (task, completer) = Task::pending();
+//! std::thread::spawn(move || completer.complete(Ok((1..=10u64).product::<u64>())));
+//! assert_eq!(task.wait()?, 3_628_800);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The thread runtime (`processional-thread`: `thread()`, `SlaveThread`) and
+//! the process runtime (`processional-process`: slaves, servers, clients)
+//! both hand out `Task<T>`s and report failures as [`Error`]s; this crate
+//! knows neither. They re-export what is here, so `processional_thread::Task`
+//! and `processional::Task` are this crate's [`Task`].
+//!
+//! # Tasks
+//!
+//! [`wait`](Task::wait) for a task's value,
+//! [`wait_timeout`](Task::wait_timeout) (which hands the task back if time
+//! runs out), poll [`is_finished`](Task::is_finished), or `.await` it under
+//! any executor: the thread that completes the call wakes the future, with
+//! no polling loop and no helper thread.
+//!
+//! A task dropped without being waited for is detached: the call runs on.
+//! If it fails, the error is reported once through the [`log`] facade
+//! (`log::error!`), never silently lost and never printed by the library.
+//! A [`Completer`] dropped without completing completes its task with
+//! [`Error::Stopped`]: a task never hangs because its call was lost.
+//!
+//! # Errors
+//!
+//! A call's failure is an [`Error`], one enum for the whole library: a panic
+//! comes back as [`Error::Panicked`] with its message and location (see
+//! [`catch_panic`]), a cancelled call as [`Error::Cancelled`], a failure in
+//! another process as [`Error::Remote`] (a [`RemoteError`] of the wire
+//! format), a process that ended under a call as [`Error::Exited`] with its
+//! [`ExitReason`]. Errors of your own travel as the value: use a
+//! `Task<Result<T, E>>`. With the feature `shm` (the process runtime turns
+//! it on), `Error::Shm` wraps shared-memory errors.
+//!
+//! # Cancellation
+//!
+//! Rust cannot kill a thread safely: the thread's locks, allocations and
+//! data structures would be left half-updated. Cancellation is therefore
+//! cooperative. Every call has a [`CancelToken`]; [`Task::cancel`] sets it,
+//! and the call sees it at its next [`checkpoint`], which returns
+//! [`Error::Cancelled`] for the call to propagate with `?`.
+//!
+//! # For runtimes
+//!
+//! [`Task::pending`] gives a task and its [`Completer`];
+//! [`Task::pending_driven`] lets the waiting thread make progress itself
+//! through a [`Driver`] (read a socket, say); [`with_token`] installs a
+//! call's token for [`checkpoint`]; [`catch_panic`] turns a panic into
+//! [`Error::Panicked`] without printing it; [`Backoff`] is the
+//! spin-then-yield schedule waiters use before they block.
+
+mod backoff;
+mod cancel;
+mod error;
+mod exit;
+mod panic;
+mod task;
+#[cfg(test)]
+mod test_log;
+
+pub use backoff::Backoff;
+pub use cancel::{CancelToken, checkpoint, current_token, with_token};
+pub use error::*;
+pub use exit::{ExitReason, Termination};
+pub use panic::{catch_panic, set_capture_backtraces};
+pub use task::{Completer, Driver, Task};
