@@ -32,7 +32,7 @@
 //! | [`proto`] (`processional-proto`) | the wire format: frames, messages, the incremental decoder |
 //! | [`transport`] (`processional-transport`) | unix/TCP connections, fd passing, authentication, the event loop |
 //! | [`shm`] (`processional-shm`) | shared-memory segments, `ShmBuf`, `ShmVec`, the segment pool |
-//! | [`task`] (`processional-task`) | [`Task`], [`Completer`](task::Completer), cancellation, [`Error`]: what every runtime shares |
+//! | [`task`] (`processional-task`) | [`Task`], [`Completer`](task::Completer), [`TaskSet`], [`SharedTask`], cancellation, [`Error`]: what every runtime shares |
 //! | [`thread`](mod@thread) (`processional-thread`) | [`thread()`], [`SlaveThread`], thread-bound objects |
 //! | [`process`] (`processional-process`) | [`slave()`], [`SlaveProcess`], [`Remote`] |
 //!
@@ -41,6 +41,12 @@
 //! [`SlaveThread`] owns resources and runs orders in FIFO order
 //! (`invoke`, `schedule`, `wrap`). Cancellation is cooperative: a task calls
 //! [`checkpoint()`] where stopping is safe, since Rust cannot kill a thread.
+//!
+//! # Many tasks
+//! Every runtime hands out a [`Task`]. A [`TaskSet`] takes tasks of any of
+//! them (threads, slave processes, servers) and gives each back as soon as
+//! it finishes, blocking or as an async stream; [`Task::shared`] makes a
+//! [`SharedTask`] that many can wait for. Neither starts a thread.
 //!
 //! # Processes
 //! [`slave()`] re-executes this program as a slave process. Tasks sent to it
@@ -79,7 +85,7 @@ pub use processional_process::{
 pub use processional_shm::{SharedMutBuf, ShmBuf, ShmSlice, ShmVec};
 pub use processional_task::{
     CancelToken, Error, ExitReason, KeyFileProblem, PanicReport, RemoteError, RemoteErrorKind,
-    Result, Task, checkpoint,
+    Result, SharedResult, SharedTask, Task, TaskId, TaskSet, checkpoint,
 };
 pub use processional_thread::{
     Bound, Builder as ThreadBuilder, SlaveBuilder as SlaveThreadBuilder, SlaveDriver, SlaveThread,

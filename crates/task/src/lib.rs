@@ -1,15 +1,38 @@
 //! Tasks of processional, shared by every runtime: the handle to one call
-//! ([`Task`]), the side that delivers its outcome ([`Completer`]),
-//! cooperative cancellation, and the library-wide [`Error`].
+//! ([`Task`]), the side that delivers its outcome ([`Completer`]), sets of
+//! tasks taken back as they finish ([`TaskSet`]), tasks many may wait for
+//! ([`SharedTask`]), cooperative cancellation, and the library-wide
+//! [`Error`].
 //!
 //! ```
-//! use processional_task::Task;
+//! use processional_task::{Task, TaskSet};
 //!
 //! # fn main() -> processional_task::Result<()> {
 //! // A runtime makes a task and hands its completer to whatever runs the call.
 //! let (task, completer) = Task::pending();
 //! std::thread::spawn(move || completer.complete(Ok((1..=10u64).product::<u64>())));
 //! assert_eq!(task.wait()?, 3_628_800);
+//!
+//! // Many tasks, taken back as they finish, whichever finishes first.
+//! let mut set = TaskSet::new();
+//! for n in 1..=4u64 {
+//!     let (task, completer) = Task::pending();
+//!     std::thread::spawn(move || completer.complete(Ok(n * n)));
+//!     set.insert(task);
+//! }
+//! let mut total = 0;
+//! for (_id, outcome) in &mut set {
+//!     total += outcome?;
+//! }
+//! assert_eq!(total, 30);
+//!
+//! // One task, many waiters: each gets a clone of the value.
+//! let (task, completer) = Task::pending();
+//! let shared = task.shared();
+//! let other = shared.clone();
+//! completer.complete(Ok(String::from("hello")));
+//! assert_eq!(shared.wait().unwrap(), "hello");
+//! assert_eq!(other.wait().unwrap(), "hello");
 //! # Ok(())
 //! # }
 //! ```
@@ -33,6 +56,23 @@
 //! (`log::error!`), never silently lost and never printed by the library.
 //! A [`Completer`] dropped without completing completes its task with
 //! [`Error::Stopped`]: a task never hangs because its call was lost.
+//!
+//! # Many tasks, one task for many
+//!
+//! A [`TaskSet`] holds tasks of any runtime (a thread's and a slave
+//! process's alike, both are `Task<T>`) and gives each back, with the
+//! [`TaskId`] its insertion returned, as soon as it finishes: blocking (it
+//! is an [`Iterator`]; [`next_timeout`](TaskSet::next_timeout)) or async
+//! ([`next_async`](TaskSet::next_async), or as a
+//! [`Stream`](futures_core::Stream)).
+//!
+//! [`Task::shared`] makes a [`SharedTask`]: clone it, and every clone can
+//! wait or `.await`, each getting a clone of the value. Its error is an
+//! `Arc<Error>` (see [`SharedResult`]): [`Error`] is not `Clone`, because
+//! some variants keep their `std::io::Error` source.
+//!
+//! Neither starts a thread: both register a waker with their tasks, and
+//! the thread that completes a task wakes them.
 //!
 //! # Errors
 //!
@@ -67,6 +107,8 @@ mod cancel;
 mod error;
 mod exit;
 mod panic;
+mod set;
+mod shared;
 mod task;
 #[cfg(test)]
 mod test_log;
@@ -76,4 +118,6 @@ pub use cancel::{CancelToken, checkpoint, current_token, with_token};
 pub use error::*;
 pub use exit::{ExitReason, Termination};
 pub use panic::{catch_panic, set_capture_backtraces};
+pub use set::{TaskId, TaskSet};
+pub use shared::{SharedResult, SharedTask};
 pub use task::{Completer, Driver, Task};

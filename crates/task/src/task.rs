@@ -98,7 +98,7 @@ impl<T> Shared<T> {
 }
 
 /// Reports the error of a task whose handle is gone.
-fn report_uncollected(error: &Error) {
+pub(crate) fn report_uncollected(error: &Error) {
     log::error!("processional: a task failed and nobody waited for it: {error}");
 }
 
