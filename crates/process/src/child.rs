@@ -183,11 +183,11 @@ impl ChildProcess {
         if let Some(reason) = self.wait_timeout(graceful) {
             return Termination::Graceful(reason);
         }
-        let _ = sys::kill(self.pid, libc::SIGTERM);
+        let _ = sys::kill(self.pid, sys::SIGTERM);
         if let Some(reason) = self.wait_timeout(terminated) {
             return Termination::Terminated(reason);
         }
-        let _ = sys::kill(self.pid, libc::SIGKILL);
+        let _ = sys::kill(self.pid, sys::SIGKILL);
         match self.wait_timeout(Duration::from_secs(10)) {
             Some(reason) => Termination::Killed(reason),
             None => Termination::Unknown,
