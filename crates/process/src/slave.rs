@@ -499,17 +499,8 @@ impl Drop for Inner {
             self.session.close();
         }
         if let Some(child) = self.child.clone() {
-            let grace = self.grace;
             // Reap in the background: dropping a handle never blocks.
-            let _ = std::thread::Builder::new()
-                .name("processional-reaper".into())
-                .spawn(move || {
-                    if stop {
-                        child.stop(grace);
-                    } else {
-                        while child.wait_timeout(Duration::from_secs(3600)).is_none() {}
-                    }
-                });
+            child::reap_in_background(child, stop.then_some(self.grace));
         }
     }
 }

@@ -254,6 +254,88 @@ pub(crate) fn wait_pid(pid: u32, block: bool) -> io::Result<Option<WaitStatus>> 
     }
 }
 
+/// A process file descriptor for `pid`: it becomes readable once the
+/// process has ended (Linux 5.3 and later). Only for a child of ours that
+/// has not been reaped yet, so that the number still names it. Close-on-exec.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a process id and flags (none), no pointers.
+    let fd = syscall!(unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) })?;
+    // SAFETY: the kernel just returned this new descriptor; nothing else
+    // owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as std::os::fd::RawFd) })
+}
+
+/// A new eventfd (close-on-exec, non-blocking, counter 0): a descriptor to
+/// wake a thread that polls, by writing a `u64` to it.
+pub(crate) fn eventfd() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: eventfd takes an initial count and valid flags, no pointers.
+    let fd = syscall!(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+    // SAFETY: the kernel just returned this new descriptor; nothing else
+    // owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Waits until one of `fds` is readable (or hung up, or in error), or
+/// `timeout` passes (`None`: no limit); tells which are. An interrupted
+/// wait returns early with none ready.
+pub(crate) fn poll_readable(
+    fds: &[std::os::fd::BorrowedFd<'_>],
+    timeout: Option<std::time::Duration>,
+) -> io::Result<Vec<bool>> {
+    let millis = match timeout {
+        None => -1,
+        // Round up, so that a short wait does not become a busy loop.
+        Some(timeout) => {
+            timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int
+        }
+    };
+    let mut entries: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `entries` is a live, writable array of `entries.len()`
+    // pollfds, each naming a descriptor borrowed (so open) for the call.
+    let polled = syscall!(unsafe {
+        libc::poll(entries.as_mut_ptr(), entries.len() as libc::nfds_t, millis)
+    });
+    match polled {
+        Ok(_) => Ok(entries.iter().map(|entry| entry.revents != 0).collect()),
+        Err(error) if error.kind() == io::ErrorKind::Interrupted => Ok(vec![false; fds.len()]),
+        Err(error) => Err(error),
+    }
+}
+
+/// Blocks until the child `pid` has ended, without reaping it (so that
+/// [`wait_pid`] then collects its status). Not interrupted by signals.
+pub(crate) fn wait_for_exit(pid: u32) -> io::Result<()> {
+    loop {
+        // SAFETY: siginfo_t is plain old data; all-zero is a valid value for
+        // waitid to overwrite.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a live, writable siginfo_t; P_PID with a pid and
+        // valid flags. WNOWAIT leaves the child waitable.
+        let waited = syscall!(unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        });
+        match waited {
+            Ok(_) => return Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 /// One loadable segment of the main executable, as mapped in this process.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct LoadedSegment {
