@@ -6,7 +6,14 @@
 //!   and processional-thread only task, of our crates;
 //! - processional-proto has no I/O dependency;
 //! - every library denies `unsafe_op_in_unsafe_fn`;
-//! - every `unsafe` block has a `// SAFETY:` comment right above it;
+//! - every `unsafe` block (and `unsafe impl`) has a `// SAFETY:` comment
+//!   right above it, in every crate, test, bench and the xtask;
+//! - `libc` and raw `errno` values are used only in `sys.rs` / `sys/`
+//!   modules (and the few allowlisted files, each with its reason);
+//! - every `syscall!` is the one shape that leaves `unsafe` to the call
+//!   site, and no macro of a `sys` module hides an `unsafe` block;
+//! - every source file of a crate is named in its section of the code map
+//!   (`docs/ARCHITECTURE.md`);
 //! - no call of the `todo`, `unimplemented` or `dbg` macros is left in `crates/`.
 
 use std::path::{Path, PathBuf};
@@ -348,7 +355,7 @@ fn unsafe_blocks_without_safety(source: &str) -> Vec<usize> {
 
 fn has_unsafe_block(line: &str) -> bool {
     let code = code_part(line);
-    code.contains("unsafe {") || code.contains("unsafe{")
+    code.contains("unsafe {") || code.contains("unsafe{") || code.contains("unsafe impl")
 }
 
 fn is_comment(line: &str) -> bool {
@@ -359,6 +366,287 @@ fn is_comment(line: &str) -> bool {
 /// parsed; the patterns searched for do not occur in our strings).
 fn code_part(line: &str) -> &str {
     line.find("//").map_or(line, |comment| &line[..comment])
+}
+
+/// Files outside `sys` modules that may name `libc` or read raw `errno`
+/// values, and why. Library code never may: give `sys.rs` a small function
+/// instead (a predicate such as `sys::is_broken_pipe(&error)`, a constant,
+/// or a type of its own).
+const OS_DETAILS_ALLOWED: &[(&str, &str)] = &[
+    (
+        "crates/shm/tests/child_process.rs",
+        "hands a segment's descriptor to a child shell, which needs a duplicate without \
+         close-on-exec (F_DUPFD), something the crate itself never makes",
+    ),
+    (
+        "crates/shm/tests/serde_transfer.rs",
+        "checks that the kernel itself, not only the crate, refuses a writable mapping of a \
+         received segment (mmap fails with EPERM)",
+    ),
+];
+
+#[test]
+fn os_details_stay_in_sys_modules() {
+    let mut problems = Vec::new();
+    for file in rust_files(SOURCE_ROOTS) {
+        let path = relative(&file);
+        if is_sys_module(&path) || path == "tests/tidy.rs" {
+            continue;
+        }
+        let found = os_details(&read(&file));
+        match OS_DETAILS_ALLOWED
+            .iter()
+            .find(|(allowed, _)| *allowed == path)
+        {
+            Some(_) if found.is_empty() => problems.push(format!(
+                "{path} is in OS_DETAILS_ALLOWED (tests/tidy.rs) but uses neither `libc` nor \
+                 raw errno values any more: remove its entry"
+            )),
+            Some(_) => {}
+            None => {
+                for (line, what) in found {
+                    problems.push(format!(
+                        "{path}:{line}: {what} outside a `sys` module; move the call, constant \
+                         or errno match into the crate's `sys.rs` behind a small function \
+                         (e.g. `sys::is_broken_pipe(&error)`), or, if this file must reach the \
+                         OS directly, add it to OS_DETAILS_ALLOWED with the reason"
+                    ));
+                }
+            }
+        }
+    }
+    for (allowed, _) in OS_DETAILS_ALLOWED {
+        if !workspace_root().join(allowed).is_file() {
+            problems.push(format!(
+                "{allowed} is in OS_DETAILS_ALLOWED (tests/tidy.rs) but does not exist: remove \
+                 its entry"
+            ));
+        }
+    }
+    fail_with("OS details outside sys modules", &problems);
+}
+
+/// Whether a workspace-relative path is a `sys` module: a `sys.rs`, or a
+/// file under a `sys/` directory inside `src/`.
+fn is_sys_module(path: &str) -> bool {
+    let path = Path::new(path);
+    let mut in_src = false;
+    let mut in_sys = false;
+    for part in path.parent().into_iter().flat_map(Path::components) {
+        in_sys |= in_src && part.as_os_str() == "sys";
+        in_src |= part.as_os_str() == "src";
+    }
+    in_sys || path.file_name().is_some_and(|name| name == "sys.rs")
+}
+
+/// `(line, what)` of each use of `libc` or of a raw `errno` value
+/// (`raw_os_error`) outside comments.
+fn os_details(source: &str) -> Vec<(usize, &'static str)> {
+    let mut found = Vec::new();
+    for (index, line) in source.lines().enumerate() {
+        let code = code_part(line);
+        let words: Vec<&str> = code
+            .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+            .map(|word| word.trim_start_matches(':'))
+            .collect();
+        if words
+            .iter()
+            .any(|word| word.starts_with("libc::") || *word == "libc")
+        {
+            found.push((index + 1, "`libc`"));
+        } else if words.iter().any(|word| word.contains("raw_os_error")) {
+            found.push((index + 1, "a raw errno value (`raw_os_error`)"));
+        }
+    }
+    found
+}
+
+/// The one `syscall!` every `sys.rs` defines: it turns `-1` into the last OS
+/// error and nothing more, so the call site writes `unsafe` (under its
+/// `// SAFETY:` comment) where the safety scan sees it. Compared line by
+/// line, ignoring indentation and comments.
+const SYSCALL_MACRO: &str = "
+macro_rules! syscall {
+    ($call:expr) => {{
+        let result = $call;
+        if result == -1 {
+            Err(::std::io::Error::last_os_error())
+        } else {
+            Ok(result)
+        }
+    }};
+}
+";
+
+#[test]
+fn syscall_macros_have_the_one_shape() {
+    let canonical = normalized(SYSCALL_MACRO);
+    let mut problems = Vec::new();
+    let mut definitions = 0;
+    for file in rust_files(SOURCE_ROOTS) {
+        let path = relative(&file);
+        if path == "tests/tidy.rs" {
+            continue; // Holds the shape itself.
+        }
+        for definition in macro_definitions(&read(&file)) {
+            if definition.name == "syscall" {
+                definitions += 1;
+                if !is_sys_module(&path) {
+                    problems.push(format!(
+                        "{path}:{}: `syscall!` defined outside a `sys` module; OS calls live \
+                         in the crate's `sys.rs`",
+                        definition.line
+                    ));
+                }
+                if normalized(&definition.text) != canonical {
+                    problems.push(format!(
+                        "{path}:{}: `syscall!` differs from the workspace's one shape; define \
+                         it exactly as SYSCALL_MACRO in tests/tidy.rs (the call site passes \
+                         the `unsafe {{ libc::f(..) }}` call itself, under its `// SAFETY:` \
+                         comment)",
+                        definition.line
+                    ));
+                }
+            }
+            if is_sys_module(&path) && definition.text.lines().any(has_unsafe_block) {
+                problems.push(format!(
+                    "{path}:{}: the macro `{}!` hides an `unsafe` block, so its call sites \
+                     need no `// SAFETY:` comment; let the call site write `unsafe` (see \
+                     SYSCALL_MACRO in tests/tidy.rs)",
+                    definition.line, definition.name
+                ));
+            }
+        }
+    }
+    assert!(
+        definitions > 0,
+        "no `syscall!` definition found: is the scan broken?"
+    );
+    fail_with("syscall! definitions", &problems);
+}
+
+/// A `macro_rules!` definition found in a source file.
+#[derive(Debug)]
+struct MacroDefinition {
+    /// 1-based line of `macro_rules!`.
+    line: usize,
+    name: String,
+    /// From `macro_rules!` to its closing brace.
+    text: String,
+}
+
+/// The `macro_rules!` definitions of `source`, found by brace counting
+/// (outside comments; braces in strings are not expected in macro heads).
+fn macro_definitions(source: &str) -> Vec<MacroDefinition> {
+    let lines: Vec<&str> = source.lines().collect();
+    let mut definitions = Vec::new();
+    let mut index = 0;
+    while index < lines.len() {
+        let code = code_part(lines[index]);
+        let Some(at) = code.find("macro_rules!") else {
+            index += 1;
+            continue;
+        };
+        let name: String = code[at + "macro_rules!".len()..]
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        let start = index;
+        let mut depth = 0i32;
+        let mut opened = false;
+        let mut text = Vec::new();
+        while index < lines.len() {
+            let code = code_part(lines[index]);
+            let code = if index == start { &code[at..] } else { code };
+            text.push(lines[index]);
+            for c in code.chars() {
+                match c {
+                    '{' | '(' | '[' => {
+                        depth += 1;
+                        opened = true;
+                    }
+                    '}' | ')' | ']' => depth -= 1,
+                    _ => {}
+                }
+            }
+            index += 1;
+            if opened && depth <= 0 {
+                break;
+            }
+        }
+        definitions.push(MacroDefinition {
+            line: start + 1,
+            name,
+            text: text.join("\n"),
+        });
+    }
+    definitions
+}
+
+/// Code lines without comments, indentation or blank lines, for comparing
+/// definitions.
+fn normalized(text: &str) -> Vec<&str> {
+    text.lines()
+        .map(|line| code_part(line).trim())
+        .filter(|line| !line.is_empty())
+        .collect()
+}
+
+#[test]
+fn every_source_file_is_on_the_code_map() {
+    let map_path = workspace_root().join("docs").join("ARCHITECTURE.md");
+    let map = read(&map_path);
+    let mut problems = Vec::new();
+    let mut crates: Vec<PathBuf> = std::fs::read_dir(workspace_root().join("crates"))
+        .expect("crates/ is readable")
+        .map(|entry| entry.expect("readable directory entry").path())
+        .filter(|path| path.join("src").is_dir())
+        .collect();
+    crates.sort();
+    for crate_dir in crates {
+        let crate_path = relative(&crate_dir);
+        let Some(section) = code_map_section(&map, &crate_path) else {
+            problems.push(format!(
+                "docs/ARCHITECTURE.md has no code map section for {crate_path}: add a \
+                 \"### `{crate_path}` — `<package>`\" heading under \"## Code map\""
+            ));
+            continue;
+        };
+        let src = crate_dir.join("src");
+        for file in rust_files(&[&relative(&src)]) {
+            let name = file
+                .strip_prefix(&src)
+                .expect("found under src/")
+                .display()
+                .to_string();
+            if !section.contains(&format!("`{name}`")) {
+                problems.push(format!(
+                    "{crate_path}/src/{name} is not named in the {crate_path} section of \
+                     docs/ARCHITECTURE.md's code map: add `{name}` there with its main types"
+                ));
+            }
+        }
+    }
+    fail_with("source files missing from the code map", &problems);
+}
+
+/// The text of the code map section headed ``### `<crate_path>` ``, up to the
+/// next heading.
+fn code_map_section<'a>(map: &'a str, crate_path: &str) -> Option<&'a str> {
+    let heading = format!("### `{crate_path}`");
+    let start = map.lines().position(|line| line.starts_with(&heading))?;
+    let section: Vec<&str> = map
+        .lines()
+        .skip(start + 1)
+        .take_while(|line| !line.starts_with('#'))
+        .collect();
+    let first = section.first()?;
+    let last = section.last()?;
+    // Both are slices of `map`: return the span between them.
+    let begin = first.as_ptr() as usize - map.as_ptr() as usize;
+    let end = last.as_ptr() as usize - map.as_ptr() as usize + last.len();
+    Some(&map[begin..end])
 }
 
 #[test]
@@ -471,6 +759,76 @@ fn a() {
 ";
     assert_eq!(unsafe_blocks_without_safety(source), [5, 13]);
     assert_eq!(unsafe_blocks_without_safety("unsafe {}\n"), [1]);
+    assert_eq!(
+        unsafe_blocks_without_safety(
+            "unsafe impl Send for X {}\n// SAFETY: ok.\nunsafe impl Sync for X {}\n"
+        ),
+        [1]
+    );
+}
+
+#[test]
+fn os_details_scan_flags_libc_and_raw_errno() {
+    let source = "\
+use libc;
+let a = libc::EPIPE;
+// libc::EPIPE in a comment
+let b = mylibc::x();
+if error.raw_os_error() == Some(32) {}
+let c = io::Error::from_raw_os_error(32);
+let d = f(libc::c_int::MAX); // and more
+let e = ::libc::getpid();
+";
+    let lines: Vec<usize> = os_details(source).iter().map(|(line, _)| *line).collect();
+    assert_eq!(lines, [1, 2, 5, 6, 7, 8]);
+    assert!(is_sys_module("crates/shm/src/sys.rs"));
+    assert!(is_sys_module("crates/x/src/sys/linux.rs"));
+    assert!(!is_sys_module("crates/x/src/system.rs"));
+    assert!(!is_sys_module("crates/sys/src/lib.rs"));
+}
+
+#[test]
+fn macro_scan_tells_the_shapes_apart() {
+    let hiding = "\
+/// Docs.
+macro_rules! syscall {
+    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
+        // SAFETY: the caller's problem.
+        let res = unsafe { libc::$fn($($arg),*) };
+        if res == -1 { Err(std::io::Error::last_os_error()) } else { Ok(res) }
+    }};
+}
+fn after() {}
+";
+    let found = macro_definitions(hiding);
+    assert_eq!(found.len(), 1);
+    assert_eq!((found[0].line, found[0].name.as_str()), (2, "syscall"));
+    assert!(
+        found[0].text.ends_with("}};\n}") && !found[0].text.contains("after"),
+        "{}",
+        found[0].text
+    );
+    assert!(found[0].text.lines().any(has_unsafe_block));
+    assert_ne!(normalized(&found[0].text), normalized(SYSCALL_MACRO));
+
+    let canonical =
+        format!("//! A sys module.\n{SYSCALL_MACRO}\nmacro_rules! other {{ () => {{}} }}\n");
+    let found = macro_definitions(&canonical);
+    let names: Vec<&str> = found.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["syscall", "other"]);
+    assert_eq!(normalized(&found[0].text), normalized(SYSCALL_MACRO));
+    assert!(!found[0].text.lines().any(has_unsafe_block));
+}
+
+#[test]
+fn code_map_sections_end_at_the_next_heading() {
+    let map = "## Code map\n### `crates/a` — `a`\n- `lib.rs`: a.\n- `x.rs`\n### `crates/ab` — `ab`\n- `y.rs`\n## Next\n";
+    assert_eq!(
+        code_map_section(map, "crates/a"),
+        Some("- `lib.rs`: a.\n- `x.rs`")
+    );
+    assert_eq!(code_map_section(map, "crates/ab"), Some("- `y.rs`"));
+    assert_eq!(code_map_section(map, "crates/c"), None);
 }
 
 #[test]

@@ -26,6 +26,7 @@
 mod peer;
 pub mod process_peer;
 mod raw;
+mod sys;
 
 pub use peer::{
     CHILD_ADDR_ENV, CHILD_FD_ENV, CHILD_KEY_ENV, CHILD_ROLE_ENV, ChildResult, ChildRole,

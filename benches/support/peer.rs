@@ -143,18 +143,14 @@ impl Drop for PeerProcess {
 fn keep_open_across_exec(command: &mut Command, fd: BorrowedFd<'_>) {
     let fd: RawFd = fd.as_raw_fd();
     let clear_cloexec = move || {
-        // SAFETY: `fcntl(F_SETFD)` only changes the descriptor flags of `fd`,
-        // which is open in the child because the caller keeps it open in the
-        // parent until `spawn` returns; no memory is involved.
-        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        // `fd` is open in the child because the caller keeps it open in the
+        // parent until `spawn` returns.
+        crate::sys::set_cloexec(fd, false)
     };
     // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe work is allowed: it makes one `fcntl` call (async-
-    // signal-safe per POSIX), reads `errno` on failure, takes no lock and
-    // allocates nothing.
+    // async-signal-safe work is allowed: `sys::set_cloexec` makes one `fcntl`
+    // call (async-signal-safe per POSIX), reads `errno` on failure, takes no
+    // lock and allocates nothing.
     unsafe {
         command.pre_exec(clear_cloexec);
     }
@@ -181,12 +177,9 @@ pub fn inherited_fd() -> io::Result<OwnedFd> {
             "the inherited descriptor was already taken",
         ));
     }
-    // SAFETY: `fcntl(F_SETFD)` only sets the flags of a descriptor number and
-    // fails with EBADF if it is not open; it touches no memory. Setting
-    // FD_CLOEXEC keeps it from leaking into our own children.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
+    // Fails with EBADF if `fd` is not open. Setting FD_CLOEXEC keeps it
+    // from leaking into our own children.
+    crate::sys::set_cloexec(fd, true)?;
     // SAFETY: the descriptor is open (checked just above); the parent passed
     // it to this process alone, nothing else here owns it, and `FD_TAKEN`
     // makes this the only `OwnedFd` ever built from it.

@@ -3,9 +3,11 @@
 //! One executor thread per connection both reads the socket and runs queued
 //! calls, so a call costs no thread hand-off: read, run, write. While a
 //! queued call runs long, the process-wide [watchdog](Watchdog) notices (it
-//! ticks every few milliseconds) and lends a pooled thread to keep reading
-//! that connection: cancellations, releases, pings and `thread` calls are
-//! handled at once, further queued calls wait in the connection's FIFO.
+//! ticks every few milliseconds while calls run) and lends a pooled thread
+//! to keep reading that connection: cancellations, releases, pings and
+//! `thread` calls are handled at once, further queued calls wait in the
+//! connection's FIFO. While no call runs, the watchdog sleeps until one
+//! starts: an idle process does not wake up.
 
 use std::collections::VecDeque;
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -26,8 +28,14 @@ use crate::objects::{ConnectionObjects, ObjectTable};
 use crate::payload::{self, Incoming, Outgoing};
 use processional_shm::transfer;
 
-/// How often the watchdog looks for executors stuck in a long call.
+/// How often the watchdog looks for executors stuck in a long call, while
+/// calls run.
 const WATCHDOG_TICK: Duration = Duration::from_millis(10);
+
+/// How many ticks in a row without any call started or running the
+/// watchdog waits before it sleeps until a call starts (so that calls in
+/// quick succession do not each have to wake it).
+const WATCHDOG_LINGER_TICKS: u32 = 5;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
@@ -121,7 +129,10 @@ impl Served {
             match self.next_job() {
                 Some(Job::Call(call, fds)) => {
                     let sequence = self.calls_run.fetch_add(1, Ordering::Relaxed) + 1;
-                    self.busy.store(sequence, Ordering::Release);
+                    // SeqCst: pairs with the watchdog's going to sleep (see
+                    // `Watchdog::call_started`).
+                    self.busy.store(sequence, Ordering::SeqCst);
+                    Watchdog::global().call_started();
                     self.execute(call, fds);
                     self.busy.store(0, Ordering::Release);
                 }
@@ -135,13 +146,14 @@ impl Served {
 
     /// Waits until every `thread` call of this connection has finished.
     pub(crate) fn wait_for_threads(&self) {
+        // The count falls and `threads_done` is notified under
+        // `threads_lock`: no wake-up can be missed, no timeout is needed.
         let mut guard = lock(&self.threads_lock);
         while self.threads_running.load(Ordering::Acquire) > 0 {
             guard = self
                 .threads_done
-                .wait_timeout(guard, Duration::from_millis(50))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+                .wait(guard)
+                .unwrap_or_else(|p| p.into_inner());
         }
     }
 
@@ -416,9 +428,29 @@ pub(crate) fn start_watchdog() {
     Watchdog::global();
 }
 
+/// A connection the watchdog looks after, and what it saw there last tick.
+struct Watched {
+    served: Weak<Served>,
+    /// The call running at the last tick (0: none).
+    busy: u64,
+    /// How many calls had started at the last tick.
+    calls_run: u64,
+}
+
 /// The process-wide thread that notices executors stuck in long calls.
+///
+/// It ticks every [`WATCHDOG_TICK`] while calls start or run; after
+/// [`WATCHDOG_LINGER_TICKS`] quiet ticks it sleeps on a condition variable
+/// until an executor starts a call ([`call_started`](Self::call_started)).
+/// A call then counts as stuck when the watchdog sees it running at two
+/// ticks in a row, as before it ever slept.
 struct Watchdog {
-    watched: Mutex<Vec<(Weak<Served>, u64)>>,
+    watched: Mutex<Vec<Watched>>,
+    /// Whether the watchdog sleeps until a call starts. Set under
+    /// `sleeping_lock`; cleared by whoever wakes it, under the same lock.
+    asleep: AtomicBool,
+    sleeping_lock: Mutex<()>,
+    woken: Condvar,
 }
 
 impl Watchdog {
@@ -431,35 +463,99 @@ impl Watchdog {
                 .expect("cannot start the processional watchdog thread");
             Watchdog {
                 watched: Mutex::new(Vec::new()),
+                asleep: AtomicBool::new(false),
+                sleeping_lock: Mutex::new(()),
+                woken: Condvar::new(),
             }
         })
     }
 
     fn watch(&self, served: &Arc<Served>) {
-        lock(&self.watched).push((Arc::downgrade(served), 0));
+        let mut watched = lock(&self.watched);
+        // A sleeping watchdog does not purge: do it here.
+        watched.retain(|w| w.served.strong_count() > 0);
+        watched.push(Watched {
+            served: Arc::downgrade(served),
+            busy: 0,
+            calls_run: 0,
+        });
+    }
+
+    /// An executor has just published a call in its `busy` (with SeqCst):
+    /// wakes the watchdog if it sleeps. The watchdog publishes `asleep`
+    /// (SeqCst) before it looks at `busy` once more, so at least one of the
+    /// two sees the other's store: a call never runs unwatched.
+    fn call_started(&self) {
+        if self.asleep.load(Ordering::SeqCst) {
+            let _guard = lock(&self.sleeping_lock);
+            if self.asleep.swap(false, Ordering::SeqCst) {
+                self.woken.notify_one();
+            }
+        }
     }
 
     fn run(&self) {
+        let mut quiet_ticks = 0;
         loop {
             std::thread::sleep(WATCHDOG_TICK);
-            let mut stuck = Vec::new();
-            lock(&self.watched).retain_mut(|(weak, last_seen)| {
-                let Some(served) = weak.upgrade() else {
-                    return false;
-                };
-                let busy = served.busy.load(Ordering::Acquire);
-                if busy != 0
-                    && busy == *last_seen
-                    && !served.taking_over.swap(true, Ordering::AcqRel)
-                {
-                    stuck.push(served.clone());
+            if self.tick() {
+                quiet_ticks = 0;
+            } else {
+                quiet_ticks += 1;
+                if quiet_ticks >= WATCHDOG_LINGER_TICKS {
+                    self.sleep_until_a_call_starts();
+                    quiet_ticks = 0;
                 }
-                *last_seen = busy;
-                !served.ended()
-            });
-            for served in stuck {
-                processional_thread::thread(move || served.take_over()).detach();
             }
+        }
+    }
+
+    /// Looks at every connection once: lends a reader to those stuck in the
+    /// same call since the last tick. Whether any call started or ran.
+    fn tick(&self) -> bool {
+        let mut active = false;
+        let mut stuck = Vec::new();
+        lock(&self.watched).retain_mut(|watched| {
+            let Some(served) = watched.served.upgrade() else {
+                return false;
+            };
+            let busy = served.busy.load(Ordering::Acquire);
+            let calls_run = served.calls_run.load(Ordering::Relaxed);
+            if busy != 0 || calls_run != watched.calls_run {
+                active = true;
+            }
+            if busy != 0 && busy == watched.busy && !served.taking_over.swap(true, Ordering::AcqRel)
+            {
+                stuck.push(served.clone());
+            }
+            watched.busy = busy;
+            watched.calls_run = calls_run;
+            !served.ended()
+        });
+        for served in stuck {
+            processional_thread::thread(move || served.take_over()).detach();
+        }
+        active
+    }
+
+    /// Sleeps until an executor starts a call (returns at once if one runs).
+    fn sleep_until_a_call_starts(&self) {
+        let mut guard = lock(&self.sleeping_lock);
+        self.asleep.store(true, Ordering::SeqCst);
+        // A call may have started before `asleep` was visible to its
+        // executor, which then did not wake us: look once more.
+        let running = lock(&self.watched).iter().any(|watched| {
+            watched
+                .served
+                .upgrade()
+                .is_some_and(|served| served.busy.load(Ordering::SeqCst) != 0)
+        });
+        if running {
+            self.asleep.store(false, Ordering::SeqCst);
+            return;
+        }
+        while self.asleep.load(Ordering::SeqCst) {
+            guard = self.woken.wait(guard).unwrap_or_else(|p| p.into_inner());
         }
     }
 }

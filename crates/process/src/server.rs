@@ -267,7 +267,7 @@ fn remove_server_files(paths: &[Option<&Path>]) {
 
 /// The signals that stop a spawned server, its master's death included
 /// (its death signal is SIGTERM): they remove the server's files first.
-const STOP_SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGHUP, libc::SIGINT];
+const STOP_SIGNALS: [i32; 3] = [sys::SIGTERM, sys::SIGHUP, sys::SIGINT];
 
 /// In a spawned server: on a [stop signal](STOP_SIGNALS), removes the files
 /// in [`SERVER_FILES`] (waiting for a bind in progress to register them),
@@ -286,7 +286,7 @@ fn remove_files_on_signals() -> Result<(), Error> {
                 // never closed); if it did, stop as SIGTERM would.
                 Err(error) => {
                     log::error!("processional: lost the stop signal pipe: {error}");
-                    libc::SIGTERM
+                    sys::SIGTERM
                 }
             };
             remove_spawned_server_files();
@@ -589,7 +589,7 @@ pub(crate) fn bind_spawned_server(
     let address = parse_address(&bootstrap.address)?;
     remove_files_on_signals()?;
     if let Some(parent) = parent {
-        sys::die_with_parent(parent, libc::SIGTERM)
+        sys::die_with_parent(parent, sys::SIGTERM)
             .map_err(|e| Error::io("cannot follow the master", e))?;
     }
     let mut files = SERVER_FILES.lock().unwrap_or_else(|p| p.into_inner());

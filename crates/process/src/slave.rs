@@ -303,7 +303,7 @@ impl SlaveProcessBuilder {
         let session = match result {
             Ok(session) => session,
             Err(error) => {
-                let _ = child.signal(libc::SIGKILL);
+                let _ = child.signal(sys::SIGKILL);
                 let reason = child.wait_timeout(Duration::from_secs(5));
                 return Err(match (error, reason) {
                     (Error::Disconnected(_), Some(reason)) => Error::Exited(reason),
@@ -383,7 +383,7 @@ pub(crate) fn run_if_slave() {
             Some(parent) => {
                 // A server trades SIGKILL for SIGTERM once it can handle it
                 // (see `bind_spawned_server`).
-                if let Err(error) = sys::die_with_parent(parent, libc::SIGKILL) {
+                if let Err(error) = sys::die_with_parent(parent, sys::SIGKILL) {
                     eprintln!(
                         "processional: slave {} cannot follow its master: {error}",
                         sys::pid()
@@ -499,17 +499,8 @@ impl Drop for Inner {
             self.session.close();
         }
         if let Some(child) = self.child.clone() {
-            let grace = self.grace;
             // Reap in the background: dropping a handle never blocks.
-            let _ = std::thread::Builder::new()
-                .name("processional-reaper".into())
-                .spawn(move || {
-                    if stop {
-                        child.stop(grace);
-                    } else {
-                        while child.wait_timeout(Duration::from_secs(3600)).is_none() {}
-                    }
-                });
+            child::reap_in_background(child, stop.then_some(self.grace));
         }
     }
 }

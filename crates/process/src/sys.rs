@@ -1,23 +1,35 @@
 //! Every OS call of the process runtime, wrapped once.
+//!
+//! The rest of the crate never names `libc`: it calls these functions with
+//! safe types and gets `io::Result`s back, and uses the signal numbers below.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
-/// Calls a libc function and turns a `-1` return into the thread's `errno`.
+/// Turns the `-1`-means-`errno` convention of a libc call into an
+/// `io::Result`. The argument is the (unsafe) call itself, so each call site
+/// keeps its own `// SAFETY:` comment.
 macro_rules! syscall {
-    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
-        #[allow(unused_unsafe)]
-        // SAFETY: the caller of the macro upholds the contract of `$fn` for these
-        // arguments (documented at each use).
-        let result = unsafe { libc::$fn($($arg),*) };
+    ($call:expr) => {{
+        let result = $call;
         if result == -1 {
-            Err(std::io::Error::last_os_error())
+            Err(::std::io::Error::last_os_error())
         } else {
             Ok(result)
         }
     }};
 }
+
+/// Asks a process to stop; a spawned server removes its files first.
+pub(crate) const SIGTERM: i32 = libc::SIGTERM;
+/// Ends a process at once; it cannot be caught.
+pub(crate) const SIGKILL: i32 = libc::SIGKILL;
+/// The terminal hung up; a spawned server stops as for [`SIGTERM`].
+pub(crate) const SIGHUP: i32 = libc::SIGHUP;
+/// Interrupt from the terminal (Ctrl-C); a spawned server stops as for
+/// [`SIGTERM`].
+pub(crate) const SIGINT: i32 = libc::SIGINT;
 
 /// This process's id.
 pub(crate) fn pid() -> u32 {
@@ -40,9 +52,10 @@ pub(crate) fn parent_pid() -> i32 {
 /// This host's name, or `"unknown"`.
 pub(crate) fn hostname() -> String {
     let mut buffer = [0u8; 256];
-    // SAFETY: the pointer and length describe `buffer`, which outlives the call.
-    let result = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
-    if result != 0 {
+    // SAFETY: the pointer and length describe `buffer`, a live, writable
+    // local that outlives the call; gethostname writes at most that many
+    // bytes.
+    if syscall!(unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) }).is_err() {
         return "unknown".to_owned();
     }
     let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
@@ -50,27 +63,23 @@ pub(crate) fn hostname() -> String {
 }
 
 /// A duplicate of `fd` *without* close-on-exec, for a child to inherit.
-pub(crate) fn duplicate_inheritable(
-    fd: &impl std::os::fd::AsRawFd,
-) -> io::Result<std::os::fd::OwnedFd> {
-    let duplicate = syscall!(fcntl(fd.as_raw_fd(), libc::F_DUPFD, 3))?;
+pub(crate) fn duplicate_inheritable(fd: &impl AsFd) -> io::Result<OwnedFd> {
+    let fd = fd.as_fd();
+    // SAFETY: `fd` is borrowed, so it stays open for the call; F_DUPFD takes
+    // an integer (the lowest number the duplicate may get) and no pointer.
+    let duplicate = syscall!(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD, 3) })?;
     // SAFETY: fcntl just returned this new descriptor; nothing else owns it.
-    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(duplicate) })
+    Ok(unsafe { OwnedFd::from_raw_fd(duplicate) })
 }
 
 /// In a child that must die with its master: asks for `signal` when the
 /// parent (thread) dies, then leaves at once if the parent already died
 /// (before the request could take effect). Asking again replaces the signal.
 pub(crate) fn die_with_parent(parent: i32, signal: i32) -> io::Result<()> {
-    // SAFETY: PR_SET_PDEATHSIG takes a signal number and no pointers.
     #[cfg(target_os = "linux")]
-    syscall!(prctl(
-        libc::PR_SET_PDEATHSIG,
-        signal as libc::c_ulong,
-        0,
-        0,
-        0
-    ))?;
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number (checked by the kernel)
+    // and no pointers; the unused arguments are zero, as prctl asks.
+    syscall!(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) })?;
     if parent_pid() != parent {
         std::process::exit(1);
     }
@@ -111,14 +120,16 @@ extern "C" fn on_reported_signal(signal: libc::c_int) {
 /// default action, each arrival writes the signal number (one byte) to the
 /// returned pipe, for a thread of ours to act on. Only once per process.
 pub(crate) fn report_signals(signals: &[i32]) -> io::Result<std::fs::File> {
-    use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+    use std::os::fd::IntoRawFd;
     let mut fds: [libc::c_int; 2] = [-1, -1];
-    // SAFETY: `fds` is a writable array of two ints, as pipe2 requires.
-    syscall!(pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC))?;
+    // SAFETY: `fds` is a live, writable array of two ints, as pipe2 requires;
+    // O_CLOEXEC is a valid flag.
+    syscall!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
     // SAFETY: pipe2 just created both descriptors; nothing else owns them.
     let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: F_SETFL with an integer flag; `write` is open.
-    syscall!(fcntl(write.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK))?;
+    // SAFETY: F_SETFL takes an integer flag and no pointer; `write` is owned
+    // here, so open for the call.
+    syscall!(unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) })?;
     let raw = write.as_raw_fd();
     if SIGNAL_PIPE
         .compare_exchange(-1, raw, Ordering::AcqRel, Ordering::Acquire)
@@ -140,9 +151,10 @@ pub(crate) fn report_signals(signals: &[i32]) -> io::Result<std::fs::File> {
         action.sa_flags = libc::SA_RESTART;
         // SAFETY: `action.sa_mask` is a live, writable sigset_t.
         unsafe { libc::sigemptyset(&mut action.sa_mask) };
-        // SAFETY: `action` is a valid sigaction whose handler makes only
-        // async-signal-safe calls; a null old action is allowed.
-        syscall!(sigaction(signal, &action, std::ptr::null_mut()))?;
+        // SAFETY: `action` is a live, fully initialized sigaction whose
+        // handler makes only async-signal-safe calls; a null old action is
+        // allowed (we do not want it back).
+        syscall!(unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) })?;
     }
     Ok(std::fs::File::from(read))
 }
@@ -179,27 +191,32 @@ pub(crate) fn advise_huge_pages(start: *mut u8, len: usize) {
     let begin = (start as usize).next_multiple_of(HUGE_PAGE);
     let end = (start as usize + len) / HUGE_PAGE * HUGE_PAGE;
     if end > begin {
-        // SAFETY: the range lies inside an allocation the caller owns;
-        // MADV_HUGEPAGE changes no contents and no protection, only how the
-        // kernel backs future faults.
-        let _ = syscall!(madvise(
-            begin as *mut libc::c_void,
-            end - begin,
-            libc::MADV_HUGEPAGE
-        ));
+        // SAFETY: `begin..end` lies inside `start..start + len`, an
+        // allocation the caller owns; MADV_HUGEPAGE changes no contents and
+        // no protection, only how the kernel backs future faults.
+        let _ = syscall!(unsafe {
+            libc::madvise(begin as *mut libc::c_void, end - begin, libc::MADV_HUGEPAGE)
+        });
     }
 }
 
 /// Sets `FD_CLOEXEC` on a descriptor (an inherited one must not leak into
 /// the processes this one spawns).
-pub(crate) fn set_cloexec(fd: &impl std::os::fd::AsRawFd) -> io::Result<()> {
-    syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC))?;
+pub(crate) fn set_cloexec(fd: &impl AsFd) -> io::Result<()> {
+    let fd = fd.as_fd();
+    // SAFETY: `fd` is borrowed, so it stays open for the call; F_SETFD takes
+    // an integer flag and no pointer, and changes only that descriptor's
+    // flags.
+    syscall!(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) })?;
     Ok(())
 }
 
 /// Sends `signal` to `pid`. `Ok(false)` if the process no longer exists.
 pub(crate) fn kill(pid: u32, signal: i32) -> io::Result<bool> {
-    match syscall!(kill(pid as libc::pid_t, signal)) {
+    // SAFETY: kill takes integers only and touches no memory of ours. (That
+    // `pid` is still our child, not a reused number, is the caller's
+    // concern: callers signal only children they have not reaped.)
+    match syscall!(unsafe { libc::kill(pid as libc::pid_t, signal) }) {
         Ok(_) => Ok(true),
         Err(error) if error.raw_os_error() == Some(libc::ESRCH) => Ok(false),
         Err(error) => Err(error),
@@ -218,15 +235,14 @@ pub(crate) fn wait_pid(pid: u32, block: bool) -> io::Result<Option<WaitStatus>> 
     let mut status: libc::c_int = 0;
     let flags = if block { 0 } else { libc::WNOHANG };
     loop {
-        // SAFETY: `status` is a valid place for waitpid to write the status.
-        let result = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, flags) };
-        if result == -1 {
-            let error = io::Error::last_os_error();
-            if error.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(error);
-        }
+        // SAFETY: `status` is a live, writable c_int, the place waitpid
+        // writes the status to; the flags are valid waitpid flags.
+        let waited = syscall!(unsafe { libc::waitpid(pid as libc::pid_t, &mut status, flags) });
+        let result = match waited {
+            Ok(result) => result,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
         if result == 0 {
             return Ok(None);
         }
@@ -235,6 +251,88 @@ pub(crate) fn wait_pid(pid: u32, block: bool) -> io::Result<Option<WaitStatus>> 
         } else {
             WaitStatus::Exited(libc::WEXITSTATUS(status))
         }));
+    }
+}
+
+/// A process file descriptor for `pid`: it becomes readable once the
+/// process has ended (Linux 5.3 and later). Only for a child of ours that
+/// has not been reaped yet, so that the number still names it. Close-on-exec.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a process id and flags (none), no pointers.
+    let fd = syscall!(unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) })?;
+    // SAFETY: the kernel just returned this new descriptor; nothing else
+    // owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as std::os::fd::RawFd) })
+}
+
+/// A new eventfd (close-on-exec, non-blocking, counter 0): a descriptor to
+/// wake a thread that polls, by writing a `u64` to it.
+pub(crate) fn eventfd() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: eventfd takes an initial count and valid flags, no pointers.
+    let fd = syscall!(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+    // SAFETY: the kernel just returned this new descriptor; nothing else
+    // owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Waits until one of `fds` is readable (or hung up, or in error), or
+/// `timeout` passes (`None`: no limit); tells which are. An interrupted
+/// wait returns early with none ready.
+pub(crate) fn poll_readable(
+    fds: &[std::os::fd::BorrowedFd<'_>],
+    timeout: Option<std::time::Duration>,
+) -> io::Result<Vec<bool>> {
+    let millis = match timeout {
+        None => -1,
+        // Round up, so that a short wait does not become a busy loop.
+        Some(timeout) => {
+            timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int
+        }
+    };
+    let mut entries: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `entries` is a live, writable array of `entries.len()`
+    // pollfds, each naming a descriptor borrowed (so open) for the call.
+    let polled = syscall!(unsafe {
+        libc::poll(entries.as_mut_ptr(), entries.len() as libc::nfds_t, millis)
+    });
+    match polled {
+        Ok(_) => Ok(entries.iter().map(|entry| entry.revents != 0).collect()),
+        Err(error) if error.kind() == io::ErrorKind::Interrupted => Ok(vec![false; fds.len()]),
+        Err(error) => Err(error),
+    }
+}
+
+/// Blocks until the child `pid` has ended, without reaping it (so that
+/// [`wait_pid`] then collects its status). Not interrupted by signals.
+pub(crate) fn wait_for_exit(pid: u32) -> io::Result<()> {
+    loop {
+        // SAFETY: siginfo_t is plain old data; all-zero is a valid value for
+        // waitid to overwrite.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a live, writable siginfo_t; P_PID with a pid and
+        // valid flags. WNOWAIT leaves the child waitable.
+        let waited = syscall!(unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        });
+        match waited {
+            Ok(_) => return Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        }
     }
 }
 

@@ -49,10 +49,12 @@ impl Mapping {
             Access::ReadOnly => unsafe { options.map_copy_read_only(raw_fd) }.map(Map::ReadOnly),
             Access::ReadWrite => options.map_raw(raw_fd).map(Map::ReadWrite),
         };
-        let map = map.map_err(|err| match err.raw_os_error() {
-            // Writable shared mappings of a write-sealed memfd are refused with EPERM.
-            Some(libc::EPERM) if access == Access::ReadWrite => ShmError::ReadOnly,
-            _ => ShmError::Os {
+        let map = map.map_err(|err| match err {
+            // Writable shared mappings of a write-sealed memfd are refused.
+            err if access == Access::ReadWrite && sys::is_write_sealed_refusal(&err) => {
+                ShmError::ReadOnly
+            }
+            err => ShmError::Os {
                 op: "mmap",
                 source: err,
             },

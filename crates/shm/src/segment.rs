@@ -3,8 +3,9 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::Seals;
 use crate::error::{Result, ShmError};
-use crate::{Seals, sys};
+use crate::sys::{self, SealRefusal};
 
 /// An anonymous shared memory file: a `memfd` on Linux (`shm_open` + immediate `shm_unlink`
 /// elsewhere), sized in bytes, that any process holding its descriptor can map.
@@ -165,11 +166,11 @@ impl Segment {
             return Err(ShmError::SealsLocked { found, wanted });
         }
         sys::add_file_seals(self.fd.as_fd(), wanted.bits()).map_err(|err| {
-            match err.raw_os_error() {
-                Some(libc::EBUSY) => ShmError::WritableMappingAlive,
-                Some(libc::EPERM) => ShmError::SealsLocked { found, wanted },
-                Some(libc::EINVAL) => ShmError::NotSealable,
-                _ => ShmError::Os {
+            match sys::seal_refusal(&err) {
+                Some(SealRefusal::WritableMappingAlive) => ShmError::WritableMappingAlive,
+                Some(SealRefusal::Locked) => ShmError::SealsLocked { found, wanted },
+                Some(SealRefusal::NotSealable) => ShmError::NotSealable,
+                None => ShmError::Os {
                     op: "fcntl(F_ADD_SEALS)",
                     source: err,
                 },

@@ -1,23 +1,22 @@
 //! The operating-system calls this crate makes, wrapped once.
 //!
 //! Everything else in the crate goes through these functions; each one turns the C convention
-//! (`-1` and `errno`) into an [`io::Result`].
+//! (`-1` and `errno`) into an [`io::Result`], and the errno values the crate tells apart are
+//! read here too (see [`SealRefusal`], [`is_permission_denied`]): no other module names `libc`.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-/// Calls a `libc` function and turns a `-1` result into the thread's last OS error.
-///
-/// Every use states, in a `SAFETY` comment above it, why the arguments are valid for the call.
+/// Turns the `-1`-means-`errno` convention of a libc call into an
+/// `io::Result`. The argument is the (unsafe) call itself, so each call site
+/// keeps its own `// SAFETY:` comment.
 macro_rules! syscall {
-    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
-        // SAFETY: each call site documents why its arguments satisfy the callee's contract; the
-        // functions called through this macro have no other preconditions.
-        let res = unsafe { libc::$fn($($arg),*) };
-        if res == -1 {
-            Err(std::io::Error::last_os_error())
+    ($call:expr) => {{
+        let result = $call;
+        if result == -1 {
+            Err(::std::io::Error::last_os_error())
         } else {
-            Ok(res)
+            Ok(result)
         }
     }};
 }
@@ -68,9 +67,9 @@ pub(crate) fn anonymous_file() -> io::Result<OwnedFd> {
     let name = c"processional-shm";
     let base = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
     if !NOEXEC_SEAL_REJECTED.load(Ordering::Relaxed) {
-        // SAFETY: `name` is a NUL-terminated string that outlives the call; the flags are valid
-        // `memfd_create` flags.
-        match syscall!(memfd_create(name.as_ptr(), base | MFD_NOEXEC_SEAL)) {
+        // SAFETY: `name` is a NUL-terminated static string, so it outlives the call; the flags
+        // are `memfd_create` flags (an unknown one is refused with EINVAL, handled below).
+        match syscall!(unsafe { libc::memfd_create(name.as_ptr(), base | MFD_NOEXEC_SEAL) }) {
             // SAFETY: `memfd_create` returned a new descriptor that nothing else owns.
             Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
             Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
@@ -79,8 +78,9 @@ pub(crate) fn anonymous_file() -> io::Result<OwnedFd> {
             Err(err) => return Err(err),
         }
     }
-    // SAFETY: as above.
-    let fd = syscall!(memfd_create(name.as_ptr(), base))?;
+    // SAFETY: `name` is a NUL-terminated static string, so it outlives the call; the flags are
+    // valid `memfd_create` flags on every kernel with memfds.
+    let fd = syscall!(unsafe { libc::memfd_create(name.as_ptr(), base) })?;
     // SAFETY: `memfd_create` returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -106,13 +106,14 @@ pub(crate) fn anonymous_file() -> io::Result<OwnedFd> {
         let name = format!("/pshm.{:x}.{:x}.{:x}", std::process::id(), count, nanos);
         let name = CString::new(name).map_err(io::Error::other)?;
         let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC;
-        // SAFETY: `name` is NUL-terminated and outlives the call; flags and mode are valid.
-        match syscall!(shm_open(name.as_ptr(), flags, 0o600 as libc::c_uint)) {
+        // SAFETY: `name` is a NUL-terminated CString that outlives the call; flags and mode are
+        // valid `shm_open` arguments.
+        match syscall!(unsafe { libc::shm_open(name.as_ptr(), flags, 0o600 as libc::c_uint) }) {
             Ok(fd) => {
                 // SAFETY: `shm_open` returned a new descriptor that nothing else owns.
                 let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-                // SAFETY: `name` is NUL-terminated and outlives the call.
-                syscall!(shm_unlink(name.as_ptr()))?;
+                // SAFETY: `name` is a NUL-terminated CString that outlives the call.
+                syscall!(unsafe { libc::shm_unlink(name.as_ptr()) })?;
                 return Ok(fd);
             }
             Err(err) if err.raw_os_error() == Some(libc::EEXIST) && attempts < 16 => attempts += 1,
@@ -125,8 +126,9 @@ pub(crate) fn anonymous_file() -> io::Result<OwnedFd> {
 pub(crate) fn set_file_len(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
     loop {
-        // SAFETY: `fd` is a live descriptor borrowed for the duration of the call.
-        match syscall!(ftruncate(fd.as_raw_fd(), len)) {
+        // SAFETY: `fd` is borrowed, so it stays open for the call; ftruncate takes integers
+        // only and touches no memory of ours.
+        match syscall!(unsafe { libc::ftruncate(fd.as_raw_fd(), len) }) {
             Ok(_) => return Ok(()),
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => return Err(err),
@@ -154,9 +156,9 @@ impl FileStat {
 /// `fstat` of a descriptor.
 pub(crate) fn file_stat(fd: BorrowedFd<'_>) -> io::Result<FileStat> {
     let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `fd` is a live descriptor; `stat` points to writable memory of the right type and
-    // size for `fstat` to fill.
-    syscall!(fstat(fd.as_raw_fd(), stat.as_mut_ptr()))?;
+    // SAFETY: `fd` is borrowed, so it stays open for the call; `stat` points to live, writable
+    // memory of the right type and size for `fstat` to fill.
+    syscall!(unsafe { libc::fstat(fd.as_raw_fd(), stat.as_mut_ptr()) })?;
     // SAFETY: `fstat` succeeded, so it initialized the whole structure.
     let stat = unsafe { stat.assume_init() };
     #[allow(clippy::unnecessary_cast)] // `mode_t` is u16 on some platforms.
@@ -171,8 +173,9 @@ pub(crate) fn file_stat(fd: BorrowedFd<'_>) -> io::Result<FileStat> {
 /// The seals set on a file (`F_GET_SEALS`), or `None` when the file cannot carry seals.
 #[cfg(target_os = "linux")]
 pub(crate) fn file_seals(fd: BorrowedFd<'_>) -> io::Result<Option<u32>> {
-    // SAFETY: `fd` is a live descriptor; F_GET_SEALS takes no further argument.
-    match syscall!(fcntl(fd.as_raw_fd(), libc::F_GET_SEALS)) {
+    // SAFETY: `fd` is borrowed, so it stays open for the call; F_GET_SEALS takes no further
+    // argument and only reads the seals.
+    match syscall!(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) }) {
         Ok(seals) => Ok(Some(seals as u32)),
         // Files outside tmpfs/hugetlbfs, and memfds created without MFD_ALLOW_SEALING report
         // F_SEAL_SEAL instead; EINVAL means the file system has no seals at all.
@@ -194,14 +197,37 @@ pub(crate) fn file_seals(_fd: BorrowedFd<'_>) -> io::Result<Option<u32>> {
 /// carry seals or the kernel does not know one of the bits.
 #[cfg(target_os = "linux")]
 pub(crate) fn add_file_seals(fd: BorrowedFd<'_>, seals: u32) -> io::Result<()> {
-    // SAFETY: `fd` is a live descriptor; F_ADD_SEALS takes an int bit set, which the kernel
-    // validates.
-    syscall!(fcntl(
-        fd.as_raw_fd(),
-        libc::F_ADD_SEALS,
-        seals as libc::c_int
-    ))
-    .map(drop)
+    // SAFETY: `fd` is borrowed, so it stays open for the call; F_ADD_SEALS takes an int bit
+    // set, which the kernel validates, and no pointer.
+    syscall!(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals as libc::c_int) })
+        .map(drop)
+}
+
+/// Why the kernel refused [`add_file_seals`], for the refusals the crate reports apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SealRefusal {
+    /// `EBUSY`: `F_SEAL_WRITE` was asked for while a writable shared mapping exists.
+    WritableMappingAlive,
+    /// `EPERM`: the file already carries `F_SEAL_SEAL`.
+    Locked,
+    /// `EINVAL`: the file cannot carry seals, or the kernel does not know a bit.
+    NotSealable,
+}
+
+/// What an error of [`add_file_seals`] means, if it is one the crate tells apart.
+pub(crate) fn seal_refusal(error: &io::Error) -> Option<SealRefusal> {
+    match error.raw_os_error()? {
+        libc::EBUSY => Some(SealRefusal::WritableMappingAlive),
+        libc::EPERM => Some(SealRefusal::Locked),
+        libc::EINVAL => Some(SealRefusal::NotSealable),
+        _ => None,
+    }
+}
+
+/// Whether a failed writable shared `mmap` was refused because the file is write-sealed
+/// (`EPERM`).
+pub(crate) fn is_write_sealed_refusal(error: &io::Error) -> bool {
+    error.raw_os_error() == Some(libc::EPERM)
 }
 
 /// Adds seals to a file: unsupported where the kernel has no seals.
@@ -254,8 +280,8 @@ pub(crate) fn page_size() -> usize {
     static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
     match PAGE_SIZE.load(Ordering::Relaxed) {
         0 => {
-            // SAFETY: sysconf has no preconditions.
-            let size = syscall!(sysconf(libc::_SC_PAGESIZE)).unwrap_or(4096);
+            // SAFETY: sysconf takes an integer name and no pointer; it has no preconditions.
+            let size = syscall!(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
             let size = usize::try_from(size)
                 .ok()
                 .filter(|s| s.is_power_of_two())

@@ -323,14 +323,7 @@ impl AuthenticatingListener {
             let fd = match self.listener.accept_nonblocking() {
                 Ok(fd) => fd,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
-                Err(error)
-                    if matches!(
-                        error.raw_os_error(),
-                        Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM)
-                    ) =>
-                {
-                    continue;
-                }
+                Err(error) if sys::is_lost_connection_on_accept(&error) => continue,
                 Err(error) => {
                     log::warn!("cannot accept a connection: {error}");
                     self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);

@@ -64,7 +64,7 @@ impl Socket {
     fn shutdown(&self) -> Result<(), Error> {
         self.shut_down.store(true, Ordering::Release);
         match sys::shutdown(self.fd.as_fd(), sys::Shutdown::Both) {
-            Err(error) if error.raw_os_error() != Some(libc::ENOTCONN) => Err(Error::Io(error)),
+            Err(error) if !sys::is_not_connected(&error) => Err(Error::Io(error)),
             _ => Ok(()),
         }
     }
@@ -437,10 +437,7 @@ fn connect(address: &Address, timeout: Option<Duration>) -> Result<Connection, E
         match sys::connect(fd.as_fd(), &target) {
             Ok(()) => {}
             // A full backlog waited out the send timeout.
-            Err(error)
-                if timeout.is_some()
-                    && matches!(error.raw_os_error(), Some(libc::EAGAIN | libc::EINPROGRESS)) =>
-            {
+            Err(error) if timeout.is_some() && sys::is_connect_timeout(&error) => {
                 return Err(Error::TimedOut);
             }
             Err(error) => return Err(Error::Io(error)),
@@ -653,7 +650,7 @@ impl ConnectionWriter {
                     };
                     sys::poll(fd, sys::POLLOUT, Some(wait))?;
                 }
-                Err(error) if error.raw_os_error() == Some(libc::EPIPE) => {
+                Err(error) if sys::is_broken_pipe(&error) => {
                     return Err(Error::Closed);
                 }
                 Err(error) => return Err(Error::Io(error)),

@@ -512,14 +512,7 @@ impl<H: Handler> EventLoop<H> {
             let fd = match self.listener.accept_nonblocking() {
                 Ok(fd) => fd,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
-                Err(error)
-                    if matches!(
-                        error.raw_os_error(),
-                        Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM)
-                    ) =>
-                {
-                    continue;
-                }
+                Err(error) if sys::is_lost_connection_on_accept(&error) => continue,
                 Err(error) => {
                     // Out of descriptors or memory: the waiting connections
                     // are retried with the next one that arrives.

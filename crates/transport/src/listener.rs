@@ -50,7 +50,7 @@ impl Listener {
                     fd.as_fd(),
                     &sys::UnixAddr::new(sys::UnixName::Abstract(name.as_bytes()))?,
                 )?;
-                sys::listen(fd.as_fd(), libc::SOMAXCONN)?;
+                sys::listen(fd.as_fd(), sys::MAX_BACKLOG)?;
                 Ok(Listener {
                     fd,
                     unix: true,
@@ -156,7 +156,7 @@ fn bind_unix_path(path: &Path) -> Result<Listener, Error> {
         dev: meta.dev(),
         ino: meta.ino(),
     };
-    sys::listen(fd.as_fd(), libc::SOMAXCONN)?;
+    sys::listen(fd.as_fd(), sys::MAX_BACKLOG)?;
     Ok(Listener {
         fd,
         unix: true,
@@ -184,12 +184,10 @@ fn remove_stale_socket(
             in_use.kind(),
             format!("{} is in use by a live listener", path.display()),
         ))),
-        Err(error) if error.raw_os_error() == Some(libc::ECONNREFUSED) => {
-            match std::fs::remove_file(path) {
-                Err(error) if error.kind() != io::ErrorKind::NotFound => Err(Error::Io(error)),
-                _ => Ok(()),
-            }
-        }
+        Err(error) if sys::is_connection_refused(&error) => match std::fs::remove_file(path) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(Error::Io(error)),
+            _ => Ok(()),
+        },
         Err(error) => Err(Error::Io(error)),
     }
 }

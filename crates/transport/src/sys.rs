@@ -164,6 +164,9 @@ pub(crate) fn bind(fd: BorrowedFd<'_>, addr: &UnixAddr) -> io::Result<()> {
     Ok(())
 }
 
+/// The largest backlog [`listen`] may ask for (`SOMAXCONN`).
+pub(crate) const MAX_BACKLOG: i32 = libc::SOMAXCONN;
+
 /// Marks `fd` as a listening socket.
 pub(crate) fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
     // SAFETY: integer arguments only; `fd` is open.
@@ -186,6 +189,29 @@ pub(crate) fn connect(fd: BorrowedFd<'_>, addr: &UnixAddr) -> io::Result<()> {
             Err(error) => return Err(error),
         }
     }
+}
+
+/// Whether a failed [`connect`] found nobody listening (`ECONNREFUSED`): on a
+/// socket file, one left behind by a listener that is gone.
+pub(crate) fn is_connection_refused(error: &io::Error) -> bool {
+    error.raw_os_error() == Some(libc::ECONNREFUSED)
+}
+
+/// Whether a failed blocking [`connect`] gave up when the send timeout
+/// ([`set_send_timeout`]) ran out, the listener's backlog being full
+/// (`EAGAIN`, or `EINPROGRESS`).
+pub(crate) fn is_connect_timeout(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EAGAIN | libc::EINPROGRESS))
+}
+
+/// Whether a failed [`accept`] lost only the connection it was taking
+/// (`ECONNABORTED`: the peer gave up while queued; `EPROTO`; `EPERM`: a
+/// firewall refused it), so accepting may go on at once.
+pub(crate) fn is_lost_connection_on_accept(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM)
+    )
 }
 
 /// Accepts one connection on the listening socket `fd` (blocking unless `fd`
@@ -337,6 +363,12 @@ pub(crate) enum Shutdown {
     Both,
 }
 
+/// Whether a failed [`shutdown`] only found the socket not connected
+/// (`ENOTCONN`): the peer went first, so there is nothing left to shut.
+pub(crate) fn is_not_connected(error: &io::Error) -> bool {
+    error.raw_os_error() == Some(libc::ENOTCONN)
+}
+
 /// Shuts a connected socket down.
 pub(crate) fn shutdown(fd: BorrowedFd<'_>, how: Shutdown) -> io::Result<()> {
     let how = match how {
@@ -350,6 +382,11 @@ pub(crate) fn shutdown(fd: BorrowedFd<'_>, how: Shutdown) -> io::Result<()> {
 
 /// Flags for [`send`] and [`recv`].
 pub(crate) const DONTWAIT: i32 = libc::MSG_DONTWAIT;
+
+/// Whether a failed send found the peer's end closed (`EPIPE`).
+pub(crate) fn is_broken_pipe(error: &io::Error) -> bool {
+    error.raw_os_error() == Some(libc::EPIPE)
+}
 
 /// Sends bytes (never raising `SIGPIPE`); returns how many went out.
 pub(crate) fn send(fd: BorrowedFd<'_>, data: &[u8], flags: i32) -> io::Result<usize> {
