@@ -5,6 +5,7 @@
 //! before libtest's `main` runs.
 
 use std::io::{BufRead, BufReader};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use processional::{Error, SlaveProcessBuilder, slave};
@@ -17,6 +18,41 @@ fn wait<T>(task: processional::Task<T>) -> Result<T, Error> {
         Ok(outcome) => outcome,
         Err(_) => panic!("a task did not complete within {PATIENCE:?}"),
     }
+}
+
+// Gates for tasks running in a slave, so that a test decides when a task
+// may go on instead of guessing with a sleep. They are statics of the slave
+// process (every test spawns a slave of its own), set and read by calls.
+
+/// Set by a task once it runs.
+static STARTED: AtomicBool = AtomicBool::new(false);
+/// Set by the test (through a call) to let a waiting task go on.
+static GATE_OPEN: AtomicBool = AtomicBool::new(false);
+
+/// Longer than any wait of the tests: a task blocked this long outlives
+/// whatever the test waits for.
+const LONGER_THAN_PATIENCE: Duration = Duration::from_secs(3 * PATIENCE.as_secs());
+
+/// In a slave: says the task runs, then waits for the gate to open (at most
+/// `limit`); whether it opened.
+fn start_then_wait_for_the_gate(limit: Duration) -> bool {
+    STARTED.store(true, Ordering::SeqCst);
+    wait_until(limit, || GATE_OPEN.load(Ordering::SeqCst))
+}
+
+/// Waits until a task of `process` has called [`start_then_wait_for_the_gate`]
+/// (or set [`STARTED`]), asking through `thread` calls, which the slave
+/// answers even while a queued call runs.
+fn wait_for_start(process: &processional::SlaveProcess) {
+    let started = wait_until(PATIENCE, || {
+        wait(
+            process
+                .thread(|| STARTED.load(Ordering::SeqCst))
+                .expect("thread"),
+        )
+        .unwrap()
+    });
+    assert!(started, "the task never started");
 }
 
 #[test]
@@ -84,16 +120,17 @@ fn large_payloads_are_echoed() {
 #[test]
 fn a_thread_task_runs_concurrently_with_queued_calls() {
     let process = slave().expect("spawn");
-    let sleeper = process
-        .thread(|| {
-            std::thread::sleep(Duration::from_millis(200));
-            "slept".to_string()
-        })
+    let blocked = process
+        .thread(|| start_then_wait_for_the_gate(PATIENCE))
         .expect("thread");
-    // Answered while the thread task still sleeps.
+    // Answered while the thread task cannot have ended: its gate is shut.
     assert_eq!(process.invoke(|| 7u8).unwrap(), 7);
-    assert!(!sleeper.is_finished());
-    assert_eq!(wait(sleeper).unwrap(), "slept");
+    assert!(!blocked.is_finished());
+    // A queued call opens the gate, so it too runs beside the thread task.
+    process
+        .invoke(|| GATE_OPEN.store(true, Ordering::SeqCst))
+        .unwrap();
+    assert!(wait(blocked).unwrap(), "the thread task saw its gate open");
 }
 
 #[test]
@@ -235,12 +272,19 @@ fn a_slave_killed_mid_task_fails_the_pending_tasks() {
 fn a_dropped_slave_stops_even_while_a_task_runs() {
     let process = slave().expect("spawn");
     let pid = process.pid();
+    // Blocked for longer than the test waits for the slave to stop, so the
+    // slave cannot stop by finishing the task first.
     let _background = process
-        .schedule(|| std::thread::sleep(Duration::from_secs(10)))
+        .schedule(|| start_then_wait_for_the_gate(LONGER_THAN_PATIENCE))
         .expect("schedule");
+    wait_for_start(&process);
     drop(process);
+    let stopped = wait_until(PATIENCE, || !process_exists(pid));
+    if !stopped {
+        kill_hard(pid);
+    }
     assert!(
-        wait_until(PATIENCE, || !process_exists(pid)),
+        stopped,
         "slave {pid} still runs after its handle was dropped"
     );
     assert!(
@@ -256,26 +300,46 @@ fn a_detached_slave_finishes_its_task_then_exits() {
         std::process::id(),
         line!()
     ));
-    let _ = std::fs::remove_file(&marker);
+    let (started, gate) = (
+        marker.with_extension("started"),
+        marker.with_extension("gate"),
+    );
+    for file in [&marker, &started, &gate] {
+        let _ = std::fs::remove_file(file);
+    }
     let process = SlaveProcessBuilder::new()
         .detach(true)
         .spawn()
         .expect("spawn");
     let pid = process.pid();
+    let paths = [&marker, &started, &gate].map(|path| path.to_string_lossy().into_owned());
     let task = process
-        .thread_with(marker.to_string_lossy().into_owned(), |path: String| {
-            std::thread::sleep(Duration::from_millis(300));
-            std::fs::write(path, b"done").unwrap();
+        .thread_with(paths, |[marker, started, gate]: [String; 3]| {
+            std::fs::write(started, b"").unwrap();
+            if wait_until(PATIENCE, || std::path::Path::new(&gate).exists()) {
+                std::fs::write(marker, b"done").unwrap();
+            }
         })
         .expect("thread");
     task.detach();
-    drop(process);
     assert!(
-        wait_until(PATIENCE, || !process_exists(pid)),
-        "detached slave {pid} never exited"
+        wait_until(PATIENCE, || started.exists()),
+        "the task never started"
     );
-    assert_eq!(std::fs::read(&marker).expect("the task finished"), b"done");
-    let _ = std::fs::remove_file(&marker);
+    drop(process);
+    // Disconnected while the task waits for its gate: it can only finish
+    // now, after the slave lost its master.
+    std::fs::write(&gate, b"").unwrap();
+    let exited = wait_until(PATIENCE, || !process_exists(pid));
+    if !exited {
+        kill_hard(pid);
+    }
+    let done = std::fs::read(&marker);
+    for file in [&marker, &started, &gate] {
+        let _ = std::fs::remove_file(file);
+    }
+    assert!(exited, "detached slave {pid} never exited");
+    assert_eq!(done.expect("the task finished"), b"done");
 }
 
 #[test]
@@ -324,12 +388,33 @@ fn a_master_killed_with_sigkill_takes_its_slave_along() {
     );
 }
 
+/// The kernel's id of the calling thread.
+fn thread_id() -> String {
+    let link = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+    let id = link.file_name().expect("pid/task/tid");
+    id.to_string_lossy().into_owned()
+}
+
 #[test]
 fn a_slave_spawned_from_a_short_lived_thread_outlives_that_thread() {
-    let process = std::thread::spawn(|| slave().expect("spawn"))
-        .join()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    let (process, spawning_thread) = std::thread::spawn(|| {
+        let process = slave().expect("spawn");
+        // Answered: the slave has asked for its death signal by now (it
+        // does before serving), so it would get it when its parent dies.
+        assert_eq!(process.invoke(|| 4u8).unwrap(), 4);
+        (process, thread_id())
+    })
+    .join()
+    .unwrap();
+    // `join` may return before the kernel is done with the thread. The death
+    // signal of the children a thread spawned (PR_SET_PDEATHSIG) is sent
+    // before it leaves /proc/self/task: once it has, any such signal is on
+    // its way.
+    let task = format!("/proc/self/task/{spawning_thread}");
+    assert!(
+        wait_until(PATIENCE, || !std::path::Path::new(&task).exists()),
+        "thread {spawning_thread} never ended"
+    );
     assert_eq!(process.invoke(|| 5u8).unwrap(), 5);
 }
 
@@ -343,14 +428,23 @@ fn tasks_can_be_awaited() {
 #[test]
 fn cancelling_a_queued_task_before_it_runs() {
     let process = slave().expect("spawn");
+    // The victim waits in the queue behind the blocker until the gate opens.
     let blocker = process
-        .schedule(|| std::thread::sleep(Duration::from_millis(300)))
+        .schedule(|| start_then_wait_for_the_gate(PATIENCE))
         .expect("schedule");
     let victim = process.schedule(|| 1u8).expect("schedule");
     victim.cancel();
+    // Opened by a `thread` call sent after the cancellation, which the slave
+    // reads in order: the victim is cancelled before the blocker returns.
+    wait(
+        process
+            .thread(|| GATE_OPEN.store(true, Ordering::SeqCst))
+            .expect("thread"),
+    )
+    .unwrap();
     let error = wait(victim).expect_err("cancelled");
     assert!(error.is_cancelled(), "{error:?}");
-    wait(blocker).unwrap();
+    assert!(wait(blocker).unwrap(), "the blocker saw its gate open");
 }
 
 #[test]
@@ -358,7 +452,9 @@ fn a_cancelled_remote_task_sees_its_checkpoint() {
     let process = slave().expect("spawn");
     let task = process
         .schedule(|| {
-            for _ in 0..6000 {
+            STARTED.store(true, Ordering::SeqCst);
+            let deadline = std::time::Instant::now() + PATIENCE;
+            while std::time::Instant::now() < deadline {
                 if processional::checkpoint().is_err() {
                     return "cancelled".to_string();
                 }
@@ -367,7 +463,8 @@ fn a_cancelled_remote_task_sees_its_checkpoint() {
             "finished".to_string()
         })
         .expect("schedule");
-    std::thread::sleep(Duration::from_millis(100));
+    // Cancelled while it runs: a task cancelled before it starts never runs.
+    wait_for_start(&process);
     task.cancel();
     assert_eq!(wait(task).unwrap(), "cancelled");
 }
@@ -425,11 +522,13 @@ fn the_slave_marker_does_not_leak_into_the_slave_environment() {
 fn terminate_is_graceful_even_while_a_long_task_runs() {
     let process = slave().expect("spawn");
     let pid = process.pid();
+    // Blocked for longer than `terminate` waits, so a graceful end cannot
+    // come from the task ending first.
     let running = process
-        .schedule(|| std::thread::sleep(Duration::from_secs(30)))
+        .schedule(|| start_then_wait_for_the_gate(LONGER_THAN_PATIENCE))
         .expect("schedule");
-    // Let the watchdog notice the long call and keep reading.
-    std::thread::sleep(Duration::from_millis(50));
+    // Answered while the call runs: the connection is read meanwhile.
+    wait_for_start(&process);
     let ending = process.terminate(PATIENCE);
     assert!(
         matches!(

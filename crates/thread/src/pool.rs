@@ -502,7 +502,11 @@ mod tests {
         // the pool's only thread runs the next call once the detached call,
         // logging included, is over. Nothing of it can log after that.
         let next = submit(pool, || std_thread::current().id()).wait().unwrap();
-        assert_eq!(next, ran.recv_timeout(PATIENCE).unwrap(), "one thread ran both calls");
+        assert_eq!(
+            next,
+            ran.recv_timeout(PATIENCE).unwrap(),
+            "one thread ran both calls"
+        );
         assert_eq!(crate::test_log::count(marker), 1);
     }
 }
