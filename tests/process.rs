@@ -5,12 +5,12 @@
 //! before libtest's `main` runs.
 
 use std::io::{BufRead, BufReader};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use processional::{Error, SlaveProcessBuilder, slave};
 use processional_tests::{
-    KillOnDrop, PATIENCE, is_helper, is_zombie, kill_hard, process_exists, spawn_helper, wait_until,
+    KillOnDrop, PATIENCE, gate, is_helper, is_zombie, kill_hard, process_exists, spawn_helper,
+    wait_until,
 };
 
 fn wait<T>(task: processional::Task<T>) -> Result<T, Error> {
@@ -18,41 +18,6 @@ fn wait<T>(task: processional::Task<T>) -> Result<T, Error> {
         Ok(outcome) => outcome,
         Err(_) => panic!("a task did not complete within {PATIENCE:?}"),
     }
-}
-
-// Gates for tasks running in a slave, so that a test decides when a task
-// may go on instead of guessing with a sleep. They are statics of the slave
-// process (every test spawns a slave of its own), set and read by calls.
-
-/// Set by a task once it runs.
-static STARTED: AtomicBool = AtomicBool::new(false);
-/// Set by the test (through a call) to let a waiting task go on.
-static GATE_OPEN: AtomicBool = AtomicBool::new(false);
-
-/// Longer than any wait of the tests: a task blocked this long outlives
-/// whatever the test waits for.
-const LONGER_THAN_PATIENCE: Duration = Duration::from_secs(3 * PATIENCE.as_secs());
-
-/// In a slave: says the task runs, then waits for the gate to open (at most
-/// `limit`); whether it opened.
-fn start_then_wait_for_the_gate(limit: Duration) -> bool {
-    STARTED.store(true, Ordering::SeqCst);
-    wait_until(limit, || GATE_OPEN.load(Ordering::SeqCst))
-}
-
-/// Waits until a task of `process` has called [`start_then_wait_for_the_gate`]
-/// (or set [`STARTED`]), asking through `thread` calls, which the slave
-/// answers even while a queued call runs.
-fn wait_for_start(process: &processional::SlaveProcess) {
-    let started = wait_until(PATIENCE, || {
-        wait(
-            process
-                .thread(|| STARTED.load(Ordering::SeqCst))
-                .expect("thread"),
-        )
-        .unwrap()
-    });
-    assert!(started, "the task never started");
 }
 
 #[test]
@@ -121,15 +86,13 @@ fn large_payloads_are_echoed() {
 fn a_thread_task_runs_concurrently_with_queued_calls() {
     let process = slave().expect("spawn");
     let blocked = process
-        .thread(|| start_then_wait_for_the_gate(PATIENCE))
+        .thread(|| gate::start_then_wait(PATIENCE))
         .expect("thread");
     // Answered while the thread task cannot have ended: its gate is shut.
     assert_eq!(process.invoke(|| 7u8).unwrap(), 7);
     assert!(!blocked.is_finished());
     // A queued call opens the gate, so it too runs beside the thread task.
-    process
-        .invoke(|| GATE_OPEN.store(true, Ordering::SeqCst))
-        .unwrap();
+    process.invoke(gate::open).unwrap();
     assert!(wait(blocked).unwrap(), "the thread task saw its gate open");
 }
 
@@ -275,9 +238,9 @@ fn a_dropped_slave_stops_even_while_a_task_runs() {
     // Blocked for longer than the test waits for the slave to stop, so the
     // slave cannot stop by finishing the task first.
     let _background = process
-        .schedule(|| start_then_wait_for_the_gate(LONGER_THAN_PATIENCE))
+        .schedule(|| gate::start_then_wait(gate::LONGER_THAN_PATIENCE))
         .expect("schedule");
-    wait_for_start(&process);
+    gate::wait_for_start(&process);
     drop(process);
     let stopped = wait_until(PATIENCE, || !process_exists(pid));
     if !stopped {
@@ -430,18 +393,13 @@ fn cancelling_a_queued_task_before_it_runs() {
     let process = slave().expect("spawn");
     // The victim waits in the queue behind the blocker until the gate opens.
     let blocker = process
-        .schedule(|| start_then_wait_for_the_gate(PATIENCE))
+        .schedule(|| gate::start_then_wait(PATIENCE))
         .expect("schedule");
     let victim = process.schedule(|| 1u8).expect("schedule");
     victim.cancel();
     // Opened by a `thread` call sent after the cancellation, which the slave
     // reads in order: the victim is cancelled before the blocker returns.
-    wait(
-        process
-            .thread(|| GATE_OPEN.store(true, Ordering::SeqCst))
-            .expect("thread"),
-    )
-    .unwrap();
+    wait(process.thread(gate::open).expect("thread")).unwrap();
     let error = wait(victim).expect_err("cancelled");
     assert!(error.is_cancelled(), "{error:?}");
     assert!(wait(blocker).unwrap(), "the blocker saw its gate open");
@@ -452,7 +410,7 @@ fn a_cancelled_remote_task_sees_its_checkpoint() {
     let process = slave().expect("spawn");
     let task = process
         .schedule(|| {
-            STARTED.store(true, Ordering::SeqCst);
+            gate::start();
             let deadline = std::time::Instant::now() + PATIENCE;
             while std::time::Instant::now() < deadline {
                 if processional::checkpoint().is_err() {
@@ -464,7 +422,7 @@ fn a_cancelled_remote_task_sees_its_checkpoint() {
         })
         .expect("schedule");
     // Cancelled while it runs: a task cancelled before it starts never runs.
-    wait_for_start(&process);
+    gate::wait_for_start(&process);
     task.cancel();
     assert_eq!(wait(task).unwrap(), "cancelled");
 }
@@ -525,10 +483,10 @@ fn terminate_is_graceful_even_while_a_long_task_runs() {
     // Blocked for longer than `terminate` waits, so a graceful end cannot
     // come from the task ending first.
     let running = process
-        .schedule(|| start_then_wait_for_the_gate(LONGER_THAN_PATIENCE))
+        .schedule(|| gate::start_then_wait(gate::LONGER_THAN_PATIENCE))
         .expect("schedule");
     // Answered while the call runs: the connection is read meanwhile.
-    wait_for_start(&process);
+    gate::wait_for_start(&process);
     let ending = process.terminate(PATIENCE);
     assert!(
         matches!(
