@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use processional::{Error, SlaveProcessBuilder, slave};
 use processional_tests::{
-    KillOnDrop, PATIENCE, is_helper, is_zombie, kill_hard, process_exists, spawn_helper, wait_until,
+    KillOnDrop, PATIENCE, gate, is_helper, is_zombie, kill_hard, process_exists, spawn_helper,
+    wait_until,
 };
 
 fn wait<T>(task: processional::Task<T>) -> Result<T, Error> {
@@ -87,16 +88,15 @@ fn large_payloads_are_echoed() {
 #[test]
 fn a_thread_task_runs_concurrently_with_queued_calls() {
     let process = slave().expect("spawn");
-    let sleeper = process
-        .thread(func!(|| {
-            std::thread::sleep(Duration::from_millis(200));
-            "slept".to_string()
-        }))
+    let blocked = process
+        .thread(func!(|| gate::start_then_wait(PATIENCE)))
         .expect("thread");
-    // Answered while the thread task still sleeps.
+    // Answered while the thread task cannot have ended: its gate is shut.
     assert_eq!(process.invoke(func!(|| 7u8)).unwrap(), 7);
-    assert!(!sleeper.is_finished());
-    assert_eq!(wait(sleeper).unwrap(), "slept");
+    assert!(!blocked.is_finished());
+    // A queued call opens the gate, so it too runs beside the thread task.
+    process.invoke(func!(gate::open)).unwrap();
+    assert!(wait(blocked).unwrap(), "the thread task saw its gate open");
 }
 
 #[test]
@@ -254,12 +254,19 @@ fn a_slave_killed_mid_task_fails_the_pending_tasks() {
 fn a_dropped_slave_stops_even_while_a_task_runs() {
     let process = slave().expect("spawn");
     let pid = process.pid();
+    // Blocked for longer than the test waits for the slave to stop, so the
+    // slave cannot stop by finishing the task first.
     let _background = process
-        .schedule(func!(|| std::thread::sleep(Duration::from_secs(10))))
+        .schedule(func!(|| gate::start_then_wait(gate::LONGER_THAN_PATIENCE)))
         .expect("schedule");
+    gate::wait_for_start(&process);
     drop(process);
+    let stopped = wait_until(PATIENCE, || !process_exists(pid));
+    if !stopped {
+        kill_hard(pid);
+    }
     assert!(
-        wait_until(PATIENCE, || !process_exists(pid)),
+        stopped,
         "slave {pid} still runs after its handle was dropped"
     );
     assert!(
@@ -275,29 +282,49 @@ fn a_detached_slave_finishes_its_task_then_exits() {
         std::process::id(),
         line!()
     ));
-    let _ = std::fs::remove_file(&marker);
+    let (started, gate) = (
+        marker.with_extension("started"),
+        marker.with_extension("gate"),
+    );
+    for file in [&marker, &started, &gate] {
+        let _ = std::fs::remove_file(file);
+    }
     let process = SlaveProcessBuilder::new()
         .detach(true)
         .spawn()
         .expect("spawn");
     let pid = process.pid();
+    let paths = [&marker, &started, &gate].map(|path| path.to_string_lossy().into_owned());
     let task = process
         .thread_with(
-            marker.to_string_lossy().into_owned(),
-            func!(|path: String| {
-                std::thread::sleep(Duration::from_millis(300));
-                std::fs::write(path, b"done").unwrap();
+            paths,
+            func!(|[marker, started, gate]: [String; 3]| {
+                std::fs::write(started, b"").unwrap();
+                if wait_until(PATIENCE, || std::path::Path::new(&gate).exists()) {
+                    std::fs::write(marker, b"done").unwrap();
+                }
             }),
         )
         .expect("thread");
     task.detach();
-    drop(process);
     assert!(
-        wait_until(PATIENCE, || !process_exists(pid)),
-        "detached slave {pid} never exited"
+        wait_until(PATIENCE, || started.exists()),
+        "the task never started"
     );
-    assert_eq!(std::fs::read(&marker).expect("the task finished"), b"done");
-    let _ = std::fs::remove_file(&marker);
+    drop(process);
+    // Disconnected while the task waits for its gate: it can only finish
+    // now, after the slave lost its master.
+    std::fs::write(&gate, b"").unwrap();
+    let exited = wait_until(PATIENCE, || !process_exists(pid));
+    if !exited {
+        kill_hard(pid);
+    }
+    let done = std::fs::read(&marker);
+    for file in [&marker, &started, &gate] {
+        let _ = std::fs::remove_file(file);
+    }
+    assert!(exited, "detached slave {pid} never exited");
+    assert_eq!(done.expect("the task finished"), b"done");
 }
 
 #[test]
@@ -346,12 +373,33 @@ fn a_master_killed_with_sigkill_takes_its_slave_along() {
     );
 }
 
+/// The kernel's id of the calling thread.
+fn thread_id() -> String {
+    let link = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+    let id = link.file_name().expect("pid/task/tid");
+    id.to_string_lossy().into_owned()
+}
+
 #[test]
 fn a_slave_spawned_from_a_short_lived_thread_outlives_that_thread() {
-    let process = std::thread::spawn(|| slave().expect("spawn"))
-        .join()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    let (process, spawning_thread) = std::thread::spawn(|| {
+        let process = slave().expect("spawn");
+        // Answered: the slave has asked for its death signal by now (it
+        // does before serving), so it would get it when its parent dies.
+        assert_eq!(process.invoke(func!(|| 4u8)).unwrap(), 4);
+        (process, thread_id())
+    })
+    .join()
+    .unwrap();
+    // `join` may return before the kernel is done with the thread. The death
+    // signal of the children a thread spawned (PR_SET_PDEATHSIG) is sent
+    // before it leaves /proc/self/task: once it has, any such signal is on
+    // its way.
+    let task = format!("/proc/self/task/{spawning_thread}");
+    assert!(
+        wait_until(PATIENCE, || !std::path::Path::new(&task).exists()),
+        "thread {spawning_thread} never ended"
+    );
     assert_eq!(process.invoke(func!(|| 5u8)).unwrap(), 5);
 }
 
@@ -365,14 +413,18 @@ fn tasks_can_be_awaited() {
 #[test]
 fn cancelling_a_queued_task_before_it_runs() {
     let process = slave().expect("spawn");
+    // The victim waits in the queue behind the blocker until the gate opens.
     let blocker = process
-        .schedule(func!(|| std::thread::sleep(Duration::from_millis(300))))
+        .schedule(func!(|| gate::start_then_wait(PATIENCE)))
         .expect("schedule");
     let victim = process.schedule(func!(|| 1u8)).expect("schedule");
     victim.cancel();
+    // Opened by a `thread` call sent after the cancellation, which the slave
+    // reads in order: the victim is cancelled before the blocker returns.
+    wait(process.thread(func!(gate::open)).expect("thread")).unwrap();
     let error = wait(victim).expect_err("cancelled");
     assert!(error.is_cancelled(), "{error:?}");
-    wait(blocker).unwrap();
+    assert!(wait(blocker).unwrap(), "the blocker saw its gate open");
 }
 
 #[test]
@@ -380,7 +432,9 @@ fn a_cancelled_remote_task_sees_its_checkpoint() {
     let process = slave().expect("spawn");
     let task = process
         .schedule(func!(|| {
-            for _ in 0..6000 {
+            gate::start();
+            let deadline = std::time::Instant::now() + PATIENCE;
+            while std::time::Instant::now() < deadline {
                 if processional::checkpoint().is_err() {
                     return "cancelled".to_string();
                 }
@@ -389,7 +443,8 @@ fn a_cancelled_remote_task_sees_its_checkpoint() {
             "finished".to_string()
         }))
         .expect("schedule");
-    std::thread::sleep(Duration::from_millis(100));
+    // Cancelled while it runs: a task cancelled before it starts never runs.
+    gate::wait_for_start(&process);
     task.cancel();
     assert_eq!(wait(task).unwrap(), "cancelled");
 }
@@ -449,11 +504,13 @@ fn the_slave_marker_does_not_leak_into_the_slave_environment() {
 fn terminate_is_graceful_even_while_a_long_task_runs() {
     let process = slave().expect("spawn");
     let pid = process.pid();
+    // Blocked for longer than `terminate` waits, so a graceful end cannot
+    // come from the task ending first.
     let running = process
-        .schedule(func!(|| std::thread::sleep(Duration::from_secs(30))))
+        .schedule(func!(|| gate::start_then_wait(gate::LONGER_THAN_PATIENCE)))
         .expect("schedule");
-    // Let the watchdog notice the long call and keep reading.
-    std::thread::sleep(Duration::from_millis(50));
+    // Answered while the call runs: the connection is read meanwhile.
+    gate::wait_for_start(&process);
     let ending = process.terminate(PATIENCE);
     assert!(
         matches!(

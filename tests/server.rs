@@ -3,7 +3,6 @@
 
 use processional::func;
 use std::io::{Read, Write};
-use std::time::Duration;
 
 use processional::{ClientBuilder, Error, ServerBuilder, client, server};
 use processional_tests::{PATIENCE, kill_hard, process_exists, wait_until};
@@ -113,16 +112,62 @@ fn each_clients_results_come_back_in_order() {
     }
 }
 
+/// Kills a process, if it still runs, when dropped (teardown for a server
+/// that outlives its handle).
+struct KillPidOnDrop(u32);
+
+impl Drop for KillPidOnDrop {
+    fn drop(&mut self) {
+        if process_exists(self.0) {
+            kill_hard(self.0);
+        }
+    }
+}
+
+/// How many threads of server `pid` serve a connection, or `None` if the
+/// server is gone. Each connection is served on a thread named
+/// `processional-client` (`comm` keeps 15 bytes of it), which ends only
+/// after the server has decided whether that client's departure stops it.
+fn client_threads(pid: u32) -> Option<usize> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let serving = tasks
+        .filter_map(Result::ok)
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|name| name.trim_end() == "processional-cl")
+        })
+        .count();
+    process_exists(pid).then_some(serving)
+}
+
 #[test]
 fn a_persistent_server_survives_its_clients_and_stops_on_request() {
     let address = unix_address("persistent");
-    let builder = ServerBuilder::new(&address).unwrap().persistent(true);
+    // Detached, so that dropping the spawning handle only disconnects it
+    // (instead of asking the server to shut down): every client can leave.
+    let builder = ServerBuilder::new(&address)
+        .unwrap()
+        .persistent(true)
+        .detach(true);
     let process = builder.spawn().expect("spawn");
     let pid = process.pid();
+    let _teardown = KillPidOnDrop(pid);
     let c = client(&address).unwrap();
+    // Both connections are being served.
+    assert_eq!(process.invoke(func!(|| 1u8)).unwrap(), 1);
+    assert_eq!(c.invoke(func!(|| 2u8)).unwrap(), 2);
     drop(c);
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(process_exists(pid));
+    drop(process);
+    // Once no thread serves a connection, the server has seen every client
+    // leave: a server that stops when its last client leaves has stopped.
+    assert!(
+        wait_until(PATIENCE, || client_threads(pid).is_none_or(|n| n == 0)),
+        "server {pid} still serves a departed client"
+    );
+    assert!(
+        process_exists(pid),
+        "the persistent server stopped when its last client left"
+    );
     let again = client(&address).unwrap();
     assert_eq!(again.invoke(func!(|| 1u8)).unwrap(), 1);
     assert!(again.stop(PATIENCE));
@@ -130,7 +175,6 @@ fn a_persistent_server_survives_its_clients_and_stops_on_request() {
         wait_until(PATIENCE, || !process_exists(pid)),
         "server {pid} did not stop"
     );
-    drop(process);
 }
 
 #[test]
@@ -181,8 +225,10 @@ fn a_client_killed_mid_call_releases_its_objects() {
                 let object = c.wrap(func!(|| vec![7u8; 64])).unwrap();
                 c.publish("orphan", &object).unwrap();
                 std::mem::forget(object);
+                // Runs for longer than the test waits for the release, so the
+                // objects cannot be freed by the call ending first.
                 let pending = c
-                    .schedule(func!(|| std::thread::sleep(Duration::from_secs(30))))
+                    .schedule(func!(|| std::thread::sleep(3 * PATIENCE)))
                     .unwrap();
                 pending.detach();
                 std::mem::forget(c);

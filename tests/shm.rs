@@ -1,13 +1,15 @@
 //! Acceptance tests of shared memory across processes: buffers travel by
 //! file descriptor, large byte payloads go through pooled segments, and
-//! nothing leaks (descriptors, mappings, /dev/shm entries).
+//! nothing leaks (descriptors, mappings, segments of killed processes).
 
 use processional::func;
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
 
 use processional::{SharedMutBuf, ShmBuf, ShmSlice, ShmVec, slave};
 use processional_tests::{
-    KillOnDrop, PATIENCE, is_helper, kill_hard, process_exists, spawn_helper, wait_until,
+    KillOnDrop, PATIENCE, gate, is_helper, kill_hard, process_exists, spawn_helper, wait_until,
 };
 
 fn open_fds() -> usize {
@@ -129,15 +131,19 @@ fn large_byte_vectors_take_the_segment_path() {
     }
 }
 
+/// Runs the test `name` alone in a helper process (this test binary again)
+/// and checks that it passed. For tests that count what their process
+/// holds, which concurrent tests would disturb.
+fn run_alone(name: &str) {
+    let mut helper = KillOnDrop(spawn_helper(name, &[]));
+    let status = helper.0.wait().expect("the helper ran");
+    assert!(status.success(), "the helper failed: {status:?}");
+}
+
 #[test]
 fn a_thousand_transfers_leak_nothing() {
-    // Descriptor and mapping counts are per process: run alone in a helper
-    // so that no concurrent test opens or maps anything meanwhile.
     if !is_helper() {
-        let mut helper = KillOnDrop(spawn_helper("a_thousand_transfers_leak_nothing", &[]));
-        let status = helper.0.wait().expect("the helper ran");
-        assert!(status.success(), "the helper failed: {status:?}");
-        return;
+        return run_alone("a_thousand_transfers_leak_nothing");
     }
     let process = slave().expect("spawn");
     let slave_counts = || {
@@ -184,26 +190,185 @@ fn a_thousand_transfers_leak_nothing() {
     assert_eq!(slave_counts(), slave_before);
 }
 
+/// The segments of ours this process holds, by inode number: those it has
+/// a descriptor of, and those it maps.
+#[derive(Debug, PartialEq)]
+struct HeldSegments {
+    by_descriptor: BTreeSet<u64>,
+    by_mapping: BTreeSet<u64>,
+}
+
+/// How the kernel names our segments (memfds) in /proc.
+const SEGMENT_NAME: &str = "/memfd:processional-shm";
+
+fn held_segments() -> HeldSegments {
+    let mut by_descriptor = BTreeSet::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let path = entry.unwrap().path();
+        // Descriptors may close meanwhile (the directory's own, say).
+        let Ok(target) = std::fs::read_link(&path) else {
+            continue;
+        };
+        if target.to_string_lossy().starts_with(SEGMENT_NAME)
+            && let Ok(file) = std::fs::metadata(&path)
+        {
+            by_descriptor.insert(file.ino());
+        }
+    }
+    // Fields: address, permissions, offset, device, inode, path.
+    let by_mapping = std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|line| line.contains(SEGMENT_NAME))
+        .map(|line| line.split_whitespace().nth(4).unwrap().parse().unwrap())
+        .collect();
+    HeldSegments {
+        by_descriptor,
+        by_mapping,
+    }
+}
+
+impl HeldSegments {
+    /// What `self` holds that `earlier` did not.
+    fn beyond(&self, earlier: &HeldSegments) -> HeldSegments {
+        HeldSegments {
+            by_descriptor: &self.by_descriptor - &earlier.by_descriptor,
+            by_mapping: &self.by_mapping - &earlier.by_mapping,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_descriptor.is_empty() && self.by_mapping.is_empty()
+    }
+}
+
 #[test]
-fn killing_both_sides_leaves_nothing_in_dev_shm() {
-    let before: Vec<_> = std::fs::read_dir("/dev/shm")
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
-        .unwrap_or_default();
+fn a_killed_slave_leaves_no_segment_in_its_master() {
+    if !is_helper() {
+        return run_alone("a_killed_slave_leaves_no_segment_in_its_master");
+    }
+    // Idle pooled segments are kept on purpose: none before, none after.
+    let pool = processional::shm::Pool::global();
+    pool.clear();
+    let before = held_segments();
     let process = slave().expect("spawn");
     let pid = process.pid();
-    let buf = ShmBuf::from_slice(&[5u8; 65536]).unwrap();
-    process
-        .invoke_with(buf, func!(|b: ShmBuf| b.len()))
+    // At the kill, segments of every kind are in use: one sent, one
+    // received, one lent as the large argument of a call that runs.
+    let sent = ShmBuf::from_slice(&[5u8; 65536]).unwrap();
+    let len = process
+        .invoke_with(sent.clone(), func!(|buf: ShmBuf| buf.len()))
         .unwrap();
-    process
-        .invoke_with(vec![1u8; 1 << 20], func!(|v: Vec<u8>| v.len()))
+    assert_eq!(len, 65536);
+    let received = process
+        .invoke(func!(|| ShmBuf::from_slice(&[6u8; 65536]).unwrap()))
         .unwrap();
+    let running = process
+        .schedule_with(
+            vec![1u8; 1 << 20],
+            func!(|bytes: Vec<u8>| {
+                gate::start_then_wait(gate::LONGER_THAN_PATIENCE);
+                bytes.len()
+            }),
+        )
+        .unwrap();
+    gate::wait_for_start(&process);
+    let in_use = held_segments().beyond(&before);
+    assert!(
+        in_use.by_descriptor.len() >= 2 && in_use.by_mapping.len() >= 3,
+        "the probe sees the segments in use: {in_use:?}"
+    );
     kill_hard(pid);
-    assert!(wait_until(PATIENCE, || !process_exists(pid)));
-    std::thread::sleep(Duration::from_millis(50));
-    let after: Vec<_> = std::fs::read_dir("/dev/shm")
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    let new: Vec<_> = after.iter().filter(|name| !before.contains(name)).collect();
-    assert!(new.is_empty(), "left in /dev/shm: {new:?}");
+    let outcome = running.wait_timeout(PATIENCE).expect("the call ended");
+    assert!(outcome.is_err(), "the slave was killed: {outcome:?}");
+    drop((sent, received, process));
+    pool.clear();
+    let left = held_segments().beyond(&before);
+    assert!(left.is_empty(), "segments left in the master: {left:?}");
+}
+
+/// The size of each of the two segments [`killing_both_sides_frees_their_shared_memory`] watches.
+const BIG: usize = 128 << 20;
+
+/// A buffer of `len` bytes whose every page is allocated.
+fn touched_buffer(len: usize) -> ShmBuf {
+    let mut buf = ShmBuf::new(len).unwrap();
+    let bytes = buf.as_mut_slice().unwrap();
+    for page in bytes.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    buf
+}
+
+/// Helper of the next test: a master and its slave that both map two large
+/// segments (one made by each), waiting to be killed.
+#[test]
+fn helper_master_holding_shared_memory() {
+    if !is_helper() {
+        return;
+    }
+    let process = slave().expect("spawn");
+    let ours = touched_buffer(BIG);
+    let _kept_there = process
+        .wrap_with(ours.clone(), func!(|buf: ShmBuf| buf))
+        .unwrap();
+    let theirs = process.wrap(func!(|| touched_buffer(BIG))).unwrap();
+    let _kept_here: ShmBuf = theirs
+        .invoke(func!(|buf: &mut ShmBuf| buf.clone()))
+        .unwrap();
+    println!("slave-pid {}", process.pid());
+    println!("holding");
+    std::thread::sleep(PATIENCE);
+}
+
+/// The kernel's count of shared memory in use, host-wide, in KiB.
+fn shmem_kib() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("Shmem:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("Shmem in /proc/meminfo")
+}
+
+#[test]
+fn killing_both_sides_frees_their_shared_memory() {
+    let mut master = KillOnDrop(spawn_helper("helper_master_holding_shared_memory", &[]));
+    let stdout = master.0.stdout.take().expect("piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut next_line = || {
+        lines
+            .next()
+            .expect("the helper printed its state")
+            .expect("read")
+    };
+    // libtest prints "test <name> ... " before the helper's own output.
+    let slave_pid: u32 = loop {
+        if let Some((_, pid)) = next_line().split_once("slave-pid ") {
+            break pid.trim().parse().expect("pid");
+        }
+    };
+    while !next_line().contains("holding") {}
+    let holding = shmem_kib();
+    kill_hard(slave_pid);
+    kill_hard(master.0.id());
+    let _ = master.0.wait();
+    assert!(
+        wait_until(PATIENCE, || !process_exists(slave_pid)),
+        "slave {slave_pid} survived the kill"
+    );
+    // Both segments are freed. The margin absorbs what other processes of
+    // the host allocate meanwhile (a count that stays up fails the test).
+    let expected_kib = (2 * BIG - BIG / 2) as u64 / 1024;
+    let mut freed_kib = 0;
+    let freed = wait_until(PATIENCE, || {
+        freed_kib = holding.saturating_sub(shmem_kib());
+        freed_kib >= expected_kib
+    });
+    assert!(
+        freed,
+        "only {freed_kib} KiB of shared memory were freed when both sides died, \
+         expected at least {expected_kib} KiB of {} KiB",
+        2 * BIG / 1024
+    );
 }

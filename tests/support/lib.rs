@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests: bounded waits and process probes.
+//! Helpers shared by the integration tests: bounded waits, process probes,
+//! and gates for tasks running in a slave.
 //!
 //! Every wait in these tests is bounded, so a broken build fails instead of
 //! hanging CI; no test asserts an upper bound on how long something took.
@@ -81,5 +82,64 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Gates for tasks that run in a slave, so that a test decides when a task
+/// may go on (and learns when it runs) instead of guessing with a sleep.
+///
+/// The state is statics of the slave process (each test spawns a slave of
+/// its own), set and read by shipping these functions as tasks: e.g.
+/// `process.schedule(|| gate::start_then_wait(PATIENCE))`, then
+/// `gate::wait_for_start(&process)` and `process.invoke(gate::open)`.
+pub mod gate {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use crate::{PATIENCE, wait_until};
+
+    static STARTED: AtomicBool = AtomicBool::new(false);
+    static OPEN: AtomicBool = AtomicBool::new(false);
+
+    /// Longer than any wait of the tests: a task blocked this long outlives
+    /// whatever the test waits for.
+    pub const LONGER_THAN_PATIENCE: Duration = Duration::from_secs(3 * PATIENCE.as_secs());
+
+    /// In a slave: records that the task runs.
+    pub fn start() {
+        STARTED.store(true, Ordering::SeqCst);
+    }
+
+    /// In a slave: whether a task has called [`start`].
+    pub fn has_started() -> bool {
+        STARTED.load(Ordering::SeqCst)
+    }
+
+    /// In a slave: lets tasks waiting for the gate go on.
+    pub fn open() {
+        OPEN.store(true, Ordering::SeqCst);
+    }
+
+    /// In a slave: [`start`], then waits at most `limit` for the gate to
+    /// [`open`]; whether it opened.
+    pub fn start_then_wait(limit: Duration) -> bool {
+        start();
+        wait_until(limit, || OPEN.load(Ordering::SeqCst))
+    }
+
+    /// Waits until a task of `process` has called [`start`], asking through
+    /// `thread` calls, which a slave answers even while a queued call runs.
+    pub fn wait_for_start(process: &processional::SlaveProcess) {
+        let started = wait_until(PATIENCE, || {
+            match process
+                .thread(processional::func!(has_started))
+                .expect("thread")
+                .wait_timeout(PATIENCE)
+            {
+                Ok(outcome) => outcome.expect("has_started"),
+                Err(_) => panic!("the slave did not answer within {PATIENCE:?}"),
+            }
+        });
+        assert!(started, "the task never started");
     }
 }

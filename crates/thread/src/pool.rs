@@ -271,18 +271,24 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Instant;
 
+    /// The bound on every wait of these tests (never reached unless broken).
+    const PATIENCE: Duration = Duration::from_secs(60);
+
     #[test]
-    fn a_sleeping_task_is_not_finished_until_it_returns() {
-        let started = Instant::now();
-        let task = thread(|| {
-            std_thread::sleep(Duration::from_millis(200));
+    fn a_running_task_is_not_finished_until_it_returns() {
+        let (started, running) = crossbeam_channel::bounded(0);
+        let (release, gate) = crossbeam_channel::bounded::<()>(0);
+        let task = thread(move || {
+            started.send(()).unwrap();
+            gate.recv_timeout(PATIENCE)
+                .expect("the test opens the gate");
             "hello"
         });
+        running.recv_timeout(PATIENCE).expect("the call started");
+        // The call is blocked on the gate: it cannot have returned.
         assert!(!task.is_finished());
-        std_thread::sleep(Duration::from_millis(20));
-        assert!(!task.is_finished());
-        assert_eq!(task.wait().unwrap(), "hello");
-        assert!(started.elapsed() >= Duration::from_millis(200));
+        release.send_timeout((), PATIENCE).unwrap();
+        assert_eq!(task.wait_timeout(PATIENCE).ok().unwrap().unwrap(), "hello");
     }
 
     fn deep(level: u32) -> u32 {
@@ -311,26 +317,34 @@ mod tests {
         );
     }
 
-    #[test]
-    fn idle_threads_are_reused() {
-        let first = thread(|| std_thread::current().id()).wait().unwrap();
-        // The thread marks itself idle before delivering the outcome.
-        let mut reused = false;
-        for _ in 0..100 {
-            if thread(|| std_thread::current().id()).wait().unwrap() == first {
-                reused = true;
-                break;
-            }
-        }
-        assert!(reused);
-        assert!(!POOL.lock().is_empty());
+    /// A pool of this test's own: calls of other tests (which share the
+    /// process-wide pool) cannot take its idle threads.
+    fn private_pool(idle_timeout: Duration) -> &'static Pool {
+        Box::leak(Box::new(Pool {
+            idle: Mutex::new(Vec::new()),
+            idle_timeout,
+        }))
+    }
+
+    /// Idle threads of these pools never time out during a test.
+    fn long_lived_pool() -> &'static Pool {
+        private_pool(Duration::from_secs(3600))
     }
 
     fn short_lived_pool() -> &'static Pool {
-        Box::leak(Box::new(Pool {
-            idle: Mutex::new(Vec::new()),
-            idle_timeout: Duration::from_millis(5),
-        }))
+        private_pool(Duration::from_millis(5))
+    }
+
+    #[test]
+    fn idle_threads_are_reused() {
+        let pool = long_lived_pool();
+        let first = submit(pool, || std_thread::current().id()).wait().unwrap();
+        // The thread marks itself idle before delivering the outcome, so it
+        // is the pool's only idle thread by now, and the next call gets it.
+        assert_eq!(pool.lock().len(), 1);
+        let second = submit(pool, || std_thread::current().id()).wait().unwrap();
+        assert_eq!(second, first);
+        assert_eq!(pool.lock().len(), 1);
     }
 
     fn submit<T: Send + 'static>(
@@ -468,18 +482,30 @@ mod tests {
     fn uncollected_thread_errors_are_logged_once() {
         crate::test_log::install();
         let marker = "detached-thread-panic-51be";
+        let pool = long_lived_pool();
+        let (ran_on, ran) = crossbeam_channel::bounded(1);
         let (release, gate) = crossbeam_channel::bounded::<()>(0);
-        thread(move || {
-            let _ = gate.recv();
+        submit(pool, move || {
+            ran_on.send(std_thread::current().id()).unwrap();
+            let _ = gate.recv_timeout(PATIENCE);
             panic!("{marker}");
         })
         .detach();
-        release.send(()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while crate::test_log::count(marker) == 0 && Instant::now() < deadline {
+        release.send_timeout((), PATIENCE).unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        while crate::test_log::count(marker) == 0 {
+            assert!(Instant::now() < deadline, "the error was never logged");
             std_thread::sleep(Duration::from_millis(1));
         }
-        std_thread::sleep(Duration::from_millis(50));
+        // The thread went idle before delivering (and logging) the outcome:
+        // the pool's only thread runs the next call once the detached call,
+        // logging included, is over. Nothing of it can log after that.
+        let next = submit(pool, || std_thread::current().id()).wait().unwrap();
+        assert_eq!(
+            next,
+            ran.recv_timeout(PATIENCE).unwrap(),
+            "one thread ran both calls"
+        );
         assert_eq!(crate::test_log::count(marker), 1);
     }
 }

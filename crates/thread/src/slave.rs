@@ -663,17 +663,18 @@ mod tests {
     #[test]
     fn a_manual_slave_runs_nothing_before_step() {
         let (slave, driver) = SlaveThread::manual();
-        let ran = Arc::new(AtomicBool::new(false));
-        let flag = ran.clone();
+        let ran_on = Arc::new(Mutex::new(None));
+        let record = ran_on.clone();
         let task = slave.schedule(move || {
-            flag.store(true, Ordering::SeqCst);
+            *record.lock().unwrap() = Some(thread::current().id());
             "done"
         });
-        thread::sleep(Duration::from_millis(20));
-        assert!(!ran.load(Ordering::SeqCst));
+        assert!(ran_on.lock().unwrap().is_none());
         assert!(!task.is_finished());
+        // Still queued when `step` comes (it finds an order to run), and run
+        // by `step` on this thread: no other thread ran it, before or since.
         assert!(driver.step());
-        assert!(ran.load(Ordering::SeqCst));
+        assert_eq!(*ran_on.lock().unwrap(), Some(thread::current().id()));
         assert_eq!(task.wait().unwrap(), "done");
         assert!(!driver.step());
         assert_eq!(slave.thread_id(), thread::current().id());

@@ -276,12 +276,41 @@ fn clean_close_then_closed() {
     assert!(matches!(b.recv(), Err(Error::Closed)));
 }
 
+/// The kernel's id of the calling thread.
+fn kernel_thread_id() -> String {
+    let link = std::fs::read_link("/proc/thread-self").unwrap();
+    link.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// Whether thread `tid` of this process sleeps (blocked in the kernel).
+fn is_sleeping(tid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            == Some("S")
+    })
+}
+
 #[test]
 fn shutdown_unblocks_a_blocked_reader() {
     let (a, _b) = paired();
     let (mut reader, writer) = a.split();
-    let blocked = thread::spawn(move || reader.recv());
-    thread::sleep(Duration::from_millis(50));
+    let (ids, id) = std::sync::mpsc::channel();
+    let blocked = thread::spawn(move || {
+        ids.send(kernel_thread_id()).unwrap();
+        reader.recv()
+    });
+    let tid = id.recv_timeout(PATIENCE).unwrap();
+    // Shut down once the reader sleeps in `recv` (nothing else puts it to
+    // sleep), not before.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !is_sleeping(&tid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reader never blocked"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
     writer.shutdown().unwrap();
     assert!(matches!(blocked.join().unwrap(), Err(Error::Closed)));
 }
