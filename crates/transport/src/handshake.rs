@@ -2,7 +2,7 @@
 //!
 //! The protocol is a state machine without I/O ([`Machine`]), driven by the
 //! blocking [`Connection::handshake`](crate::Connection::handshake) and by the
-//! non-blocking [`EventLoop`](crate::EventLoop) alike. The transcript is
+//! non-blocking [`AuthenticatingListener`](crate::AuthenticatingListener) alike. The transcript is
 //! documented in the crate docs.
 
 use std::sync::{Mutex, PoisonError};
@@ -38,13 +38,12 @@ pub struct Handshake {
     /// The roles accepted from the peer; empty accepts any.
     pub accept_roles: Vec<Role>,
     /// Bounds the whole handshake; `None` waits forever (the
-    /// [`EventLoop`](crate::EventLoop) and the
-    /// [`AuthenticatingListener`](crate::AuthenticatingListener) then use
+    /// [`AuthenticatingListener`](crate::AuthenticatingListener) then uses
     /// [`DEFAULT_HANDSHAKE_TIMEOUT`]).
     pub timeout: Option<Duration>,
 }
 
-/// The handshake timeout the event loop and the authenticating listener use
+/// The handshake timeout the authenticating listener uses
 /// when [`Handshake::timeout`] is `None`: unauthenticated peers must not
 /// hold resources forever.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

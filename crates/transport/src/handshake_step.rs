@@ -1,6 +1,6 @@
 //! Driving a handshake [`Machine`] on a non-blocking socket: the step the
-//! [`EventLoop`](crate::EventLoop) and the
-//! [`AuthenticatingListener`](crate::AuthenticatingListener) share.
+//! [`AuthenticatingListener`](crate::AuthenticatingListener) takes for each
+//! pending connection.
 
 use std::os::fd::BorrowedFd;
 

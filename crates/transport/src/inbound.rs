@@ -1,6 +1,6 @@
 //! Reading frames, and the file descriptors that travel with them, from a
 //! socket: the receiving half shared by [`Connection`](crate::Connection) and
-//! the [`EventLoop`](crate::EventLoop).
+//! the [`AuthenticatingListener`](crate::AuthenticatingListener).
 
 use std::collections::VecDeque;
 use std::io;

@@ -1,6 +1,6 @@
 //! Bytes between processes: framed, authenticated connections over unix
-//! sockets and TCP, file descriptor passing, an event loop for servers, and
-//! a listener that authenticates its connections before handing them out.
+//! sockets and TCP, file descriptor passing, and a listener that
+//! authenticates its connections (all on one thread) before handing them out.
 //!
 //! ```
 //! use processional_transport::{Connection, Handshake, Key, Side};
@@ -63,7 +63,7 @@
 //! # Handshake
 //!
 //! Authentication is always on: both sides run [`Connection::handshake`]
-//! (or the [`EventLoop`] runs it for them) before anything else, and nothing
+//! (or the [`AuthenticatingListener`] runs it for them) before anything else, and nothing
 //! else is accepted before it succeeds. Each side, symmetrically:
 //!
 //! 1. sends `Hello { protocol, fingerprint, role, pid, host, program }` and
@@ -135,7 +135,6 @@ mod address;
 mod authenticating_listener;
 mod connection;
 mod error;
-mod event_loop;
 mod handshake;
 mod handshake_step;
 mod inbound;
@@ -150,10 +149,6 @@ pub use authenticating_listener::{
 };
 pub use connection::{Connection, ConnectionReader, ConnectionWriter, Received};
 pub use error::Error;
-pub use event_loop::{
-    ConnId, DEFAULT_CLOSE_LINGER, DEFAULT_OUTGOING_LIMIT, DisconnectReason, EventLoop,
-    EventLoopHandle, EventLoopRemote, Handler, Outbox,
-};
 pub use handshake::{AgreedNonces, DEFAULT_HANDSHAKE_TIMEOUT, Handshake, PeerInfo, Side};
 pub use key::{GENERATED_KEY_LEN, Key, KeyError, MIN_KEY_LEN, random_bytes};
 pub use listener::Listener;
