@@ -22,6 +22,11 @@
 //!   with a 100 MiB vector (cloned before the clock starts) against writing
 //!   100 MiB (64 KiB writes) over the socketpair to a child that reads it
 //!   into a freshly allocated `Vec<u8>`, drops it, and answers 8 bytes.
+//! - `process.bytes_100MiB_cold`: the same 100 MiB argument as the first
+//!   call of a fresh slave, with this process's segment pool emptied first
+//!   (both sides make and fault in their memory), against the same raw
+//!   transfer into a fresh `Vec<u8>`. Spawning the slave and emptying the
+//!   pool are not timed.
 
 use processional::func;
 use std::hint::black_box;
@@ -55,6 +60,7 @@ fn main() {
     schedule_throughput(&mut criterion, &mut peers);
     remote_method_rtt(&mut criterion, &mut peers);
     bytes_100mib(&mut criterion, &mut peers);
+    bytes_100mib_cold(&mut criterion, &mut peers);
     drop(peers);
     criterion.final_summary();
 }
@@ -256,6 +262,40 @@ fn bytes_100mib(criterion: &mut Criterion, peers: &mut Peers) {
         bencher.iter_custom(|iters| {
             let mut timed = Duration::ZERO;
             for _ in 0..iters {
+                let argument = bulk.clone();
+                let start = Instant::now();
+                let len = slave
+                    .invoke_with(argument, func!(|v: Vec<u8>| v.len()))
+                    .expect("a 100 MiB argument");
+                timed += start.elapsed();
+                assert_eq!(len, BULK_BYTES);
+            }
+            timed
+        });
+    });
+    group.finish();
+}
+
+/// `process.bytes_100MiB_cold`.
+fn bytes_100mib_cold(criterion: &mut Criterion, peers: &mut Peers) {
+    let mut group = criterion.benchmark_group("process.bytes_100MiB_cold");
+    configure_slow_group(&mut group);
+    group.bench_function("baseline", |bencher| {
+        peers.sink();
+        peers.bulk();
+        let Peers { sink, bulk, .. } = peers;
+        let (Some(sink), Some(bulk)) = (sink.as_mut(), bulk.as_ref()) else {
+            unreachable!("made just above")
+        };
+        bencher.iter(|| send_bulk(&mut sink.stream, bulk).expect("a raw bulk transfer"));
+    });
+    group.bench_function("subject", |bencher| {
+        let bulk = peers.bulk().to_vec();
+        bencher.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iters {
+                let slave = SlaveGuard(processional::slave().expect("a fresh slave"));
+                processional::shm::Pool::global().clear();
                 let argument = bulk.clone();
                 let start = Instant::now();
                 let len = slave

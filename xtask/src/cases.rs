@@ -97,6 +97,11 @@ pub(crate) const CASES: &[Case] = &[
         baseline: "raw unix stream into a fresh Vec",
         target: Some(1.0),
     },
+    Case {
+        name: "process.bytes_100MiB_cold",
+        baseline: "raw unix stream of 100 MiB into a fresh Vec",
+        target: Some(1.5),
+    },
 ];
 
 /// The case named `name`, if the table has it.
