@@ -81,9 +81,28 @@
 //! [`catch_panic`]), a cancelled call as [`Error::Cancelled`], a failure in
 //! another process as [`Error::Remote`] (a [`RemoteError`] of the wire
 //! format), a process that ended under a call as [`Error::Exited`] with its
-//! [`ExitReason`]. Errors of your own travel as the value: use a
-//! `Task<Result<T, E>>`. With the feature `shm` (the process runtime turns
-//! it on), `Error::Shm` wraps shared-memory errors.
+//! [`ExitReason`], a broken connection as [`Error::Disconnected`] (both
+//! answer [`Error::is_worker_lost`]). Errors of your own travel as the
+//! value: use a `Task<Result<T, E>>`. With the feature `shm` (the process
+//! runtime turns it on), `Error::Shm` wraps shared-memory errors.
+//!
+//! Every variant names the failure it reports, and where: a connection that
+//! fails is [`Error::Connect`] with its address, a handshake that runs out
+//! of time [`Error::TimedOut`], a wrong key [`Error::Auth`] (an
+//! [`AuthFailure`]), another build [`Error::Fingerprint`], a value that does
+//! not cross [`Error::Codec`] with its type name and a [`CodecError`] that
+//! keeps the message of the value's own `Serialize` or `Deserialize`. Causes
+//! are kept as `source`s; those of the layers this crate does not know (the
+//! transport's) are boxed ([`BoxError`]), so this crate knows no sockets.
+//!
+//! ```
+//! use processional_task::{CodecDirection, CodecError, Error};
+//!
+//! let error = Error::codec::<u32>(CodecDirection::Decode, CodecError::TrailingBytes { count: 2 });
+//! assert_eq!(error.to_string(), "cannot decode a value of type u32: 2 trailing bytes after the value");
+//! let source = std::error::Error::source(&error).expect("the codec error");
+//! assert!(source.downcast_ref::<CodecError>().is_some());
+//! ```
 //!
 //! # Cancellation
 //!
