@@ -53,7 +53,10 @@
 //!
 //! A task dropped without being waited for is detached: the call runs on.
 //! If it fails, the error is reported once through the [`log`] facade
-//! (`log::error!`), never silently lost and never printed by the library.
+//! (`log::error!`); when no logger is installed (`log::max_level()` is
+//! `Off`, the default of a program that installs none), it is printed once
+//! to standard error instead, prefixed `processional:`. It is never lost
+//! silently.
 //! A [`Completer`] dropped without completing completes its task with
 //! [`Error::Stopped`]: a task never hangs because its call was lost.
 //!
