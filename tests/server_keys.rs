@@ -117,7 +117,7 @@ fn a_tcp_server_without_a_key_is_refused() {
         .unwrap()
         .start()
         .expect_err("no key");
-    assert!(matches!(error, Error::Auth(_)), "{error:?}");
+    assert!(matches!(error, Error::Auth { .. }), "{error:?}");
 }
 
 /// Where the server run by another user listens, and its key (in hex).

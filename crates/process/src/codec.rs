@@ -6,22 +6,49 @@
 //! wire are exactly postcard's.
 
 use std::any::{Any, TypeId};
+use std::fmt::Display;
 
+use processional_proto::custom;
 use processional_proto::{RemoteError, RemoteErrorKind};
 use processional_shm::SegmentView;
+use processional_task::{CodecDirection, CodecError, Error};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::error::{MalformedBytes, PayloadError};
+
 /// Where encoded bytes go: any growable byte buffer.
 pub(crate) trait Sink {
-    fn put(&mut self, bytes: &[u8]) -> Result<(), String>;
+    fn put(&mut self, bytes: &[u8]) -> Result<(), CodecError>;
 }
 
 impl Sink for Vec<u8> {
-    fn put(&mut self, bytes: &[u8]) -> Result<(), String> {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), CodecError> {
         self.extend_from_slice(bytes);
         Ok(())
     }
+}
+
+/// postcard's error as ours. postcard drops the message of a `custom`
+/// error; the value's implementation may have left it in
+/// [`custom`]'s slot (processional's own types do), where it is taken.
+fn format_error(error: postcard::Error) -> CodecError {
+    let custom = matches!(
+        error,
+        postcard::Error::SerdeSerCustom | postcard::Error::SerdeDeCustom
+    );
+    match custom.then(custom::take_message).flatten() {
+        Some(message) => CodecError::Custom(message),
+        None => CodecError::Format(Box::new(error)),
+    }
+}
+
+fn encode_error<T: ?Sized>(source: CodecError) -> Error {
+    Error::codec::<T>(CodecDirection::Encode, source)
+}
+
+fn decode_error<T: ?Sized>(source: CodecError) -> Error {
+    Error::codec::<T>(CodecDirection::Decode, source)
 }
 
 fn varint(mut value: usize, out: &mut [u8; 10]) -> &[u8] {
@@ -61,48 +88,50 @@ pub(crate) fn fast_len<T: Any>(value: &T) -> Option<usize> {
 pub(crate) fn encode_into<T: Serialize + Any>(
     value: &T,
     sink: &mut impl Sink,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     if let Some(bytes) = (value as &dyn Any).downcast_ref::<Vec<u8>>() {
-        sink.put(varint(bytes.len(), &mut [0; 10]))?;
-        return sink.put(bytes);
+        return sink
+            .put(varint(bytes.len(), &mut [0; 10]))
+            .and_then(|()| sink.put(bytes))
+            .map_err(encode_error::<T>);
     }
-    let bytes = postcard::to_stdvec(value)
-        .map_err(|error| format!("cannot serialize a {}: {error}", std::any::type_name::<T>()))?;
-    sink.put(&bytes)
+    // A message an earlier failure left is not this value's.
+    custom::take_message();
+    let bytes =
+        postcard::to_stdvec(value).map_err(|error| encode_error::<T>(format_error(error)))?;
+    sink.put(&bytes).map_err(encode_error::<T>)
 }
 
 /// Serializes `value`.
-pub(crate) fn encode<T: Serialize + Any>(value: &T) -> Result<Vec<u8>, String> {
+pub(crate) fn encode<T: Serialize + Any>(value: &T) -> Result<Vec<u8>, Error> {
     let mut out = Vec::with_capacity(fast_len(value).unwrap_or(0));
     encode_into(value, &mut out)?;
     Ok(out)
 }
 
 /// Deserializes a `T` from `bytes`, which it must use up entirely.
-pub(crate) fn decode<T: DeserializeOwned + Any>(bytes: &[u8]) -> Result<T, String> {
+pub(crate) fn decode<T: DeserializeOwned + Any>(bytes: &[u8]) -> Result<T, Error> {
     if TypeId::of::<T>() == TypeId::of::<Vec<u8>>() {
         let decoded = match read_varint(bytes) {
             Some((len, rest)) if rest.len() == len => Ok(fresh_copy(rest)),
-            Some((len, rest)) => Err(format!(
-                "a Vec<u8> of {len} bytes, but {} bytes follow its length",
-                rest.len()
-            )),
-            None => Err("a Vec<u8> with a malformed length".to_owned()),
-        }?;
+            Some((announced, rest)) => Err(MalformedBytes::Mismatch {
+                announced,
+                following: rest.len(),
+            }),
+            None => Err(MalformedBytes::Length),
+        }
+        .map_err(|error| decode_error::<T>(CodecError::Format(Box::new(error))))?;
         let boxed: Box<dyn Any> = Box::new(decoded);
         return Ok(*boxed.downcast::<T>().expect("T is Vec<u8>"));
     }
+    // A message an earlier failure left is not this value's.
+    custom::take_message();
     match postcard::take_from_bytes::<T>(bytes) {
         Ok((value, [])) => Ok(value),
-        Ok((_, rest)) => Err(format!(
-            "{} trailing bytes after a {}",
-            rest.len(),
-            std::any::type_name::<T>()
-        )),
-        Err(error) => Err(format!(
-            "cannot deserialize a {}: {error}",
-            std::any::type_name::<T>()
-        )),
+        Ok((_, rest)) => Err(decode_error::<T>(CodecError::TrailingBytes {
+            count: rest.len(),
+        })),
+        Err(error) => Err(decode_error::<T>(format_error(error))),
     }
 }
 
@@ -112,43 +141,44 @@ pub(crate) fn decode<T: DeserializeOwned + Any>(bytes: &[u8]) -> Result<T, Strin
 /// so no reference to peer-writable memory is ever made: a `Vec<u8>` is
 /// copied straight into its own buffer (one copy, as inline), anything else
 /// into a scratch buffer that postcard then reads.
-pub(crate) fn decode_mapped<T: DeserializeOwned + Any>(view: &SegmentView) -> Result<T, String> {
+pub(crate) fn decode_mapped<T: DeserializeOwned + Any>(view: &SegmentView) -> Result<T, Error> {
     if TypeId::of::<T>() == TypeId::of::<Vec<u8>>() {
-        let decoded = decode_mapped_bytes(view)?;
+        let decoded = decode_mapped_bytes(view).map_err(decode_error::<T>)?;
         let boxed: Box<dyn Any> = Box::new(decoded);
         return Ok(*boxed.downcast::<T>().expect("T is Vec<u8>"));
     }
-    decode(&copy_range(view, 0, view.len())?)
+    decode(&copy_range(view, 0, view.len()).map_err(decode_error::<T>)?)
 }
 
 /// The fast path of [`decode_mapped`]: a varint length, then the bytes.
-fn decode_mapped_bytes(view: &SegmentView) -> Result<Vec<u8>, String> {
+fn decode_mapped_bytes(view: &SegmentView) -> Result<Vec<u8>, CodecError> {
     let mut header = [std::mem::MaybeUninit::uninit(); 10];
     let header = view
         .copy_to(0, &mut header[..view.len().min(10)])
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| CodecError::Payload(Box::new(PayloadError::Read(e))))?;
     let Some((len, rest)) = read_varint(header) else {
-        return Err("a Vec<u8> with a malformed length".to_owned());
+        return Err(CodecError::Format(Box::new(MalformedBytes::Length)));
     };
     let start = header.len() - rest.len();
-    let follow = view.len() - start;
-    if follow != len {
-        return Err(format!(
-            "a Vec<u8> of {len} bytes, but {follow} bytes follow its length"
-        ));
+    let following = view.len() - start;
+    if following != len {
+        return Err(CodecError::Format(Box::new(MalformedBytes::Mismatch {
+            announced: len,
+            following,
+        })));
     }
     copy_range(view, start, len)
 }
 
 /// A new `Vec<u8>` holding `len` bytes of `view` from `start`. Large ones ask
 /// for transparent huge pages first, as [`fresh_copy`] does.
-fn copy_range(view: &SegmentView, start: usize, len: usize) -> Result<Vec<u8>, String> {
+fn copy_range(view: &SegmentView, start: usize, len: usize) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::with_capacity(len);
     if len >= crate::sys::HUGE_PAGE * 4 {
         crate::sys::advise_huge_pages(out.as_mut_ptr(), out.capacity());
     }
     view.copy_to(start, &mut out.spare_capacity_mut()[..len])
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| CodecError::Payload(Box::new(PayloadError::Read(e))))?;
     // SAFETY: `copy_to` initialized the first `len` bytes of the spare
     // capacity, which is at least `len`.
     unsafe { out.set_len(len) };
@@ -167,10 +197,10 @@ fn fresh_copy(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// A codec failure on the serving side, as sent back to the caller.
-pub(crate) fn remote_codec_error(message: String) -> RemoteError {
+pub(crate) fn remote_codec_error(error: impl Display) -> RemoteError {
     RemoteError {
         kind: RemoteErrorKind::Codec,
-        message,
+        message: error.to_string(),
         location: None,
         backtrace: None,
     }
@@ -209,6 +239,7 @@ mod tests {
         assert!(
             decode_mapped::<Vec<u8>>(&view)
                 .unwrap_err()
+                .to_string()
                 .contains("follow")
         );
     }
@@ -257,8 +288,77 @@ mod tests {
             decode::<(u32, String)>(&bytes).unwrap(),
             (1, "two".to_string())
         );
-        assert!(decode::<u8>(&bytes).unwrap_err().contains("trailing"));
+        assert!(matches!(
+            decode::<u8>(&bytes),
+            Err(Error::Codec {
+                type_name: "u8",
+                source: CodecError::TrailingBytes { count: 4 },
+                ..
+            })
+        ));
         assert!(decode::<(u32, String)>(&bytes[..2]).is_err());
+    }
+
+    /// Refuses to be encoded or decoded, saying why the way processional's
+    /// own types do.
+    #[derive(Debug)]
+    struct Refuses;
+
+    impl Serialize for Refuses {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(custom::serialize_error("Refuses stays here"))
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for Refuses {
+        fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+            Err(custom::deserialize_error("Refuses never arrives"))
+        }
+    }
+
+    /// Fails with a plain `custom` error, whose message postcard drops.
+    struct Plain;
+
+    impl Serialize for Plain {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("lost on the way"))
+        }
+    }
+
+    #[test]
+    fn the_messages_of_refusing_values_reach_the_error() {
+        let error = encode(&Refuses).unwrap_err();
+        assert!(
+            matches!(&error, Error::Codec {
+                direction: CodecDirection::Encode,
+                source: CodecError::Custom(message),
+                ..
+            } if message == "Refuses stays here"),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("Refuses"), "{error}");
+        let error = decode::<Refuses>(&[]).unwrap_err();
+        assert!(
+            matches!(&error, Error::Codec {
+                direction: CodecDirection::Decode,
+                source: CodecError::Custom(message),
+                ..
+            } if message == "Refuses never arrives"),
+            "{error:?}"
+        );
+        // A message left behind is not taken for another value's.
+        let _ = custom::serialize_error::<postcard::Error>("stale");
+        let error = encode(&Plain).unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                Error::Codec {
+                    source: CodecError::Format(_),
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
     }
 
     #[test]

@@ -88,7 +88,26 @@
 //! program's read-only data (see `docs/ARCHITECTURE.md`).
 //!
 //! Arguments and values are any `Serialize + DeserializeOwned` type, encoded
-//! with postcard; a value that fails to encode or decode fails that call only.
+//! with postcard; a value that fails to encode or decode fails that call only,
+//! with [`Error::Codec`] naming its type. A `Serialize` or `Deserialize` that
+//! refuses through `processional_proto::custom::serialize_error` (or
+//! `deserialize_error`) has its message in the error, as [`Remote`] does:
+//!
+//! ```no_run
+//! use processional_process::{CodecError, Error, Remote, func, slave};
+//!
+//! # fn main() -> Result<(), Error> {
+//! let (holder, other) = (slave()?, slave()?);
+//! let remote: Remote<u32> = holder.wrap(func!(|| 5u32))?;
+//! match other.invoke_with(remote, func!(|r: Remote<u32>| r.id())) {
+//!     Err(Error::Codec { source: CodecError::Custom(why), .. }) => {
+//!         assert!(why.contains("can only be passed to that slave"))
+//!     }
+//!     other => panic!("{other:?}"),
+//! }
+//! # Ok(())
+//! # }
+//! ```
 //! `Vec<u8>` takes a fast path, large payloads travel through shared memory,
 //! and `ShmBuf` / `ShmVec` values travel as file descriptors on unix sockets
 //! (see `processional-shm`).
@@ -96,7 +115,9 @@
 //! # Servers and clients
 //! [`server()`] spawns a server process (this same program) listening on a
 //! unix socket or TCP address and connects to it; [`client()`] connects to a
-//! running one; [`serve()`] / [`ServerBuilder`] run one in this process.
+//! running one, or fails at once with [`Error::Connect`] naming the address
+//! ([`ClientBuilder::retry_for`] waits for a server that is starting);
+//! [`serve()`] / [`ServerBuilder`] run one in this process.
 //! Each client's queued calls run in FIFO order, clients never wait for each
 //! other, and objects are shared by name ([`SlaveProcess::publish`],
 //! [`SlaveProcess::lookup`], [`export`]) as [`Remote`] handles that can also
@@ -121,7 +142,8 @@
 //! SIGTERM after a grace period, then SIGKILL; it is always reaped). If the
 //! master dies, even by SIGKILL, its slaves die too (`PR_SET_PDEATHSIG`,
 //! and end of stream on the socket). A slave that dies fails every pending
-//! task with [`Error::Exited`]. A spawned server's death signal is SIGTERM:
+//! task with [`Error::Exited`] (a broken connection with
+//! [`Error::Disconnected`]; both answer `is_worker_lost()`). A spawned server's death signal is SIGTERM:
 //! on it (and on SIGHUP and SIGINT) it removes its socket and key file, then
 //! dies by that signal.
 
@@ -129,6 +151,7 @@ mod child;
 mod codec;
 mod context;
 mod entry;
+mod error;
 mod fingerprint;
 mod func;
 mod function;
@@ -148,10 +171,13 @@ pub use func::Func;
 pub use init::init;
 pub use objects::live_objects;
 pub use payload::{INLINE_LIMIT, INLINE_LIMIT_VAR};
-pub use processional_task::{Error, ExitReason, Task, Termination};
+pub use processional_task::{
+    AuthFailure, CodecDirection, CodecError, Error, ExitReason, Task, Termination,
+};
 pub use remote::Remote;
 pub use server::{
-    ClientBuilder, DEFAULT_MAX_PENDING_HANDSHAKES, DEFAULT_SERVER_HANDSHAKE_TIMEOUT, KEY_FILE_VAR,
-    KEY_VAR, ServerBuilder, ServerHandle, client, export, runtime_dir, serve, server,
+    ClientBuilder, DEFAULT_CLIENT_TIMEOUT, DEFAULT_MAX_PENDING_HANDSHAKES,
+    DEFAULT_SERVER_HANDSHAKE_TIMEOUT, KEY_FILE_VAR, KEY_VAR, ServerBuilder, ServerHandle, client,
+    export, runtime_dir, serve, server,
 };
 pub use slave::{Output, SlaveProcess, SlaveProcessBuilder, slave};

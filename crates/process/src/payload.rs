@@ -21,10 +21,12 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use processional_proto::Payload;
 use processional_shm::transfer::{self, TransferFd};
 use processional_shm::{Loan, Pool, PooledSegment, SegmentView};
+use processional_task::{CodecDirection, CodecError, Error};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec::{self, Sink};
+use crate::error::PayloadError;
 
 /// Encoded payloads larger than this travel in a shared-memory segment (on
 /// unix sockets), unless `PROCESSIONAL_INLINE_LIMIT` (bytes) says otherwise.
@@ -69,15 +71,15 @@ impl Outgoing {
 }
 
 impl Sink for PooledSegment {
-    fn put(&mut self, bytes: &[u8]) -> Result<(), String> {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), CodecError> {
         self.extend_from_slice(bytes)
-            .map_err(|e| format!("cannot fill a shared-memory segment: {e}"))
+            .map_err(|e| CodecError::Payload(Box::new(PayloadError::Fill(e))))
     }
 }
 
 /// Encodes `value` for a connection; `unix` says whether descriptors can
 /// travel on it.
-pub(crate) fn encode<T: Serialize + Any>(value: &T, unix: bool) -> Result<Outgoing, String> {
+pub(crate) fn encode<T: Serialize + Any>(value: &T, unix: bool) -> Result<Outgoing, Error> {
     if !unix {
         return Ok(wrap_encoded(encode_value(value, false)?, Vec::new(), false));
     }
@@ -95,7 +97,7 @@ pub(crate) enum Encoded {
 
 /// Encodes the value of a call on the serving side (descriptors of
 /// shared-memory values are collected by the caller's transfer context).
-pub(crate) fn encode_value<T: Serialize + Any>(value: &T, unix: bool) -> Result<Encoded, String> {
+pub(crate) fn encode_value<T: Serialize + Any>(value: &T, unix: bool) -> Result<Encoded, Error> {
     if unix {
         if let Some(len) = codec::fast_len(value).filter(|&len| len > inline_limit()) {
             if let Ok(mut segment) = Pool::global().take(len) {
@@ -152,22 +154,23 @@ impl Incoming {
     pub(crate) fn resolve(
         payload: Payload,
         mut fds: Vec<OwnedFd>,
-    ) -> Result<(Incoming, Vec<OwnedFd>), String> {
+    ) -> Result<(Incoming, Vec<OwnedFd>), CodecError> {
+        let payload_error = |error| CodecError::Payload(Box::new(error));
         match payload {
             Payload::Inline(bytes) => Ok((Incoming::Inline(bytes), fds)),
             Payload::Segment { fd, len } => {
                 let index = fd as usize;
                 if index >= fds.len() {
-                    return Err(format!(
-                        "the payload names descriptor {index}, the frame carried {}",
-                        fds.len()
-                    ));
+                    return Err(payload_error(PayloadError::MissingDescriptor {
+                        index,
+                        count: fds.len(),
+                    }));
                 }
                 let len =
-                    usize::try_from(len).map_err(|_| format!("payload length {len} too large"))?;
+                    usize::try_from(len).map_err(|_| payload_error(PayloadError::TooLong(len)))?;
                 let segment = fds.remove(index);
                 let view = SegmentView::map(segment, len)
-                    .map_err(|e| format!("cannot map the payload segment: {e}"))?;
+                    .map_err(|e| payload_error(PayloadError::Map(e)))?;
                 Ok((Incoming::Mapped(view), fds))
             }
         }
@@ -176,7 +179,7 @@ impl Incoming {
     /// Decodes a `T` from the payload. A mapped segment is copied out
     /// before it is decoded, never read in place: its sender can still write
     /// it, and a decoder must not hold a `&[u8]` that can change under it.
-    pub(crate) fn decode<T: DeserializeOwned + Any>(&self) -> Result<T, String> {
+    pub(crate) fn decode<T: DeserializeOwned + Any>(&self) -> Result<T, Error> {
         match self {
             Incoming::Inline(bytes) => codec::decode(bytes),
             Incoming::Mapped(view) => codec::decode_mapped(view),
@@ -188,8 +191,9 @@ impl Incoming {
 pub(crate) fn decode<T: DeserializeOwned + Any>(
     payload: Payload,
     fds: Vec<OwnedFd>,
-) -> Result<T, String> {
-    let (incoming, fds) = Incoming::resolve(payload, fds)?;
+) -> Result<T, Error> {
+    let (incoming, fds) = Incoming::resolve(payload, fds)
+        .map_err(|source| Error::codec::<T>(CodecDirection::Decode, source))?;
     if fds.is_empty() {
         return incoming.decode();
     }

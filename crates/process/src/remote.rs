@@ -5,10 +5,11 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use processional_proto::custom::{deserialize_error, serialize_error};
 use processional_proto::{Message, ObjectId, RunMode};
 use processional_task::{Error, Task};
-use serde::de::{DeserializeOwned, Deserializer, Error as _};
-use serde::ser::{Error as _, Serializer};
+use serde::de::{DeserializeOwned, Deserializer};
+use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
@@ -34,7 +35,7 @@ pub(crate) fn encode_for<T: Serialize + std::any::Any>(
     let previous = ENCODING_FOR.with(|s| s.replace(session.id()));
     let result = payload::encode(value, session.is_unix());
     ENCODING_FOR.with(|s| s.set(previous));
-    result.map_err(Error::Codec)
+    result
 }
 
 enum Handle {
@@ -176,8 +177,7 @@ impl<T: Send + 'static> Remote<T> {
             }
             Handle::Local { slot, .. } => slot
                 .with(|object: &mut T| codec::encode(object).and_then(|b| codec::decode(&b)))
-                .map_err(Error::Remote)?
-                .map_err(Error::Codec),
+                .map_err(Error::Remote)?,
         }
     }
 }
@@ -200,7 +200,7 @@ impl<T> Serialize for Remote<T> {
             }
             Handle::Remote { session, id } => {
                 let Some(server) = session.origin() else {
-                    return Err(S::Error::custom(
+                    return Err(serialize_error(
                         "a Remote to an object of a slave can only be passed to that slave; \
                          objects of a server can be passed to any of its clients",
                     ));
@@ -214,14 +214,14 @@ impl<T> Serialize for Remote<T> {
                         session.call::<Ticket>(TicketEntry::function_ref(), RunMode::Queued, args)
                     })
                     .and_then(Task::wait)
-                    .map_err(|e| S::Error::custom(format!("cannot send the handle: {e}")))?;
+                    .map_err(|e| serialize_error(format_args!("cannot send the handle: {e}")))?;
                 RemoteWire::At {
                     server: server.to_owned(),
                     ticket,
                 }
             }
             Handle::Local { .. } => {
-                return Err(S::Error::custom(
+                return Err(serialize_error(
                     "a Remote resolved in the process that holds its object cannot be sent elsewhere",
                 ));
             }
@@ -235,14 +235,14 @@ impl<'de, T> Deserialize<'de> for Remote<T> {
         match RemoteWire::deserialize(deserializer)? {
             RemoteWire::Here(id) => {
                 if !context::is_serving() {
-                    return Err(D::Error::custom(
+                    return Err(deserialize_error(
                         "a Remote can only be decoded by the process that holds its object",
                     ));
                 }
                 // Only an object the calling connection holds: a peer cannot
                 // reach another's objects by naming their ids.
                 let slot = context::resolve_argument(id)
-                    .map_err(|error| D::Error::custom(error.message))?;
+                    .map_err(|error| deserialize_error(error.message))?;
                 Ok(Remote {
                     handle: Arc::new(Handle::Local { slot, id }),
                     _type: PhantomData,
@@ -255,7 +255,7 @@ impl<'de, T> Deserialize<'de> for Remote<T> {
                         .and_then(|builder| builder.connect())
                         .map(|process| process.session().clone())
                         .map_err(|e| {
-                            D::Error::custom(format!("cannot reach the server {server}: {e}"))
+                            deserialize_error(format_args!("cannot reach the server {server}: {e}"))
                         })?,
                 };
                 let id = encode_for(&session, &ticket)
@@ -263,7 +263,9 @@ impl<'de, T> Deserialize<'de> for Remote<T> {
                         session.call::<u64>(RedeemEntry::function_ref(), RunMode::Queued, args)
                     })
                     .and_then(Task::wait)
-                    .map_err(|e| D::Error::custom(format!("cannot receive the handle: {e}")))?;
+                    .map_err(|e| {
+                        deserialize_error(format_args!("cannot receive the handle: {e}"))
+                    })?;
                 Ok(Remote {
                     handle: Arc::new(Handle::Remote { session, id }),
                     _type: PhantomData,

@@ -17,19 +17,20 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use processional_proto::{Role, RunMode};
-use processional_task::Error;
+use processional_task::{AuthFailure, Error};
 use processional_transport::{
     AcceptStopper, Address, AuthenticatingListener, Connection, Handshake, Key, Listener, Side,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::entry::{LookupEntry, PublishEntry};
+use crate::error::{address_error, connect_error, handshake_error, listen_error};
 use crate::function::Described;
 use crate::objects::ObjectTable;
 use crate::remote::{Remote, encode_for};
 use crate::serve::{End, Served, ShutdownHook};
 use crate::session::Session;
-use crate::slave::{Kind, SlaveProcess, hello, transport_error};
+use crate::slave::{Kind, SlaveProcess, hello};
 use crate::sys;
 use crate::trust::{is_trusted_server_uid, key_file_for, resolve_key, write_key_file};
 
@@ -48,9 +49,7 @@ pub const KEY_VAR: &str = "PROCESSIONAL_KEY";
 pub const KEY_FILE_VAR: &str = "PROCESSIONAL_KEY_FILE";
 
 fn parse_address(address: &str) -> Result<Address, Error> {
-    address
-        .parse()
-        .map_err(|e| Error::Protocol(format!("bad address {address:?}: {e}")))
+    address.parse().map_err(|e| address_error(address, e))
 }
 
 /// A directory for this user's server sockets (and their key files) that
@@ -155,9 +154,13 @@ impl ServerBuilder {
     fn key_or_error(&self) -> Result<Key, Error> {
         match resolve_key(self.key.as_ref(), &self.address)? {
             Some(key) => Ok(key),
-            None if self.address.is_tcp() => Err(Error::Auth(format!(
-                "a TCP server needs a key (ServerBuilder::key, {KEY_VAR} or {KEY_FILE_VAR})"
-            ))),
+            // A TCP port is open to everyone: only a key keeps them out.
+            None if self.address.is_tcp() => Err(Error::Auth {
+                peer: format!("the clients of {}", self.address),
+                failure: AuthFailure::NoKey {
+                    looked_in: format!("ServerBuilder::key, {KEY_VAR}, {KEY_FILE_VAR}"),
+                },
+            }),
             // Unix sockets (0600): generate a key and publish it in the key
             // file beside a socket file.
             None => Ok(Key::generate()),
@@ -174,7 +177,7 @@ impl ServerBuilder {
     /// Starts the server on background threads of this process.
     pub fn start(self) -> Result<ServerHandle, Error> {
         let key = self.key_or_error()?;
-        let listener = Listener::bind(&self.address).map_err(transport_error)?;
+        let listener = Listener::bind(&self.address).map_err(|e| listen_error(&self.address, e))?;
         let address = listener.local_addr();
         let key_file = match (&self.key, key_file_for(&address)) {
             (None, Some(path)) if std::env::var_os(KEY_VAR).is_none() => {
@@ -372,7 +375,7 @@ fn start_accepting(
         timeout: Some(handshakes.timeout),
     };
     let listener = AuthenticatingListener::new(listener, handshake, handshakes.max_pending)
-        .map_err(transport_error)?;
+        .map_err(|e| listen_error(&address, e))?;
     let state = Arc::new(ServerState {
         clients: AtomicUsize::new(clients),
         served_any: AtomicBool::new(clients > 0),
@@ -446,12 +449,36 @@ pub fn serve(address: &str) -> Result<(), Error> {
     ServerBuilder::new(address)?.persistent(true).run()
 }
 
+/// How long connecting to a server, and then the handshake, may take each,
+/// unless [`ClientBuilder::timeout`] says otherwise.
+pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Options of a connection to a server.
+///
+/// ```no_run
+/// # fn main() -> Result<(), processional_process::Error> {
+/// use std::time::Duration;
+/// use processional_process::{ClientBuilder, Error};
+///
+/// // Fails at once, naming the address, when nobody listens there.
+/// match ClientBuilder::new("unix:/run/nobody-here.sock")?.connect() {
+///     Err(Error::Connect { address, .. }) => assert_eq!(address, "unix:/run/nobody-here.sock"),
+///     other => panic!("{other:?}"),
+/// }
+/// // A server that is still starting: try again for a while.
+/// let process = ClientBuilder::new("unix:/run/starting.sock")?
+///     .retry_for(Duration::from_secs(5))
+///     .connect()?;
+/// # drop(process);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     address: Address,
     key: Option<Key>,
     timeout: Duration,
+    retry_for: Duration,
 }
 
 impl ClientBuilder {
@@ -461,7 +488,8 @@ impl ClientBuilder {
         Ok(ClientBuilder {
             address,
             key: None,
-            timeout: Duration::from_secs(10),
+            timeout: DEFAULT_CLIENT_TIMEOUT,
+            retry_for: Duration::ZERO,
         })
     }
 
@@ -471,23 +499,36 @@ impl ClientBuilder {
         self
     }
 
-    /// How long to wait for the server to appear and answer (default 10 s).
+    /// How long connecting may take, and then the handshake (default
+    /// [`DEFAULT_CLIENT_TIMEOUT`]): a server that accepts the connection
+    /// but does not answer fails [`connect`](Self::connect) with
+    /// [`Error::TimedOut`] after this long.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
+    /// Keeps trying to connect for up to `patience` while the server cannot
+    /// be reached (nobody listens at the address yet: it is still
+    /// starting, say). By default a connection that fails fails
+    /// [`connect`](Self::connect) at once, with [`Error::Connect`] naming
+    /// the address.
+    pub fn retry_for(mut self, patience: Duration) -> Self {
+        self.retry_for = patience;
+        self
+    }
+
     /// Connects and authenticates.
     pub fn connect(self) -> Result<SlaveProcess, Error> {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now().checked_add(self.retry_for);
         let mut connection = loop {
             match Connection::connect_timeout(&self.address, self.timeout) {
                 Ok(connection) => break connection,
-                Err(error) if Instant::now() < deadline => {
-                    log::trace!("processional: server not there yet: {error}");
+                Err(error) if deadline.is_none_or(|deadline| Instant::now() < deadline) => {
+                    log::trace!("processional: {} not there yet: {error}", self.address);
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err(error) => return Err(transport_error(error)),
+                Err(error) => return Err(connect_error(&self.address, self.timeout, error)),
             }
         };
         // Whoever listens on a unix socket of ours must be us (or root):
@@ -509,10 +550,12 @@ impl ClientBuilder {
             let key_file = key_file_for(&self.address)
                 .map(|path| format!(", {}", path.display()))
                 .unwrap_or_default();
-            return Err(Error::Auth(format!(
-                "no key for {} (ClientBuilder::key, {KEY_VAR}, {KEY_FILE_VAR}{key_file})",
-                self.address
-            )));
+            return Err(Error::Auth {
+                peer: self.address.to_string(),
+                failure: AuthFailure::NoKey {
+                    looked_in: format!("ClientBuilder::key, {KEY_VAR}, {KEY_FILE_VAR}{key_file}"),
+                },
+            });
         };
         let peer = connection
             .handshake(
@@ -521,17 +564,19 @@ impl ClientBuilder {
                     key,
                     hello: hello(Role::Client),
                     accept_roles: vec![Role::Server],
-                    timeout: Some(self.timeout.max(Duration::from_secs(1))),
+                    timeout: Some(self.timeout),
                 },
             )
-            .map_err(transport_error)?;
+            .map_err(|e| handshake_error(&self.address.to_string(), self.timeout, e))?;
         let session = Session::new(connection, peer);
         session.set_origin(self.address.to_string());
         Ok(SlaveProcess::from_session(session, Kind::Client))
     }
 }
 
-/// Connects to the server at `address`, waiting up to 10 s for it to appear.
+/// Connects to the server at `address`. Fails at once, with
+/// [`Error::Connect`] naming the address, if nobody listens there (see
+/// [`ClientBuilder::retry_for`] to wait for a server that is starting).
 pub fn client(address: &str) -> Result<SlaveProcess, Error> {
     ClientBuilder::new(address)?.connect()
 }
@@ -593,7 +638,7 @@ pub(crate) fn bind_spawned_server(
             .map_err(|e| Error::io("cannot follow the master", e))?;
     }
     let mut files = SERVER_FILES.lock().unwrap_or_else(|p| p.into_inner());
-    let listener = Listener::bind(&address).map_err(transport_error)?;
+    let listener = Listener::bind(&address).map_err(|e| listen_error(&address, e))?;
     let bound = listener.local_addr();
     if let Address::Unix(path) = &bound {
         files.push(path.clone());

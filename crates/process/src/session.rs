@@ -18,6 +18,7 @@ use processional_task::{Driver, Error, ExitReason, Task};
 use processional_transport::{Connection, ConnectionReader, ConnectionWriter, PeerInfo, Received};
 use serde::de::DeserializeOwned;
 
+use crate::error::Broken;
 use crate::function::IdMap;
 use crate::payload::{self, Outgoing};
 
@@ -42,11 +43,14 @@ pub(crate) trait ExitProbe: Send + Sync {
     fn exit_reason(&self) -> Option<ExitReason>;
 }
 
+/// How a connection broke, shared by the errors of every call it failed.
+type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why the session can no longer be used.
 #[derive(Clone, Debug)]
 enum Death {
     Exited(ExitReason),
-    Disconnected(String),
+    Disconnected(Option<Cause>),
     Shutdown,
 }
 
@@ -54,7 +58,9 @@ impl Death {
     fn error(&self) -> Error {
         match self {
             Death::Exited(reason) => Error::Exited(*reason),
-            Death::Disconnected(reason) => Error::Disconnected(reason.clone()),
+            Death::Disconnected(cause) => Error::Disconnected {
+                source: cause.clone(),
+            },
             Death::Shutdown => Error::Stopped,
         }
     }
@@ -217,9 +223,9 @@ impl Session {
                         drop(loan.reclaim());
                     }
                 }
-                completer.complete(outcome.and_then(|(payload, fds)| {
-                    payload::decode::<R>(payload, fds).map_err(Error::Codec)
-                }));
+                completer.complete(
+                    outcome.and_then(|(payload, fds)| payload::decode::<R>(payload, fds)),
+                );
             }),
         );
         let message = Message::Call(Call {
@@ -337,15 +343,14 @@ impl Session {
                 let _ = self.send(&Message::Pong(value));
             }
             Message::Error(remote) => {
-                self.die(Death::Disconnected(format!(
-                    "the peer reported a protocol error: {}",
-                    remote.message
-                )));
+                self.die(Death::Disconnected(Some(Arc::new(Broken::PeerReported(
+                    remote,
+                )))));
             }
             other => {
-                self.die(Death::Disconnected(format!(
-                    "the peer sent an unexpected message: {other:?}"
-                )));
+                self.die(Death::Disconnected(Some(Arc::new(
+                    Broken::UnexpectedMessage(other.name()),
+                ))));
             }
         }
     }
@@ -362,10 +367,10 @@ impl Session {
             | processional_transport::Error::Io(_) => {
                 match self.exit_probe.get().and_then(|probe| probe.exit_reason()) {
                     Some(reason) => Death::Exited(reason),
-                    None => Death::Disconnected(format!("connection to the peer lost: {error}")),
+                    None => Death::Disconnected(Some(Arc::new(error))),
                 }
             }
-            other => Death::Disconnected(format!("connection to the peer broken: {other}")),
+            other => Death::Disconnected(Some(Arc::new(other))),
         };
         self.die(death)
     }
@@ -497,6 +502,7 @@ impl Driver for Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.die(Death::Disconnected("the session was closed".into()));
+        // Nobody can wait for a call any more: no cause to tell.
+        self.die(Death::Disconnected(None));
     }
 }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::child::{self, ChildExitProbe, ChildProcess};
 use crate::entry::{CallEntry, WrapEntry};
+use crate::error::{bad_key, handshake_error, setup_error};
 use crate::fingerprint::{fingerprint, program_name};
 use crate::func::Func;
 use crate::function::Described;
@@ -66,33 +67,6 @@ pub(crate) fn hello(role: Role) -> Hello {
         pid: sys::pid(),
         host: sys::hostname(),
         program: program_name(),
-    }
-}
-
-pub(crate) fn transport_error(error: processional_transport::Error) -> Error {
-    use processional_transport::Error as T;
-    match error {
-        T::Fingerprint {
-            ours,
-            theirs,
-            detail,
-        } => Error::Fingerprint {
-            ours: ours.to_string(),
-            theirs: theirs.to_string(),
-            detail,
-        },
-        T::WrongKey => Error::Auth("the peer does not hold the key".into()),
-        T::Refused { reason, detail } => match reason {
-            processional_proto::RefusalReason::WrongKey => {
-                Error::Auth(format!("the peer refused our key: {detail}"))
-            }
-            _ => Error::Protocol(format!(
-                "the peer refused the connection ({reason:?}): {detail}"
-            )),
-        },
-        T::Io(source) => Error::io("connection", source),
-        T::Closed => Error::Disconnected("the peer closed the connection".into()),
-        other => Error::Protocol(other.to_string()),
     }
 }
 
@@ -257,6 +231,10 @@ impl SlaveProcessBuilder {
         let child = Arc::new(ChildProcess::new(std_child.id()));
         let stdout = std_child.stdout.take();
         let stderr = std_child.stderr.take();
+        let peer = match kind {
+            Kind::SpawnedServer => format!("the server process {}", child.pid()),
+            _ => format!("the slave process {}", child.pid()),
+        };
 
         let result = (|| {
             write_bootstrap(
@@ -269,7 +247,8 @@ impl SlaveProcessBuilder {
                 },
             )
             .map_err(|e| Error::io("cannot talk to the new slave", e))?;
-            let mut connection = Connection::from_unix(ours).map_err(transport_error)?;
+            let mut connection = Connection::from_unix(ours)
+                .map_err(|e| setup_error("cannot talk to the new slave", e))?;
             let config = Handshake {
                 key,
                 hello: hello(Role::Master),
@@ -282,7 +261,7 @@ impl SlaveProcessBuilder {
                 // checked as the first thing we read (`handshake_pipelined`).
                 connection
                     .handshake_pipelined(Side::Initiator, &config, &nonces)
-                    .map_err(transport_error)?;
+                    .map_err(|e| handshake_error(&peer, HANDSHAKE_TIMEOUT, e))?;
                 // What the child will say about itself; its hello is checked
                 // against the same fingerprint before any reply is read.
                 PeerInfo {
@@ -296,7 +275,7 @@ impl SlaveProcessBuilder {
                 // soon as `server()` returns.
                 connection
                     .handshake(Side::Initiator, &config)
-                    .map_err(transport_error)?
+                    .map_err(|e| handshake_error(&peer, HANDSHAKE_TIMEOUT, e))?
             };
             Ok::<_, Error>(Session::new(connection, peer))
         })();
@@ -306,7 +285,7 @@ impl SlaveProcessBuilder {
                 let _ = child.signal(sys::SIGKILL);
                 let reason = child.wait_timeout(Duration::from_secs(5));
                 return Err(match (error, reason) {
-                    (Error::Disconnected(_), Some(reason)) => Error::Exited(reason),
+                    (Error::Disconnected { .. }, Some(reason)) => Error::Exited(reason),
                     (error, _) => error,
                 });
             }
@@ -432,13 +411,18 @@ fn run_slave(fd: RawFd, master: Option<i32>) -> Result<(), Error> {
     crate::serve::start_watchdog();
     let bootstrap =
         read_bootstrap(&mut stream).map_err(|e| Error::io("reading the bootstrap", e))?;
-    let key = Key::from_bytes(&bootstrap.key)
-        .map_err(|e| Error::Protocol(format!("bad key in the bootstrap: {e}")))?;
+    let peer = match master {
+        Some(pid) => format!("the master process {pid}"),
+        None => "the master".to_owned(),
+    };
+    let key =
+        Key::from_bytes(&bootstrap.key).map_err(|e| bad_key(peer.as_str(), "the bootstrap", e))?;
     let listener = match &bootstrap.server {
         Some(server) => Some(crate::server::bind_spawned_server(server, &key, master)?),
         None => None,
     };
-    let mut connection = Connection::from_unix(stream).map_err(transport_error)?;
+    let mut connection =
+        Connection::from_unix(stream).map_err(|e| setup_error("inherited socket", e))?;
     let role = if bootstrap.server.is_some() {
         Role::Server
     } else {
@@ -459,7 +443,7 @@ fn run_slave(fd: RawFd, master: Option<i32>) -> Result<(), Error> {
     } else {
         connection.handshake(Side::Acceptor, &config).map(Some)
     }
-    .map_err(transport_error)?;
+    .map_err(|e| handshake_error(&peer, HANDSHAKE_TIMEOUT, e))?;
     processional_task::set_capture_backtraces(true);
     if let (Some(server), Some(listener)) = (bootstrap.server, listener) {
         return crate::server::run_spawned_server(connection, listener, key, server);

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use processional_task::{Error, KeyFileProblem};
 use processional_transport::{Address, Key};
 
+use crate::error::bad_key;
 use crate::server::{KEY_FILE_VAR, KEY_VAR};
 use crate::sys;
 
@@ -41,10 +42,10 @@ pub(crate) fn check_key_file(owner: u32, mode: u32, euid: u32) -> Result<(), Key
     Ok(())
 }
 
-/// Reads the key in the file at `path`, after checking (on the opened file,
+/// Reads the key for `peer` in the file at `path`, after checking (on the opened file,
 /// so the check and the read see the same file) that nobody but this user
 /// could have written or read it.
-pub(crate) fn read_key_file(path: &Path) -> Result<Key, Error> {
+pub(crate) fn read_key_file(path: &Path, peer: &str) -> Result<Key, Error> {
     let context = || format!("cannot read the key file {}", path.display());
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(context(), e))?;
     let meta = file.metadata().map_err(|e| Error::io(context(), e))?;
@@ -57,8 +58,7 @@ pub(crate) fn read_key_file(path: &Path) -> Result<Key, Error> {
     let mut text = String::new();
     file.read_to_string(&mut text)
         .map_err(|e| Error::io(context(), e))?;
-    Key::from_hex(text.trim())
-        .map_err(|e| Error::Auth(format!("bad key in {}: {e}", path.display())))
+    Key::from_hex(text.trim()).map_err(|e| bad_key(peer, path.display().to_string(), e))
 }
 
 /// Writes `key` to a new file at `path` with mode 0600 (replacing a file
@@ -105,14 +105,14 @@ fn resolve_key_from(
         let hex = hex.to_string_lossy();
         return Key::from_hex(hex.trim())
             .map(Some)
-            .map_err(|e| Error::Auth(format!("bad key in {KEY_VAR}: {e}")));
+            .map_err(|e| bad_key(address.to_string(), KEY_VAR, e));
     }
     if let Some(path) = key_file_var {
-        return read_key_file(Path::new(path)).map(Some);
+        return read_key_file(Path::new(path), &address.to_string()).map(Some);
     }
     if let Some(path) = key_file_for(address) {
         if path.exists() {
-            return read_key_file(&path).map(Some);
+            return read_key_file(&path, &address.to_string()).map(Some);
         }
     }
     Ok(None)
@@ -192,7 +192,10 @@ mod tests {
         // A broken variable is an error, not a reason to look further.
         assert!(matches!(
             resolve_key_from(None, Some(OsStr::new("zz")), Some(file_path), &unix),
-            Err(Error::Auth(_))
+            Err(Error::Auth {
+                failure: processional_task::AuthFailure::BadKey { origin, .. },
+                ..
+            }) if origin == KEY_VAR
         ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -269,7 +272,7 @@ mod tests {
             return;
         }
         std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
-        match read_key_file(&path) {
+        match read_key_file(&path, "unix:/test.sock") {
             Err(Error::UntrustedKeyFile {
                 path: named,
                 problem:

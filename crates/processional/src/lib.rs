@@ -84,8 +84,9 @@ pub use processional_process::{
 };
 pub use processional_shm::{SharedMutBuf, ShmBuf, ShmSlice, ShmVec};
 pub use processional_task::{
-    CancelToken, Error, ExitReason, KeyFileProblem, PanicReport, RemoteError, RemoteErrorKind,
-    Result, SharedResult, SharedTask, Task, TaskId, TaskSet, checkpoint,
+    AuthFailure, CancelToken, CodecDirection, CodecError, Error, ExitReason, KeyFileProblem,
+    PanicReport, RemoteError, RemoteErrorKind, Result, SharedResult, SharedTask, Task, TaskId,
+    TaskSet, checkpoint,
 };
 pub use processional_thread::{
     Bound, Builder as ThreadBuilder, SlaveBuilder as SlaveThreadBuilder, SlaveDriver, SlaveThread,

@@ -68,6 +68,7 @@
 //! cargo +nightly fuzz run decoder
 //! ```
 
+pub mod custom;
 mod decoder;
 mod encode;
 mod error;

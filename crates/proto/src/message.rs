@@ -197,7 +197,11 @@ pub enum RemoteErrorKind {
 }
 
 /// An error raised in the remote process, in a form that crosses the wire.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Its `Debug` shows the backtrace as lines, not as one escaped string, so
+/// that `unwrap()` on an error of another process prints a readable
+/// backtrace; `Display` is one line: kind, message and location.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteError {
     /// What went wrong, broadly.
     pub kind: RemoteErrorKind,
@@ -207,6 +211,45 @@ pub struct RemoteError {
     pub location: Option<String>,
     /// The remote backtrace as text, when captured.
     pub backtrace: Option<String>,
+}
+
+impl std::fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)?;
+        if let Some(location) = &self.location {
+            write!(f, " at {location}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for RemoteError {}
+
+impl std::fmt::Debug for RemoteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteError")
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .field("location", &self.location)
+            .field("backtrace", &DebugLines(self.backtrace.as_deref()))
+            .finish()
+    }
+}
+
+/// Multi-line text shown by `Debug` as its lines, each on a line of its own
+/// (indented), instead of one string with escaped newlines.
+pub struct DebugLines<'a>(pub Option<&'a str>);
+
+impl std::fmt::Debug for DebugLines<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(text) = self.0 else {
+            return f.write_str("None");
+        };
+        for line in text.lines() {
+            write!(f, "\n    {line}")?;
+        }
+        f.write_str("\n")
+    }
 }
 
 /// What a call produced.
@@ -362,6 +405,26 @@ mod tests {
         assert_eq!(Message::from(reply.clone()), Message::Reply(reply));
         let proof = Proof { mac: [1; 32] };
         assert_eq!(Message::from(proof), Message::Proof(proof));
+    }
+
+    #[test]
+    fn remote_errors_show_their_backtrace_as_lines() {
+        let error = RemoteError {
+            kind: RemoteErrorKind::Panicked,
+            message: "boom".into(),
+            location: Some("src/lib.rs:3:5".into()),
+            backtrace: Some("   0: first::frame\n   1: second::frame".into()),
+        };
+        assert_eq!(error.to_string(), "Panicked: boom at src/lib.rs:3:5");
+        let debug = format!("{error:?}");
+        assert!(debug.contains("\n       0: first::frame\n"), "{debug}");
+        assert!(debug.contains("\n       1: second::frame\n"), "{debug}");
+        assert!(!debug.contains("\\n"), "{debug}");
+        let without = RemoteError {
+            backtrace: None,
+            ..error
+        };
+        assert!(format!("{without:?}").ends_with("backtrace: None }"));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicU8, AtomicU32};
 
 use bytemuck::Pod;
+use processional_proto::custom::{deserialize_error, serialize_error};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Result, ShmError};
@@ -221,7 +222,6 @@ impl fmt::Debug for SharedMutBuf {
 
 impl Serialize for SharedMutBuf {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::Error;
         let holder: Arc<dyn HeldFd> = self.inner.clone();
         match transfer::attach(TransferFd::held(holder)) {
             Ok(index) => wire::serialize_fd(
@@ -231,21 +231,20 @@ impl Serialize for SharedMutBuf {
                     len: self.len() as u64,
                 },
             ),
-            Err(_) => Err(S::Error::custom(ShmError::NeedsFdTransfer)),
+            Err(_) => Err(serialize_error(ShmError::NeedsFdTransfer)),
         }
     }
 }
 
 impl<'de> Deserialize<'de> for SharedMutBuf {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<SharedMutBuf, D::Error> {
-        use serde::de::Error;
         match wire::deserialize(deserializer)? {
-            Incoming::Inline(_) => Err(D::Error::custom(ShmError::NeedsFdTransfer)),
+            Incoming::Inline(_) => Err(deserialize_error(ShmError::NeedsFdTransfer)),
             Incoming::Fd(fd_ref) => {
-                let fd = transfer::take_fd(fd_ref.index).map_err(D::Error::custom)?;
-                let buf = SharedMutBuf::from_fd(fd).map_err(D::Error::custom)?;
+                let fd = transfer::take_fd(fd_ref.index).map_err(deserialize_error)?;
+                let buf = SharedMutBuf::from_fd(fd).map_err(deserialize_error)?;
                 if buf.len() as u64 != fd_ref.len {
-                    return Err(D::Error::custom(ShmError::OutOfBounds {
+                    return Err(deserialize_error(ShmError::OutOfBounds {
                         offset: 0,
                         len: fd_ref.len,
                         size: buf.len() as u64,

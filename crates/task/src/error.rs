@@ -5,14 +5,30 @@
 //! (`Task<Result<T, E>>`).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
+
+use processional_proto::DebugLines;
 
 use crate::exit::ExitReason;
 
-pub use processional_proto::{RemoteError, RemoteErrorKind};
+pub use processional_proto::{Fingerprint, RemoteError, RemoteErrorKind};
+
+/// The `source` of an error raised by a layer this crate does not know: the
+/// transport's `processional_transport::Error`, an address's
+/// `AddressError`, a key's `KeyError`, postcard's error, … Downcast it
+/// (`source.downcast_ref::<processional_transport::Error>()`) to look
+/// inside; its `Display` is always part of the error's message.
+///
+/// The task crate knows no sockets (a program of threads alone compiles
+/// none), so the errors of the process runtime's layers reach [`Error`]
+/// boxed, under a variant that says what failed and names where.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A panic caught in a call.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Its `Debug` shows the backtrace as lines, not as one escaped string.
+#[derive(Clone, PartialEq, Eq)]
 pub struct PanicReport {
     /// The panic payload, if it was a string; `"Box<dyn Any>"` otherwise.
     pub message: String,
@@ -21,6 +37,16 @@ pub struct PanicReport {
     /// A backtrace captured at the panic, when `RUST_BACKTRACE` asks for one
     /// (or always, for panics in another process).
     pub backtrace: Option<String>,
+}
+
+impl fmt::Debug for PanicReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PanicReport")
+            .field("message", &self.message)
+            .field("location", &self.location)
+            .field("backtrace", &DebugLines(self.backtrace.as_deref()))
+            .finish()
+    }
 }
 
 impl fmt::Display for PanicReport {
@@ -53,9 +79,111 @@ pub enum KeyFileProblem {
     },
 }
 
+/// Why authentication with a peer failed ([`Error::Auth`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthFailure {
+    /// The peer did not prove it holds our key: it holds another one, or
+    /// it is not the process meant.
+    #[error("the peer did not prove it holds our key (the keys differ)")]
+    PeerLacksKey,
+    /// The peer refused our proof: our key is not its key.
+    #[error("the peer refused our key: {detail}")]
+    KeyRefused {
+        /// Why, in the peer's words.
+        detail: String,
+    },
+    /// No key was found to authenticate with.
+    #[error("no key found (looked in {looked_in})")]
+    NoKey {
+        /// Where a key was looked for (API, environment, key file).
+        looked_in: String,
+    },
+    /// A key was found but is not a key.
+    #[error("the key in {origin} is malformed: {source}")]
+    BadKey {
+        /// Where it was found (`PROCESSIONAL_KEY`, a file, …).
+        origin: String,
+        /// Why it is malformed (`processional_transport::KeyError`).
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// Which way a value failed to cross ([`Error::Codec`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CodecDirection {
+    /// Turning a value into bytes.
+    Encode,
+    /// Turning bytes into a value.
+    Decode,
+}
+
+impl fmt::Display for CodecDirection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CodecDirection::Encode => "encode",
+            CodecDirection::Decode => "decode",
+        })
+    }
+}
+
+/// Why a value could not be encoded or decoded ([`Error::Codec`]).
+///
+/// The format's own error (postcard's) is kept as a boxed `source`, so that
+/// this type does not depend on the format.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The value's own `Serialize` or `Deserialize` refused, in its own
+    /// words: the message it gave `serde::ser::Error::custom` (or
+    /// `de::Error::custom`) through `processional_proto::custom`.
+    #[error("{0}")]
+    Custom(String),
+    /// The format refused: the bytes are not a value of the type, or the
+    /// value cannot be expressed in the format.
+    #[error("{0}")]
+    Format(#[source] BoxError),
+    /// The bytes held a whole value, and more.
+    #[error("{count} trailing bytes after the value")]
+    TrailingBytes {
+        /// How many bytes were left.
+        count: usize,
+    },
+    /// The payload could not be carried: a shared-memory segment could not
+    /// be filled, mapped or read, or the frame lacks its descriptor.
+    #[error("the payload: {0}")]
+    Payload(#[source] BoxError),
+}
+
 /// Why a call, or an operation on a worker, failed.
 ///
-/// The enum is `#[non_exhaustive]`: runtimes added later bring new variants.
+/// Each variant names the failure it reports and keeps its cause as its
+/// `source` (see [`BoxError`] for the causes of the process runtime's
+/// layers). The enum is `#[non_exhaustive]`: runtimes added later bring new
+/// variants.
+///
+/// ```
+/// use processional_task::{Error, catch_panic};
+///
+/// let error = catch_panic(|| -> u32 { panic!("out of cheese") }).unwrap_err();
+/// match &error {
+///     Error::Panicked(report) => assert_eq!(report.message, "out of cheese"),
+///     Error::Exited(_) | Error::Disconnected { .. } => unreachable!("a worker was lost"),
+///     other => unreachable!("{other}"),
+/// }
+/// assert!(error.is_panic() && !error.is_worker_lost());
+/// ```
+///
+/// With the process runtime (`processional::client`, say), a connection that
+/// fails names its address, and the transport's error stays reachable:
+///
+/// ```text
+/// Err(Error::Connect { address, source }) => {
+///     eprintln!("nobody listens at {address}: {source}");
+///     let transport = source.downcast_ref::<processional::transport::Error>();
+/// }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -69,30 +197,99 @@ pub enum Error {
     /// or refused it because it had already stopped.
     #[error("executor stopped before the task ran")]
     Stopped,
-    /// A wait with a deadline ran out of time. The task itself is not affected.
-    #[error("timed out after {0:?}")]
-    TimedOut(Duration),
+    /// An operation with a deadline ran out of time: connecting, or a
+    /// handshake with a peer that does not answer.
+    #[error("{operation} timed out after {after:?}")]
+    TimedOut {
+        /// What timed out, naming the peer (`"the handshake with
+        /// unix:/run/app.sock"`).
+        operation: String,
+        /// The time it was given.
+        after: Duration,
+    },
     /// The call failed in another process: a panic, a decoding failure, an
     /// unknown object, … with the remote message, location and backtrace.
-    #[error("remote {kind:?}: {message}{at}", kind = .0.kind, message = .0.message, at = .0.location.as_ref().map(|l| format!(" at {l}")).unwrap_or_default())]
+    #[error("remote {0}")]
     Remote(RemoteError),
     /// The process serving the call ended before answering.
     #[error("remote process ended ({0}) before the task completed")]
     Exited(ExitReason),
     /// The connection to the process serving the call broke before it
-    /// answered.
-    #[error("disconnected: {0}")]
-    Disconnected(String),
-    /// A value could not be serialized or deserialized on this side.
-    #[error("codec error: {0}")]
-    Codec(String),
-    /// The peer broke the protocol, speaks another version, or refused the
-    /// handshake (wrong key, wrong build, …).
-    #[error("protocol error: {0}")]
-    Protocol(String),
-    /// The peer could not be authenticated, or refused our credentials.
-    #[error("authentication failed: {0}")]
-    Auth(String),
+    /// answered: the peer closed it or broke the protocol. `source` says
+    /// how, when known (a `processional_transport::Error`, the peer's
+    /// [`RemoteError`], …); it is shared by every call the break failed.
+    #[error("disconnected{}", .source.as_ref().map(|cause| format!(": {cause}")).unwrap_or_default())]
+    Disconnected {
+        /// How the connection broke.
+        #[source]
+        source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+    },
+    /// A value could not be encoded or decoded on this side.
+    ///
+    /// A failure of the value's own `Serialize` or `Deserialize` keeps its
+    /// message ([`CodecError::Custom`]) when it is raised through
+    /// `processional_proto::custom::serialize_error` (or
+    /// `deserialize_error`), as processional's own types do: postcard drops
+    /// the message of a plain `custom` error.
+    #[error("cannot {direction} a value of type {type_name}: {source}")]
+    Codec {
+        /// The type of the value (`std::any::type_name`).
+        type_name: &'static str,
+        /// Encoding or decoding.
+        direction: CodecDirection,
+        /// Why.
+        #[source]
+        source: CodecError,
+    },
+    /// A string that is not an address (`unix:/path`, `unix:@name`,
+    /// `tcp://host:port`).
+    #[error("invalid address {address:?}: {source}")]
+    Address {
+        /// The string.
+        address: String,
+        /// Why (`processional_transport::AddressError`).
+        #[source]
+        source: BoxError,
+    },
+    /// Nothing could be reached at an address: nobody listens there, the
+    /// host is unreachable, …
+    #[error("cannot connect to {address}: {source}")]
+    Connect {
+        /// The address.
+        address: String,
+        /// Why (`processional_transport::Error`).
+        #[source]
+        source: BoxError,
+    },
+    /// A server could not listen on an address: in use, not allowed, …
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: String,
+        /// Why (`processional_transport::Error`).
+        #[source]
+        source: BoxError,
+    },
+    /// The peer could not be authenticated, or refused our credentials, or
+    /// there are no credentials to present.
+    #[error("authentication with {peer} failed: {failure}")]
+    Auth {
+        /// The peer: its address, or the process.
+        peer: String,
+        /// What failed.
+        #[source]
+        failure: AuthFailure,
+    },
+    /// The peer broke the protocol during the handshake, speaks another
+    /// version, has the wrong role, or refused us for such a reason.
+    #[error("protocol error with {peer}: {source}")]
+    Protocol {
+        /// The peer: its address, or the process.
+        peer: String,
+        /// What happened (`processional_transport::Error`).
+        #[source]
+        source: BoxError,
+    },
     /// A key file this process will not use: someone other than this user
     /// could have written or read it.
     #[error("untrusted key file {}: {problem}", path.display())]
@@ -117,14 +314,17 @@ pub enum Error {
         /// This process's effective user id.
         euid: u32,
     },
-    /// The peer runs another program or another build of it.
-    #[error("build fingerprint mismatch: ours is {ours}, the peer's is {theirs} ({detail})")]
+    /// The peer runs another program or another build of it: both sides
+    /// must run the same build.
+    #[error("the handshake with {peer} failed: {detail}")]
     Fingerprint {
-        /// Our fingerprint, as displayed.
-        ours: String,
-        /// The peer's fingerprint, as displayed.
-        theirs: String,
-        /// Both programs' names and anything else useful.
+        /// The peer: its address, or the process.
+        peer: String,
+        /// Our fingerprint.
+        ours: Fingerprint,
+        /// The peer's fingerprint.
+        theirs: Fingerprint,
+        /// Both programs' names and fingerprints.
         detail: String,
     },
     /// A shared-memory operation failed (creating, sealing or mapping a
@@ -155,6 +355,22 @@ impl Error {
         }
     }
 
+    /// An [`Error::Codec`] for a value of type `T`.
+    pub fn codec<T: ?Sized>(direction: CodecDirection, source: CodecError) -> Self {
+        Error::Codec {
+            type_name: std::any::type_name::<T>(),
+            direction,
+            source,
+        }
+    }
+
+    /// An [`Error::Disconnected`] caused by `source`.
+    pub fn disconnected(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Disconnected {
+            source: Some(Arc::new(source)),
+        }
+    }
+
     /// Whether this error means the call was cancelled, here or remotely.
     pub fn is_cancelled(&self) -> bool {
         matches!(self, Error::Cancelled)
@@ -165,6 +381,19 @@ impl Error {
     pub fn is_panic(&self) -> bool {
         matches!(self, Error::Panicked(_))
             || matches!(self, Error::Remote(r) if r.kind == RemoteErrorKind::Panicked)
+    }
+
+    /// Whether the worker that ran (or was to run) the call is gone: its
+    /// process ended ([`Exited`](Error::Exited)) or the connection to it
+    /// broke ([`Disconnected`](Error::Disconnected)). Calls to it fail the
+    /// same way from now on; a new worker is needed.
+    pub fn is_worker_lost(&self) -> bool {
+        matches!(self, Error::Exited(_) | Error::Disconnected { .. })
+    }
+
+    /// Whether an operation ran out of time ([`TimedOut`](Error::TimedOut)).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::TimedOut { .. })
     }
 
     /// The panic or remote-error message, if this error carries one.
@@ -179,3 +408,66 @@ impl Error {
 
 /// `Result` with processional's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_report_shows_its_backtrace_as_lines() {
+        let report = PanicReport {
+            message: "boom".into(),
+            location: None,
+            backtrace: Some("   0: one\n   1: two".into()),
+        };
+        let debug = format!("{:?}", Error::Panicked(report));
+        assert!(
+            debug.contains("\n       0: one\n       1: two\n"),
+            "{debug}"
+        );
+        assert!(!debug.contains("\\n"), "{debug}");
+    }
+
+    #[test]
+    fn a_remote_error_displays_on_one_line_and_debugs_its_backtrace_as_lines() {
+        let error = Error::Remote(RemoteError {
+            kind: RemoteErrorKind::Panicked,
+            message: "boom".into(),
+            location: Some("a.rs:1:2".into()),
+            backtrace: Some("   0: one\n   1: two".into()),
+        });
+        assert_eq!(error.to_string(), "remote Panicked: boom at a.rs:1:2");
+        let debug = format!("{error:?}");
+        assert!(
+            debug.contains("\n       0: one\n       1: two\n"),
+            "{debug}"
+        );
+        assert!(!debug.contains("\\n"), "{debug}");
+    }
+
+    #[test]
+    fn disconnected_names_its_cause_and_keeps_it() {
+        let cause = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let error = Error::disconnected(cause);
+        assert_eq!(error.to_string(), "disconnected: reset by peer");
+        assert!(error.is_worker_lost());
+        let source = std::error::Error::source(&error).expect("the cause");
+        assert_eq!(source.to_string(), "reset by peer");
+        let bare = Error::Disconnected { source: None };
+        assert_eq!(bare.to_string(), "disconnected");
+        assert!(Error::Exited(ExitReason::Code(3)).is_worker_lost());
+        assert!(!Error::Stopped.is_worker_lost());
+    }
+
+    #[test]
+    fn codec_errors_name_the_type_and_keep_the_message() {
+        let error = Error::codec::<Vec<u8>>(
+            CodecDirection::Encode,
+            CodecError::Custom("not today".into()),
+        );
+        assert_eq!(
+            error.to_string(),
+            "cannot encode a value of type alloc::vec::Vec<u8>: not today"
+        );
+    }
+}

@@ -53,7 +53,10 @@
 //!
 //! A task dropped without being waited for is detached: the call runs on.
 //! If it fails, the error is reported once through the [`log`] facade
-//! (`log::error!`), never silently lost and never printed by the library.
+//! (`log::error!`); when no logger is installed (`log::max_level()` is
+//! `Off`, the default of a program that installs none), it is printed once
+//! to standard error instead, prefixed `processional:`. It is never lost
+//! silently.
 //! A [`Completer`] dropped without completing completes its task with
 //! [`Error::Stopped`]: a task never hangs because its call was lost.
 //!
@@ -81,9 +84,28 @@
 //! [`catch_panic`]), a cancelled call as [`Error::Cancelled`], a failure in
 //! another process as [`Error::Remote`] (a [`RemoteError`] of the wire
 //! format), a process that ended under a call as [`Error::Exited`] with its
-//! [`ExitReason`]. Errors of your own travel as the value: use a
-//! `Task<Result<T, E>>`. With the feature `shm` (the process runtime turns
-//! it on), `Error::Shm` wraps shared-memory errors.
+//! [`ExitReason`], a broken connection as [`Error::Disconnected`] (both
+//! answer [`Error::is_worker_lost`]). Errors of your own travel as the
+//! value: use a `Task<Result<T, E>>`. With the feature `shm` (the process
+//! runtime turns it on), `Error::Shm` wraps shared-memory errors.
+//!
+//! Every variant names the failure it reports, and where: a connection that
+//! fails is [`Error::Connect`] with its address, a handshake that runs out
+//! of time [`Error::TimedOut`], a wrong key [`Error::Auth`] (an
+//! [`AuthFailure`]), another build [`Error::Fingerprint`], a value that does
+//! not cross [`Error::Codec`] with its type name and a [`CodecError`] that
+//! keeps the message of the value's own `Serialize` or `Deserialize`. Causes
+//! are kept as `source`s; those of the layers this crate does not know (the
+//! transport's) are boxed ([`BoxError`]), so this crate knows no sockets.
+//!
+//! ```
+//! use processional_task::{CodecDirection, CodecError, Error};
+//!
+//! let error = Error::codec::<u32>(CodecDirection::Decode, CodecError::TrailingBytes { count: 2 });
+//! assert_eq!(error.to_string(), "cannot decode a value of type u32: 2 trailing bytes after the value");
+//! let source = std::error::Error::source(&error).expect("the codec error");
+//! assert!(source.downcast_ref::<CodecError>().is_some());
+//! ```
 //!
 //! # Cancellation
 //!

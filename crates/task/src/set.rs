@@ -129,7 +129,8 @@ enum Member<T> {
 ///
 /// Dropping the set detaches the tasks still in it: they run on, and the
 /// errors of those that fail, or had failed unseen, are reported through
-/// `log::error!`, as for a dropped [`Task`].
+/// `log::error!` (or on standard error when no logger is installed), as for
+/// a dropped [`Task`].
 ///
 /// ```
 /// use processional_task::{Task, TaskSet};

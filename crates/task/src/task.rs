@@ -97,9 +97,26 @@ impl<T> Shared<T> {
     }
 }
 
-/// Reports the error of a task whose handle is gone.
+/// Reports the error of a task whose handle is gone, once: through
+/// `log::error!`, or on standard error when no logger listens
+/// (`log::max_level()` is `Off`, as in a program that installed none), so
+/// that a failure nobody waits for is never lost silently.
 pub(crate) fn report_uncollected(error: &Error) {
-    log::error!("processional: a task failed and nobody waited for it: {error}");
+    let no_logger = log::max_level() == log::LevelFilter::Off;
+    report_uncollected_to(error, no_logger, &mut std::io::stderr().lock());
+}
+
+/// [`report_uncollected`] with the choice of sink made: `stderr` when
+/// `no_logger`, else the `log` facade.
+fn report_uncollected_to(error: &Error, no_logger: bool, stderr: &mut dyn std::io::Write) {
+    if no_logger {
+        // One write of the whole line, so that lines of concurrent reports
+        // do not interleave. Nothing to do if standard error is gone.
+        let line = format!("processional: a task failed and nobody waited for it: {error}\n");
+        let _ = stderr.write_all(line.as_bytes());
+    } else {
+        log::error!("processional: a task failed and nobody waited for it: {error}");
+    }
 }
 
 /// The handle to one call: its value or its error, once it finishes.
@@ -108,7 +125,8 @@ pub(crate) fn report_uncollected(error: &Error) {
 /// or `.await` (it is a [`Future`], woken by the thread that completes it).
 /// A task dropped without being waited for is *detached*: the call keeps
 /// running, and if it fails, its error is reported once through
-/// `log::error!` (the library never prints it).
+/// `log::error!`, or, when no logger is installed (`log::max_level()` is
+/// `Off`), printed once to standard error with the prefix `processional:`.
 #[must_use = "a task does nothing when dropped but detach the call; `wait` for it or call `detach`"]
 pub struct Task<T> {
     shared: Arc<Shared<T>>,
@@ -226,8 +244,9 @@ impl<T> Task<T> {
     }
 
     /// Lets the call run on without anyone waiting for it. If it fails, its
-    /// error is reported through `log::error!`. (Dropping the task does the
-    /// same; `detach` says it on purpose.)
+    /// error is reported through `log::error!` (or on standard error when no
+    /// logger is installed). Dropping the task does the same; `detach` says
+    /// it on purpose.
     pub fn detach(self) {
         drop(self);
     }
@@ -367,7 +386,7 @@ pub struct Completer<T> {
 impl<T> Completer<T> {
     /// Delivers the outcome and wakes whoever waits. If the task was
     /// dropped, the value is dropped here and an error is reported through
-    /// `log::error!`.
+    /// `log::error!` (or on standard error when no logger is installed).
     pub fn complete(mut self, outcome: Result<T>) {
         if let Some(shared) = self.shared.take() {
             Self::deliver(&shared, outcome);
@@ -530,6 +549,29 @@ mod tests {
         completer.complete(Err(Error::Panicked(crate::PanicReport::new(marker))));
         assert!(task.wait().is_err());
         assert_eq!(test_log::count(marker), 0);
+    }
+
+    #[test]
+    fn without_a_logger_uncollected_errors_go_to_stderr_once() {
+        test_log::install();
+        let marker = "uncollected-to-stderr-41b7";
+        let error = Error::Panicked(crate::PanicReport::new(marker));
+        let mut stderr = Vec::new();
+        report_uncollected_to(&error, true, &mut stderr);
+        assert_eq!(
+            String::from_utf8(stderr).unwrap(),
+            format!(
+                "processional: a task failed and nobody waited for it: task panicked: {marker}\n"
+            )
+        );
+        assert_eq!(test_log::count(marker), 0, "not logged as well");
+
+        let marker = "uncollected-to-log-9e02";
+        let error = Error::Panicked(crate::PanicReport::new(marker));
+        let mut stderr = Vec::new();
+        report_uncollected_to(&error, false, &mut stderr);
+        assert!(stderr.is_empty(), "not printed as well");
+        assert_eq!(test_log::count(marker), 1);
     }
 
     /// A driver that completes the task itself when asked to drive.
