@@ -27,12 +27,8 @@ fn the_readme_example_sums_and_multiplies() {
     let resource = process
         .wrap(func!(|| (0..1_000_000u64).collect::<Vec<_>>()))
         .expect("wrap");
-    let sum = resource
-        .schedule(func!(|v: &mut Vec<u64>| v.iter().sum::<u64>()))
-        .expect("schedule");
-    let product = resource
-        .schedule(func!(|v: &mut Vec<u64>| v.iter().product::<u64>()))
-        .expect("schedule");
+    let sum = resource.schedule(func!(|v: &mut Vec<u64>| v.iter().sum::<u64>()));
+    let product = resource.schedule(func!(|v: &mut Vec<u64>| v.iter().product::<u64>()));
     assert_eq!(wait(sum).unwrap(), 499_999_500_000);
     assert_eq!(wait(product).unwrap(), 0);
 }
@@ -88,9 +84,7 @@ fn large_payloads_are_echoed() {
 #[test]
 fn a_thread_task_runs_concurrently_with_queued_calls() {
     let process = slave().expect("spawn");
-    let blocked = process
-        .thread(func!(|| gate::start_then_wait(PATIENCE)))
-        .expect("thread");
+    let blocked = process.thread(func!(|| gate::start_then_wait(PATIENCE)));
     // Answered while the thread task cannot have ended: its gate is shut.
     assert_eq!(process.invoke(func!(|| 7u8)).unwrap(), 7);
     assert!(!blocked.is_finished());
@@ -105,15 +99,13 @@ fn queued_calls_run_in_order() {
     let counter = process.wrap(func!(Vec::<u32>::new)).expect("wrap");
     let tasks: Vec<_> = (0..200u32)
         .map(|i| {
-            counter
-                .schedule_with(
-                    i,
-                    func!(|v: &mut Vec<u32>, i| {
-                        v.push(i);
-                        v.len()
-                    }),
-                )
-                .expect("schedule")
+            counter.schedule_with(
+                i,
+                func!(|v: &mut Vec<u32>, i| {
+                    v.push(i);
+                    v.len()
+                }),
+            )
         })
         .collect();
     for (i, task) in tasks.into_iter().enumerate() {
@@ -235,10 +227,8 @@ fn thousand_wraps_and_drops_leave_no_live_object() {
 fn a_slave_killed_mid_task_fails_the_pending_tasks() {
     let process = slave().expect("spawn");
     let pid = process.pid();
-    let long = process
-        .schedule(func!(|| std::thread::sleep(Duration::from_secs(30))))
-        .expect("schedule");
-    let queued = process.schedule(func!(|| 1u8)).expect("schedule");
+    let long = process.schedule(func!(|| std::thread::sleep(Duration::from_secs(30))));
+    let queued = process.schedule(func!(|| 1u8));
     kill_hard(pid);
     let error = wait(long).expect_err("the slave died");
     assert!(
@@ -256,9 +246,7 @@ fn a_dropped_slave_stops_even_while_a_task_runs() {
     let pid = process.pid();
     // Blocked for longer than the test waits for the slave to stop, so the
     // slave cannot stop by finishing the task first.
-    let _background = process
-        .schedule(func!(|| gate::start_then_wait(gate::LONGER_THAN_PATIENCE)))
-        .expect("schedule");
+    let _background = process.schedule(func!(|| gate::start_then_wait(gate::LONGER_THAN_PATIENCE)));
     gate::wait_for_start(&process);
     drop(process);
     let stopped = wait_until(PATIENCE, || !process_exists(pid));
@@ -295,17 +283,15 @@ fn a_detached_slave_finishes_its_task_then_exits() {
         .expect("spawn");
     let pid = process.pid();
     let paths = [&marker, &started, &gate].map(|path| path.to_string_lossy().into_owned());
-    let task = process
-        .thread_with(
-            paths,
-            func!(|[marker, started, gate]: [String; 3]| {
-                std::fs::write(started, b"").unwrap();
-                if wait_until(PATIENCE, || std::path::Path::new(&gate).exists()) {
-                    std::fs::write(marker, b"done").unwrap();
-                }
-            }),
-        )
-        .expect("thread");
+    let task = process.thread_with(
+        paths,
+        func!(|[marker, started, gate]: [String; 3]| {
+            std::fs::write(started, b"").unwrap();
+            if wait_until(PATIENCE, || std::path::Path::new(&gate).exists()) {
+                std::fs::write(marker, b"done").unwrap();
+            }
+        }),
+    );
     task.detach();
     assert!(
         wait_until(PATIENCE, || started.exists()),
@@ -406,7 +392,7 @@ fn a_slave_spawned_from_a_short_lived_thread_outlives_that_thread() {
 #[test]
 fn tasks_can_be_awaited() {
     let process = slave().expect("spawn");
-    let task = process.schedule(func!(|| 40u8 + 2)).expect("schedule");
+    let task = process.schedule(func!(|| 40u8 + 2));
     assert_eq!(pollster::block_on(task).unwrap(), 42);
 }
 
@@ -414,14 +400,12 @@ fn tasks_can_be_awaited() {
 fn cancelling_a_queued_task_before_it_runs() {
     let process = slave().expect("spawn");
     // The victim waits in the queue behind the blocker until the gate opens.
-    let blocker = process
-        .schedule(func!(|| gate::start_then_wait(PATIENCE)))
-        .expect("schedule");
-    let victim = process.schedule(func!(|| 1u8)).expect("schedule");
+    let blocker = process.schedule(func!(|| gate::start_then_wait(PATIENCE)));
+    let victim = process.schedule(func!(|| 1u8));
     victim.cancel();
     // Opened by a `thread` call sent after the cancellation, which the slave
     // reads in order: the victim is cancelled before the blocker returns.
-    wait(process.thread(func!(gate::open)).expect("thread")).unwrap();
+    wait(process.thread(func!(gate::open))).unwrap();
     let error = wait(victim).expect_err("cancelled");
     assert!(error.is_cancelled(), "{error:?}");
     assert!(wait(blocker).unwrap(), "the blocker saw its gate open");
@@ -430,19 +414,17 @@ fn cancelling_a_queued_task_before_it_runs() {
 #[test]
 fn a_cancelled_remote_task_sees_its_checkpoint() {
     let process = slave().expect("spawn");
-    let task = process
-        .schedule(func!(|| {
-            gate::start();
-            let deadline = std::time::Instant::now() + PATIENCE;
-            while std::time::Instant::now() < deadline {
-                if processional::checkpoint().is_err() {
-                    return "cancelled".to_string();
-                }
-                std::thread::sleep(Duration::from_millis(10));
+    let task = process.schedule(func!(|| {
+        gate::start();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while std::time::Instant::now() < deadline {
+            if processional::checkpoint().is_err() {
+                return "cancelled".to_string();
             }
-            "finished".to_string()
-        }))
-        .expect("schedule");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        "finished".to_string()
+    }));
     // Cancelled while it runs: a task cancelled before it starts never runs.
     gate::wait_for_start(&process);
     task.cancel();
@@ -506,9 +488,7 @@ fn terminate_is_graceful_even_while_a_long_task_runs() {
     let pid = process.pid();
     // Blocked for longer than `terminate` waits, so a graceful end cannot
     // come from the task ending first.
-    let running = process
-        .schedule(func!(|| gate::start_then_wait(gate::LONGER_THAN_PATIENCE)))
-        .expect("schedule");
+    let running = process.schedule(func!(|| gate::start_then_wait(gate::LONGER_THAN_PATIENCE)));
     // Answered while the call runs: the connection is read meanwhile.
     gate::wait_for_start(&process);
     let ending = process.terminate(PATIENCE);

@@ -4,7 +4,7 @@
 use processional::func;
 use std::io::{Read, Write};
 
-use processional::{ClientBuilder, Error, ServerBuilder, client, server};
+use processional::{ClientBuilder, Error, ExitReason, ServerBuilder, Termination, client, server};
 use processional_tests::{PATIENCE, kill_hard, process_exists, wait_until};
 
 /// A fresh unix socket address in a private directory.
@@ -28,8 +28,7 @@ fn two_clients_share_a_resource() {
     let sum = process
         .lookup::<Vec<u64>>("heavy_resource")
         .unwrap()
-        .schedule(func!(|v: &mut Vec<u64>| v.iter().sum::<u64>()))
-        .unwrap();
+        .schedule(func!(|v: &mut Vec<u64>| v.iter().sum::<u64>()));
     assert_eq!(sum.wait().unwrap(), 499_999_500_000);
 
     let second = client(&address).expect("second client");
@@ -87,7 +86,6 @@ fn each_clients_results_come_back_in_order() {
                                 entry.1
                             }),
                         )
-                        .unwrap()
                     })
                     .collect();
                 let results: Vec<u32> = tasks
@@ -170,7 +168,11 @@ fn a_persistent_server_survives_its_clients_and_stops_on_request() {
     );
     let again = client(&address).unwrap();
     assert_eq!(again.invoke(func!(|| 1u8)).unwrap(), 1);
-    assert!(again.stop(PATIENCE));
+    assert_eq!(
+        again.terminate(PATIENCE),
+        Termination::Graceful(ExitReason::Unknown),
+        "the server acknowledges a request to stop"
+    );
     assert!(
         wait_until(PATIENCE, || !process_exists(pid)),
         "server {pid} did not stop"
@@ -227,9 +229,7 @@ fn a_client_killed_mid_call_releases_its_objects() {
                 std::mem::forget(object);
                 // Runs for longer than the test waits for the release, so the
                 // objects cannot be freed by the call ending first.
-                let pending = c
-                    .schedule(func!(|| std::thread::sleep(3 * PATIENCE)))
-                    .unwrap();
+                let pending = c.schedule(func!(|| std::thread::sleep(3 * PATIENCE)));
                 pending.detach();
                 std::mem::forget(c);
             }),
@@ -348,8 +348,7 @@ fn many_clients_many_calls() {
                 for i in 0..calls {
                     in_flight.push_back((
                         i,
-                        c.schedule_with((n, i), func!(|(n, i): (u64, u64)| n * 1_000_000 + i))
-                            .unwrap(),
+                        c.schedule_with((n, i), func!(|(n, i): (u64, u64)| n * 1_000_000 + i)),
                     ));
                     if in_flight.len() == window {
                         let (i, task) = in_flight.pop_front().unwrap();
@@ -460,14 +459,12 @@ fn remote_handles_move_between_clients_of_a_server() {
     assert_eq!(server_pid, process.pid());
     assert_eq!(numbers.fetch().unwrap(), vec![1, 2, 3, 4, 5]);
     // Sent, then dropped here at once: the handle still arrives.
-    let task = other
-        .schedule_with(
-            numbers,
-            func!(|numbers: processional::Remote<Vec<u64>>| {
-                numbers.invoke(func!(|v: &mut Vec<u64>| v.len())).unwrap()
-            }),
-        )
-        .unwrap();
+    let task = other.schedule_with(
+        numbers,
+        func!(|numbers: processional::Remote<Vec<u64>>| {
+            numbers.invoke(func!(|v: &mut Vec<u64>| v.len())).unwrap()
+        }),
+    );
     assert_eq!(task.wait_timeout(PATIENCE).ok().unwrap().unwrap(), 5);
     // Everyone let go: the object is freed in the server.
     assert!(wait_until(PATIENCE, || {

@@ -71,9 +71,7 @@ impl Drop for Gates {
 
 /// A process task that finishes once the gate `name` is opened.
 fn process_task(process: &SlaveProcess, gates: &Gates, name: &str) -> Task<(String, u32)> {
-    process
-        .schedule_with(gates.path(name), func!(after_gate))
-        .expect("schedule on the slave")
+    process.schedule_with(gates.path(name), func!(after_gate))
 }
 
 /// A thread task that finishes once the returned sender sends.
@@ -167,12 +165,8 @@ fn failures_of_either_runtime_come_back_with_their_ids() {
     let process = slave().expect("spawn a slave");
     let mut set = TaskSet::<u32>::new();
     let thread_panic = set.insert(processional::thread(|| panic!("thread boom")));
-    let process_panic = set.insert(
-        process
-            .schedule(func!(|| -> u32 { panic!("process boom") }))
-            .expect("schedule"),
-    );
-    let process_value = set.insert(process.schedule(func!(|| 7u32)).expect("schedule"));
+    let process_panic = set.insert(process.schedule(func!(|| -> u32 { panic!("process boom") })));
+    let process_value = set.insert(process.schedule(func!(|| 7u32)));
     let thread_value = set.insert(processional::thread(|| 8u32));
 
     let mut outcomes: HashMap<TaskId, Result<u32, Error>> = HashMap::new();
@@ -205,11 +199,7 @@ fn many_tasks_of_both_runtimes_each_come_back_once() {
     let mut set = TaskSet::new();
     let mut expected = HashMap::new();
     for n in 0..EACH {
-        let id = set.insert(
-            process
-                .schedule_with(n, func!(|n: u64| n * 3))
-                .expect("schedule"),
-        );
+        let id = set.insert(process.schedule_with(n, func!(|n: u64| n * 3)));
         expected.insert(id, n * 3);
         let id = set.insert(processional::thread(move || n * 5));
         expected.insert(id, n * 5);

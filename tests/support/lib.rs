@@ -133,7 +133,6 @@ pub mod gate {
         let started = wait_until(PATIENCE, || {
             match process
                 .thread(processional::func!(has_started))
-                .expect("thread")
                 .wait_timeout(PATIENCE)
             {
                 Ok(outcome) => outcome.expect("has_started"),

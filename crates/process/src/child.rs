@@ -27,10 +27,13 @@ use processional_task::{ExitReason, Termination};
 
 use crate::session::ExitProbe;
 use crate::slave::SLAVE_FD_VAR;
-
 /// Names the master's process id in a child that must die with it.
 pub(crate) const PARENT_VAR: &str = "PROCESSIONAL_SLAVE_PARENT";
 use crate::sys::{self, WaitStatus};
+
+/// How long a SIGKILLed child may take to be reaped before its end is
+/// reported unknown (a process stuck in the kernel cannot die at once).
+pub(crate) const KILL_WAIT: Duration = Duration::from_secs(1);
 
 type SpawnRequest = (Command, OwnedFd, bool, mpsc::Sender<io::Result<StdChild>>);
 
@@ -204,15 +207,25 @@ impl ChildProcess {
     /// Waits `graceful` for the child to end by itself, then sends SIGTERM
     /// and waits `terminated`, then SIGKILL; always reaps it.
     pub(crate) fn stop_after(&self, graceful: Duration, terminated: Duration) -> Termination {
-        if let Some(reason) = self.wait_timeout(graceful) {
+        let now = Instant::now();
+        self.stop_by(now + graceful, now + graceful + terminated)
+    }
+
+    /// Waits until `graceful` for the child to end by itself, then sends
+    /// SIGTERM and waits until `deadline`, then SIGKILL; always reaps it.
+    /// Returns at `deadline`, plus at most [`KILL_WAIT`] for a SIGKILLed
+    /// child to be reaped.
+    pub(crate) fn stop_by(&self, graceful: Instant, deadline: Instant) -> Termination {
+        let left = |until: Instant| until.saturating_duration_since(Instant::now());
+        if let Some(reason) = self.wait_timeout(left(graceful)) {
             return Termination::Graceful(reason);
         }
         let _ = sys::kill(self.pid, sys::SIGTERM);
-        if let Some(reason) = self.wait_timeout(terminated) {
+        if let Some(reason) = self.wait_timeout(left(deadline)) {
             return Termination::Terminated(reason);
         }
         let _ = sys::kill(self.pid, sys::SIGKILL);
-        match self.wait_timeout(Duration::from_secs(10)) {
+        match self.wait_timeout(KILL_WAIT) {
             Some(reason) => Termination::Killed(reason),
             None => Termination::Unknown,
         }

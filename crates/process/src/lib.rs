@@ -6,8 +6,8 @@
 //! # fn main() -> Result<(), processional_thread::Error> {
 //! let process = processional_process::slave()?; // spawn and connect
 //! let resource = process.wrap(func!(|| (0..1_000_000u64).collect::<Vec<_>>()))?;
-//! let sum = resource.schedule(func!(|v: &mut Vec<u64>| v.iter().sum::<u64>()))?;
-//! let product = resource.schedule(func!(|v: &mut Vec<u64>| v.iter().product::<u64>()))?;
+//! let sum = resource.schedule(func!(|v: &mut Vec<u64>| v.iter().sum::<u64>()));
+//! let product = resource.schedule(func!(|v: &mut Vec<u64>| v.iter().product::<u64>()));
 //! assert_eq!(sum.wait()?, 499_999_500_000);
 //! assert_eq!(product.wait()?, 0);
 //! # Ok(())

@@ -113,7 +113,7 @@ impl<T: Send + 'static> Remote<T> {
         F: Fn(&mut T) -> R + Send + Sync + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.schedule(f)?.wait()
+        self.schedule(f).wait()
     }
 
     /// Runs `f` on the object with `args` and waits for its value.
@@ -123,11 +123,11 @@ impl<T: Send + 'static> Remote<T> {
         F: Fn(&mut T, A) -> R + Send + Sync + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.schedule_with(args, f)?.wait()
+        self.schedule_with(args, f).wait()
     }
 
     /// Queues `f` on the object; the task completes with its value.
-    pub fn schedule<F, R>(&self, f: Func<F>) -> Result<Task<R>, Error>
+    pub fn schedule<F, R>(&self, f: Func<F>) -> Task<R>
     where
         F: Fn(&mut T) -> R + Send + Sync + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
@@ -136,21 +136,22 @@ impl<T: Send + 'static> Remote<T> {
     }
 
     /// Queues `f` on the object with `args`; the task completes with its value.
-    pub fn schedule_with<A, F, R>(&self, args: A, f: Func<F>) -> Result<Task<R>, Error>
+    pub fn schedule_with<A, F, R>(&self, args: A, f: Func<F>) -> Task<R>
     where
         A: Serialize + DeserializeOwned + 'static,
         F: Fn(&mut T, A) -> R + Send + Sync + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         match &*self.handle {
-            Handle::Remote { session, id } => {
-                let bytes = encode_for(session, &(*id, args))?;
-                session.call::<R>(
-                    MethodEntry::<F, T, A, R>::function_ref(),
-                    RunMode::Queued,
-                    bytes,
-                )
-            }
+            Handle::Remote { session, id } => encode_for(session, &(*id, args))
+                .and_then(|bytes| {
+                    session.call::<R>(
+                        MethodEntry::<F, T, A, R>::function_ref(),
+                        RunMode::Queued,
+                        bytes,
+                    )
+                })
+                .unwrap_or_else(|error| Task::ready(Err(error))),
             Handle::Local { slot, .. } => {
                 let outcome = slot
                     .with(|object: &mut T| {
@@ -158,7 +159,7 @@ impl<T: Send + 'static> Remote<T> {
                     })
                     .map_err(Error::Remote)
                     .and_then(|result| result);
-                Ok(Task::ready(outcome))
+                Task::ready(outcome)
             }
         }
     }

@@ -705,12 +705,6 @@ impl SlaveProcess {
             .wait()?;
         Ok(Remote::new(session.clone(), id))
     }
-
-    /// Asks the server to exit after acknowledging; waits up to `timeout`
-    /// for the acknowledgement.
-    pub fn stop(&self, timeout: Duration) -> bool {
-        self.session().shutdown(timeout)
-    }
 }
 
 /// Inside a task running in a server (or slave): keeps `value` as an object

@@ -7,10 +7,10 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{ChildStderr, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use processional_proto::{Hello, PROTOCOL_VERSION, Role, RunMode};
-use processional_task::{Error, Task, Termination};
+use processional_task::{Error, ExitReason, Task, Termination};
 use processional_transport::{AgreedNonces, Connection, Handshake, Key, PeerInfo, Side};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -490,8 +490,15 @@ impl Drop for Inner {
 }
 
 /// A handle to a process that runs our calls: a slave we spawned, or a
-/// server we connected to. Cheap to clone; the process is stopped (slaves
-/// and spawned servers) when the last clone drops.
+/// server we spawned or connected to. Cheap to clone.
+///
+/// When the last clone drops, an attached slave is stopped: asked to exit,
+/// then SIGTERM after its grace period, then SIGKILL, and reaped in the
+/// background (dropping never blocks). A detached slave and a spawned server
+/// are only disconnected: the slave finishes what it runs and exits; the
+/// server keeps serving its other clients and, unless persistent, stops when
+/// the last one leaves. A connection to a server we did not spawn just
+/// closes. [`terminate`](Self::terminate) stops any of them at once.
 #[derive(Clone)]
 pub struct SlaveProcess {
     inner: Arc<Inner>,
@@ -552,7 +559,7 @@ impl SlaveProcess {
         F: Fn() -> R + Send + Sync + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.schedule(f)?.wait()
+        self.schedule(f).wait()
     }
 
     /// Runs `f(args)` in the process and waits for its value.
@@ -562,11 +569,11 @@ impl SlaveProcess {
         F: Fn(A) -> R + Send + Sync + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.schedule_with(args, f)?.wait()
+        self.schedule_with(args, f).wait()
     }
 
     /// Queues `f` in the process (FIFO with this handle's other queued calls).
-    pub fn schedule<F, R>(&self, f: Func<F>) -> Result<Task<R>, Error>
+    pub fn schedule<F, R>(&self, f: Func<F>) -> Task<R>
     where
         F: Fn() -> R + Send + Sync + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
@@ -575,18 +582,19 @@ impl SlaveProcess {
     }
 
     /// Queues `f(args)` in the process.
-    pub fn schedule_with<A, F, R>(&self, args: A, f: Func<F>) -> Result<Task<R>, Error>
+    pub fn schedule_with<A, F, R>(&self, args: A, f: Func<F>) -> Task<R>
     where
         A: Serialize + DeserializeOwned + 'static,
         F: Fn(A) -> R + Send + Sync + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.call(args, f, RunMode::Queued)
+            .unwrap_or_else(|error| Task::ready(Err(error)))
     }
 
     /// Runs `f` in the process on a thread of its own, concurrently with the
     /// queued calls.
-    pub fn thread<F, R>(&self, f: Func<F>) -> Result<Task<R>, Error>
+    pub fn thread<F, R>(&self, f: Func<F>) -> Task<R>
     where
         F: Fn() -> R + Send + Sync + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
@@ -595,13 +603,14 @@ impl SlaveProcess {
     }
 
     /// Runs `f(args)` in the process on a thread of its own.
-    pub fn thread_with<A, F, R>(&self, args: A, f: Func<F>) -> Result<Task<R>, Error>
+    pub fn thread_with<A, F, R>(&self, args: A, f: Func<F>) -> Task<R>
     where
         A: Serialize + DeserializeOwned + 'static,
         F: Fn(A) -> R + Send + Sync + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.call(args, f, RunMode::Thread)
+            .unwrap_or_else(|error| Task::ready(Err(error)))
     }
 
     fn call<A, F, R>(&self, args: A, _f: Func<F>, mode: RunMode) -> Result<Task<R>, Error>
@@ -639,18 +648,27 @@ impl SlaveProcess {
         Ok(Remote::new(session.clone(), id))
     }
 
-    /// Stops the process: asks it to exit, waits up to `timeout`, then
-    /// SIGTERM, then SIGKILL; reports how it ended. A handle to a server this
-    /// process did not spawn only disconnects.
+    /// Stops the process within `timeout`, and says how it ended.
+    ///
+    /// It is asked to exit (a `Shutdown` it acknowledges) and given half of
+    /// `timeout` to do so; a child of ours that is still there then gets
+    /// SIGTERM and the rest of `timeout`, then SIGKILL (and at most a second
+    /// more to be reaped). One deadline holds for the whole sequence.
+    ///
+    /// A server this process did not spawn is asked to stop too, for every
+    /// client; its exit is not ours to see, so the answer is
+    /// `Graceful(ExitReason::Unknown)` once it acknowledged, `Unknown`
+    /// otherwise.
     pub fn terminate(&self, timeout: Duration) -> Termination {
-        let acknowledged = self.inner.session.shutdown(timeout);
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let graceful = start + timeout / 2;
+        let acknowledged = self.inner.session.shutdown(timeout / 2);
         self.inner.session.close();
         match &self.inner.child {
-            Some(child) => child.stop(if acknowledged {
-                timeout
-            } else {
-                Duration::ZERO
-            }),
+            Some(child) if acknowledged => child.stop_by(graceful, deadline),
+            Some(child) => child.stop_by(Instant::now(), deadline),
+            None if acknowledged => Termination::Graceful(ExitReason::Unknown),
             None => Termination::Unknown,
         }
     }

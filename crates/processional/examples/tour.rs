@@ -42,8 +42,8 @@ fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64() * 1e3
     );
     let resource = process.wrap(func!(|| (0..1_000_000u64).collect::<Vec<_>>()))?; // lives in the slave
-    let sum = resource.schedule(func!(|v: &mut Vec<u64>| v.iter().sum::<u64>()))?;
-    let product = resource.schedule(func!(|v: &mut Vec<u64>| v.iter().product::<u64>()))?;
+    let sum = resource.schedule(func!(|v: &mut Vec<u64>| v.iter().sum::<u64>()));
+    let product = resource.schedule(func!(|v: &mut Vec<u64>| v.iter().product::<u64>()));
     println!("summing");
     println!("multiplying");
     println!("sum is {}", sum.wait()?);
@@ -85,7 +85,7 @@ fn client_and_server() -> anyhow::Result<()> {
     let process = processional::server(&address)?;
     process.invoke(func!(publish_heavy_resource))?;
     let resource = process.lookup::<Vec<u64>>("heavy_resource")?;
-    let sum = resource.schedule(func!(|v: &mut Vec<u64>| v.iter().sum::<u64>()))?;
+    let sum = resource.schedule(func!(|v: &mut Vec<u64>| v.iter().sum::<u64>()));
     println!("summing");
     println!("sum is {}", sum.wait()?);
 

@@ -18,7 +18,7 @@
 //! // are written with `func!`, which refuses any closure that captures.
 //! let process = processional::slave()?;
 //! let resource = process.wrap(func!(|| (0..1_000_000u64).collect::<Vec<_>>()))?;
-//! let product = resource.schedule(func!(|v: &mut Vec<u64>| v.iter().product::<u64>()))?;
+//! let product = resource.schedule(func!(|v: &mut Vec<u64>| v.iter().product::<u64>()));
 //! assert_eq!(product.wait()?, 0);
 //! # Ok(())
 //! # }

@@ -25,16 +25,25 @@ impl fmt::Display for ExitReason {
     }
 }
 
-/// How stopping a process on purpose ended it (the answer of a slave
-/// process's `terminate`).
+/// How stopping a worker on purpose ended it: the answer of `terminate` on
+/// a slave process or a slave thread.
+///
+/// A process is asked to exit, then sent SIGTERM, then SIGKILL. A thread
+/// cannot be killed: it is asked to stop (its queued orders are dropped and
+/// the running one is cancelled, see `checkpoint`), and if it does not, it
+/// is left running, detached, and reported [`Unstoppable`](Self::Unstoppable).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Termination {
-    /// It exited by itself after being asked to (or had already ended).
+    /// It ended by itself after being asked to (or had already ended). A
+    /// thread that stopped reports `Graceful(ExitReason::Code(0))`.
     Graceful(ExitReason),
     /// It did not exit in time and was sent SIGTERM, which ended it.
     Terminated(ExitReason),
     /// It ignored SIGTERM and was killed with SIGKILL.
     Killed(ExitReason),
+    /// A thread that ignored its cancellation and still ran at the deadline:
+    /// nothing can stop it, so it was left running, detached.
+    Unstoppable,
     /// It was not our child, or could not be reaped: its end is not known.
     Unknown,
 }
@@ -46,7 +55,7 @@ impl Termination {
             Termination::Graceful(r) | Termination::Terminated(r) | Termination::Killed(r) => {
                 Some(*r)
             }
-            Termination::Unknown => None,
+            Termination::Unstoppable | Termination::Unknown => None,
         }
     }
 }
