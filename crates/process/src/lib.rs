@@ -93,6 +93,30 @@
 //! and `ShmBuf` / `ShmVec` values travel as file descriptors on unix sockets
 //! (see `processional-shm`).
 //!
+//! # Answering later
+//! A served function can keep the answer of its call and send it later, from
+//! any thread: shipped with a `*_later` method
+//! ([`SlaveProcess::schedule_later`], [`Remote::schedule_later`], …), it
+//! returns the [`Later<T>`] that [`reply_later`] gives it with the call's
+//! [`Reply<T>`]. The process serves its next calls meanwhile, and a waiting
+//! call holds no thread: this is how a queue hands an item to a consumer
+//! that asked before the item existed. If the caller left, [`Reply::send`]
+//! hands the value back in a [`NobodyListening`].
+//!
+//! ```
+//! use processional_process::{Later, func, reply_later};
+//! # fn main() -> Result<(), processional_thread::Error> {
+//! let process = processional_process::slave()?;
+//! let answer = process.invoke_later(func!(|| -> Later<u32> {
+//!     let (reply, later) = reply_later();
+//!     std::thread::spawn(move || reply.send(42));
+//!     later
+//! }))?;
+//! assert_eq!(answer, 42);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Servers and clients
 //! [`server()`] spawns a server process (this same program) listening on a
 //! unix socket or TCP address and connects to it; [`client()`] connects to a
@@ -136,6 +160,7 @@ mod init;
 mod objects;
 mod payload;
 mod remote;
+mod reply;
 mod serve;
 mod server;
 mod session;
@@ -151,6 +176,7 @@ pub use objects::live_objects;
 pub use payload::{INLINE_LIMIT, INLINE_LIMIT_VAR};
 pub use processional_thread::{Error, ExitReason, Task};
 pub use remote::Remote;
+pub use reply::{Later, NobodyListening, Reply, reply_later};
 pub use server::{
     ClientBuilder, DEFAULT_MAX_PENDING_HANDSHAKES, DEFAULT_SERVER_HANDSHAKE_TIMEOUT, KEY_FILE_VAR,
     KEY_VAR, ServerBuilder, ServerHandle, client, export, runtime_dir, serve, server,

@@ -23,7 +23,7 @@ use processional_transport::{Connection, ConnectionReader, ConnectionWriter, Rec
 
 use crate::codec;
 use crate::context::{self, CallContext};
-use crate::function::{self, IdMap};
+use crate::function::{self, Answer, IdMap};
 use crate::objects::{ConnectionObjects, ObjectTable};
 use crate::payload::{self, Incoming, Outgoing};
 use processional_shm::transfer;
@@ -50,6 +50,11 @@ enum Job {
     Pong(u64),
 }
 
+/// A call read from the peer and not yet answered.
+struct CallState {
+    token: CancelToken,
+}
+
 /// What a serving process does when a peer asks it to shut down.
 pub(crate) type ShutdownHook = Arc<dyn Fn() + Send + Sync>;
 
@@ -71,7 +76,8 @@ pub(crate) struct Served {
     /// Sequence number of the queued call running now; 0 when idle.
     busy: AtomicU64,
     calls_run: AtomicU64,
-    tokens: Mutex<IdMap<TaskId, CancelToken>>,
+    /// The calls read and not yet answered (queued, running, or deferred).
+    calls: Mutex<IdMap<TaskId, CallState>>,
     /// The objects this connection holds, in the table of its server.
     objects: Arc<ConnectionObjects>,
     end: Mutex<Option<End>>,
@@ -109,7 +115,7 @@ impl Served {
             queue_changed: Condvar::new(),
             busy: AtomicU64::new(0),
             calls_run: AtomicU64::new(0),
-            tokens: Mutex::new(IdMap::default()),
+            calls: Mutex::new(IdMap::default()),
             objects: Arc::new(table.connect()),
             end: Mutex::new(None),
             taking_over: AtomicBool::new(false),
@@ -157,8 +163,45 @@ impl Served {
         }
     }
 
-    fn ended(&self) -> bool {
+    /// Whether serving this connection has ended (the peer left or asked
+    /// for a shutdown): nobody listens for answers any more.
+    pub(crate) fn ended(&self) -> bool {
         lock(&self.end).is_some()
+    }
+
+    /// Whether descriptors can travel on this connection.
+    pub(crate) fn is_unix(&self) -> bool {
+        self.unix
+    }
+
+    /// Forgets an unanswered call (its answer will never be sent).
+    pub(crate) fn forget_call(&self, task: TaskId) {
+        lock(&self.calls).remove(&task);
+    }
+
+    /// Answers call `task` with `outcome`; whether the reply was written.
+    pub(crate) fn send_reply(
+        self: &Arc<Self>,
+        task: TaskId,
+        outcome: Result<Outgoing, RemoteError>,
+    ) -> bool {
+        self.forget_call(task);
+        if self.ended() {
+            return false;
+        }
+        let (outcome, outgoing) = match outcome {
+            Ok(outgoing) => (Outcome::Value(outgoing.payload.clone()), Some(outgoing)),
+            Err(error) => (Outcome::Error(error), None),
+        };
+        let message = Message::Reply(Reply { task, outcome });
+        let sent = match &outgoing {
+            Some(outgoing) => self.send_with_fds(&message, &outgoing.fds()),
+            None => self.send_with_fds(&message, &[]),
+        };
+        // A value's segment is handed over: dropping the loan here frees it
+        // for good once the caller has read it, never reuses it.
+        drop(outgoing);
+        sent
     }
 
     fn finish(&self, end: End) {
@@ -224,7 +267,7 @@ impl Served {
         match received.message {
             Message::Call(call) => {
                 let token = CancelToken::new();
-                lock(&self.tokens).insert(call.task, token);
+                lock(&self.calls).insert(call.task, CallState { token });
                 match call.mode {
                     RunMode::Queued => Some(Job::Call(call, received.fds)),
                     RunMode::Thread => {
@@ -243,8 +286,8 @@ impl Served {
             }
             Message::Release { object } => Some(Job::Release(object)),
             Message::Cancel { task } => {
-                if let Some(token) = lock(&self.tokens).get(&task) {
-                    token.cancel();
+                if let Some(call) = lock(&self.calls).get(&task) {
+                    call.token.cancel();
                 }
                 None
             }
@@ -296,9 +339,9 @@ impl Served {
 
     fn execute(self: &Arc<Self>, call: Call, fds: Vec<OwnedFd>) {
         let task = call.task;
-        let token = lock(&self.tokens)
+        let token = lock(&self.calls)
             .get(&call.task)
-            .cloned()
+            .map(|call| call.token.clone())
             .unwrap_or_default();
         let result = if token.is_cancelled() {
             Err(RemoteError {
@@ -310,33 +353,30 @@ impl Served {
         } else {
             self.run(call, fds, &token)
         };
-        lock(&self.tokens).remove(&task);
-        let (outcome, outgoing) = match result {
-            Ok(outgoing) => (Outcome::Value(outgoing.payload.clone()), Some(outgoing)),
-            Err(error) => (Outcome::Error(error), None),
+        match result {
+            Ok(Some(outgoing)) => self.send_reply(task, Ok(outgoing)),
+            // Answered later, by whoever holds the call's replier.
+            Ok(None) => true,
+            Err(error) => self.send_reply(task, Err(error)),
         };
-        let message = Message::Reply(Reply { task, outcome });
-        match &outgoing {
-            Some(outgoing) => self.send_with_fds(&message, &outgoing.fds()),
-            None => self.send(&message),
-        }
-        // A value's segment is handed over: dropping the loan here frees it
-        // for good once the caller has read it, never reuses it.
-        drop(outgoing);
     }
 
+    /// Runs a call; its value, or `None` when it is answered later.
     fn run(
-        &self,
+        self: &Arc<Self>,
         call: Call,
         fds: Vec<OwnedFd>,
         token: &CancelToken,
-    ) -> Result<Outgoing, RemoteError> {
+    ) -> Result<Option<Outgoing>, RemoteError> {
         let entry = function::resolve(call.function)?;
         let (incoming, fds) =
             Incoming::resolve(call.args, fds).map_err(codec::remote_codec_error)?;
         let cx = CallContext {
             objects: &self.objects,
             unix: self.unix,
+            served: self,
+            task: call.task,
+            token,
         };
         let run = || {
             context::with_connection(&self.objects, || {
@@ -350,12 +390,15 @@ impl Served {
                 (run(), Vec::new())
             }
         };
-        let (bytes, transfers) = if fds.is_empty() {
+        let (answer, transfers) = if fds.is_empty() {
             collect()
         } else {
             transfer::provide_fds(fds, collect)
         };
-        Ok(payload::wrap_encoded(bytes?, transfers, self.unix))
+        match answer? {
+            Answer::Now(bytes) => Ok(Some(payload::wrap_encoded(bytes, transfers, self.unix))),
+            Answer::Later => Ok(None),
+        }
     }
 
     /// Sends `message`, reading (and queueing) incoming messages while the
@@ -365,12 +408,22 @@ impl Served {
         self.send_with_fds(message, &[]);
     }
 
-    fn send_with_fds(self: &Arc<Self>, message: &Message, fds: &[BorrowedFd<'_>]) {
+    /// Whether the message was written.
+    pub(crate) fn send_with_fds(
+        self: &Arc<Self>,
+        message: &Message,
+        fds: &[BorrowedFd<'_>],
+    ) -> bool {
         let mut writer = lock(&self.writer);
         let result = writer.send_with(message, fds, &mut || self.drain());
-        if let Err(error) = result {
-            log::debug!("processional: cannot answer the peer: {error}");
-            self.finish(End::PeerClosed);
+        match result {
+            Ok(()) => true,
+            Err(error) => {
+                log::debug!("processional: cannot answer the peer: {error}");
+                drop(writer);
+                self.finish(End::PeerClosed);
+                false
+            }
         }
     }
 

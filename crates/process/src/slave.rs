@@ -16,12 +16,13 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::child::{self, ChildExitProbe, ChildProcess, Termination};
-use crate::entry::{CallEntry, WrapEntry};
+use crate::entry::{CallEntry, DeferredEntry, WrapEntry};
 use crate::fingerprint::{fingerprint, program_name};
 use crate::func::Func;
 use crate::function::Described;
 use crate::objects::ObjectTable;
 use crate::remote::{Remote, encode_for};
+use crate::reply::Later;
 use crate::serve::{End, Served, ShutdownHook};
 use crate::server::ServerBootstrap;
 use crate::session::Session;
@@ -629,6 +630,64 @@ impl SlaveProcess {
         let session = &self.inner.session;
         let bytes = encode_for(session, &args)?;
         session.call::<R>(CallEntry::<F, A, R>::function_ref(), mode, bytes)
+    }
+
+    /// Runs `f` in the process and waits for the answer it sends later.
+    ///
+    /// `f` returns a [`Later<R>`]: it took the call's [`Reply`](crate::Reply)
+    /// with [`reply_later`](crate::reply_later) and keeps it, or hands it to
+    /// another thread, to answer whenever it likes. The process serves its
+    /// next calls meanwhile (see [`schedule_later`](Self::schedule_later)).
+    pub fn invoke_later<F, R>(&self, f: Func<F>) -> Result<R, Error>
+    where
+        F: Fn() -> Later<R> + Send + Sync + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.schedule_later(f)?.wait()
+    }
+
+    /// Runs `f(args)` in the process and waits for the answer it sends
+    /// later.
+    pub fn invoke_later_with<A, F, R>(&self, args: A, f: Func<F>) -> Result<R, Error>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        F: Fn(A) -> Later<R> + Send + Sync + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.schedule_later_with(args, f)?.wait()
+    }
+
+    /// Queues `f` in the process; the task completes when `f`'s
+    /// [`Reply`](crate::Reply) is sent, from wherever it went.
+    ///
+    /// The `*_later` methods differ from the plain ones only in what the
+    /// function returns (a [`Later<R>`] instead of an `R`); they are
+    /// separate methods because one generic method cannot tell the two
+    /// apart. A deferred call holds no thread while it waits: ten thousand
+    /// of them cost ten thousand small records, not threads.
+    pub fn schedule_later<F, R>(&self, f: Func<F>) -> Result<Task<R>, Error>
+    where
+        F: Fn() -> Later<R> + Send + Sync + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.schedule_later_with((), f.with_unit_argument())
+    }
+
+    /// Queues `f(args)` in the process; the task completes when `f`'s
+    /// [`Reply`](crate::Reply) is sent.
+    pub fn schedule_later_with<A, F, R>(&self, args: A, _f: Func<F>) -> Result<Task<R>, Error>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        F: Fn(A) -> Later<R> + Send + Sync + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let session = &self.inner.session;
+        let bytes = encode_for(session, &args)?;
+        session.call::<R>(
+            DeferredEntry::<F, A, R>::function_ref(),
+            RunMode::Queued,
+            bytes,
+        )
     }
 
     /// Builds an object in the process with `f` and keeps it there.
