@@ -7,11 +7,13 @@ use processional_thread::Error;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::codec;
 use crate::context::CallContext;
 use crate::function::{Answer, Described, conjure};
 use crate::objects::{ObjectSlot, Ticket};
-use crate::payload::Incoming;
+use crate::payload::{self, Incoming};
 use crate::reply::{self, Later};
+use crate::sink::{self, ItemSink};
 
 /// Names the types an entry point is instantiated for; never constructed.
 type Marker<T> = PhantomData<fn() -> T>;
@@ -203,5 +205,29 @@ where
         slot.with(move |value: &mut T| {
             reply::run_deferring(cx.replier(), move || task(value, args))
         })?
+    }
+}
+
+/// Call `F(A, ItemSink<T>) -> R`: a stream of `T`s ended by the `R`.
+pub(crate) struct StreamEntry<F, A, T, R>(Marker<(F, A, T, R)>);
+
+impl<F, A, T, R> Described for StreamEntry<F, A, T, R>
+where
+    F: Fn(A, ItemSink<T>) -> R + 'static,
+    A: DeserializeOwned + 'static,
+    T: Serialize + 'static,
+    R: Serialize + 'static,
+{
+    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Answer, RemoteError> {
+        let args: A = cx.decode(args)?;
+        let task = conjure::<F>();
+        let (items, end) = sink::open::<T>(cx);
+        let outcome = catch(move || task(args, items)).and_then(|value| {
+            // Encoded with its own descriptors: the end may leave later,
+            // from the thread that drops the sink.
+            payload::encode(&value, cx.unix).map_err(codec::remote_codec_error)
+        });
+        end.function_returned(outcome);
+        Ok(Answer::Later)
     }
 }

@@ -26,6 +26,7 @@ use crate::context::{self, CallContext};
 use crate::function::{self, Answer, IdMap};
 use crate::objects::{ConnectionObjects, ObjectTable};
 use crate::payload::{self, Incoming, Outgoing};
+use crate::sink::Flow;
 use processional_shm::transfer;
 
 /// How often the watchdog looks for executors stuck in a long call, while
@@ -53,6 +54,9 @@ enum Job {
 /// A call read from the peer and not yet answered.
 struct CallState {
     token: CancelToken,
+    /// The caller's credit, for a call that streams items (made by the
+    /// first `Credit` or by the stream's sink, whichever comes first).
+    flow: Option<Arc<Flow>>,
 }
 
 /// What a serving process does when a peer asks it to shut down.
@@ -87,6 +91,12 @@ pub(crate) struct Served {
     threads_running: AtomicUsize,
     threads_done: Condvar,
     threads_lock: Mutex<()>,
+    /// Sinks waiting for credit: bumped (under the lock) when credit
+    /// arrives, a stream is cancelled, the connection ends, or the reader
+    /// is given up while someone waits.
+    flow_epoch: Mutex<u64>,
+    flow_changed: Condvar,
+    flow_waiters: AtomicUsize,
 }
 
 impl std::fmt::Debug for Served {
@@ -122,6 +132,9 @@ impl Served {
             threads_running: AtomicUsize::new(0),
             threads_done: Condvar::new(),
             threads_lock: Mutex::new(()),
+            flow_epoch: Mutex::new(0),
+            flow_changed: Condvar::new(),
+            flow_waiters: AtomicUsize::new(0),
         });
         Watchdog::global().watch(&served);
         served
@@ -213,6 +226,79 @@ impl Served {
             self.objects.release_all();
         }
         self.queue_changed.notify_all();
+        self.notify_flows();
+    }
+
+    /// The credit of call `task` (a fresh one if the call is not known).
+    pub(crate) fn flow(&self, task: TaskId) -> Arc<Flow> {
+        match lock(&self.calls).get_mut(&task) {
+            Some(call) => call.flow.get_or_insert_with(Arc::default).clone(),
+            None => Arc::default(),
+        }
+    }
+
+    /// Wakes the sinks waiting for credit, if any (one atomic load if none).
+    fn notify_flows(&self) {
+        // SeqCst: pairs with the waiter's announcement in `wait_for_credit`
+        // (either it sees the new state, or we see it waiting).
+        if self.flow_waiters.load(Ordering::SeqCst) > 0 {
+            *lock(&self.flow_epoch) += 1;
+            self.flow_changed.notify_all();
+        }
+    }
+
+    /// Gives the reader role up, waking sinks that wait for someone to read.
+    fn release_reader(&self, reader: MutexGuard<'_, ConnectionReader>) {
+        drop(reader);
+        self.notify_flows();
+    }
+
+    /// Blocks until `ready()` holds. A sink that waits for credit reads the
+    /// connection itself when nobody else does (the executor may be the one
+    /// waiting), queueing what it reads for the executor, like the
+    /// watchdog's reader; otherwise it sleeps until whoever reads wakes it.
+    pub(crate) fn wait_for_credit(self: &Arc<Self>, ready: &dyn Fn() -> bool) {
+        self.flow_waiters.fetch_add(1, Ordering::SeqCst);
+        loop {
+            if ready() || self.ended() {
+                break;
+            }
+            // Read before trying the reader: a reader that gives it up after
+            // our attempt bumps the epoch, so we cannot sleep through that.
+            let epoch = *lock(&self.flow_epoch);
+            if let Ok(mut reader) = self.reader.try_lock() {
+                if ready() || self.ended() {
+                    self.release_reader(reader);
+                    break;
+                }
+                let received = reader.recv();
+                match received {
+                    Ok(received) => {
+                        if let Some(job) = self.handle(received) {
+                            lock(&self.queue).push_back(job);
+                        }
+                    }
+                    Err(error) => self.on_read_error(error),
+                }
+                self.release_reader(reader);
+                // The executor may wait for the reader (see `next_job`).
+                self.queue_changed.notify_all();
+                continue;
+            }
+            let mut guard = lock(&self.flow_epoch);
+            while *guard == epoch && !ready() && !self.ended() {
+                guard = self
+                    .flow_changed
+                    .wait(guard)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        self.flow_waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Reads what has arrived, without blocking (a sink looking for credit).
+    pub(crate) fn poll_incoming(self: &Arc<Self>) {
+        self.drain();
     }
 
     fn next_job(self: &Arc<Self>) -> Option<Job> {
@@ -231,7 +317,7 @@ impl Served {
                         return Some(job);
                     }
                     let received = reader.recv();
-                    drop(reader);
+                    self.release_reader(reader);
                     match received {
                         Ok(received) => {
                             if let Some(job) = self.handle(received) {
@@ -267,7 +353,7 @@ impl Served {
         match received.message {
             Message::Call(call) => {
                 let token = CancelToken::new();
-                lock(&self.calls).insert(call.task, CallState { token });
+                lock(&self.calls).insert(call.task, CallState { token, flow: None });
                 match call.mode {
                     RunMode::Queued => Some(Job::Call(call, received.fds)),
                     RunMode::Thread => {
@@ -289,6 +375,17 @@ impl Served {
                 if let Some(call) = lock(&self.calls).get(&task) {
                     call.token.cancel();
                 }
+                // A sink of that call may wait for credit.
+                self.notify_flows();
+                None
+            }
+            Message::Credit { task, items } => {
+                // Credit for a call already answered is dropped here: the
+                // table keeps only unanswered calls.
+                if let Some(call) = lock(&self.calls).get_mut(&task) {
+                    call.flow.get_or_insert_with(Arc::default).grant(items);
+                }
+                self.notify_flows();
                 None
             }
             Message::Ping(value) => match self.writer.try_lock() {
@@ -447,6 +544,7 @@ impl Served {
                 }
             }
         }
+        self.release_reader(reader);
     }
 
     /// Keeps reading the socket while the executor is stuck in a long call.
@@ -468,7 +566,7 @@ impl Served {
                 Ok(None) => {}
                 Err(error) => self.on_read_error(error),
             }
-            drop(reader);
+            self.release_reader(reader);
         }
         self.taking_over.store(false, Ordering::Release);
         self.queue_changed.notify_all();
