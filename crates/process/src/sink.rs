@@ -13,7 +13,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use processional_proto::{Message, RemoteError, TaskId};
 use processional_thread::CancelToken;
@@ -92,7 +92,10 @@ struct End {
 
 /// What the sink and the stream's entry point share.
 struct Stream {
-    served: Arc<Served>,
+    /// Weak: a sink kept after its caller left does not keep the
+    /// connection open.
+    served: Weak<Served>,
+    unix: bool,
     task: TaskId,
     token: CancelToken,
     flow: Arc<Flow>,
@@ -100,8 +103,13 @@ struct Stream {
 }
 
 impl Stream {
+    /// The connection, while it is served.
+    fn served(&self) -> Option<Arc<Served>> {
+        self.served.upgrade().filter(|served| !served.ended())
+    }
+
     fn is_closed(&self) -> bool {
-        self.token.is_cancelled() || self.served.ended() || lock(&self.end).failure.is_some()
+        self.token.is_cancelled() || self.served().is_none() || lock(&self.end).failure.is_some()
     }
 
     /// Sends the end if both halves are done.
@@ -142,7 +150,8 @@ impl StreamEnd {
 pub(crate) fn open<T>(cx: &CallContext<'_>) -> (ItemSink<T>, StreamEnd) {
     let replier = cx.replier();
     let stream = Arc::new(Stream {
-        served: cx.served.clone(),
+        served: Arc::downgrade(cx.served),
+        unix: cx.unix,
         task: cx.task,
         token: cx.token.clone(),
         flow: cx.served.flow(cx.task),
@@ -220,9 +229,9 @@ impl<T: Serialize + Any> ItemSink<T> {
     pub fn send(&self, item: T) -> Result<(), NobodyListening<T>> {
         if !self.has_credit() {
             let stream = &*self.stream;
-            stream
-                .served
-                .wait_for_credit(&|| self.has_credit() || stream.is_closed());
+            if let Some(served) = stream.served() {
+                served.wait_for_credit(&|| self.has_credit() || stream.is_closed());
+            }
         }
         self.push(item)
             .map_err(|error| NobodyListening(error.into_inner()))
@@ -233,7 +242,9 @@ impl<T: Serialize + Any> ItemSink<T> {
     pub fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
         if !self.has_credit() {
             // Read whatever credit has arrived.
-            self.stream.served.poll_incoming();
+            if let Some(served) = self.stream.served() {
+                served.poll_incoming();
+            }
             if !self.has_credit() && !self.stream.is_closed() {
                 return Err(TrySendError::Full(item));
             }
@@ -243,9 +254,10 @@ impl<T: Serialize + Any> ItemSink<T> {
 
     fn push(&self, item: T) -> Result<(), TrySendError<T>> {
         let stream = &*self.stream;
-        if stream.is_closed() {
-            return Err(TrySendError::NobodyListening(item));
-        }
+        let served = match stream.served() {
+            Some(served) if !stream.is_closed() => served,
+            _ => return Err(TrySendError::NobodyListening(item)),
+        };
         if !self.has_credit() {
             return Err(TrySendError::Full(item));
         }
@@ -253,7 +265,7 @@ impl<T: Serialize + Any> ItemSink<T> {
             payload,
             transfers,
             loan,
-        } = match payload::encode(&item, stream.served.is_unix()) {
+        } = match payload::encode(&item, stream.unix) {
             Ok(outgoing) => outgoing,
             Err(error) => {
                 lock(&stream.end).failure = Some(codec::remote_codec_error(error));
@@ -266,7 +278,7 @@ impl<T: Serialize + Any> ItemSink<T> {
         };
         let mut fds: Vec<BorrowedFd<'_>> = transfers.iter().map(|fd| fd.as_fd()).collect();
         fds.extend(loan.as_ref().map(|loan| loan.as_fd()));
-        if !stream.served.send_with_fds(&message, &fds) {
+        if !served.send_with_fds(&message, &fds) {
             return Err(TrySendError::NobodyListening(item));
         }
         // An item's segment is handed over, like a value's.
