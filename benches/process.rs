@@ -16,6 +16,12 @@
 //!   pings to the echo child (a writer thread writes them while the bench
 //!   reads the echoes); one iteration is one item, batches hold at most
 //!   [`MAX_IN_FLIGHT`] items.
+//! - `process.stream_throughput`: the items of one server stream
+//!   (`slave.stream_with(n, |n, items| for i in 0..n { items.send(i) })`,
+//!   `u64` items, the default window), consumed as they come, against the
+//!   same pipelined 8-byte pings to the echo child as
+//!   `process.schedule_throughput`; one iteration is one item, a stream
+//!   carries at most [`MAX_IN_FLIGHT`] items.
 //! - `process.remote_method_rtt`: `resource.invoke(|v| v.len())` on a
 //!   `Remote<Vec<u64>>` against the raw 8-byte ping-pong.
 //! - `process.bytes_100MiB`: `process.invoke_with(v, |v: Vec<u8>| v.len())`
@@ -35,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion};
-use processional::{Remote, Task};
+use processional::{ItemSink, Remote, Task};
 use processional_benches::process_peer::{
     PipelinedPings, RAW_SINK_FRESH, RAW_UNIX_ECHO, RawPeer, SlaveGuard, configure_slow_group,
     send_bulk, spawn_raw_unix_echo, spawn_socketpair_peer,
@@ -58,6 +64,7 @@ fn main() {
     invoke_rtt(&mut criterion, &mut peers);
     spawn_ready(&mut criterion);
     schedule_throughput(&mut criterion, &mut peers);
+    stream_throughput(&mut criterion, &mut peers);
     remote_method_rtt(&mut criterion, &mut peers);
     bytes_100mib(&mut criterion, &mut peers);
     bytes_100mib_cold(&mut criterion, &mut peers);
@@ -217,6 +224,51 @@ fn schedule_throughput(criterion: &mut Criterion, peers: &mut Peers) {
                 for task in tasks.drain(..) {
                     assert_eq!(task.wait().expect("a scheduled call"), 1);
                 }
+            }
+            start.elapsed()
+        });
+    });
+    group.finish();
+}
+
+/// `process.stream_throughput`.
+fn stream_throughput(criterion: &mut Criterion, peers: &mut Peers) {
+    let mut group = criterion.benchmark_group("process.stream_throughput");
+    group.bench_function("baseline", |bencher| {
+        let pings = peers.pings();
+        bencher.iter_custom(|iters| {
+            let start = Instant::now();
+            for batch in batches(iters) {
+                pings.round_trips(batch).expect("pipelined raw pings");
+            }
+            start.elapsed()
+        });
+    });
+    group.bench_function("subject", |bencher| {
+        let slave = peers.slave();
+        bencher.iter_custom(|iters| {
+            let start = Instant::now();
+            for batch in batches(iters) {
+                let mut items = slave
+                    .stream_with(
+                        batch,
+                        func!(|n: u64, items: ItemSink<u64>| {
+                            for i in 0..n {
+                                if items.send(black_box(i)).is_err() {
+                                    break;
+                                }
+                            }
+                            n
+                        }),
+                    )
+                    .expect("open a stream");
+                let mut received = 0;
+                for item in items.by_ref() {
+                    assert_eq!(item.expect("an item"), received);
+                    received += 1;
+                }
+                assert_eq!(items.finish().expect("the end of the stream"), batch);
+                assert_eq!(received, batch);
             }
             start.elapsed()
         });

@@ -63,6 +63,11 @@ pub(crate) const CASES: &[Case] = &[
         target: None,
     },
     Case {
+        name: "process.stream_throughput",
+        baseline: "raw pipelined frames",
+        target: Some(1.3),
+    },
+    Case {
         name: "process.remote_method_rtt",
         baseline: "raw ping-pong",
         target: None,

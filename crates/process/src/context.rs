@@ -4,13 +4,17 @@ use std::cell::{Cell, RefCell};
 
 use std::sync::Arc;
 
-use processional_proto::{ObjectId, RemoteError, RemoteErrorKind};
+use processional_proto::{ObjectId, RemoteError, RemoteErrorKind, TaskId};
+use processional_thread::CancelToken;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec;
+use crate::function::Answer;
 use crate::objects::{ConnectionObjects, ObjectSlot};
 use crate::payload::{self, Encoded, Incoming};
+use crate::reply::Replier;
+use crate::serve::Served;
 
 /// The state an entry point needs besides its arguments.
 #[derive(Debug)]
@@ -19,6 +23,12 @@ pub(crate) struct CallContext<'a> {
     pub(crate) objects: &'a Arc<ConnectionObjects>,
     /// Whether the connection can carry descriptors (a unix socket).
     pub(crate) unix: bool,
+    /// The connection the call came from.
+    pub(crate) served: &'a Arc<Served>,
+    /// The call's id on that connection.
+    pub(crate) task: TaskId,
+    /// The call's cancellation token.
+    pub(crate) token: &'a CancelToken,
 }
 
 thread_local! {
@@ -97,5 +107,17 @@ impl CallContext<'_> {
     /// Encodes the value of a call.
     pub(crate) fn encode<R: Serialize + 'static>(&self, value: &R) -> Result<Encoded, RemoteError> {
         payload::encode_value(value, self.unix).map_err(codec::remote_codec_error)
+    }
+
+    /// Encodes the value of a call, for the executor to send now.
+    pub(crate) fn answer<R: Serialize + 'static>(&self, value: &R) -> Result<Answer, RemoteError> {
+        self.encode(value).map(Answer::Now)
+    }
+
+    /// What answers this call later instead of the executor. An entry that
+    /// makes one must answer [`Answer::Later`] (or an error before the
+    /// replier was handed out, see [`crate::reply::run_deferring`]).
+    pub(crate) fn replier(&self) -> Replier {
+        Replier::new(self.served, self.task, self.token.clone())
     }
 }

@@ -7,10 +7,13 @@ use processional_task::Error;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::codec;
 use crate::context::CallContext;
-use crate::function::{Described, conjure};
+use crate::function::{Answer, Described, conjure};
 use crate::objects::{ObjectSlot, Ticket};
-use crate::payload::{Encoded, Incoming};
+use crate::payload::{self, Incoming};
+use crate::reply::{self, Later};
+use crate::sink::{self, ItemSink};
 
 /// Names the types an entry point is instantiated for; never constructed.
 type Marker<T> = PhantomData<fn() -> T>;
@@ -60,11 +63,11 @@ where
     A: DeserializeOwned + 'static,
     R: Serialize + 'static,
 {
-    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Encoded, RemoteError> {
+    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Answer, RemoteError> {
         let args: A = cx.decode(args)?;
         let task = conjure::<F>();
         let value = catch(move || task(args))?;
-        cx.encode(&value)
+        cx.answer(&value)
     }
 }
 
@@ -78,12 +81,12 @@ where
     A: DeserializeOwned + 'static,
     R: Serialize + 'static,
 {
-    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Encoded, RemoteError> {
+    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Answer, RemoteError> {
         let (object, args): (ObjectId, A) = cx.decode(args)?;
         let slot = cx.objects.get(object)?;
         let task = conjure::<F>();
         let value = slot.with(move |value: &mut T| catch(move || task(value, args)))??;
-        cx.encode(&value)
+        cx.answer(&value)
     }
 }
 
@@ -96,12 +99,12 @@ where
     A: DeserializeOwned + 'static,
     T: Send + 'static,
 {
-    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Encoded, RemoteError> {
+    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Answer, RemoteError> {
         let args: A = cx.decode(args)?;
         let task = conjure::<F>();
         let value = catch(move || task(args))?;
         let id = cx.objects.insert(ObjectSlot::new(value));
-        cx.encode(&id)
+        cx.answer(&id)
     }
 }
 
@@ -112,10 +115,10 @@ impl<T> Described for FetchEntry<T>
 where
     T: Serialize + 'static,
 {
-    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Encoded, RemoteError> {
+    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Answer, RemoteError> {
         let object: ObjectId = cx.decode(args)?;
         let slot = cx.objects.get(object)?;
-        slot.with(|value: &mut T| cx.encode(value))?
+        slot.with(|value: &mut T| cx.answer(value))?
     }
 }
 
@@ -123,10 +126,10 @@ where
 pub(crate) struct PublishEntry;
 
 impl Described for PublishEntry {
-    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Encoded, RemoteError> {
+    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Answer, RemoteError> {
         let (name, object): (String, ObjectId) = cx.decode(args)?;
         cx.objects.publish(name, object)?;
-        cx.encode(&())
+        cx.answer(&())
     }
 }
 
@@ -134,10 +137,10 @@ impl Described for PublishEntry {
 pub(crate) struct LookupEntry<T>(Marker<T>);
 
 impl<T: 'static> Described for LookupEntry<T> {
-    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Encoded, RemoteError> {
+    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Answer, RemoteError> {
         let name: String = cx.decode(args)?;
         let id = cx.objects.lookup::<T>(&name)?;
-        cx.encode(&id)
+        cx.answer(&id)
     }
 }
 
@@ -147,10 +150,10 @@ impl<T: 'static> Described for LookupEntry<T> {
 pub(crate) struct TicketEntry;
 
 impl Described for TicketEntry {
-    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Encoded, RemoteError> {
+    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Answer, RemoteError> {
         let id: ObjectId = cx.decode(args)?;
         let ticket = cx.objects.issue_ticket(id)?;
-        cx.encode(&ticket)
+        cx.answer(&ticket)
     }
 }
 
@@ -159,9 +162,72 @@ impl Described for TicketEntry {
 pub(crate) struct RedeemEntry;
 
 impl Described for RedeemEntry {
-    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Encoded, RemoteError> {
+    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Answer, RemoteError> {
         let ticket: Ticket = cx.decode(args)?;
         let id = cx.objects.redeem_ticket(ticket)?;
-        cx.encode(&id)
+        cx.answer(&id)
+    }
+}
+
+/// Call `F(A) -> Later<R>`: the function keeps a [`Reply`](crate::Reply) and
+/// answers later, from anywhere; the executor moves on at once.
+pub(crate) struct DeferredEntry<F, A, R>(Marker<(F, A, R)>);
+
+impl<F, A, R> Described for DeferredEntry<F, A, R>
+where
+    F: Fn(A) -> Later<R> + 'static,
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
+{
+    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Answer, RemoteError> {
+        let args: A = cx.decode(args)?;
+        let task = conjure::<F>();
+        reply::run_deferring(cx.replier(), move || task(args))
+    }
+}
+
+/// Call `F(&mut T, A) -> Later<R>` on the object named in the arguments.
+pub(crate) struct DeferredMethodEntry<F, T, A, R>(Marker<(F, T, A, R)>);
+
+impl<F, T, A, R> Described for DeferredMethodEntry<F, T, A, R>
+where
+    F: Fn(&mut T, A) -> Later<R> + 'static,
+    T: 'static,
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
+{
+    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Answer, RemoteError> {
+        let (object, args): (ObjectId, A) = cx.decode(args)?;
+        let slot = cx.objects.get(object)?;
+        let task = conjure::<F>();
+        // The replier is made only once the call will run: an error before
+        // that is the executor's to send.
+        slot.with(move |value: &mut T| {
+            reply::run_deferring(cx.replier(), move || task(value, args))
+        })?
+    }
+}
+
+/// Call `F(A, ItemSink<T>) -> R`: a stream of `T`s ended by the `R`.
+pub(crate) struct StreamEntry<F, A, T, R>(Marker<(F, A, T, R)>);
+
+impl<F, A, T, R> Described for StreamEntry<F, A, T, R>
+where
+    F: Fn(A, ItemSink<T>) -> R + 'static,
+    A: DeserializeOwned + 'static,
+    T: Serialize + 'static,
+    R: Serialize + 'static,
+{
+    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Answer, RemoteError> {
+        let args: A = cx.decode(args)?;
+        let task = conjure::<F>();
+        let (items, end) = sink::open::<T>(cx);
+        let outcome = catch(move || task(args, items)).and_then(|value| {
+            // Encoded with its own descriptors: the end may leave later,
+            // from the thread that drops the sink.
+            payload::encode(&value, cx.unix).map_err(codec::remote_codec_error)
+        });
+        end.function_returned(outcome);
+        Ok(Answer::Later)
     }
 }

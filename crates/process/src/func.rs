@@ -71,6 +71,20 @@ impl<F> Func<F> {
         unsafe { Func::new_unchecked(move |()| function()) }
     }
 
+    /// A stream `Func` taking `()` and the sink that calls this one taking
+    /// only the sink.
+    pub(crate) fn with_unit_stream_argument<T, R>(
+        self,
+    ) -> Func<impl Fn((), crate::ItemSink<T>) -> R + Send + Sync + 'static>
+    where
+        F: Fn(crate::ItemSink<T>) -> R + Send + Sync + 'static,
+        T: 'static,
+    {
+        let function = self.0;
+        // SAFETY: as in `with_unit_argument`: the only capture is an `F`.
+        unsafe { Func::new_unchecked(move |(), items| function(items)) }
+    }
+
     /// A method `Func` taking `()` that calls this one-argument method.
     pub(crate) fn with_unit_method_argument<T, R>(
         self,

@@ -43,8 +43,18 @@ static ANCHOR: u8 = 0;
 /// Tells a descriptor from any other bytes of the executable.
 const MAGIC: [u64; 2] = [0x7072_6f63_6573_7369, 0x6f6e_616c_2d66_6e31];
 
-/// The signature of every entry point: arguments in, encoded value out.
-pub(crate) type Entry = fn(&CallContext<'_>, &Incoming) -> Result<Encoded, RemoteError>;
+/// The signature of every entry point: arguments in, the answer out.
+pub(crate) type Entry = fn(&CallContext<'_>, &Incoming) -> Result<Answer, RemoteError>;
+
+/// What an entry point answers.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// The encoded value: the executor replies with it now.
+    Now(Encoded),
+    /// Someone else answers the call later (a deferred reply, the end of a
+    /// stream): the executor sends nothing and moves on.
+    Later,
+}
 
 /// What a function reference points to. `repr(C)`, so the slave can check
 /// the words before it trusts them as function pointers.
@@ -58,7 +68,7 @@ pub(crate) struct Descriptor {
 /// Types that have a descriptor: one per entry point instantiation.
 pub(crate) trait Described {
     /// The entry point.
-    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Encoded, RemoteError>;
+    fn run(cx: &CallContext<'_>, args: &Incoming) -> Result<Answer, RemoteError>;
 
     /// The descriptor, promoted to a `'static` in read-only data.
     const DESCRIPTOR: &'static Descriptor = &Descriptor {
@@ -266,8 +276,8 @@ mod tests {
 
     struct Probe;
     impl Described for Probe {
-        fn run(_: &CallContext<'_>, _: &Incoming) -> Result<Encoded, RemoteError> {
-            Ok(Encoded::Inline(Vec::new()))
+        fn run(_: &CallContext<'_>, _: &Incoming) -> Result<Answer, RemoteError> {
+            Ok(Answer::Now(Encoded::Inline(Vec::new())))
         }
     }
 
@@ -314,9 +324,9 @@ mod tests {
         0x5eed
     }
 
-    fn forged_entry(_: &CallContext<'_>, _: &Incoming) -> Result<Encoded, RemoteError> {
+    fn forged_entry(_: &CallContext<'_>, _: &Incoming) -> Result<Answer, RemoteError> {
         FORGED_CODE_RAN.store(true, Ordering::SeqCst);
-        Ok(Encoded::Inline(Vec::new()))
+        Ok(Answer::Later)
     }
 
     /// A writable static, in `.data` / `.bss`: what a peer that gets 32

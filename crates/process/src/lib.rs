@@ -112,6 +112,66 @@
 //! and `ShmBuf` / `ShmVec` values travel as file descriptors on unix sockets
 //! (see `processional-shm`).
 //!
+//! # Answering later
+//! A served function can keep the answer of its call and send it later, from
+//! any thread: shipped with a `*_later` method
+//! ([`SlaveProcess::schedule_later`], [`Remote::schedule_later`], …), it
+//! returns the [`Later<T>`] that [`reply_later`] gives it with the call's
+//! [`Reply<T>`]. The process serves its next calls meanwhile, and a waiting
+//! call holds no thread: this is how a queue hands an item to a consumer
+//! that asked before the item existed. If the caller left, [`Reply::send`]
+//! hands the value back in a [`NobodyListening`].
+//!
+//! ```
+//! use processional_process::{Later, func, reply_later};
+//! # fn main() -> Result<(), processional_thread::Error> {
+//! let process = processional_process::slave()?;
+//! let answer = process.invoke_later(func!(|| -> Later<u32> {
+//!     let (reply, later) = reply_later();
+//!     std::thread::spawn(move || reply.send(42));
+//!     later
+//! }))?;
+//! assert_eq!(answer, 42);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Streams
+//! A call can push a stream of items to its caller: shipped with
+//! [`SlaveProcess::stream`] / [`stream_with`](SlaveProcess::stream_with), the
+//! function gets an [`ItemSink<T>`] and its value ends the stream. The
+//! caller reads an [`ItemStream<T, R>`], a blocking `Iterator` (and a
+//! `futures_core::Stream`), then [`ItemStream::finish`] for the value. Flow
+//! control is by credit: the server sends at most a window of items
+//! ([`DEFAULT_STREAM_WINDOW`], or
+//! [`stream_with_window`](SlaveProcess::stream_with_window)) beyond those the
+//! caller consumed; past that, [`ItemSink::send`] waits and
+//! [`ItemSink::try_send`] reports the window full. Dropping the stream
+//! cancels it: sending then fails, handing the item back. The sink may move
+//! to another thread and feed the stream later; the stream ends once the
+//! function returned and the sink is dropped.
+//!
+//! ```
+//! use processional_process::{ItemSink, func};
+//! # fn main() -> Result<(), processional_thread::Error> {
+//! let process = processional_process::slave()?;
+//! let lines = process.stream_with_window(
+//!     3u32,
+//!     8, // at most 8 lines in flight
+//!     func!(|count: u32, lines: ItemSink<String>| {
+//!         std::thread::spawn(move || {
+//!             for i in 0..count {
+//!                 let _ = lines.send(format!("line {i}"));
+//!             }
+//!         });
+//!     }),
+//! )?;
+//! let lines: Vec<String> = lines.collect::<Result<_, _>>()?;
+//! assert_eq!(lines, ["line 0", "line 1", "line 2"]);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Servers and clients
 //! [`server()`] spawns a server process (this same program) listening on a
 //! unix socket or TCP address and connects to it; [`client()`] connects to a
@@ -159,10 +219,13 @@ mod init;
 mod objects;
 mod payload;
 mod remote;
+mod reply;
 mod serve;
 mod server;
 mod session;
+mod sink;
 mod slave;
+mod stream;
 mod sys;
 mod trust;
 
@@ -175,9 +238,12 @@ pub use processional_task::{
     AuthFailure, CodecDirection, CodecError, Error, ExitReason, Task, Termination,
 };
 pub use remote::Remote;
+pub use reply::{Later, NobodyListening, Reply, reply_later};
 pub use server::{
     ClientBuilder, DEFAULT_CLIENT_TIMEOUT, DEFAULT_MAX_PENDING_HANDSHAKES,
     DEFAULT_SERVER_HANDSHAKE_TIMEOUT, KEY_FILE_VAR, KEY_VAR, ServerBuilder, ServerHandle, client,
     export, runtime_dir, serve, server,
 };
+pub use sink::{ItemSink, TrySendError};
 pub use slave::{Output, SlaveProcess, SlaveProcessBuilder, slave};
+pub use stream::{DEFAULT_STREAM_WINDOW, ItemStream};

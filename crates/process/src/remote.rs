@@ -14,11 +14,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::context;
-use crate::entry::{FetchEntry, MethodEntry, RedeemEntry, TicketEntry};
+use crate::entry::{DeferredMethodEntry, FetchEntry, MethodEntry, RedeemEntry, TicketEntry};
 use crate::func::Func;
 use crate::function::Described;
 use crate::objects::{ObjectSlot, Ticket};
 use crate::payload::{self, Outgoing};
+use crate::reply::{self, Later};
 use crate::session::Session;
 
 thread_local! {
@@ -160,6 +161,101 @@ impl<T: Send + 'static> Remote<T> {
                     .map_err(Error::Remote)
                     .and_then(|result| result);
                 Task::ready(outcome)
+            }
+        }
+    }
+
+    /// Runs `f` on the object and waits for the answer it sends later
+    /// (see [`SlaveProcess::schedule_later`](crate::SlaveProcess::schedule_later)).
+    pub fn invoke_later<F, R>(&self, f: Func<F>) -> Result<R, Error>
+    where
+        F: Fn(&mut T) -> Later<R> + Send + Sync + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.schedule_later(f).wait()
+    }
+
+    /// Runs `f` on the object with `args` and waits for the answer it sends
+    /// later.
+    pub fn invoke_later_with<A, F, R>(&self, args: A, f: Func<F>) -> Result<R, Error>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        F: Fn(&mut T, A) -> Later<R> + Send + Sync + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.schedule_later_with(args, f).wait()
+    }
+
+    /// Queues `f` on the object; the task completes when `f`'s
+    /// [`Reply`](crate::Reply) is sent. The object can keep the reply
+    /// (callers waiting for an event), and a later call on it can send it:
+    ///
+    /// ```
+    /// use processional_process::{Later, Reply, func, reply_later};
+    ///
+    /// /// A mailbox: `take` waits until something is put.
+    /// #[derive(Default)]
+    /// struct Mailbox {
+    ///     letters: Vec<String>,
+    ///     waiting: Vec<Reply<String>>,
+    /// }
+    ///
+    /// # fn main() -> Result<(), processional_thread::Error> {
+    /// let process = processional_process::slave()?;
+    /// let mailbox = process.wrap(func!(Mailbox::default))?;
+    /// let letter = mailbox.schedule_later(func!(|m: &mut Mailbox| -> Later<String> {
+    ///     let (reply, later) = reply_later();
+    ///     match m.letters.pop() {
+    ///         Some(letter) => drop(reply.send(letter)),
+    ///         None => m.waiting.push(reply),
+    ///     }
+    ///     later
+    /// }));
+    /// mailbox.invoke_with("hello".to_string(), func!(|m: &mut Mailbox, letter: String| {
+    ///     match m.waiting.pop() {
+    ///         Some(reply) => drop(reply.send(letter)),
+    ///         None => m.letters.push(letter),
+    ///     }
+    /// }))?;
+    /// assert_eq!(letter.wait()?, "hello");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn schedule_later<F, R>(&self, f: Func<F>) -> Task<R>
+    where
+        F: Fn(&mut T) -> Later<R> + Send + Sync + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.schedule_later_with((), f.with_unit_method_argument())
+    }
+
+    /// Queues `f` on the object with `args`; the task completes when `f`'s
+    /// [`Reply`](crate::Reply) is sent.
+    pub fn schedule_later_with<A, F, R>(&self, args: A, f: Func<F>) -> Task<R>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        F: Fn(&mut T, A) -> Later<R> + Send + Sync + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        match &*self.handle {
+            Handle::Remote { session, id } => encode_for(session, &(*id, args))
+                .and_then(|bytes| {
+                    session.call::<R>(
+                        DeferredMethodEntry::<F, T, A, R>::function_ref(),
+                        RunMode::Queued,
+                        bytes,
+                    )
+                })
+                .unwrap_or_else(|error| Task::ready(Err(error))),
+            Handle::Local { slot, .. } => {
+                let (task, completer) = Task::pending();
+                let ran = slot.with(|object: &mut T| {
+                    reply::run_deferring_locally(completer, || (f.get())(object, args))
+                });
+                match ran {
+                    Ok(()) => task,
+                    Err(error) => Task::ready(Err(Error::Remote(error))),
+                }
             }
         }
     }

@@ -23,9 +23,10 @@ use processional_transport::{Connection, ConnectionReader, ConnectionWriter, Rec
 
 use crate::codec;
 use crate::context::{self, CallContext};
-use crate::function::{self, IdMap};
+use crate::function::{self, Answer, IdMap};
 use crate::objects::{ConnectionObjects, ObjectTable};
 use crate::payload::{self, Incoming, Outgoing};
+use crate::sink::Flow;
 use processional_shm::transfer;
 
 /// How often the watchdog looks for executors stuck in a long call, while
@@ -50,6 +51,14 @@ enum Job {
     Pong(u64),
 }
 
+/// A call read from the peer and not yet answered.
+struct CallState {
+    token: CancelToken,
+    /// The caller's credit, for a call that streams items (made by the
+    /// first `Credit` or by the stream's sink, whichever comes first).
+    flow: Option<Arc<Flow>>,
+}
+
 /// What a serving process does when a peer asks it to shut down.
 pub(crate) type ShutdownHook = Arc<dyn Fn() + Send + Sync>;
 
@@ -71,7 +80,8 @@ pub(crate) struct Served {
     /// Sequence number of the queued call running now; 0 when idle.
     busy: AtomicU64,
     calls_run: AtomicU64,
-    tokens: Mutex<IdMap<TaskId, CancelToken>>,
+    /// The calls read and not yet answered (queued, running, or deferred).
+    calls: Mutex<IdMap<TaskId, CallState>>,
     /// The objects this connection holds, in the table of its server.
     objects: Arc<ConnectionObjects>,
     end: Mutex<Option<End>>,
@@ -81,6 +91,12 @@ pub(crate) struct Served {
     threads_running: AtomicUsize,
     threads_done: Condvar,
     threads_lock: Mutex<()>,
+    /// Sinks waiting for credit: bumped (under the lock) when credit
+    /// arrives, a stream is cancelled, the connection ends, or the reader
+    /// is given up while someone waits.
+    flow_epoch: Mutex<u64>,
+    flow_changed: Condvar,
+    flow_waiters: AtomicUsize,
 }
 
 impl std::fmt::Debug for Served {
@@ -109,13 +125,16 @@ impl Served {
             queue_changed: Condvar::new(),
             busy: AtomicU64::new(0),
             calls_run: AtomicU64::new(0),
-            tokens: Mutex::new(IdMap::default()),
+            calls: Mutex::new(IdMap::default()),
             objects: Arc::new(table.connect()),
             end: Mutex::new(None),
             taking_over: AtomicBool::new(false),
             threads_running: AtomicUsize::new(0),
             threads_done: Condvar::new(),
             threads_lock: Mutex::new(()),
+            flow_epoch: Mutex::new(0),
+            flow_changed: Condvar::new(),
+            flow_waiters: AtomicUsize::new(0),
         });
         Watchdog::global().watch(&served);
         served
@@ -157,8 +176,45 @@ impl Served {
         }
     }
 
-    fn ended(&self) -> bool {
+    /// Whether serving this connection has ended (the peer left or asked
+    /// for a shutdown): nobody listens for answers any more.
+    pub(crate) fn ended(&self) -> bool {
         lock(&self.end).is_some()
+    }
+
+    /// Whether descriptors can travel on this connection.
+    pub(crate) fn is_unix(&self) -> bool {
+        self.unix
+    }
+
+    /// Forgets an unanswered call (its answer will never be sent).
+    pub(crate) fn forget_call(&self, task: TaskId) {
+        lock(&self.calls).remove(&task);
+    }
+
+    /// Answers call `task` with `outcome`; whether the reply was written.
+    pub(crate) fn send_reply(
+        self: &Arc<Self>,
+        task: TaskId,
+        outcome: Result<Outgoing, RemoteError>,
+    ) -> bool {
+        self.forget_call(task);
+        if self.ended() {
+            return false;
+        }
+        let (outcome, outgoing) = match outcome {
+            Ok(outgoing) => (Outcome::Value(outgoing.payload.clone()), Some(outgoing)),
+            Err(error) => (Outcome::Error(error), None),
+        };
+        let message = Message::Reply(Reply { task, outcome });
+        let sent = match &outgoing {
+            Some(outgoing) => self.send_with_fds(&message, &outgoing.fds()),
+            None => self.send_with_fds(&message, &[]),
+        };
+        // A value's segment is handed over: dropping the loan here frees it
+        // for good once the caller has read it, never reuses it.
+        drop(outgoing);
+        sent
     }
 
     fn finish(&self, end: End) {
@@ -170,6 +226,79 @@ impl Served {
             self.objects.release_all();
         }
         self.queue_changed.notify_all();
+        self.notify_flows();
+    }
+
+    /// The credit of call `task` (a fresh one if the call is not known).
+    pub(crate) fn flow(&self, task: TaskId) -> Arc<Flow> {
+        match lock(&self.calls).get_mut(&task) {
+            Some(call) => call.flow.get_or_insert_with(Arc::default).clone(),
+            None => Arc::default(),
+        }
+    }
+
+    /// Wakes the sinks waiting for credit, if any (one atomic load if none).
+    fn notify_flows(&self) {
+        // SeqCst: pairs with the waiter's announcement in `wait_for_credit`
+        // (either it sees the new state, or we see it waiting).
+        if self.flow_waiters.load(Ordering::SeqCst) > 0 {
+            *lock(&self.flow_epoch) += 1;
+            self.flow_changed.notify_all();
+        }
+    }
+
+    /// Gives the reader role up, waking sinks that wait for someone to read.
+    fn release_reader(&self, reader: MutexGuard<'_, ConnectionReader>) {
+        drop(reader);
+        self.notify_flows();
+    }
+
+    /// Blocks until `ready()` holds. A sink that waits for credit reads the
+    /// connection itself when nobody else does (the executor may be the one
+    /// waiting), queueing what it reads for the executor, like the
+    /// watchdog's reader; otherwise it sleeps until whoever reads wakes it.
+    pub(crate) fn wait_for_credit(self: &Arc<Self>, ready: &dyn Fn() -> bool) {
+        self.flow_waiters.fetch_add(1, Ordering::SeqCst);
+        loop {
+            if ready() || self.ended() {
+                break;
+            }
+            // Read before trying the reader: a reader that gives it up after
+            // our attempt bumps the epoch, so we cannot sleep through that.
+            let epoch = *lock(&self.flow_epoch);
+            if let Ok(mut reader) = self.reader.try_lock() {
+                if ready() || self.ended() {
+                    self.release_reader(reader);
+                    break;
+                }
+                let received = reader.recv();
+                match received {
+                    Ok(received) => {
+                        if let Some(job) = self.handle(received) {
+                            lock(&self.queue).push_back(job);
+                        }
+                    }
+                    Err(error) => self.on_read_error(error),
+                }
+                self.release_reader(reader);
+                // The executor may wait for the reader (see `next_job`).
+                self.queue_changed.notify_all();
+                continue;
+            }
+            let mut guard = lock(&self.flow_epoch);
+            while *guard == epoch && !ready() && !self.ended() {
+                guard = self
+                    .flow_changed
+                    .wait(guard)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        self.flow_waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Reads what has arrived, without blocking (a sink looking for credit).
+    pub(crate) fn poll_incoming(self: &Arc<Self>) {
+        self.drain();
     }
 
     fn next_job(self: &Arc<Self>) -> Option<Job> {
@@ -188,7 +317,7 @@ impl Served {
                         return Some(job);
                     }
                     let received = reader.recv();
-                    drop(reader);
+                    self.release_reader(reader);
                     match received {
                         Ok(received) => {
                             if let Some(job) = self.handle(received) {
@@ -224,7 +353,7 @@ impl Served {
         match received.message {
             Message::Call(call) => {
                 let token = CancelToken::new();
-                lock(&self.tokens).insert(call.task, token);
+                lock(&self.calls).insert(call.task, CallState { token, flow: None });
                 match call.mode {
                     RunMode::Queued => Some(Job::Call(call, received.fds)),
                     RunMode::Thread => {
@@ -243,9 +372,20 @@ impl Served {
             }
             Message::Release { object } => Some(Job::Release(object)),
             Message::Cancel { task } => {
-                if let Some(token) = lock(&self.tokens).get(&task) {
-                    token.cancel();
+                if let Some(call) = lock(&self.calls).get(&task) {
+                    call.token.cancel();
                 }
+                // A sink of that call may wait for credit.
+                self.notify_flows();
+                None
+            }
+            Message::Credit { task, items } => {
+                // Credit for a call already answered is dropped here: the
+                // table keeps only unanswered calls.
+                if let Some(call) = lock(&self.calls).get_mut(&task) {
+                    call.flow.get_or_insert_with(Arc::default).grant(items);
+                }
+                self.notify_flows();
                 None
             }
             Message::Ping(value) => match self.writer.try_lock() {
@@ -296,9 +436,9 @@ impl Served {
 
     fn execute(self: &Arc<Self>, call: Call, fds: Vec<OwnedFd>) {
         let task = call.task;
-        let token = lock(&self.tokens)
+        let token = lock(&self.calls)
             .get(&call.task)
-            .cloned()
+            .map(|call| call.token.clone())
             .unwrap_or_default();
         let result = if token.is_cancelled() {
             Err(RemoteError {
@@ -310,33 +450,30 @@ impl Served {
         } else {
             self.run(call, fds, &token)
         };
-        lock(&self.tokens).remove(&task);
-        let (outcome, outgoing) = match result {
-            Ok(outgoing) => (Outcome::Value(outgoing.payload.clone()), Some(outgoing)),
-            Err(error) => (Outcome::Error(error), None),
+        match result {
+            Ok(Some(outgoing)) => self.send_reply(task, Ok(outgoing)),
+            // Answered later, by whoever holds the call's replier.
+            Ok(None) => true,
+            Err(error) => self.send_reply(task, Err(error)),
         };
-        let message = Message::Reply(Reply { task, outcome });
-        match &outgoing {
-            Some(outgoing) => self.send_with_fds(&message, &outgoing.fds()),
-            None => self.send(&message),
-        }
-        // A value's segment is handed over: dropping the loan here frees it
-        // for good once the caller has read it, never reuses it.
-        drop(outgoing);
     }
 
+    /// Runs a call; its value, or `None` when it is answered later.
     fn run(
-        &self,
+        self: &Arc<Self>,
         call: Call,
         fds: Vec<OwnedFd>,
         token: &CancelToken,
-    ) -> Result<Outgoing, RemoteError> {
+    ) -> Result<Option<Outgoing>, RemoteError> {
         let entry = function::resolve(call.function)?;
         let (incoming, fds) =
             Incoming::resolve(call.args, fds).map_err(codec::remote_codec_error)?;
         let cx = CallContext {
             objects: &self.objects,
             unix: self.unix,
+            served: self,
+            task: call.task,
+            token,
         };
         let run = || {
             context::with_connection(&self.objects, || {
@@ -350,12 +487,15 @@ impl Served {
                 (run(), Vec::new())
             }
         };
-        let (bytes, transfers) = if fds.is_empty() {
+        let (answer, transfers) = if fds.is_empty() {
             collect()
         } else {
             transfer::provide_fds(fds, collect)
         };
-        Ok(payload::wrap_encoded(bytes?, transfers, self.unix))
+        match answer? {
+            Answer::Now(bytes) => Ok(Some(payload::wrap_encoded(bytes, transfers, self.unix))),
+            Answer::Later => Ok(None),
+        }
     }
 
     /// Sends `message`, reading (and queueing) incoming messages while the
@@ -365,12 +505,22 @@ impl Served {
         self.send_with_fds(message, &[]);
     }
 
-    fn send_with_fds(self: &Arc<Self>, message: &Message, fds: &[BorrowedFd<'_>]) {
+    /// Whether the message was written.
+    pub(crate) fn send_with_fds(
+        self: &Arc<Self>,
+        message: &Message,
+        fds: &[BorrowedFd<'_>],
+    ) -> bool {
         let mut writer = lock(&self.writer);
         let result = writer.send_with(message, fds, &mut || self.drain());
-        if let Err(error) = result {
-            log::debug!("processional: cannot answer the peer: {error}");
-            self.finish(End::PeerClosed);
+        match result {
+            Ok(()) => true,
+            Err(error) => {
+                log::debug!("processional: cannot answer the peer: {error}");
+                drop(writer);
+                self.finish(End::PeerClosed);
+                false
+            }
         }
     }
 
@@ -394,6 +544,7 @@ impl Served {
                 }
             }
         }
+        self.release_reader(reader);
     }
 
     /// Keeps reading the socket while the executor is stuck in a long call.
@@ -415,7 +566,7 @@ impl Served {
                 Ok(None) => {}
                 Err(error) => self.on_read_error(error),
             }
-            drop(reader);
+            self.release_reader(reader);
         }
         self.taking_over.store(false, Ordering::Release);
         self.queue_changed.notify_all();

@@ -21,6 +21,8 @@ use serde::de::DeserializeOwned;
 use crate::error::Broken;
 use crate::function::IdMap;
 use crate::payload::{self, Outgoing};
+use crate::stream::Inbox;
+use processional_shm::Loan;
 
 /// This process's client sessions, by server address.
 fn clients() -> &'static Mutex<HashMap<String, Weak<Session>>> {
@@ -34,8 +36,41 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A raw outcome: the payload of a value with its descriptors, or the error.
+pub(crate) type RawOutcome = Result<(Payload, Vec<OwnedFd>), Error>;
+
 /// Completes one pending call with its raw outcome.
-type Completion = Box<dyn FnOnce(Result<(Payload, Vec<OwnedFd>), Error>) + Send>;
+type Completion = Box<dyn FnOnce(RawOutcome) + Send>;
+
+/// The segment lent for a call's arguments, until its reply.
+pub(crate) type Lent = Arc<Mutex<Option<Loan>>>;
+
+/// A call waiting for its reply.
+enum Pending {
+    /// An ordinary call: the reply completes it.
+    Call(Completion),
+    /// A call that streams: items go to the inbox until the reply ends it.
+    Stream(Arc<Inbox>),
+}
+
+impl Pending {
+    fn complete(self, outcome: RawOutcome) {
+        match self {
+            Pending::Call(completion) => completion(outcome),
+            Pending::Stream(inbox) => inbox.end(outcome),
+        }
+    }
+}
+
+/// Takes the segment lent for a call's arguments back for reuse, once the
+/// callee replied (it no longer reads it then).
+fn reclaim(lent: Option<Lent>, outcome: &RawOutcome) {
+    if let (Some(lent), Ok(_)) = (lent, outcome) {
+        if let Some(loan) = lent.try_lock().ok().and_then(|mut l| l.take()) {
+            drop(loan.reclaim());
+        }
+    }
+}
 
 /// Tells how the peer ended, when the session knows (a child process).
 pub(crate) trait ExitProbe: Send + Sync {
@@ -72,7 +107,7 @@ pub(crate) struct Session {
     peer: PeerInfo,
     writer: Mutex<ConnectionWriter>,
     reader: Mutex<ConnectionReader>,
-    pending: Mutex<IdMap<TaskId, Completion>>,
+    pending: Mutex<IdMap<TaskId, Pending>>,
     next_task: AtomicU64,
     death: OnceLock<Death>,
     /// Bumped whenever the reader role is given up or a reply is dispatched
@@ -205,6 +240,48 @@ impl Session {
                 let _ = session.send(&Message::Cancel { task: task_id });
             }
         }));
+        self.send_call(task_id, function, mode, args, |lent| {
+            Pending::Call(Box::new(move |outcome: RawOutcome| {
+                reclaim(lent, &outcome);
+                completer.complete(
+                    outcome.and_then(|(payload, fds)| payload::decode::<R>(payload, fds)),
+                );
+            }))
+        });
+        Ok(task)
+    }
+
+    /// Sends a call that streams items into the returned inbox, until its
+    /// reply ends the stream.
+    pub(crate) fn call_stream(
+        &self,
+        function: FunctionRef,
+        mode: RunMode,
+        args: Outgoing,
+    ) -> Result<(TaskId, Arc<Inbox>), Error> {
+        if let Some(error) = self.death_error() {
+            return Err(error);
+        }
+        let task_id = self.next_task.fetch_add(1, Ordering::Relaxed);
+        let inbox = Arc::new(Inbox::default());
+        let pending = inbox.clone();
+        self.send_call(task_id, function, mode, args, |lent| {
+            pending.lend(lent);
+            Pending::Stream(pending)
+        });
+        Ok((task_id, inbox))
+    }
+
+    /// Registers a call, then sends it; a call that could not be sent fails
+    /// at once.
+    fn send_call(
+        &self,
+        task_id: TaskId,
+        function: FunctionRef,
+        mode: RunMode,
+        args: Outgoing,
+        pending: impl FnOnce(Option<Lent>) -> Pending,
+    ) {
         let Outgoing {
             payload: args,
             transfers,
@@ -214,20 +291,7 @@ impl Session {
         // back for reuse when the reply arrives (the callee no longer reads it
         // then), freed otherwise.
         let loan = loan.map(|loan| Arc::new(Mutex::new(Some(loan))));
-        let reclaim = loan.clone();
-        lock(&self.pending).insert(
-            task_id,
-            Box::new(move |outcome: Result<(Payload, Vec<OwnedFd>), Error>| {
-                if let (Some(reclaim), Ok(_)) = (reclaim, &outcome) {
-                    if let Some(loan) = reclaim.try_lock().ok().and_then(|mut l| l.take()) {
-                        drop(loan.reclaim());
-                    }
-                }
-                completer.complete(
-                    outcome.and_then(|(payload, fds)| payload::decode::<R>(payload, fds)),
-                );
-            }),
-        );
+        lock(&self.pending).insert(task_id, pending(loan.clone()));
         let message = Message::Call(Call {
             task: task_id,
             function,
@@ -248,11 +312,16 @@ impl Session {
         if let Err(error) = sent {
             // The call never left: fail it here (the session is dead by now,
             // so the task's completion carries the reason).
-            if let Some(completion) = lock(&self.pending).remove(&task_id) {
-                completion(Err(error));
+            if let Some(pending) = lock(&self.pending).remove(&task_id) {
+                pending.complete(Err(error));
             }
         }
-        Ok(task)
+    }
+
+    /// Forgets a pending call (a stream its caller dropped): its reply and
+    /// items, should they come, are ignored.
+    pub(crate) fn forget(&self, task: TaskId) {
+        lock(&self.pending).remove(&task);
     }
 
     /// Sends a message, draining replies while the socket buffer is full.
@@ -324,8 +393,8 @@ impl Session {
     fn dispatch(&self, received: Received) {
         match received.message {
             Message::Reply(reply) => {
-                let completion = lock(&self.pending).remove(&reply.task);
-                let Some(completion) = completion else {
+                let pending = lock(&self.pending).remove(&reply.task);
+                let Some(pending) = pending else {
                     log::debug!("processional: reply to an unknown task {}", reply.task);
                     return;
                 };
@@ -333,7 +402,19 @@ impl Session {
                     Outcome::Value(payload) => Ok((payload, received.fds)),
                     Outcome::Error(remote) => Err(Error::Remote(remote)),
                 };
-                completion(outcome);
+                pending.complete(outcome);
+            }
+            Message::Item { task, payload } => {
+                let inbox = match lock(&self.pending).get(&task) {
+                    Some(Pending::Stream(inbox)) => inbox.clone(),
+                    // A stream dropped by its caller: items still in flight
+                    // are dropped (task ids are never reused).
+                    _ => {
+                        log::debug!("processional: an item for task {task}, not a stream");
+                        return;
+                    }
+                };
+                inbox.push(payload, received.fds);
             }
             Message::ShutdownAck => {
                 self.shutdown_acknowledged.store(true, Ordering::Release);
@@ -378,9 +459,9 @@ impl Session {
     /// Marks the session dead and fails every pending call.
     fn die(&self, death: Death) -> Death {
         let death = self.death.get_or_init(|| death).clone();
-        let pending: Vec<Completion> = lock(&self.pending).drain().map(|(_, c)| c).collect();
-        for completion in pending {
-            completion(Err(death.error()));
+        let pending: Vec<Pending> = lock(&self.pending).drain().map(|(_, p)| p).collect();
+        for pending in pending {
+            pending.complete(Err(death.error()));
         }
         let _ = lock(&self.writer).shutdown();
         self.wake_followers();

@@ -16,16 +16,19 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::child::{self, ChildExitProbe, ChildProcess};
-use crate::entry::{CallEntry, WrapEntry};
+use crate::entry::{CallEntry, DeferredEntry, StreamEntry, WrapEntry};
 use crate::error::{bad_key, handshake_error, setup_error};
 use crate::fingerprint::{fingerprint, program_name};
 use crate::func::Func;
 use crate::function::Described;
 use crate::objects::ObjectTable;
 use crate::remote::{Remote, encode_for};
+use crate::reply::Later;
 use crate::serve::{End, Served, ShutdownHook};
 use crate::server::ServerBootstrap;
 use crate::session::Session;
+use crate::sink::ItemSink;
+use crate::stream::ItemStream;
 use crate::sys;
 
 /// The environment variable that tells a re-executed program it is a slave,
@@ -622,6 +625,145 @@ impl SlaveProcess {
         let session = &self.inner.session;
         let bytes = encode_for(session, &args)?;
         session.call::<R>(CallEntry::<F, A, R>::function_ref(), mode, bytes)
+    }
+
+    /// Runs `f` in the process and waits for the answer it sends later.
+    ///
+    /// `f` returns a [`Later<R>`]: it took the call's [`Reply`](crate::Reply)
+    /// with [`reply_later`](crate::reply_later) and keeps it, or hands it to
+    /// another thread, to answer whenever it likes. The process serves its
+    /// next calls meanwhile (see [`schedule_later`](Self::schedule_later)).
+    pub fn invoke_later<F, R>(&self, f: Func<F>) -> Result<R, Error>
+    where
+        F: Fn() -> Later<R> + Send + Sync + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.schedule_later(f).wait()
+    }
+
+    /// Runs `f(args)` in the process and waits for the answer it sends
+    /// later.
+    pub fn invoke_later_with<A, F, R>(&self, args: A, f: Func<F>) -> Result<R, Error>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        F: Fn(A) -> Later<R> + Send + Sync + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.schedule_later_with(args, f).wait()
+    }
+
+    /// Queues `f` in the process; the task completes when `f`'s
+    /// [`Reply`](crate::Reply) is sent, from wherever it went.
+    ///
+    /// The `*_later` methods differ from the plain ones only in what the
+    /// function returns (a [`Later<R>`] instead of an `R`); they are
+    /// separate methods because one generic method cannot tell the two
+    /// apart. A deferred call holds no thread while it waits: ten thousand
+    /// of them cost ten thousand small records, not threads.
+    pub fn schedule_later<F, R>(&self, f: Func<F>) -> Task<R>
+    where
+        F: Fn() -> Later<R> + Send + Sync + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.schedule_later_with((), f.with_unit_argument())
+    }
+
+    /// Queues `f(args)` in the process; the task completes when `f`'s
+    /// [`Reply`](crate::Reply) is sent.
+    pub fn schedule_later_with<A, F, R>(&self, args: A, _f: Func<F>) -> Task<R>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        F: Fn(A) -> Later<R> + Send + Sync + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let session = &self.inner.session;
+        encode_for(session, &args)
+            .and_then(|bytes| {
+                session.call::<R>(
+                    DeferredEntry::<F, A, R>::function_ref(),
+                    RunMode::Queued,
+                    bytes,
+                )
+            })
+            .unwrap_or_else(|error| Task::ready(Err(error)))
+    }
+
+    /// Runs `f` in the process (queued, like [`schedule`](Self::schedule))
+    /// with an [`ItemSink`] it pushes items into; returns the stream of
+    /// those items, which ends with `f`'s value.
+    ///
+    /// ```
+    /// use processional_process::{ItemSink, func};
+    /// # fn main() -> Result<(), processional_thread::Error> {
+    /// let process = processional_process::slave()?;
+    /// let mut squares = process.stream_with(
+    ///     5u64,
+    ///     func!(|n: u64, items: ItemSink<u64>| {
+    ///         for i in 0..n {
+    ///             if items.send(i * i).is_err() {
+    ///                 break; // the caller dropped the stream
+    ///             }
+    ///         }
+    ///         "done".to_string()
+    ///     }),
+    /// )?;
+    /// let got: Vec<u64> = squares.by_ref().collect::<Result<_, _>>()?;
+    /// assert_eq!(got, [0, 1, 4, 9, 16]);
+    /// assert_eq!(squares.finish()?, "done");
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// The stream ends once `f` has returned *and* its sink is dropped, so
+    /// `f` may hand the sink to another thread that feeds the stream later
+    /// (the process serves its next calls meanwhile).
+    pub fn stream<F, T, R>(&self, f: Func<F>) -> Result<ItemStream<T, R>, Error>
+    where
+        F: Fn(ItemSink<T>) -> R + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.stream_with((), f.with_unit_stream_argument())
+    }
+
+    /// Runs `f(args, sink)` in the process; returns the stream of the items
+    /// it pushes into `sink`, ended by its value. The server may send up to
+    /// [`DEFAULT_STREAM_WINDOW`](crate::DEFAULT_STREAM_WINDOW) items ahead
+    /// of those consumed.
+    pub fn stream_with<A, F, T, R>(&self, args: A, f: Func<F>) -> Result<ItemStream<T, R>, Error>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        F: Fn(A, ItemSink<T>) -> R + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.stream_with_window(args, crate::DEFAULT_STREAM_WINDOW, f)
+    }
+
+    /// Like [`stream_with`](Self::stream_with), letting the server send up
+    /// to `window` items (at least 1) ahead of those consumed: a small window
+    /// bounds what waits in memory, a large one keeps a fast producer busy
+    /// while the consumer works.
+    pub fn stream_with_window<A, F, T, R>(
+        &self,
+        args: A,
+        window: u32,
+        _f: Func<F>,
+    ) -> Result<ItemStream<T, R>, Error>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        F: Fn(A, ItemSink<T>) -> R + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        let session = &self.inner.session;
+        let bytes = encode_for(session, &args)?;
+        let (task, inbox) = session.call_stream(
+            StreamEntry::<F, A, T, R>::function_ref(),
+            RunMode::Queued,
+            bytes,
+        )?;
+        Ok(ItemStream::new(session.clone(), task, inbox, window))
     }
 
     /// Builds an object in the process with `f` and keeps it there.

@@ -78,9 +78,10 @@ pub use processional_thread as thread;
 pub use processional_transport as transport;
 
 pub use processional_process::{
-    ClientBuilder, Func, Output, Remote, ServerBuilder, ServerHandle, SlaveProcess,
-    SlaveProcessBuilder, Termination, client, export, fingerprint, func, init, live_objects,
-    runtime_dir, serve, server, slave,
+    ClientBuilder, Func, ItemSink, ItemStream, Later, NobodyListening, Output, Remote, Reply,
+    ServerBuilder, ServerHandle, SlaveProcess, SlaveProcessBuilder, Termination, TrySendError,
+    client, export, fingerprint, func, init, live_objects, reply_later, runtime_dir, serve, server,
+    slave,
 };
 pub use processional_shm::{SharedMutBuf, ShmBuf, ShmSlice, ShmVec};
 pub use processional_task::{

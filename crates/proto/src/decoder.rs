@@ -568,14 +568,15 @@ mod tests {
     #[test]
     fn refuses_other_versions() {
         let mut wire = frames_of(&[Message::Accepted]);
-        wire[4..6].copy_from_slice(&2u16.to_le_bytes());
+        let theirs = PROTOCOL_VERSION + 1;
+        wire[4..6].copy_from_slice(&theirs.to_le_bytes());
         let mut decoder = Decoder::new();
         decoder.feed(&wire);
         assert_eq!(
             decoder.next(),
             Err(ProtoError::Version {
                 ours: PROTOCOL_VERSION,
-                theirs: 2
+                theirs
             })
         );
     }

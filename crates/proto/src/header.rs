@@ -7,7 +7,7 @@ pub const MAGIC: [u8; 4] = *b"PRCL";
 
 /// The protocol version this crate speaks, carried by every frame header and
 /// by [`Hello`](crate::Hello). Peers with different versions refuse each other.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The size of a [`FrameHeader`] on the wire, in bytes.
 pub const HEADER_LEN: usize = 12;
@@ -187,7 +187,8 @@ mod tests {
 
     #[test]
     fn refuses_other_versions() {
-        for theirs in [0, 2, u16::MAX] {
+        // Among them the previous version: its peers are refused too.
+        for theirs in [0, PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1, u16::MAX] {
             let header = FrameHeader {
                 version: theirs,
                 ..FrameHeader::new(4, 0).unwrap()

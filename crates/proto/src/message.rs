@@ -314,6 +314,23 @@ pub enum Message {
     /// A protocol error the sender detected in what the receiver sent; the
     /// sender closes the connection after this message.
     Error(RemoteError),
+    /// One item of the stream a call opened, in order; the stream ends with
+    /// the call's [`Reply`]. Sent only while the caller has granted credit.
+    Item {
+        /// The call whose stream this item belongs to.
+        task: TaskId,
+        /// The serialized item (a [`Payload::Segment`] names a descriptor
+        /// attached to this frame).
+        payload: Payload,
+    },
+    /// The caller of a streaming call may receive `items` more items (flow
+    /// control: credits add up; the server sends no item beyond them).
+    Credit {
+        /// The call whose stream the credit is for.
+        task: TaskId,
+        /// How many more items the caller will take.
+        items: u32,
+    },
 }
 
 impl Message {
@@ -334,6 +351,8 @@ impl Message {
             Message::Ping(_) => "Ping",
             Message::Pong(_) => "Pong",
             Message::Error(_) => "Error",
+            Message::Item { .. } => "Item",
+            Message::Credit { .. } => "Credit",
         }
     }
 }

@@ -73,6 +73,22 @@ pub(crate) fn every_variant() -> Vec<Message> {
             location: None,
             backtrace: None,
         }),
+        Message::Item {
+            task: 4,
+            payload: Payload::Inline(vec![9, 8, 7]),
+        },
+        Message::Item {
+            task: u64::MAX,
+            payload: Payload::Segment {
+                fd: 1,
+                len: 1 << 20,
+            },
+        },
+        Message::Credit { task: 4, items: 0 },
+        Message::Credit {
+            task: u64::MAX,
+            items: u32::MAX,
+        },
     ];
     for role in [Role::Slave, Role::Client, Role::Server] {
         messages.push(Message::Hello(Hello {
@@ -219,6 +235,8 @@ pub(crate) fn message() -> impl Strategy<Value = Message> {
         1 => any::<u64>().prop_map(Message::Ping),
         1 => any::<u64>().prop_map(Message::Pong),
         1 => remote_error().prop_map(Message::Error),
+        3 => (any::<u64>(), payload()).prop_map(|(task, payload)| Message::Item { task, payload }),
+        1 => (any::<u64>(), any::<u32>()).prop_map(|(task, items)| Message::Credit { task, items }),
     ]
 }
 
