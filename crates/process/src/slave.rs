@@ -543,6 +543,14 @@ impl SlaveProcess {
         self.inner.session.peer().hello.pid
     }
 
+    /// The thread that runs the calls, if there is one to name: `None`,
+    /// since a slave process serves each connection's calls on threads of
+    /// its own choosing (a [`SlaveThread`](processional_thread::SlaveThread)
+    /// answers `Some`).
+    pub fn tid(&self) -> Option<u32> {
+        None
+    }
+
     /// The host name of the process that runs the calls.
     pub fn host(&self) -> &str {
         &self.inner.session.peer().hello.host

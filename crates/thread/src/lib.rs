@@ -92,6 +92,7 @@
 
 mod bound;
 mod call;
+mod identity;
 mod pool;
 mod slave;
 #[cfg(test)]

@@ -15,10 +15,14 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
-use processional_task::{Backoff, CancelToken, Completer, PanicReport, Result, Task, catch_panic};
+use processional_task::{
+    Backoff, CancelToken, Completer, ExitReason, PanicReport, Result, Task, Termination,
+    catch_panic,
+};
 
 use crate::bound::Bound;
 use crate::call::run_call;
+use crate::identity;
 
 /// Identifies slaves and the objects bound to them.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -284,6 +288,8 @@ fn receive(orders: &Receiver<Order>) -> Option<Order> {
 struct SlaveHandle {
     state: Arc<SlaveState>,
     thread_id: ThreadId,
+    /// The operating system's id of the thread (`gettid`).
+    tid: u32,
 }
 
 impl Drop for SlaveHandle {
@@ -355,6 +361,7 @@ impl SlaveThread {
             handle: Arc::new(SlaveHandle {
                 state: state.clone(),
                 thread_id: thread::current().id(),
+                tid: identity::current_tid(),
             }),
         };
         let driver = SlaveDriver {
@@ -441,10 +448,16 @@ impl SlaveThread {
         self.state().abort();
     }
 
-    /// Cancels the running order (see [`checkpoint`](crate::checkpoint)),
-    /// aborts the queued ones, and waits at most `timeout` for the thread to
-    /// stop; whether it stopped.
-    pub fn terminate(&self, timeout: Duration) -> bool {
+    /// Stops the thread within `timeout`, and says how it ended.
+    ///
+    /// Cancels the running order (it stops at its next
+    /// [`checkpoint`](crate::checkpoint)), fails the queued ones with
+    /// [`Error::Stopped`](crate::Error::Stopped), and waits at most `timeout`
+    /// for the thread to stop: `Termination::Graceful(ExitReason::Code(0))`
+    /// if it did. A thread cannot be killed: one whose order ignores its
+    /// token is left running, detached, and reported
+    /// [`Termination::Unstoppable`].
+    pub fn terminate(&self, timeout: Duration) -> Termination {
         let state = self.state();
         let running = {
             let mut running = relock(&state.running);
@@ -455,7 +468,10 @@ impl SlaveThread {
         if let Some(token) = running {
             token.cancel();
         }
-        self.close().wait_timeout(timeout).is_ok()
+        match self.close().wait_timeout(timeout) {
+            Ok(_) => Termination::Graceful(ExitReason::Code(0)),
+            Err(_) => Termination::Unstoppable,
+        }
     }
 
     /// Whether the slave still serves orders (it may be closed and draining
@@ -472,6 +488,22 @@ impl SlaveThread {
     /// The thread that runs the orders.
     pub fn thread_id(&self) -> ThreadId {
         self.handle.thread_id
+    }
+
+    /// The process the thread runs in: this one.
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+
+    /// The operating system's id of the thread that runs the orders
+    /// (`gettid`); `Some` always, where a slave process has none to give.
+    pub fn tid(&self) -> Option<u32> {
+        Some(self.handle.tid)
+    }
+
+    /// The host the thread runs on: this one.
+    pub fn host(&self) -> &str {
+        identity::host()
     }
 }
 
@@ -525,11 +557,18 @@ impl SlaveBuilder {
             builder = builder.stack_size(bytes);
         }
         let served = state.clone();
-        let thread = builder.spawn(move || serve(served, orders))?;
+        let (tid_sender, tid) = crossbeam_channel::bounded(1);
+        let thread = builder.spawn(move || {
+            let _ = tid_sender.send(identity::current_tid());
+            serve(served, orders)
+        })?;
         Ok(SlaveThread {
             handle: Arc::new(SlaveHandle {
                 state,
                 thread_id: thread.thread().id(),
+                // The thread sends it before anything else; it can only
+                // fail to if it could not start, which `spawn` reported.
+                tid: tid.recv().unwrap_or(0),
             }),
         })
     }
@@ -792,7 +831,10 @@ mod tests {
         });
         let queued = slave.schedule(|| ());
         running.recv_timeout(LONG).unwrap();
-        assert!(slave.terminate(LONG));
+        assert_eq!(
+            slave.terminate(LONG),
+            Termination::Graceful(ExitReason::Code(0))
+        );
         assert!(!slave.is_alive());
         assert!(matches!(looping.wait(), Ok(Err(Error::Cancelled))));
         assert!(matches!(queued.wait(), Err(Error::Stopped)));
