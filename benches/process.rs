@@ -291,10 +291,9 @@ fn remote_method_rtt(criterion: &mut Criterion, peers: &mut Peers) {
     group.finish();
 }
 
-/// `process.bytes_100MiB`.
-fn bytes_100mib(criterion: &mut Criterion, peers: &mut Peers) {
-    let mut group = criterion.benchmark_group("process.bytes_100MiB");
-    configure_slow_group(&mut group);
+/// The baseline of the bulk cases: 100 MiB written raw to the sink child,
+/// which reads it into a fresh `Vec<u8>`.
+fn raw_bulk_baseline(group: &mut BenchmarkGroup<'_, WallTime>, peers: &mut Peers) {
     group.bench_function("baseline", |bencher| {
         peers.sink();
         peers.bulk();
@@ -304,6 +303,13 @@ fn bytes_100mib(criterion: &mut Criterion, peers: &mut Peers) {
         };
         bencher.iter(|| send_bulk(&mut sink.stream, bulk).expect("a raw bulk transfer"));
     });
+}
+
+/// `process.bytes_100MiB`.
+fn bytes_100mib(criterion: &mut Criterion, peers: &mut Peers) {
+    let mut group = criterion.benchmark_group("process.bytes_100MiB");
+    configure_slow_group(&mut group);
+    raw_bulk_baseline(&mut group, peers);
     group.bench_function("subject", |bencher| {
         peers.slave();
         peers.bulk();
@@ -332,15 +338,7 @@ fn bytes_100mib(criterion: &mut Criterion, peers: &mut Peers) {
 fn bytes_100mib_cold(criterion: &mut Criterion, peers: &mut Peers) {
     let mut group = criterion.benchmark_group("process.bytes_100MiB_cold");
     configure_slow_group(&mut group);
-    group.bench_function("baseline", |bencher| {
-        peers.sink();
-        peers.bulk();
-        let Peers { sink, bulk, .. } = peers;
-        let (Some(sink), Some(bulk)) = (sink.as_mut(), bulk.as_ref()) else {
-            unreachable!("made just above")
-        };
-        bencher.iter(|| send_bulk(&mut sink.stream, bulk).expect("a raw bulk transfer"));
-    });
+    raw_bulk_baseline(&mut group, peers);
     group.bench_function("subject", |bencher| {
         let bulk = peers.bulk().to_vec();
         bencher.iter_custom(|iters| {

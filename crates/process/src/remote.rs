@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use processional_proto::custom::{deserialize_error, serialize_error};
-use processional_proto::{Message, ObjectId, RunMode};
+use processional_proto::{FunctionRef, Message, ObjectId, RunMode};
 use processional_task::{Error, Task};
 use serde::de::{DeserializeOwned, Deserializer};
 use serde::ser::Serializer;
@@ -37,6 +37,24 @@ pub(crate) fn encode_for<T: Serialize + std::any::Any>(
     let result = payload::encode(value, session.is_unix());
     ENCODING_FOR.with(|s| s.set(previous));
     result
+}
+
+/// Encodes `args` for `session` and sends a call of `function`: the task of
+/// its answer. A call that cannot even leave (its arguments do not encode,
+/// the connection is gone) is a task that failed, as it would had it left.
+pub(crate) fn scheduled<A, R>(
+    session: &Session,
+    function: FunctionRef,
+    mode: RunMode,
+    args: &A,
+) -> Task<R>
+where
+    A: Serialize + std::any::Any,
+    R: DeserializeOwned + Send + 'static,
+{
+    encode_for(session, args)
+        .and_then(|bytes| session.call::<R>(function, mode, bytes))
+        .unwrap_or_else(|error| Task::ready(Err(error)))
 }
 
 enum Handle {
@@ -144,15 +162,12 @@ impl<T: Send + 'static> Remote<T> {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         match &*self.handle {
-            Handle::Remote { session, id } => encode_for(session, &(*id, args))
-                .and_then(|bytes| {
-                    session.call::<R>(
-                        MethodEntry::<F, T, A, R>::function_ref(),
-                        RunMode::Queued,
-                        bytes,
-                    )
-                })
-                .unwrap_or_else(|error| Task::ready(Err(error))),
+            Handle::Remote { session, id } => scheduled(
+                session,
+                MethodEntry::<F, T, A, R>::function_ref(),
+                RunMode::Queued,
+                &(*id, args),
+            ),
             Handle::Local { slot, .. } => {
                 let outcome = slot
                     .with(|object: &mut T| {
@@ -238,15 +253,12 @@ impl<T: Send + 'static> Remote<T> {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         match &*self.handle {
-            Handle::Remote { session, id } => encode_for(session, &(*id, args))
-                .and_then(|bytes| {
-                    session.call::<R>(
-                        DeferredMethodEntry::<F, T, A, R>::function_ref(),
-                        RunMode::Queued,
-                        bytes,
-                    )
-                })
-                .unwrap_or_else(|error| Task::ready(Err(error))),
+            Handle::Remote { session, id } => scheduled(
+                session,
+                DeferredMethodEntry::<F, T, A, R>::function_ref(),
+                RunMode::Queued,
+                &(*id, args),
+            ),
             Handle::Local { slot, .. } => {
                 let (task, completer) = Task::pending();
                 let ran = slot.with(|object: &mut T| {

@@ -22,7 +22,7 @@ use crate::fingerprint::{fingerprint, program_name};
 use crate::func::Func;
 use crate::function::Described;
 use crate::objects::ObjectTable;
-use crate::remote::{Remote, encode_for};
+use crate::remote::{Remote, encode_for, scheduled};
 use crate::reply::Later;
 use crate::serve::{End, Served, ShutdownHook};
 use crate::server::ServerBootstrap;
@@ -600,7 +600,6 @@ impl SlaveProcess {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.call(args, f, RunMode::Queued)
-            .unwrap_or_else(|error| Task::ready(Err(error)))
     }
 
     /// Runs `f` in the process on a thread of its own, concurrently with the
@@ -621,18 +620,16 @@ impl SlaveProcess {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.call(args, f, RunMode::Thread)
-            .unwrap_or_else(|error| Task::ready(Err(error)))
     }
 
-    fn call<A, F, R>(&self, args: A, _f: Func<F>, mode: RunMode) -> Result<Task<R>, Error>
+    fn call<A, F, R>(&self, args: A, _f: Func<F>, mode: RunMode) -> Task<R>
     where
         A: Serialize + DeserializeOwned + 'static,
         F: Fn(A) -> R + Send + Sync + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let session = &self.inner.session;
-        let bytes = encode_for(session, &args)?;
-        session.call::<R>(CallEntry::<F, A, R>::function_ref(), mode, bytes)
+        let function = CallEntry::<F, A, R>::function_ref();
+        scheduled(&self.inner.session, function, mode, &args)
     }
 
     /// Runs `f` in the process and waits for the answer it sends later.
@@ -684,16 +681,8 @@ impl SlaveProcess {
         F: Fn(A) -> Later<R> + Send + Sync + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let session = &self.inner.session;
-        encode_for(session, &args)
-            .and_then(|bytes| {
-                session.call::<R>(
-                    DeferredEntry::<F, A, R>::function_ref(),
-                    RunMode::Queued,
-                    bytes,
-                )
-            })
-            .unwrap_or_else(|error| Task::ready(Err(error)))
+        let function = DeferredEntry::<F, A, R>::function_ref();
+        scheduled(&self.inner.session, function, RunMode::Queued, &args)
     }
 
     /// Runs `f` in the process (queued, like [`schedule`](Self::schedule))

@@ -427,11 +427,7 @@ pub(crate) fn send_with_fds(
         iov_base: data.as_ptr().cast_mut().cast::<c_void>(),
         iov_len: data.len(),
     };
-    // SAFETY: msghdr is plain old data; all-zero is valid (null pointers,
-    // zero lengths).
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
+    let mut msg = message_over(&mut iov);
     msg.msg_control = control.as_mut_ptr().cast::<c_void>();
     msg.msg_controllen = cmsg_space(data_len) as _;
     // SAFETY: `msg.msg_control` points to `control`, which is 8-byte aligned
@@ -469,6 +465,16 @@ pub(crate) struct Reception {
     pub(crate) fds_truncated: bool,
 }
 
+/// A `msghdr` over one buffer: no address, no control buffer yet.
+fn message_over(iov: &mut libc::iovec) -> libc::msghdr {
+    // SAFETY: msghdr is plain old data; all-zero is valid (null pointers,
+    // zero lengths).
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg
+}
+
 /// Reads bytes from a unix socket into `buf`, taking no descriptors: any
 /// that ride on these bytes are closed by the kernel without ever entering
 /// our descriptor table, and reported as `fds_truncated`.
@@ -481,11 +487,7 @@ pub(crate) fn recv_refusing_fds(
         iov_base: buf.as_mut_ptr().cast::<c_void>(),
         iov_len: buf.len(),
     };
-    // SAFETY: msghdr is plain old data; all-zero is valid (no address, no
-    // control buffer).
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
+    let mut msg = message_over(&mut iov);
     let bytes = retry(|| {
         // SAFETY: `msg` points to one iovec over the writable `buf`, which
         // outlives the call; without a control buffer the kernel writes no
@@ -529,10 +531,7 @@ pub(crate) fn recv(
         iov_base: buf.as_mut_ptr().cast::<c_void>(),
         iov_len: buf.len(),
     };
-    // SAFETY: msghdr is plain old data; all-zero is valid.
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
+    let mut msg = message_over(&mut iov);
     msg.msg_control = control.as_mut_ptr().cast::<c_void>();
     msg.msg_controllen = mem::size_of_val(&control) as _;
     let bytes = retry(|| {
