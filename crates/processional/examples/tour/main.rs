@@ -2,6 +2,9 @@
 //! Rust, one after the other.
 //!
 //! Run it with `cargo run --release --example tour`.
+//!
+//! Each idea of the library has its own section; the later ones live in
+//! the modules beside this file.
 
 use processional::func;
 use std::time::Instant;
@@ -65,6 +68,7 @@ fn main() -> anyhow::Result<()> {
 
     client_and_server()?;
     shared_memory(&process)?;
+    // Sections of the later ideas: one line each, one module each.
     Ok(())
 }
 
