@@ -371,7 +371,7 @@ fn start_accepting(
     let handshake = Handshake {
         key: key.clone(),
         hello: hello(Role::Server),
-        accept_roles: vec![Role::Client, Role::Master],
+        accept_roles: vec![Role::Client, Role::Master, Role::DataClient],
         timeout: Some(handshakes.timeout),
     };
     let listener = AuthenticatingListener::new(listener, handshake, handshakes.max_pending)
@@ -408,13 +408,14 @@ fn start_accepting(
 fn accept_loop(mut listener: AuthenticatingListener, state: Arc<ServerState>) {
     loop {
         match listener.accept_unless(|pending| pending == 0 && state.is_idle()) {
-            Ok(Some((connection, _peer))) => {
+            Ok(Some((connection, peer))) => {
+                let data_only = peer.hello.role == Role::DataClient;
                 state.clients.fetch_add(1, Ordering::AcqRel);
                 state.served_any.store(true, Ordering::Release);
                 let client_state = state.clone();
                 let spawned = std::thread::Builder::new()
                     .name("processional-client".into())
-                    .spawn(move || serve_counted(connection, &client_state));
+                    .spawn(move || serve_counted(connection, data_only, &client_state));
                 if let Err(error) = spawned {
                     log::error!("processional: cannot start a thread for a client: {error}");
                     state.client_left(false);
@@ -434,10 +435,10 @@ fn accept_loop(mut listener: AuthenticatingListener, state: Arc<ServerState>) {
 }
 
 /// Serves an authenticated client, already counted in `state.clients`.
-fn serve_counted(connection: Connection, state: &Arc<ServerState>) {
+fn serve_counted(connection: Connection, data_only: bool, state: &Arc<ServerState>) {
     let stopper = state.clone();
     let stop: ShutdownHook = Arc::new(move || stopper.stop());
-    let served = Served::new(connection, &state.objects, Some(stop));
+    let served = Served::new(connection, &state.objects, Some(stop), data_only);
     let end = served.serve();
     drop(served);
     state.client_left(end == End::Shutdown);
@@ -479,6 +480,7 @@ pub struct ClientBuilder {
     key: Option<Key>,
     timeout: Duration,
     retry_for: Duration,
+    data_only: bool,
 }
 
 impl ClientBuilder {
@@ -490,6 +492,7 @@ impl ClientBuilder {
             key: None,
             timeout: DEFAULT_CLIENT_TIMEOUT,
             retry_for: Duration::ZERO,
+            data_only: false,
         })
     }
 
@@ -515,6 +518,31 @@ impl ClientBuilder {
     /// the address.
     pub fn retry_for(mut self, patience: Duration) -> Self {
         self.retry_for = patience;
+        self
+    }
+
+    /// Connects as a data-only client: one that calls the server's named
+    /// services ([`SlaveProcess::call_service`]) and nothing else. Such a
+    /// client ships no code, so the server may run another build, or
+    /// another program altogether, as long as both hold the key; the
+    /// server refuses its `func!` calls, and its shutdown requests end
+    /// only its own connection.
+    ///
+    /// ```no_run
+    /// use processional_process::ClientBuilder;
+    ///
+    /// # fn main() -> Result<(), processional_process::Error> {
+    /// // An inspection tool, built separately from the server it reads.
+    /// let server = ClientBuilder::new("unix:/run/myapp/state.sock")?
+    ///     .data_only(true)
+    ///     .connect()?;
+    /// let count: u64 = server.call_service("myapp.v1.count", ()).wait()?;
+    /// println!("{count}");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn data_only(mut self, data_only: bool) -> Self {
+        self.data_only = data_only;
         self
     }
 
@@ -562,7 +590,11 @@ impl ClientBuilder {
                 Side::Initiator,
                 &Handshake {
                     key,
-                    hello: hello(Role::Client),
+                    hello: hello(if self.data_only {
+                        Role::DataClient
+                    } else {
+                        Role::Client
+                    }),
                     accept_roles: vec![Role::Server],
                     timeout: Some(self.timeout),
                 },
@@ -676,7 +708,7 @@ pub(crate) fn run_spawned_server(
     let master_state = state.clone();
     std::thread::Builder::new()
         .name("processional-client".into())
-        .spawn(move || serve_counted(master, &master_state))
+        .spawn(move || serve_counted(master, false, &master_state))
         .map_err(|e| Error::io("cannot start the server thread", e))?;
     ServerHandle { state }.join();
     Ok(())
