@@ -7,8 +7,7 @@ use std::process::{Command, Stdio};
 
 use processional::proto::RemoteErrorKind;
 use processional::{
-    ClientBuilder, Error, ItemSink, ServerBuilder, func, register_service,
-    register_stream_service,
+    ClientBuilder, Error, ItemSink, ServerBuilder, func, register_service, register_stream_service,
 };
 use processional_tests::{KillOnDrop, PATIENCE, wait_until};
 

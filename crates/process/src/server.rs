@@ -32,7 +32,9 @@ use crate::serve::{End, Served, ShutdownHook};
 use crate::session::Session;
 use crate::slave::{Kind, SlaveProcess, hello};
 use crate::sys;
-use crate::trust::{is_trusted_server_uid, key_file_for, resolve_key, write_key_file};
+use crate::trust::{
+    configured_key, is_trusted_server_uid, key_file_for, resolve_key, write_key_file,
+};
 
 /// How long a server gives a peer to complete the handshake, unless
 /// [`ServerBuilder::handshake_timeout`] says otherwise.
@@ -111,8 +113,11 @@ impl ServerBuilder {
         })
     }
 
-    /// The key clients must prove they hold (default: the environment, see
-    /// the crate docs; [`server`] generates one when none is found).
+    /// The key clients must prove they hold (default: `PROCESSIONAL_KEY`,
+    /// else the file `PROCESSIONAL_KEY_FILE` names; [`spawn`](Self::spawn)
+    /// generates one when neither is set, and writes it beside a unix
+    /// socket for this user's clients, ignoring a key file an earlier
+    /// server left there).
     pub fn key(mut self, key: Key) -> Self {
         self.key = Some(key);
         self
@@ -631,12 +636,7 @@ pub(crate) struct ServerBootstrap {
 impl ServerBuilder {
     /// Spawns a server process with these options and connects to it.
     pub fn spawn(self) -> Result<SlaveProcess, Error> {
-        let key = match &self.key {
-            Some(key) => key.clone(),
-            // A key file left by an earlier server does not bind a new one.
-            None if key_file_for(&self.address).is_some() => Key::generate(),
-            None => resolve_key(None, &self.address)?.unwrap_or_else(Key::generate),
-        };
+        let key = configured_key(self.key.as_ref(), &self.address)?.unwrap_or_else(Key::generate);
         let bootstrap = ServerBootstrap {
             address: self.address.to_string(),
             persistent: self.persistent,

@@ -81,8 +81,8 @@ pub use processional_process::{
     ClientBuilder, Func, ItemSink, ItemStream, Later, NobodyListening, Output, Remote, Reply,
     ServerBuilder, ServerHandle, ServiceExists, SlaveProcess, SlaveProcessBuilder, Termination,
     TrySendError, client, export, fingerprint, func, has_service, init, live_objects,
-    register_deferred_service, register_service, register_stream_service, reply_later,
-    runtime_dir, serve, server, slave,
+    register_deferred_service, register_service, register_stream_service, reply_later, runtime_dir,
+    serve, server, slave,
 };
 pub use processional_shm::{SharedMutBuf, ShmBuf, ShmSlice, ShmVec};
 pub use processional_task::{

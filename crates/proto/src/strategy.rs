@@ -182,7 +182,13 @@ fn remote_error() -> impl Strategy<Value = RemoteError> {
 
 /// Any [`Message`].
 pub(crate) fn message() -> impl Strategy<Value = Message> {
-    let role = prop::sample::select(vec![Role::Master, Role::Slave, Role::Client, Role::Server, Role::DataClient]);
+    let role = prop::sample::select(vec![
+        Role::Master,
+        Role::Slave,
+        Role::Client,
+        Role::Server,
+        Role::DataClient,
+    ]);
     let hello = (
         any::<u16>(),
         any::<[u8; 32]>(),
