@@ -2,8 +2,9 @@
 //! (an alias in `.cargo/config.toml`) from anywhere inside the repository.
 //!
 //! - `cargo xtask ci` runs every check CI runs, in order, printing each
-//!   command and stopping at the first failure with its exit code:
-//!   `cargo fmt --all --check`, `cargo clippy --workspace --all-targets -- -D
+//!   command and stopping at the first failure with its exit code: that the
+//!   `rust-version` every package declares is the running `rustc` (so the
+//!   declared version is the one CI proves), `cargo fmt --all --check`, `cargo clippy --workspace --all-targets -- -D
 //!   warnings`, `cargo test --workspace` (doctests and the tidy test included),
 //!   `RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps` and
 //!   `cargo bench --workspace --benches --no-run`. It ends with the time of

@@ -1,6 +1,11 @@
 //! The process runtime of processional: call functions in other processes
 //! as easily as in a thread.
 //!
+//! **Internal crate.** This is a layer of [processional](https://docs.rs/processional);
+//! its API is not stable and may change in any release. Depend on the
+//! `processional` crate, which re-exports what users need (this crate as
+//! `processional::process`).
+//!
 //! ```
 //! use processional_process::func;
 //! # fn main() -> Result<(), processional_thread::Error> {

@@ -1,6 +1,11 @@
 //! The wire format of processional: how [`Message`]s become bytes on a
 //! connection and back.
 //!
+//! **Internal crate.** This is a layer of [processional](https://docs.rs/processional);
+//! its API is not stable and may change in any release. Depend on the
+//! `processional` crate, which re-exports what users need (this crate as
+//! `processional::proto`).
+//!
 //! ```
 //! use processional_proto::{Call, Decoder, FunctionRef, Message, Payload, RunMode, encode};
 //!

@@ -1,5 +1,10 @@
 //! Anonymous shared memory for processional: large data crosses processes without being copied.
 //!
+//! **Internal crate.** This is a layer of [processional](https://docs.rs/processional);
+//! its API is not stable and may change in any release. Depend on the
+//! `processional` crate, which re-exports what users need (this crate as
+//! `processional::shm`).
+//!
 //! ```
 //! use processional_shm::ShmBuf;
 //!

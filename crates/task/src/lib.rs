@@ -4,6 +4,11 @@
 //! ([`SharedTask`]), cooperative cancellation, and the library-wide
 //! [`Error`].
 //!
+//! **Internal crate.** This is a layer of [processional](https://docs.rs/processional);
+//! its API is not stable and may change in any release. Depend on the
+//! `processional` crate, which re-exports what users need (this crate as
+//! `processional::task`).
+//!
 //! ```
 //! use processional_task::{Task, TaskSet};
 //!

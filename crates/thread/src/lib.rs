@@ -1,6 +1,11 @@
 //! The thread runtime of processional: run a function on another thread as
 //! easily as calling it here, and get its value or its error back.
 //!
+//! **Internal crate.** This is a layer of [processional](https://docs.rs/processional);
+//! its API is not stable and may change in any release. Depend on the
+//! `processional` crate, which re-exports what users need (this crate as
+//! `processional::thread`).
+//!
 //! ```
 //! use processional_thread::{SlaveThread, thread};
 //!
