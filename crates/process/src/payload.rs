@@ -98,14 +98,13 @@ pub(crate) enum Encoded {
 /// Encodes the value of a call on the serving side (descriptors of
 /// shared-memory values are collected by the caller's transfer context).
 pub(crate) fn encode_value<T: Serialize + Any>(value: &T, unix: bool) -> Result<Encoded, Error> {
-    if unix {
-        if let Some(len) = codec::fast_len(value).filter(|&len| len > inline_limit()) {
-            if let Ok(mut segment) = Pool::global().take(len) {
-                segment.clear();
-                codec::encode_into(value, &mut segment)?;
-                return Ok(Encoded::Pooled(segment));
-            }
-        }
+    if unix
+        && let Some(len) = codec::fast_len(value).filter(|&len| len > inline_limit())
+        && let Ok(mut segment) = Pool::global().take(len)
+    {
+        segment.clear();
+        codec::encode_into(value, &mut segment)?;
+        return Ok(Encoded::Pooled(segment));
     }
     codec::encode(value).map(Encoded::Inline)
 }
@@ -117,11 +116,12 @@ pub(crate) fn wrap_encoded(encoded: Encoded, transfers: Vec<TransferFd>, unix: b
         Encoded::Pooled(segment) => return segmented(segment, transfers),
         Encoded::Inline(bytes) => bytes,
     };
-    if unix && bytes.len() > inline_limit() {
-        if let Ok(mut segment) = Pool::global().take(bytes.len()) {
-            segment.as_mut_slice().copy_from_slice(&bytes);
-            return segmented(segment, transfers);
-        }
+    if unix
+        && bytes.len() > inline_limit()
+        && let Ok(mut segment) = Pool::global().take(bytes.len())
+    {
+        segment.as_mut_slice().copy_from_slice(&bytes);
+        return segmented(segment, transfers);
     }
     Outgoing {
         payload: Payload::Inline(bytes),

@@ -82,10 +82,10 @@ impl Inbox {
     pub(crate) fn end(&self, outcome: RawOutcome) {
         let waker = {
             let mut state = lock(&self.state);
-            if let (Some(lent), Ok(_)) = (state.lent.take(), &outcome) {
-                if let Some(loan) = lent.try_lock().ok().and_then(|mut l| l.take()) {
-                    drop(loan.reclaim());
-                }
+            if let (Some(lent), Ok(_)) = (state.lent.take(), &outcome)
+                && let Some(loan) = lent.try_lock().ok().and_then(|mut l| l.take())
+            {
+                drop(loan.reclaim());
             }
             state.end = Some(outcome);
             state.waker.take()

@@ -110,10 +110,10 @@ fn resolve_key_from(
     if let Some(path) = key_file_var {
         return read_key_file(Path::new(path), &address.to_string()).map(Some);
     }
-    if let Some(path) = key_file_for(address) {
-        if path.exists() {
-            return read_key_file(&path, &address.to_string()).map(Some);
-        }
+    if let Some(path) = key_file_for(address)
+        && path.exists()
+    {
+        return read_key_file(&path, &address.to_string()).map(Some);
     }
     Ok(None)
 }

@@ -157,7 +157,7 @@ impl SharedMutBuf {
             });
         }
         let align = std::mem::align_of::<T>();
-        if offset % align != 0 {
+        if !offset.is_multiple_of(align) {
             return Err(ShmError::Misaligned { offset, align });
         }
         // SAFETY: `offset + size <= len`, so the pointer stays inside the mapping.

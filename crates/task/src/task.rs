@@ -174,10 +174,8 @@ impl<T> Task<T> {
     /// Whether the call has finished (its outcome is available).
     pub fn is_finished(&self) -> bool {
         let done = self.shared.is_done();
-        if !done {
-            if let Some(driver) = &self.shared.driver {
-                driver.ensure_progress();
-            }
+        if !done && let Some(driver) = &self.shared.driver {
+            driver.ensure_progress();
         }
         done
     }
@@ -585,10 +583,10 @@ mod tests {
         fn drive(&self, done: &dyn Fn() -> bool, _deadline: Option<Instant>) {
             self.drives.fetch_add(1, Ordering::SeqCst);
             // Progress only every second call, to exercise the re-checks.
-            if self.drives.load(Ordering::SeqCst) % 2 == 0 {
-                if let Some(completer) = self.completer.lock().unwrap().take() {
-                    completer.complete(Ok(7));
-                }
+            if self.drives.load(Ordering::SeqCst).is_multiple_of(2)
+                && let Some(completer) = self.completer.lock().unwrap().take()
+            {
+                completer.complete(Ok(7));
             }
             let _ = done();
         }

@@ -77,10 +77,10 @@ impl Objects {
 /// Drops an object, reporting a panicking destructor instead of unwinding
 /// into the slave's loop.
 fn drop_object(object: Option<Object>) {
-    if let Some(object) = object {
-        if let Err(error) = catch_panic(move || drop(object)) {
-            log::error!("processional: dropping an object bound to a slave thread failed: {error}");
-        }
+    if let Some(object) = object
+        && let Err(error) = catch_panic(move || drop(object))
+    {
+        log::error!("processional: dropping an object bound to a slave thread failed: {error}");
     }
 }
 

@@ -78,7 +78,7 @@ impl Key {
     /// A key from hex text (upper or lower case), as [`Key::to_hex`] writes it.
     pub fn from_hex(text: &str) -> Result<Key, KeyError> {
         let text = text.trim();
-        if text.len() % 2 != 0 {
+        if !text.len().is_multiple_of(2) {
             return Err(KeyError::InvalidHex(format!("got {} digits", text.len())));
         }
         let digit = |byte: u8, at: usize| -> Result<u8, KeyError> {

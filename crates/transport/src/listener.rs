@@ -196,10 +196,11 @@ impl Drop for Listener {
     fn drop(&mut self) {
         if let Some(file) = &self.file {
             // Only our own file: another listener may have replaced it.
-            if let Ok(meta) = std::fs::symlink_metadata(&file.path) {
-                if meta.dev() == file.dev && meta.ino() == file.ino {
-                    let _ = std::fs::remove_file(&file.path);
-                }
+            if let Ok(meta) = std::fs::symlink_metadata(&file.path)
+                && meta.dev() == file.dev
+                && meta.ino() == file.ino
+            {
+                let _ = std::fs::remove_file(&file.path);
             }
         }
     }
