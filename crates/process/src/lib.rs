@@ -113,6 +113,14 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! postcard is compact because it is not self-describing: the bytes carry no
+//! field names or type tags. Types that need them (`#[serde(flatten)]`,
+//! `#[serde(untagged)]` or internally tagged enums, `serde_json::Value`)
+//! compile, then fail at run time with [`CodecError::NotSelfDescribing`];
+//! carry them in a [`Json<T>`], which crosses as JSON inside the postcard
+//! payload.
+//!
 //! `Vec<u8>` takes a fast path, large payloads travel through shared memory,
 //! and `ShmBuf` / `ShmVec` values travel as file descriptors on unix sockets
 //! (see `processional-shm`).
@@ -221,6 +229,7 @@ mod fingerprint;
 mod func;
 mod function;
 mod init;
+mod json;
 mod objects;
 mod payload;
 mod remote;
@@ -237,6 +246,7 @@ mod trust;
 pub use fingerprint::{fingerprint, program_name};
 pub use func::Func;
 pub use init::init;
+pub use json::Json;
 pub use objects::live_objects;
 pub use payload::{INLINE_LIMIT, INLINE_LIMIT_VAR};
 pub use processional_task::{

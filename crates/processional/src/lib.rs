@@ -78,7 +78,7 @@ pub use processional_thread as thread;
 pub use processional_transport as transport;
 
 pub use processional_process::{
-    ClientBuilder, Func, ItemSink, ItemStream, Later, NobodyListening, Output, Remote, Reply,
+    ClientBuilder, Func, ItemSink, ItemStream, Json, Later, NobodyListening, Output, Remote, Reply,
     ServerBuilder, ServerHandle, SlaveProcess, SlaveProcessBuilder, Termination, TrySendError,
     client, export, fingerprint, func, init, live_objects, reply_later, runtime_dir, serve, server,
     slave,

@@ -144,6 +144,16 @@ pub enum CodecError {
     /// value cannot be expressed in the format.
     #[error("{0}")]
     Format(#[source] BoxError),
+    /// The type needs a self-describing format, which postcard is not: it
+    /// uses `#[serde(flatten)]`, an untagged or internally tagged enum, or
+    /// another feature that looks at the data to learn its shape. Carry it
+    /// in a `processional::Json<T>`, which crosses as JSON. The source is
+    /// the format's own error.
+    #[error(
+        "the type needs a self-describing format (serde's flatten, untagged or tag), \
+         which postcard is not: wrap it in processional::Json ({0})"
+    )]
+    NotSelfDescribing(#[source] BoxError),
     /// The bytes held a whole value, and more.
     #[error("{count} trailing bytes after the value")]
     TrailingBytes {
