@@ -24,7 +24,11 @@
 //! child becomes a slave before its `main` runs (see [`init`]) and serves
 //! the calls of its master over an inherited unix socket, after the
 //! authenticated handshake of `processional-transport` (the key is generated
-//! per slave and handed to it on that private socket).
+//! per slave and handed to it on that private socket). `ps` and `top` show
+//! it as `<program> [slave <n>]` (or the name given to
+//! [`SlaveProcessBuilder::name`]), a spawned server as `<program> [server]`;
+//! its `std::env::args()` are its master's, except the first, which is that
+//! title (use [`std::env::current_exe`] for the program's path).
 //!
 //! # Shipping functions
 //! A function sent to another process travels as its type, and the receiving
@@ -241,6 +245,7 @@ mod sink;
 mod slave;
 mod stream;
 mod sys;
+mod title;
 mod trust;
 
 pub use fingerprint::{fingerprint, program_name};

@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{ChildStderr, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -30,6 +31,7 @@ use crate::session::Session;
 use crate::sink::ItemSink;
 use crate::stream::ItemStream;
 use crate::sys;
+use crate::title;
 
 /// The environment variable that tells a re-executed program it is a slave,
 /// and which inherited descriptor leads to its master.
@@ -174,7 +176,10 @@ impl SlaveProcessBuilder {
         self
     }
 
-    /// A name for diagnostics (shown by `Debug`).
+    /// A name for the slave: its title in `ps` and `top` (its `argv[0]`
+    /// and its process name, cut to the kernel's 15 bytes) and in `Debug`.
+    /// Without one, a slave is called `<program> [slave <n>]`, numbered
+    /// from 1 in each master.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
@@ -213,6 +218,20 @@ impl SlaveProcessBuilder {
             UnixStream::pair().map_err(|e| Error::io("cannot create a socket pair", e))?;
         let theirs = OwnedFd::from(theirs);
         let mut command = Command::new(self_executable());
+        // Named in `ps` and `top` (argv[0], which the child also makes its
+        // process name), with the master's arguments after it.
+        let title_role = if server.is_some() {
+            title::Role::Server
+        } else {
+            title::Role::Slave
+        };
+        command
+            .arg0(title::next(
+                &program_name(),
+                title_role,
+                self.name.as_deref(),
+            ))
+            .args(std::env::args_os().skip(1));
         if self.env_clear {
             command.env_clear();
         }
@@ -384,6 +403,10 @@ pub(crate) fn run_if_slave() {
         }
     }
     sys::ignore_sigpipe();
+    // `ps` and `top` show the title our master gave us as argv[0], not `exe`.
+    if let Some(title) = std::env::args_os().next() {
+        let _ = sys::set_thread_name(&title::comm(&title.to_string_lossy()));
+    }
     let code = match fd.to_str().and_then(|s| s.parse::<RawFd>().ok()) {
         Some(fd) => match run_slave(fd, master) {
             Ok(()) => 0,
