@@ -8,7 +8,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use processional_proto::DebugLines;
+use processional_proto::{DebugLines, Report, backtrace_requested};
 
 use crate::exit::ExitReason;
 
@@ -27,7 +27,20 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A panic caught in a call.
 ///
-/// Its `Debug` shows the backtrace as lines, not as one escaped string.
+/// Its `Debug`, what `unwrap()` prints, reads like std's report of a panic:
+/// `the task panicked at <location>:`, the message on a line of its own,
+/// then the backtrace as lines when `RUST_BACKTRACE` asks for one (else a
+/// note on how to get it, if one was captured). The alternate form
+/// (`{:#?}`) shows the fields.
+///
+/// ```
+/// use processional_task::catch_panic;
+///
+/// let error = catch_panic(|| -> u8 { panic!("out of cheese") }).unwrap_err();
+/// let report = format!("{error:?}");
+/// assert!(report.starts_with("Panicked(the task panicked at "), "{report}");
+/// assert!(report.contains(":\nout of cheese"), "{report}");
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct PanicReport {
     /// The panic payload, if it was a string; `"Box<dyn Any>"` otherwise.
@@ -41,11 +54,29 @@ pub struct PanicReport {
 
 impl fmt::Debug for PanicReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !f.alternate() {
+            return write!(f, "{}", self.report(backtrace_requested()));
+        }
         f.debug_struct("PanicReport")
             .field("message", &self.message)
             .field("location", &self.location)
             .field("backtrace", &DebugLines(self.backtrace.as_deref()))
             .finish()
+    }
+}
+
+impl PanicReport {
+    /// The report `Debug` prints, with the backtrace if `backtrace` (and one
+    /// was captured), else a note on how to get it.
+    pub fn report(&self, backtrace: bool) -> impl fmt::Display + '_ {
+        Report {
+            what: "the task panicked",
+            message: &self.message,
+            location: self.location.as_deref(),
+            backtrace: self.backtrace.as_deref(),
+            show_backtrace: backtrace,
+            whose: "",
+        }
     }
 }
 
@@ -83,12 +114,15 @@ pub enum KeyFileProblem {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuthFailure {
-    /// The peer did not prove it holds our key: it holds another one, or
-    /// it is not the process meant.
-    #[error("the peer did not prove it holds our key (the keys differ)")]
+    /// This process refused the peer: the peer's proof does not match this
+    /// process's key, so the two hold different keys (or the peer is not the
+    /// process meant).
+    #[error(
+        "this process refused the peer: its proof does not match this process's key (the two hold different keys)"
+    )]
     PeerLacksKey,
-    /// The peer refused our proof: our key is not its key.
-    #[error("the peer refused our key: {detail}")]
+    /// The peer refused this process: our proof does not match its key.
+    #[error("the peer refused this process's key: {detail}")]
     KeyRefused {
         /// Why, in the peer's words.
         detail: String,
@@ -253,7 +287,10 @@ pub enum Error {
     },
     /// A string that is not an address (`unix:/path`, `unix:@name`,
     /// `tcp://host:port`).
-    #[error("invalid address {address:?}: {source}")]
+    ///
+    /// Its message is its source's, which names the address (`invalid
+    /// address "nowhere" has no scheme; ...`).
+    #[error("invalid {source}")]
     Address {
         /// The string.
         address: String,
@@ -282,7 +319,12 @@ pub enum Error {
     },
     /// The peer could not be authenticated, or refused our credentials, or
     /// there are no credentials to present.
-    #[error("authentication with {peer} failed: {failure}")]
+    ///
+    /// Its message says who refused whom: `authentication with <peer>
+    /// failed: this process refused <peer>: ...` when the peer's proof does
+    /// not match our key, `<peer> refused this process's key: ...` when it
+    /// rejected ours.
+    #[error("authentication with {peer} failed: {}", auth_message(.peer, .failure))]
     Auth {
         /// The peer: its address, or the process.
         peer: String,
@@ -354,6 +396,21 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What [`Error::Auth`] says after `authentication with <peer> failed: `,
+/// naming the peer where [`AuthFailure`] alone says "the peer".
+fn auth_message(peer: &str, failure: &AuthFailure) -> String {
+    match failure {
+        AuthFailure::PeerLacksKey => format!(
+            "this process refused {peer}: its proof does not match this process's key \
+             (the two hold different keys)"
+        ),
+        AuthFailure::KeyRefused { detail } => {
+            format!("{peer} refused this process's key: {detail}")
+        }
+        other => other.to_string(),
+    }
 }
 
 impl Error {
@@ -430,12 +487,78 @@ mod tests {
             location: None,
             backtrace: Some("   0: one\n   1: two".into()),
         };
-        let debug = format!("{:?}", Error::Panicked(report));
+        // The fields, in the alternate form, with the backtrace as lines.
+        let debug = format!("{:#?}", Error::Panicked(report.clone()));
         assert!(
-            debug.contains("\n       0: one\n       1: two\n"),
+            debug.contains("0: one\n") && debug.contains("1: two\n"),
             "{debug}"
         );
         assert!(!debug.contains("\\n"), "{debug}");
+        // The report, as std tells a panic.
+        assert_eq!(
+            report.report(true).to_string(),
+            "the task panicked:\nboom\nstack backtrace:\n   0: one\n   1: two"
+        );
+        assert_eq!(
+            report.report(false).to_string(),
+            "the task panicked:\nboom\nnote: run with `RUST_BACKTRACE=1` environment variable \
+             to display the backtrace"
+        );
+        let debug = format!("{:?}", Error::Panicked(report));
+        assert!(
+            debug.starts_with("Panicked(the task panicked:\nboom\n"),
+            "{debug}"
+        );
+        assert_eq!(
+            debug.contains("   0: one\n"),
+            backtrace_requested(),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn an_auth_error_says_who_refused_whom() {
+        let auth = |failure| Error::Auth {
+            peer: "unix:/run/app.sock".into(),
+            failure,
+        };
+        assert_eq!(
+            auth(AuthFailure::PeerLacksKey).to_string(),
+            "authentication with unix:/run/app.sock failed: this process refused \
+             unix:/run/app.sock: its proof does not match this process's key \
+             (the two hold different keys)"
+        );
+        assert_eq!(
+            auth(AuthFailure::KeyRefused {
+                detail: "it could not verify our proof".into()
+            })
+            .to_string(),
+            "authentication with unix:/run/app.sock failed: unix:/run/app.sock refused this \
+             process's key: it could not verify our proof"
+        );
+        assert_eq!(
+            auth(AuthFailure::NoKey {
+                looked_in: "PROCESSIONAL_KEY".into()
+            })
+            .to_string(),
+            "authentication with unix:/run/app.sock failed: no key found (looked in PROCESSIONAL_KEY)"
+        );
+    }
+
+    #[test]
+    fn an_address_error_names_the_address_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("address \"nowhere\" has no scheme")]
+        struct NoScheme;
+        let error = Error::Address {
+            address: "nowhere".into(),
+            source: Box::new(NoScheme),
+        };
+        assert_eq!(
+            error.to_string(),
+            "invalid address \"nowhere\" has no scheme"
+        );
+        assert_eq!(error.to_string().matches("nowhere").count(), 1);
     }
 
     #[test]
@@ -449,7 +572,12 @@ mod tests {
         assert_eq!(error.to_string(), "remote Panicked: boom at a.rs:1:2");
         let debug = format!("{error:?}");
         assert!(
-            debug.contains("\n       0: one\n       1: two\n"),
+            debug.starts_with("Remote(the remote process panicked at a.rs:1:2:\nboom\n"),
+            "{debug}"
+        );
+        assert_eq!(
+            debug.contains("\n   0: one\n   1: two)"),
+            backtrace_requested(),
             "{debug}"
         );
         assert!(!debug.contains("\\n"), "{debug}");

@@ -54,6 +54,10 @@ pub enum Address {
 }
 
 /// What is wrong with the text of an [`Address`].
+///
+/// Every message starts with `address "<the text>"`, so that the library's
+/// `Error::Address` can say `invalid address "..." ...` without naming the
+/// address twice.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AddressError {
@@ -399,6 +403,33 @@ mod tests {
 
     fn parse(text: &str) -> Result<Address, AddressError> {
         text.parse()
+    }
+
+    #[test]
+    fn every_error_names_the_address_once_at_the_start() {
+        let long = format!("unix:@{}", "n".repeat(200));
+        for text in [
+            "nowhere",
+            "http://x",
+            "tcp:x:1",
+            "unix:",
+            "unix:@",
+            long.as_str(),
+            "unix:/a\0b",
+            "tcp://:1",
+            "tcp://host",
+            "tcp://host:99999",
+            "tcp://::1:80",
+            "tcp://[::1:80",
+        ] {
+            let message = parse(text).expect_err(text).to_string();
+            let quoted = format!("{text:?}");
+            assert!(
+                message.starts_with(&format!("address {quoted}")),
+                "{message}"
+            );
+            assert_eq!(message.matches(&quoted).count(), 1, "{message}");
+        }
     }
 
     #[test]
