@@ -21,6 +21,19 @@ static IMAGE_PROBE: u8 = 0;
 const SAMPLE_LEN: usize = 64 * 1024;
 
 /// This program's build fingerprint (computed on first use, then cached).
+///
+/// Two processes talk only if their fingerprints are equal: a slave always
+/// matches its master; a server and its clients must be the same build.
+///
+/// ```
+/// use processional_process::{fingerprint, func};
+///
+/// # fn main() -> Result<(), processional_process::Error> {
+/// let process = processional_process::slave()?;
+/// assert_eq!(process.invoke(func!(fingerprint))?, fingerprint());
+/// # Ok(())
+/// # }
+/// ```
 pub fn fingerprint() -> Fingerprint {
     static FINGERPRINT: OnceLock<Fingerprint> = OnceLock::new();
     *FINGERPRINT.get_or_init(compute)

@@ -224,6 +224,9 @@
 //! on it (and on SIGHUP and SIGINT) it removes its socket and key file, then
 //! dies by that signal.
 
+// Examples are tested as code: a warning in one fails the build.
+#![doc(test(attr(deny(warnings))))]
+
 mod child;
 mod codec;
 mod context;

@@ -75,7 +75,19 @@ pub(crate) fn hello(role: Role) -> Hello {
     }
 }
 
-/// Where a slave's standard output or error goes.
+/// Where a slave's standard output or error goes
+/// ([`SlaveProcessBuilder::stdout`], [`SlaveProcessBuilder::stderr`]; see
+/// the builder's example for [`Capture`](Output::Capture)).
+///
+/// ```
+/// use processional_process::{Output, SlaveProcessBuilder, func};
+///
+/// # fn main() -> Result<(), processional_process::Error> {
+/// let quiet = SlaveProcessBuilder::new().stdout(Output::Null).spawn()?;
+/// quiet.invoke(func!(|| println!("nobody reads this")))?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Output {
     /// The same as this process's.
@@ -98,6 +110,25 @@ impl Output {
 }
 
 /// Configures and spawns a slave process. See [`slave`] for the default.
+///
+/// ```
+/// use processional_process::{Output, SlaveProcessBuilder, func};
+/// use std::io::Read;
+///
+/// # fn main() -> Result<(), processional_process::Error> {
+/// let process = SlaveProcessBuilder::new()
+///     .name("greeter") // what `ps` and `top` show
+///     .env("GREETING", "hello")
+///     .stdout(Output::Capture)
+///     .spawn()?;
+/// process.invoke(func!(|| println!("{} from the slave", std::env::var("GREETING").unwrap())))?;
+/// process.terminate(std::time::Duration::from_secs(10));
+/// let mut printed = String::new();
+/// process.take_stdout().expect("captured").read_to_string(&mut printed).unwrap();
+/// assert_eq!(printed, "hello from the slave\n");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct SlaveProcessBuilder {
     env: Vec<(OsString, Option<OsString>)>,
@@ -359,9 +390,25 @@ fn read_bootstrap(stream: &mut UnixStream) -> std::io::Result<Bootstrap> {
 
 /// Spawns a slave process: this same program, re-executed, serving our calls.
 ///
-/// The slave enters its serving loop before `main` runs (see the crate docs
-/// on `init`). It is stopped when the last handle drops, and dies with this
-/// process.
+/// The slave enters its serving loop before `main` runs (see [`init`](crate::init)).
+/// It is stopped when the last handle drops, and dies with this process.
+/// [`SlaveProcessBuilder`] sets its environment, directory, output and name.
+///
+/// ```
+/// use processional_process::func;
+///
+/// # fn main() -> Result<(), processional_process::Error> {
+/// let process = processional_process::slave()?;
+/// assert_ne!(process.pid(), std::process::id());
+/// let pid = process.invoke(func!(|| std::process::id()))?;
+/// assert_eq!(pid, process.pid());
+/// # Ok(())
+/// # }
+/// ```
+///
+/// A slave is this program started again: read [how it works and its
+/// limitations](https://docs.rs/processional/latest/processional/#how-it-works-and-limitations) (functions capture nothing, code before `main` runs in
+/// it too, what `std::env::args()` returns there).
 pub fn slave() -> Result<SlaveProcess, Error> {
     SlaveProcessBuilder::new().spawn()
 }
@@ -525,6 +572,38 @@ impl Drop for Inner {
 /// server keeps serving its other clients and, unless persistent, stops when
 /// the last one leaves. A connection to a server we did not spawn just
 /// closes. [`terminate`](Self::terminate) stops any of them at once.
+///
+/// Calls come in the shapes the thread runtime's `SlaveThread` has:
+/// [`invoke`](Self::invoke) waits for the value, [`schedule`](Self::schedule)
+/// queues the call (FIFO with this handle's other queued calls) and returns
+/// its [`Task`], [`thread`](Self::thread) runs it beside the queue,
+/// [`wrap`](Self::wrap) builds an object there and returns its
+/// [`Remote`]; each has a `_with` form that takes arguments.
+///
+/// ```
+/// use processional_process::{Task, func};
+///
+/// # fn main() -> Result<(), processional_process::Error> {
+/// let process = processional_process::slave()?;
+/// // Wait for the value.
+/// assert_eq!(process.invoke_with(20u32, func!(|n: u32| n + 1))?, 21);
+/// // Queue calls; they run one after another, in order.
+/// let tasks: Vec<Task<u64>> = (1..=3u64)
+///     .map(|n| process.schedule_with(n, func!(|n: u64| n * n)))
+///     .collect();
+/// let squares = tasks.into_iter().map(Task::wait).collect::<Result<Vec<_>, _>>()?;
+/// assert_eq!(squares, [1, 4, 9]);
+/// // Keep an object there and call it.
+/// let counter = process.wrap(func!(|| 0u64))?;
+/// counter.invoke(func!(|count: &mut u64| *count += 5))?;
+/// assert_eq!(counter.fetch()?, 5);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Functions capture nothing and take their data as arguments; arguments
+/// and values are serde values (see [`Json`](crate::Json) for what postcard
+/// cannot carry). See [how it works and its limitations](https://docs.rs/processional/latest/processional/#how-it-works-and-limitations).
 #[derive(Clone)]
 pub struct SlaveProcess {
     inner: Arc<Inner>,
@@ -587,7 +666,23 @@ impl SlaveProcess {
     /// Runs `f` in the process and waits for its value.
     ///
     /// `f` is a [`Func`], made with [`func!`](crate::func!): it captures
-    /// nothing; pass data with [`invoke_with`](Self::invoke_with).
+    /// nothing; pass data with [`invoke_with`](Self::invoke_with). A panic
+    /// in `f` is [`Error::Remote`] here, and the slave goes on serving.
+    ///
+    /// ```
+    /// use processional_process::{Error, func};
+    ///
+    /// # fn main() -> Result<(), processional_process::Error> {
+    /// let process = processional_process::slave()?;
+    /// assert_eq!(process.invoke(func!(|| 6 * 7))?, 42);
+    /// match process.invoke(func!(|| -> u8 { panic!("no answer") })) {
+    ///     Err(Error::Remote(remote)) => assert_eq!(remote.message, "no answer"),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// assert!(process.is_alive());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn invoke<F, R>(&self, f: Func<F>) -> Result<R, Error>
     where
         F: Fn() -> R + Send + Sync + 'static,
@@ -597,6 +692,29 @@ impl SlaveProcess {
     }
 
     /// Runs `f(args)` in the process and waits for its value.
+    ///
+    /// `args` is encoded with postcard and sent; the function receives it by
+    /// value. Several arguments travel as a tuple. A type postcard cannot
+    /// carry (`#[serde(flatten)]`, `#[serde(untagged)]`) fails with
+    /// [`CodecError::NotSelfDescribing`](crate::CodecError::NotSelfDescribing):
+    /// wrap it in [`Json`](crate::Json).
+    ///
+    /// ```
+    /// use processional_process::func;
+    ///
+    /// # fn main() -> Result<(), processional_process::Error> {
+    /// let process = processional_process::slave()?;
+    /// let text = "the quick brown fox".to_string();
+    /// let longest = process.invoke_with(
+    ///     (text, 4usize),
+    ///     func!(|(text, min): (String, usize)| {
+    ///         text.split(' ').filter(|word| word.len() >= min).map(str::to_owned).collect::<Vec<_>>()
+    ///     }),
+    /// )?;
+    /// assert_eq!(longest, ["quick", "brown"]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn invoke_with<A, F, R>(&self, args: A, f: Func<F>) -> Result<R, Error>
     where
         A: Serialize + DeserializeOwned + 'static,

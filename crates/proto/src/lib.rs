@@ -73,6 +73,9 @@
 //! cargo +nightly fuzz run decoder
 //! ```
 
+// Examples are tested as code: a warning in one fails the build.
+#![doc(test(attr(deny(warnings))))]
+
 pub mod custom;
 mod decoder;
 mod encode;

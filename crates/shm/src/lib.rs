@@ -109,6 +109,9 @@
 //! # }
 //! ```
 
+// Examples are tested as code: a warning in one fails the build.
+#![doc(test(attr(deny(warnings))))]
+
 mod buf;
 mod error;
 mod mapping;

@@ -157,8 +157,11 @@ thread_local! {
 ///         with_token(&token, || -> processional_task::Result<u64> {
 ///             let mut rounds = 0u64;
 ///             loop {
-///                 checkpoint()?;
+///                 checkpoint()?; // `Err(Error::Cancelled)` once cancelled
 ///                 rounds += 1;
+///                 if rounds == u64::MAX {
+///                     return Ok(rounds);
+///                 }
 ///                 std::thread::yield_now();
 ///             }
 ///         })

@@ -129,6 +129,9 @@
 //! [`Error::Panicked`] without printing it; [`Backoff`] is the
 //! spin-then-yield schedule waiters use before they block.
 
+// Examples are tested as code: a warning in one fails the build.
+#![doc(test(attr(deny(warnings))))]
+
 mod backoff;
 mod cancel;
 mod error;

@@ -95,6 +95,9 @@
 //! through a [`Driver`]; [`catch_panic`] and [`with_token`] run calls the
 //! way this crate does.
 
+// Examples are tested as code: a warning in one fails the build.
+#![doc(test(attr(deny(warnings))))]
+
 mod bound;
 mod call;
 mod identity;

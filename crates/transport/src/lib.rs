@@ -136,6 +136,9 @@
 //! The crate uses Linux interfaces: abstract socket names, `SO_PEERCRED`,
 //! `MSG_CMSG_CLOEXEC`, `accept4`, `getrandom`.
 
+// Examples are tested as code: a warning in one fails the build.
+#![doc(test(attr(deny(warnings))))]
+
 mod address;
 mod authenticating_listener;
 mod connection;
