@@ -94,7 +94,9 @@
 //!
 //! The receiving process checks every function reference before it runs
 //! anything: it must point at a descriptor the compiler emitted in the
-//! program's read-only data (see `docs/ARCHITECTURE.md`).
+//! program's read-only data, naming the function's type by a digest the
+//! sender computed from the same type, so that bytes a peer sends can only
+//! ever select a function this program ships with the types it expects.
 //!
 //! Arguments and values are any `Serialize + DeserializeOwned` type, encoded
 //! with postcard; a value that fails to encode or decode fails that call only,

@@ -31,7 +31,9 @@ use crate::error::PayloadError;
 /// Encoded payloads larger than this travel in a shared-memory segment (on
 /// unix sockets), unless `PROCESSIONAL_INLINE_LIMIT` (bytes) says otherwise.
 /// Below it, writing through the socket costs less than mapping a segment on
-/// the other side (measured: see `docs/ARCHITECTURE.md`).
+/// the other side: past the socket buffer, the reader and the writer take
+/// turns, while a segment costs one mapping whatever the size (measured on
+/// the project's benchmarks, not promised for every machine).
 pub const INLINE_LIMIT: usize = 128 * 1024;
 
 /// The environment variable that overrides [`INLINE_LIMIT`].

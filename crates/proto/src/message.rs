@@ -100,7 +100,9 @@ pub enum RefusalReason {
 ///
 /// It is an offset from an anchor function inside the process runtime plus a
 /// digest of the function's type; the receiver validates both before it calls
-/// anything (see `docs/ARCHITECTURE.md`, "Shipping functions").
+/// anything: the offset must land on a descriptor the compiler emitted in
+/// the program's read-only data, and the digest must match that
+/// descriptor's type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FunctionRef {
     /// Address of the entry point minus the address of the anchor function.

@@ -91,6 +91,13 @@ impl fmt::Display for PanicReport {
 }
 
 /// Why a key file is not trusted ([`Error::UntrustedKeyFile`]).
+///
+/// ```
+/// use processional_task::KeyFileProblem;
+///
+/// let problem = KeyFileProblem::OpenToOthers { mode: 0o644 };
+/// assert_eq!(problem.to_string(), "its mode 0644 lets the group or others in (chmod 600 it)");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyFileProblem {
@@ -110,7 +117,15 @@ pub enum KeyFileProblem {
     },
 }
 
-/// Why authentication with a peer failed ([`Error::Auth`]).
+/// Why authentication with a peer failed ([`Error::Auth`]), which names
+/// the peer and says who refused whom.
+///
+/// ```
+/// use processional_task::{AuthFailure, Error};
+///
+/// let error = Error::Auth { peer: "tcp://db:7000".into(), failure: AuthFailure::PeerLacksKey };
+/// assert!(error.to_string().contains("this process refused tcp://db:7000"));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuthFailure {
@@ -144,7 +159,8 @@ pub enum AuthFailure {
     },
 }
 
-/// Which way a value failed to cross ([`Error::Codec`]).
+/// Which way a value failed to cross ([`Error::Codec`]): see
+/// [`CodecError`] for an example.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CodecDirection {
     /// Turning a value into bytes.
@@ -166,6 +182,13 @@ impl fmt::Display for CodecDirection {
 ///
 /// The format's own error (postcard's) is kept as a boxed `source`, so that
 /// this type does not depend on the format.
+///
+/// ```
+/// use processional_task::{CodecDirection, CodecError, Error};
+///
+/// let error = Error::codec::<u32>(CodecDirection::Decode, CodecError::TrailingBytes { count: 2 });
+/// assert_eq!(error.to_string(), "cannot decode a value of type u32: 2 trailing bytes after the value");
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CodecError {

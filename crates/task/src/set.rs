@@ -24,6 +24,18 @@ use crate::task::{Task, report_uncollected};
 /// Ids are given in the order of insertion, starting at 0, and never reused
 /// within a set: [`index`](Self::index) is the task's position in that
 /// order.
+///
+/// ```
+/// use processional_task::{Task, TaskSet};
+///
+/// let mut set = TaskSet::new();
+/// let first = set.insert(Task::ready(Ok("first")));
+/// let second = set.insert(Task::ready(Ok("second")));
+/// assert_eq!((first.index(), second.index()), (0, 1));
+/// let mut finished: Vec<_> = set.map(|(id, outcome)| (id, outcome.unwrap())).collect();
+/// finished.sort();
+/// assert_eq!(finished, [(first, "first"), (second, "second")]);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TaskId(u64);
 

@@ -84,6 +84,36 @@ impl Socket {
 /// Each frame goes out with one `send`/`sendmsg` call and, in the common
 /// case, comes in with one `recv`/`recvmsg` call straight into the decoder's
 /// buffer.
+///
+/// ```
+/// use processional_proto::Message;
+/// use processional_transport::{Connection, Handshake, Key, Side};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # use processional_proto::{Fingerprint, Hello, Role, PROTOCOL_VERSION};
+/// # let hello = |role| Hello {
+/// #     protocol: PROTOCOL_VERSION,
+/// #     fingerprint: Fingerprint([1; 32]),
+/// #     role,
+/// #     pid: std::process::id(),
+/// #     host: "localhost".into(),
+/// #     program: "example".into(),
+/// # };
+/// let key = Key::generate();
+/// let (mut left, mut right) = Connection::pair()?; // a socketpair
+/// let acceptor = Handshake::new(key.clone(), hello(Role::Slave));
+/// let other = std::thread::spawn(move || -> Result<(), processional_transport::Error> {
+///     right.handshake(Side::Acceptor, &acceptor)?;
+///     let ping = right.recv()?.message;
+///     right.send(&Message::Pong(if let Message::Ping(n) = ping { n } else { 0 }))
+/// });
+/// left.handshake(Side::Initiator, &Handshake::new(key, hello(Role::Master)))?;
+/// left.send(&Message::Ping(9))?;
+/// assert_eq!(left.recv()?.message, Message::Pong(9));
+/// other.join().unwrap()?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Connection {
     reader: ConnectionReader,

@@ -24,6 +24,16 @@ type HmacSha256 = Hmac<Sha256>;
 /// Only the holders of the key can complete a handshake with each other (see
 /// the crate docs for what that does and does not protect). `Debug` never
 /// shows the bytes, and they are wiped when the key is dropped.
+///
+/// ```
+/// use processional_transport::Key;
+///
+/// let key = Key::generate();
+/// let hex = key.to_hex(); // e.g. for PROCESSIONAL_KEY
+/// assert_eq!(Key::from_hex(&hex).unwrap(), key);
+/// assert!(!format!("{key:?}").contains(&hex));
+/// assert!(Key::from_hex("abc").is_err());
+/// ```
 #[derive(Clone)]
 pub struct Key {
     bytes: Box<[u8]>,
