@@ -180,11 +180,17 @@
 // Examples are tested as code: a warning in one fails the build.
 #![doc(test(attr(deny(warnings))))]
 
+#[doc(inline)]
 pub use processional_process as process;
+#[doc(inline)]
 pub use processional_proto as proto;
+#[doc(inline)]
 pub use processional_shm as shm;
+#[doc(inline)]
 pub use processional_task as task;
+#[doc(inline)]
 pub use processional_thread as thread;
+#[doc(inline)]
 pub use processional_transport as transport;
 
 pub use processional_process::{

@@ -174,6 +174,18 @@ impl Payload {
 }
 
 /// The broad category of an error raised in the remote process.
+///
+/// ```
+/// use processional_proto::{RemoteError, RemoteErrorKind};
+///
+/// let error = RemoteError {
+///     kind: RemoteErrorKind::NotFound,
+///     message: "no object named \"cache\"".into(),
+///     location: None,
+///     backtrace: None,
+/// };
+/// assert_eq!(error.to_string(), "NotFound: no object named \"cache\"");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RemoteErrorKind {
     /// The call panicked.

@@ -153,14 +153,6 @@ fn run_callback(callback: CancelCallback) {
 
 thread_local! {
     /// The token of the call running on this thread, if any.
-///
-/// ```
-/// use processional_task::{CancelToken, current_token, with_token};
-///
-/// assert!(current_token().is_none()); // not inside a call
-/// let token = CancelToken::new();
-/// with_token(&token, || assert!(current_token().unwrap().same_as(&token)));
-/// ```
     static CURRENT: RefCell<Option<CancelToken>> = const { RefCell::new(None) };
 }
 
@@ -204,6 +196,14 @@ pub fn checkpoint() -> Result<()> {
 }
 
 /// The token of the call running on this thread, if any.
+///
+/// ```
+/// use processional_task::{CancelToken, current_token, with_token};
+///
+/// assert!(current_token().is_none()); // not inside a call
+/// let token = CancelToken::new();
+/// with_token(&token, || assert!(current_token().unwrap().same_as(&token)));
+/// ```
 pub fn current_token() -> Option<CancelToken> {
     CURRENT.with(|current| current.borrow().clone())
 }

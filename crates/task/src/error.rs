@@ -159,8 +159,13 @@ pub enum AuthFailure {
     },
 }
 
-/// Which way a value failed to cross ([`Error::Codec`]): see
-/// [`CodecError`] for an example.
+/// Which way a value failed to cross ([`Error::Codec`]).
+///
+/// ```
+/// use processional_task::CodecDirection;
+///
+/// assert_eq!(CodecDirection::Encode.to_string(), "encode");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CodecDirection {
     /// Turning a value into bytes.
@@ -497,6 +502,16 @@ impl Error {
 }
 
 /// `Result` with processional's [`Error`].
+///
+/// ```
+/// fn half(n: u32) -> processional_task::Result<u32> {
+///     if n % 2 == 1 {
+///         return Err(processional_task::Error::Stopped);
+///     }
+///     Ok(n / 2)
+/// }
+/// assert_eq!(half(4).unwrap(), 2);
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]

@@ -72,7 +72,7 @@
 //! [`TaskId`] its insertion returned, as soon as it finishes: blocking (it
 //! is an [`Iterator`]; [`next_timeout`](TaskSet::next_timeout)) or async
 //! ([`next_async`](TaskSet::next_async), or as a
-//! [`Stream`](futures_core::Stream)).
+//! [`Stream`](https://docs.rs/futures-core/0.3/futures_core/stream/trait.Stream.html)).
 //!
 //! [`Task::shared`] makes a [`SharedTask`]: clone it, and every clone can
 //! wait or `.await`, each getting a clone of the value. Its error is an
