@@ -518,21 +518,35 @@ pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Options of a connection to a server.
 ///
-/// ```no_run
+/// ```
 /// # fn main() -> Result<(), processional_process::Error> {
 /// use std::time::Duration;
-/// use processional_process::{ClientBuilder, Error};
+/// use processional_process::{ClientBuilder, Error, ServerBuilder, func};
 ///
+/// let address = format!(
+///     "unix:{}/doc-client-builder-{}.sock",
+///     processional_process::runtime_dir()?.display(),
+///     std::process::id()
+/// );
 /// // Fails at once, naming the address, when nobody listens there.
-/// match ClientBuilder::new("unix:/run/nobody-here.sock")?.connect() {
-///     Err(Error::Connect { address, .. }) => assert_eq!(address, "unix:/run/nobody-here.sock"),
+/// match ClientBuilder::new(&address)?.connect() {
+///     Err(Error::Connect { address: named, .. }) => assert_eq!(named, address),
 ///     other => panic!("{other:?}"),
 /// }
 /// // A server that is still starting: try again for a while.
-/// let process = ClientBuilder::new("unix:/run/starting.sock")?
-///     .retry_for(Duration::from_secs(5))
+/// let key = processional_transport::Key::generate();
+/// let starting = {
+///     let (address, key) = (address.clone(), key.clone());
+///     std::thread::spawn(move || ServerBuilder::new(&address)?.key(key).start())
+/// };
+/// let process = ClientBuilder::new(&address)?
+///     .key(key)
+///     .retry_for(Duration::from_secs(30))
+///     .timeout(Duration::from_secs(30))
 ///     .connect()?;
-/// # drop(process);
+/// assert_eq!(process.invoke(func!(|| 1u8))?, 1);
+/// let handle = starting.join().unwrap()?;
+/// handle.stop();
 /// # Ok(())
 /// # }
 /// ```
