@@ -52,8 +52,9 @@ Developer tasks of the processional workspace.
 Usage: cargo xtask <task>
 
 Tasks:
-  ci                          Run every check CI runs (fmt, clippy, test, doc,
-                              bench build), stopping at the first failure.
+  ci                          Run every check CI runs (rust-version = rustc,
+                              fmt, clippy, test, doc, bench build), stopping at
+                              the first failure.
   bench [--quick] [-- ARGS]   Run the criterion benches, compare each case with
                               its baseline, write target/processional-bench.json
                               docs/benchmarks.md and docs/benchmarks.svg. --quick:
