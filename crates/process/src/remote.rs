@@ -160,6 +160,9 @@ impl<T: Send + 'static> Remote<T> {
     }
 
     /// Runs `f` on the object with `args` and waits for its value.
+    ///
+    /// `args` and the value cross as postcard: see
+    /// [`Json`](crate::Json) for what it cannot carry.
     pub fn invoke_with<A, F, R>(&self, args: A, f: Func<F>) -> Result<R, Error>
     where
         A: Serialize + DeserializeOwned + 'static,
@@ -179,6 +182,9 @@ impl<T: Send + 'static> Remote<T> {
     }
 
     /// Queues `f` on the object with `args`; the task completes with its value.
+    ///
+    /// `args` and the value cross as postcard: see
+    /// [`Json`](crate::Json) for what it cannot carry.
     pub fn schedule_with<A, F, R>(&self, args: A, f: Func<F>) -> Task<R>
     where
         A: Serialize + DeserializeOwned + 'static,

@@ -734,6 +734,9 @@ impl SlaveProcess {
     }
 
     /// Queues `f(args)` in the process.
+    ///
+    /// `args` and the value cross as postcard: see
+    /// [`invoke_with`](Self::invoke_with) for what it cannot carry.
     pub fn schedule_with<A, F, R>(&self, args: A, f: Func<F>) -> Task<R>
     where
         A: Serialize + DeserializeOwned + 'static,
@@ -754,6 +757,9 @@ impl SlaveProcess {
     }
 
     /// Runs `f(args)` in the process on a thread of its own.
+    ///
+    /// `args` and the value cross as postcard: see
+    /// [`invoke_with`](Self::invoke_with) for what it cannot carry.
     pub fn thread_with<A, F, R>(&self, args: A, f: Func<F>) -> Task<R>
     where
         A: Serialize + DeserializeOwned + 'static,
@@ -914,6 +920,9 @@ impl SlaveProcess {
     }
 
     /// Builds an object in the process with `f(args)` and keeps it there.
+    ///
+    /// `args` cross as postcard (the object never does): see
+    /// [`invoke_with`](Self::invoke_with) for what it cannot carry.
     pub fn wrap_with<A, F, T>(&self, args: A, _f: Func<F>) -> Result<Remote<T>, Error>
     where
         A: Serialize + DeserializeOwned + 'static,
