@@ -40,6 +40,11 @@ pub fn fingerprint() -> Fingerprint {
 }
 
 /// A short name of this program for messages: the executable's file name.
+///
+/// ```
+/// let name = processional_process::program_name();
+/// assert!(!name.is_empty() && !name.contains('/'));
+/// ```
 pub fn program_name() -> String {
     std::env::current_exe()
         .ok()

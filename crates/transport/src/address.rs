@@ -208,6 +208,14 @@ impl Address {
 /// for a unix socket name of about 40 bytes.
 ///
 /// [`Address::private_unix`] makes its fresh socket paths here.
+///
+/// ```
+/// use std::os::unix::fs::PermissionsExt;
+///
+/// let dir = processional_transport::runtime_dir().unwrap();
+/// let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+/// assert_eq!(mode & 0o077, 0, "closed to group and others");
+/// ```
 pub fn runtime_dir() -> io::Result<PathBuf> {
     private_dir()
 }

@@ -66,6 +66,29 @@ struct StopShared {
 
 /// Stops an [`AuthenticatingListener`] from any thread: its
 /// [`accept`](AuthenticatingListener::accept) returns `Ok(None)` at once.
+///
+/// ```
+/// use processional_transport::{Address, AuthenticatingListener, Handshake, Key, Listener};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # use processional_proto::{Fingerprint, Hello, Role, PROTOCOL_VERSION};
+/// # let hello = |role| Hello {
+/// #     protocol: PROTOCOL_VERSION,
+/// #     fingerprint: Fingerprint([1; 32]),
+/// #     role,
+/// #     pid: std::process::id(),
+/// #     host: "localhost".into(),
+/// #     program: "example".into(),
+/// # };
+/// let listener = Listener::bind(&Address::private_unix()?)?;
+/// let handshake = Handshake::new(Key::generate(), hello(Role::Server));
+/// let mut accepting = AuthenticatingListener::new(listener, handshake, 8)?;
+/// let stopper = accepting.stopper();
+/// std::thread::spawn(move || stopper.stop());
+/// assert!(accepting.accept()?.is_none()); // stopped, nobody accepted
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct AcceptStopper {
     shared: Arc<StopShared>,

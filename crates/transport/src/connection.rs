@@ -120,14 +120,35 @@ pub struct Connection {
     writer: ConnectionWriter,
 }
 
-/// The receiving half of a [`Connection`].
+/// The receiving half of a [`Connection`], from [`Connection::split`]:
+/// one thread reads while another writes.
+///
+/// ```
+/// use processional_proto::Message;
+/// use processional_transport::Connection;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let (left, right) = Connection::pair()?; // (a real peer handshakes first)
+/// let (mut reader, mut writer) = left.split();
+/// let (mut peer_reader, mut peer_writer) = right.split();
+/// let echo = std::thread::spawn(move || -> Result<(), processional_transport::Error> {
+///     let message = peer_reader.recv()?.message;
+///     peer_writer.send(&message)
+/// });
+/// writer.send(&Message::Ping(3))?;
+/// assert_eq!(reader.recv()?.message, Message::Ping(3));
+/// echo.join().unwrap()?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct ConnectionReader {
     socket: Arc<Socket>,
     inbound: Inbound,
 }
 
-/// The sending half of a [`Connection`].
+/// The sending half of a [`Connection`]; see [`ConnectionReader`] for an
+/// example.
 #[derive(Debug)]
 pub struct ConnectionWriter {
     socket: Arc<Socket>,

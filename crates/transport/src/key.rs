@@ -177,6 +177,12 @@ pub(crate) fn role_byte(role: Role) -> u8 {
 
 /// Fills `buf` with random bytes from the kernel's CSPRNG, the source
 /// [`Key::generate`] uses: for other unguessable values (nonces, tickets).
+///
+/// ```
+/// let mut ticket = [0u8; 16];
+/// processional_transport::random_bytes(&mut ticket).unwrap();
+/// assert_ne!(ticket, [0; 16]); // all zeros: one chance in 2^128
+/// ```
 pub fn random_bytes(buf: &mut [u8]) -> std::io::Result<()> {
     sys::random_bytes(buf)
 }
