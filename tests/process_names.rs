@@ -24,6 +24,18 @@ fn cmdline(pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// What `ps -o <field>= -p <pid>` prints, if `ps` is installed (procps).
+fn ps(field: &str, pid: u32) -> Option<String> {
+    let output = std::process::Command::new("ps")
+        .args(["-o", &format!("{field}="), "-p", &pid.to_string()])
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
 /// This test binary's file name, which titles start with.
 fn program() -> String {
     std::env::current_exe()
@@ -57,6 +69,13 @@ fn a_slave_is_named_after_its_program_and_number() {
     assert_eq!(process.invoke(func!(|| 1u8)).unwrap(), 1);
     assert_comm_names(&comm(pid), "[slave ");
     let argv0 = cmdline(pid).into_iter().next().expect("an argv[0]");
+    // What `ps` shows, where it is installed: the name, not `exe`.
+    if let Some(shown) = ps("comm", pid) {
+        assert_eq!(shown, comm(pid));
+    }
+    if let Some(shown) = ps("args", pid) {
+        assert!(shown.starts_with(&argv0), "{shown:?}");
+    }
     assert!(
         argv0.starts_with(&format!("{} [slave ", program())) && argv0.ends_with(']'),
         "{argv0:?}"
