@@ -1,0 +1,13 @@
+//! A global state for many processes.
+//!
+//! (Crate guide: see below once the serving layer lands.)
+
+mod codec;
+mod error;
+mod read;
+pub mod store;
+pub mod txn;
+
+pub use error::{Aborted, Compacted, Direction, Failure, StateError, ValueError};
+pub use read::Read;
+pub use store::{Change, Entry, Event, Revision, Snapshot, Store, View};
