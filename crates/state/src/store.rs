@@ -146,6 +146,10 @@ impl Store {
         self.namespaces.get(namespace)
     }
 
+    pub(crate) fn namespace_map(&self, namespace: &str) -> Option<&BTreeMap<String, Entry>> {
+        self.map(namespace)
+    }
+
     /// The entry of `key` in `namespace`.
     pub fn entry(&self, namespace: &str, key: &str) -> Option<&Entry> {
         self.map(namespace).and_then(|map| map.get(key))
