@@ -35,6 +35,7 @@
 //! | [`task`] (`processional-task`) | [`Task`], [`Completer`](task::Completer), [`TaskSet`], [`SharedTask`], cancellation, [`Error`]: what every runtime shares |
 //! | [`thread`](mod@thread) (`processional-thread`) | [`thread()`], [`SlaveThread`], thread-bound objects |
 //! | [`process`] (`processional-process`) | [`slave()`], [`SlaveProcess`], [`Remote`] |
+//! | [`state`] (`processional-state`) | a global state for many processes: [`state::State`], [`state::Context`], watchers |
 //!
 //! # Threads
 //! [`thread()`] runs a closure on a pooled thread and returns its [`Task`];
@@ -73,6 +74,7 @@
 pub use processional_process as process;
 pub use processional_proto as proto;
 pub use processional_shm as shm;
+pub use processional_state as state;
 pub use processional_task as task;
 pub use processional_thread as thread;
 pub use processional_transport as transport;
