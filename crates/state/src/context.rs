@@ -383,6 +383,7 @@ impl ContextBuilder {
         });
         remember(&link);
         let state = State::from_link(link, DEFAULT_NAMESPACE);
+        state.register_services()?;
         state.configure(self.history)?;
         Ok(Context {
             state,

@@ -6,13 +6,36 @@
 use std::fmt::Display;
 use std::sync::{Mutex, MutexGuard};
 
-use processional_process::{Later, Reply, reply_later};
+use processional_process::{
+    Later, Reply, func, has_service, register_deferred_service, register_service, reply_later,
+};
 use serde::Serialize;
 
 use crate::error::{Aborted, WireError};
 use crate::hub::{Condition, Delivery, Hub, Peek, Respond};
 use crate::store::{DEFAULT_HISTORY, Revision, View};
 use crate::wire::{Poll, PollAnswer, Request, Response, Wait, WaitAnswer};
+
+/// The service answering [`Request`]s (data operations).
+pub(crate) const REQUEST: &str = "processional.state.v1.request";
+/// The deferred service answering [`Wait`]s.
+pub(crate) const WAIT: &str = "processional.state.v1.wait";
+/// The deferred service answering watchers' [`Poll`]s.
+pub(crate) const POLL: &str = "processional.state.v1.poll";
+
+/// Registers the data services in this process (a state server), unless
+/// it has them already: clients of any build may then call them.
+pub(crate) fn register() -> bool {
+    if has_service(REQUEST) {
+        return false;
+    }
+    // Registered in order by one caller (the context that started the
+    // server), so none exists yet.
+    let registered = register_service(REQUEST, func!(handle)).is_ok()
+        && register_deferred_service(WAIT, func!(wait)).is_ok()
+        && register_deferred_service(POLL, func!(poll)).is_ok();
+    registered
+}
 
 /// The hub of this process, made on first use.
 static HUB: Mutex<Option<Hub>> = Mutex::new(None);

@@ -146,6 +146,24 @@ impl State {
         Ok(State::from_link(link_to(address)?, DEFAULT_NAMESPACE))
     }
 
+    /// A handle to the namespace [`DEFAULT_NAMESPACE`] of the server at
+    /// `address` that ships no code, so the server may run another build
+    /// (an inspection tool, a producer written separately): data
+    /// operations, transactions, data-only waits and watchers work;
+    /// [`atomic`](Self::atomic) and [`when`](Self::when) fail with the
+    /// server's refusal of shipped code.
+    pub fn connect_data_only(address: &str) -> Result<State, StateError> {
+        let process = ClientBuilder::new(address)?
+            .data_only(true)
+            .retry_for(Duration::from_secs(5))
+            .connect()?;
+        let link = Arc::new(Link {
+            address: address.to_owned(),
+            process,
+        });
+        Ok(State::from_link(link, DEFAULT_NAMESPACE))
+    }
+
     /// The server's address.
     pub fn address(&self) -> &str {
         &self.link.address
@@ -170,7 +188,8 @@ impl State {
         Ok(self
             .link
             .process
-            .invoke_with(request, func!(server::handle))?)
+            .call_service(server::REQUEST, request)
+            .wait()?)
     }
 
     /// The entry of `key`: its encoded value and revisions.
@@ -472,7 +491,7 @@ impl State {
         let task = self
             .link
             .process
-            .schedule_later_with((self.namespace.clone(), wait), func!(server::wait));
+            .call_service(server::WAIT, (self.namespace.clone(), wait));
         self.wait_for(task, timeout, what)
     }
 
@@ -609,9 +628,12 @@ impl State {
             after,
             max: POLL_BATCH,
         };
-        self.link
-            .process
-            .schedule_later_with(poll, func!(server::poll))
+        self.link.process.call_service(server::POLL, poll)
+    }
+
+    /// Registers the data services in the server (same build).
+    pub(crate) fn register_services(&self) -> Result<bool, StateError> {
+        Ok(self.link.process.invoke(func!(server::register))?)
     }
 
     /// Asks the server to keep `history` changes (only before any change).
