@@ -155,11 +155,14 @@ pub(crate) enum WireError {
     Value(ValueError),
     Aborted(Aborted),
     Compacted(Box<Compacted>),
+    /// The waiter was given up by its caller (who no longer listens).
+    Cancelled,
 }
 
 impl From<WireError> for StateError {
     fn from(error: WireError) -> Self {
         match error {
+            WireError::Cancelled => StateError::Runtime(processional_task::Error::Cancelled),
             WireError::Value(error) => StateError::Value(error),
             WireError::Aborted(error) => StateError::Aborted(error),
             WireError::Compacted(error) => StateError::Compacted(error),

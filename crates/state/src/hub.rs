@@ -18,6 +18,9 @@ pub(crate) trait Respond<T>: Send {
     fn respond(self: Box<Self>, answer: T);
     /// Whether the answer would still reach someone.
     fn is_waiting(&self) -> bool;
+    /// Answers a waiter nobody waits for any more (so that its caller's
+    /// runtime, if it still listens, sees a value, not a failure).
+    fn abandon(self: Box<Self>);
 }
 
 /// A namespace as it is now, borrowed from the store: what predicates of
@@ -254,8 +257,16 @@ impl Hub {
     /// Forgets waiters nobody waits for any more (their caller timed out,
     /// cancelled or left).
     fn prune(&mut self) {
-        self.waiters.retain(|waiter| waiter.respond.is_waiting());
-        self.polls.retain(|poll| poll.respond.is_waiting());
+        let (waiting, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|waiter| waiter.respond.is_waiting());
+        self.waiters = waiting;
+        gone.into_iter().for_each(|waiter| waiter.respond.abandon());
+        let (waiting, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.polls)
+            .into_iter()
+            .partition(|poll| poll.respond.is_waiting());
+        self.polls = waiting;
+        gone.into_iter().for_each(|poll| poll.respond.abandon());
     }
 
     /// After a change of `namespace` (if the revision moved past `before`):
@@ -327,6 +338,7 @@ mod tests {
         fn is_waiting(&self) -> bool {
             true
         }
+        fn abandon(self: Box<Self>) {}
     }
 
     fn channel<T: Send + 'static>() -> (Box<dyn Respond<T>>, mpsc::Receiver<T>) {

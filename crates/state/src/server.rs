@@ -196,14 +196,18 @@ pub(crate) fn handle(request: Request) -> Response {
 /// A deferred reply as a hub waiter.
 struct Deferred<T>(Reply<T>);
 
-impl<T: Serialize + Send + 'static> Respond<T> for Deferred<T> {
-    fn respond(self: Box<Self>, answer: T) {
+impl<T: Serialize + Send + 'static> Respond<Result<T, WireError>> for Deferred<Result<T, WireError>> {
+    fn respond(self: Box<Self>, answer: Result<T, WireError>) {
         // The caller left: nothing to do.
         let _ = self.0.send(answer);
     }
 
     fn is_waiting(&self) -> bool {
         self.0.is_listening() && !self.0.is_cancelled()
+    }
+
+    fn abandon(self: Box<Self>) {
+        let _ = self.0.send(Err(WireError::Cancelled));
     }
 }
 
