@@ -257,6 +257,11 @@ impl Hub {
     /// Forgets waiters nobody waits for any more (their caller timed out,
     /// cancelled or left).
     fn prune(&mut self) {
+        let stale = self.waiters.iter().any(|w| !w.respond.is_waiting())
+            || self.polls.iter().any(|p| !p.respond.is_waiting());
+        if !stale {
+            return;
+        }
         let (waiting, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
             .into_iter()
             .partition(|waiter| waiter.respond.is_waiting());
@@ -272,7 +277,7 @@ impl Hub {
     /// After a change of `namespace` (if the revision moved past `before`):
     /// the answers now due.
     pub(crate) fn changed(&mut self, namespace: &str, before: Revision) -> Vec<Delivery> {
-        if self.store.revision() == before {
+        if self.store.revision() == before || (self.waiters.is_empty() && self.polls.is_empty()) {
             return Vec::new();
         }
         self.prune();

@@ -152,10 +152,7 @@ pub(crate) fn handle(request: Request) -> Response {
         }
         Request::Txn(ns, txn) => Response::Txn(change(&ns, |hub| hub.store.txn(&ns, &txn))),
         Request::Increment(ns, key, by) => {
-            let outcome = change(&ns, |hub| {
-                hub.store
-                    .atomic(&ns, |view| view.increment(&key, by))
-            });
+            let outcome = change(&ns, |hub| hub.store.increment(&ns, &key, by));
             match outcome {
                 Ok((value, revision)) => Response::Int(value, revision),
                 Err(error) => Response::Error(error.into()),

@@ -603,23 +603,13 @@ impl State {
     /// A buffered watcher yielding every change after `revision` (a past
     /// one replays the history).
     pub fn watch_after(&self, revision: Revision) -> Watcher {
-        Watcher {
-            state: self.clone(),
-            live: false,
-            after: revision,
-            buffer: VecDeque::new(),
-        }
+        Watcher::new(self.clone(), false, revision)
     }
 
     /// A live watcher: each `next()` yields the latest change made after
     /// it was called, skipping those before.
     pub fn watch_live(&self) -> Watcher {
-        Watcher {
-            state: self.clone(),
-            live: true,
-            after: 0,
-            buffer: VecDeque::new(),
-        }
+        Watcher::new(self.clone(), true, 0)
     }
 
     fn poll(&self, after: Option<Revision>) -> Task<PollAnswer> {
@@ -665,27 +655,56 @@ impl From<WireErrorBox> for StateError {
 ///
 /// - **Buffered** ([`State::watch`], [`State::watch_after`]): every change
 ///   after its start revision, those made before the first `next()`
-///   included, however fast they come (they are fetched in batches from the
-///   server's history). A watcher further behind than the history reaches
-///   yields [`StateError::Compacted`], which holds the namespace now and its
+///   included, however fast they come. They are fetched in batches from the
+///   server's history, and the next batch is asked for as soon as one
+///   arrives, so a request is always waiting on the server. A watcher
+///   further behind than the history reaches yields
+///   [`StateError::Compacted`], which holds the namespace now and its
 ///   revision; the watcher then goes on from that revision.
 /// - **Live** ([`State::watch_live`]): each `next()` yields the latest change
 ///   made after the call.
-#[derive(Debug)]
 pub struct Watcher {
     state: State,
     live: bool,
+    /// The revision of the last change yielded.
     after: Revision,
+    /// The revision of the last change received.
+    fetched: Revision,
     buffer: VecDeque<Change>,
+    /// The request for the changes after `fetched`, already sent.
+    pending: Option<Task<PollAnswer>>,
+}
+
+impl fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watcher")
+            .field("namespace", &self.state.namespace)
+            .field("live", &self.live)
+            .field("after", &self.after)
+            .field("buffered", &self.buffer.len())
+            .finish()
+    }
 }
 
 impl Watcher {
+    fn new(state: State, live: bool, after: Revision) -> Watcher {
+        Watcher {
+            state,
+            live,
+            after,
+            fetched: after,
+            buffer: VecDeque::new(),
+            pending: None,
+        }
+    }
+
     /// The revision of the last change yielded (or the start).
     pub fn revision(&self) -> Revision {
         self.after
     }
 
-    /// The next change, waiting at most `timeout`.
+    /// The next change, waiting at most `timeout` (`None`: as long as it
+    /// takes). A buffered watcher that times out keeps its place.
     pub fn next_timeout(&mut self, timeout: Option<Duration>) -> Result<Change, StateError> {
         if !self.live {
             if let Some(change) = self.buffer.pop_front() {
@@ -693,14 +712,22 @@ impl Watcher {
                 return Ok(change);
             }
         }
-        let fetched_after = if self.live { None } else { Some(self.after) };
-        let task = self.state.poll(fetched_after);
+        let task = match self.pending.take() {
+            Some(task) => task,
+            None => self
+                .state
+                .poll(if self.live { None } else { Some(self.fetched) }),
+        };
         let answer = match timeout {
             None => task.wait()?,
             Some(timeout) => match task.wait_timeout(timeout) {
                 Ok(answer) => answer?,
                 Err(task) => {
-                    task.cancel();
+                    if self.live {
+                        task.cancel();
+                    } else {
+                        self.pending = Some(task);
+                    }
                     return Err(StateError::TimedOut {
                         operation: format!("a watcher of namespace {:?}", self.state.namespace),
                         after: timeout,
@@ -709,19 +736,24 @@ impl Watcher {
             },
         };
         match answer {
-            Ok(mut changes) => {
-                if self.live {
-                    let change = changes.pop().expect("a poll answers at least one change");
-                    self.after = change.revision;
-                    return Ok(change);
-                }
+            Ok(mut changes) if self.live => {
+                let change = changes.pop().ok_or(StateError::Stopped)?;
+                self.after = change.revision;
+                Ok(change)
+            }
+            Ok(changes) => {
                 self.buffer.extend(changes);
-                let change = self.buffer.pop_front().expect("a poll answers at least one change");
+                let change = self.buffer.pop_front().ok_or(StateError::Stopped)?;
+                self.fetched = self.buffer.back().map_or(change.revision, |last| last.revision);
+                // Ask for the next batch now: it waits on the server while
+                // this one is consumed.
+                self.pending = Some(self.state.poll(Some(self.fetched)));
                 self.after = change.revision;
                 Ok(change)
             }
             Err(WireError::Compacted(compacted)) => {
                 self.after = compacted.snapshot.revision;
+                self.fetched = self.after;
                 Err(StateError::Compacted(compacted))
             }
             Err(other) => Err(other.into()),
@@ -734,5 +766,13 @@ impl Iterator for Watcher {
 
     fn next(&mut self) -> Option<Self::Item> {
         Some(self.next_timeout(None))
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        if let Some(task) = self.pending.take() {
+            task.cancel();
+        }
     }
 }

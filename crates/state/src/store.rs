@@ -348,34 +348,57 @@ impl Store {
         namespace: &str,
         f: impl FnOnce(&mut View<'_>) -> Result<R, E>,
     ) -> Result<(R, Revision), E> {
-        let base = self.map(namespace).cloned().unwrap_or_default();
-        let mut view = View {
-            base: &base,
-            writes: BTreeMap::new(),
-            pending: self.revision + 1,
-        };
-        let outcome = catch_unwind(AssertUnwindSafe(|| f(&mut view)));
-        let writes = std::mem::take(&mut view.writes);
-        match outcome {
-            Ok(Ok(value)) => {
-                let events = writes
-                    .into_iter()
-                    .filter(|(key, value)| match (value, base.get(key)) {
-                        (Some(new), Some(old)) => new.value != old.value,
-                        (Some(_), None) => true,
-                        (None, old) => old.is_some(),
-                    })
-                    .map(|(key, value)| Event {
-                        key,
-                        value: value.map(|entry| entry.value),
-                    })
-                    .collect();
-                Ok((value, self.commit(namespace, events)))
+        static EMPTY: BTreeMap<String, Entry> = BTreeMap::new();
+        // The view borrows the namespace (no copy); its writes are kept
+        // aside and committed only if `f` succeeds.
+        let (value, events) = {
+            let base = self.map(namespace).unwrap_or(&EMPTY);
+            let mut view = View {
+                base,
+                writes: BTreeMap::new(),
+                pending: self.revision + 1,
+            };
+            let outcome = catch_unwind(AssertUnwindSafe(|| f(&mut view)));
+            let writes = std::mem::take(&mut view.writes);
+            match outcome {
+                Ok(Ok(value)) => {
+                    let events: Vec<Event> = writes
+                        .into_iter()
+                        .filter(|(key, value)| match (value, base.get(key)) {
+                            (Some(new), Some(old)) => new.value != old.value,
+                            (Some(_), None) => true,
+                            (None, old) => old.is_some(),
+                        })
+                        .map(|(key, value)| Event {
+                            key,
+                            value: value.map(|entry| entry.value),
+                        })
+                        .collect();
+                    (value, events)
+                }
+                // Nothing was applied: the writes are dropped.
+                Ok(Err(error)) => return Err(error),
+                Err(panic) => resume_unwind(panic),
             }
-            // Nothing was applied: the writes are dropped.
-            Ok(Err(error)) => Err(error),
-            Err(panic) => resume_unwind(panic),
-        }
+        };
+        Ok((value, self.commit(namespace, events)))
+    }
+
+    /// Adds `by` to the `i64` under `key` (missing counts as 0) as one
+    /// change; returns the sum and the revision.
+    pub fn increment(
+        &mut self,
+        namespace: &str,
+        key: &str,
+        by: i64,
+    ) -> Result<(i64, Revision), ValueError> {
+        let old = match self.entry(namespace, key) {
+            Some(entry) => codec::decode::<i64>(key, &entry.value)?,
+            None => 0,
+        };
+        let value = old.wrapping_add(by);
+        let bytes = codec::encode(key, &value)?;
+        Ok((value, self.set(namespace, key, bytes)))
     }
 
     /// The changes of `namespace` after revision `after`, at most `max`, in
