@@ -97,7 +97,10 @@ impl Peers {
     }
 }
 
-fn raw_round_trips(peers: &mut Peers, group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+fn raw_round_trips(
+    peers: &mut Peers,
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+) {
     group.bench_function("baseline", |bencher| {
         let stream = peers.raw();
         let mut value = 0u64;
@@ -243,7 +246,11 @@ fn incrementing_round(context: &Context, round: u64, each: u64) -> Duration {
         .expect("cannot start the incrementing processes");
     // Spawning is not timed: release them once all 8 are ready.
     state
-        .when_equal("ready", &(INCREMENTERS as i64), Some(Duration::from_secs(60)))
+        .when_equal(
+            "ready",
+            &(INCREMENTERS as i64),
+            Some(Duration::from_secs(60)),
+        )
         .expect("the incrementing processes never got ready");
     let start = Instant::now();
     state.set("go", &round).expect("release");
@@ -254,7 +261,11 @@ fn incrementing_round(context: &Context, round: u64, each: u64) -> Duration {
     }
     let elapsed = start.elapsed();
     let total: i64 = state.get("total").expect("total").expect("total");
-    assert_eq!(total, (each as i64) * INCREMENTERS as i64, "lost increments");
+    assert_eq!(
+        total,
+        (each as i64) * INCREMENTERS as i64,
+        "lost increments"
+    );
     elapsed
 }
 

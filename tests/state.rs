@@ -10,9 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use processional::state::txn::{Compare, Op, Txn};
-use processional::state::{
-    Context, ContextBuilder, Peek, Read, State, StateError, View, func,
-};
+use processional::state::{Context, ContextBuilder, Peek, Read, State, StateError, View, func};
 use processional_tests::{KillOnDrop, PATIENCE, kill_hard, wait_until};
 
 const SHORT: Duration = Duration::from_millis(50);
@@ -37,14 +35,13 @@ fn the_cookie_example_takes_turns() {
     let eater = context.spawn(func!(eat_cookies), 5u32).unwrap();
     for _ in 0..5 {
         state
-            .when(
-                func!(|s: &Peek<'_>| !s.contains("cookie")),
-                Some(PATIENCE),
-            )
+            .when(func!(|s: &Peek<'_>| !s.contains("cookie")), Some(PATIENCE))
             .unwrap();
         state.set("cookie", "Here's a cookie!").unwrap();
         println!("Here's a cookie!");
-        state.append("log", &"Here's a cookie!".to_string()).unwrap();
+        state
+            .append("log", &"Here's a cookie!".to_string())
+            .unwrap();
     }
     eater.wait(Some(PATIENCE)).unwrap();
     let log: Vec<String> = state.get("log").unwrap().unwrap();
@@ -70,7 +67,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self, below: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) % below
     }
 }
@@ -100,7 +100,10 @@ fn the_dict_api_behaves_like_a_btreemap_operation_by_operation() {
             ),
             5 => assert_eq!(state.popitem::<u32>().unwrap(), model.pop_last()),
             6 => {
-                let items = vec![(key.clone(), value), (format!("k{}", random.next(8)), value + 1)];
+                let items = vec![
+                    (key.clone(), value),
+                    (format!("k{}", random.next(8)), value + 1),
+                ];
                 state.update(items.clone()).unwrap();
                 model.extend(items);
             }
@@ -108,18 +111,30 @@ fn the_dict_api_behaves_like_a_btreemap_operation_by_operation() {
                 state.clear().unwrap();
                 model.clear();
             }
-            8 => assert_eq!(state.get_or(&key, 1000u32).unwrap(), *model.get(&key).unwrap_or(&1000)),
+            8 => assert_eq!(
+                state.get_or(&key, 1000u32).unwrap(),
+                *model.get(&key).unwrap_or(&1000)
+            ),
             _ => assert_eq!(state.get::<u32>(&key).unwrap(), model.get(&key).copied()),
         }
         assert_eq!(state.contains(&key).unwrap(), model.contains_key(&key));
         assert_eq!(state.len().unwrap(), model.len());
         assert_eq!(state.is_empty().unwrap(), model.is_empty());
         if step % 20 == 0 {
-            assert_eq!(state.keys().unwrap(), model.keys().cloned().collect::<Vec<_>>());
-            assert_eq!(state.values::<u32>().unwrap(), model.values().copied().collect::<Vec<_>>());
+            assert_eq!(
+                state.keys().unwrap(),
+                model.keys().cloned().collect::<Vec<_>>()
+            );
+            assert_eq!(
+                state.values::<u32>().unwrap(),
+                model.values().copied().collect::<Vec<_>>()
+            );
             assert_eq!(
                 state.items::<u32>().unwrap(),
-                model.iter().map(|(k, v)| (k.clone(), *v)).collect::<Vec<_>>()
+                model
+                    .iter()
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect::<Vec<_>>()
             );
             assert_eq!(state.to_map::<u32>().unwrap(), model);
             assert!(state.eq_map(&model).unwrap());
@@ -227,7 +242,10 @@ fn an_interrupted_caller_does_not_undo_a_completed_update() {
             Ok::<_, String>(())
         }),
     );
-    assert!(wait_until(PATIENCE, || dir.join("started").exists()), "the update never started");
+    assert!(
+        wait_until(PATIENCE, || dir.join("started").exists()),
+        "the update never started"
+    );
     task.cancel();
     drop(task);
     std::fs::write(dir.join("open"), b"").unwrap();
@@ -261,17 +279,27 @@ fn every_watcher_kind_answers_with_the_snapshot_that_satisfied_it() {
         state.when_change(&["a"], Some(SHORT)),
         state.when(func!(|s: &Peek<'_>| s.len() > 10), Some(SHORT)),
     ] {
-        assert!(matches!(result, Err(StateError::TimedOut { .. })), "{result:?}");
+        assert!(
+            matches!(result, Err(StateError::TimedOut { .. })),
+            "{result:?}"
+        );
     }
     // Satisfied by a change made in another process.
     let revision = state.revision().unwrap();
-    let setter = context.spawn(func!(set_later), ("b".to_string(), 7u32)).unwrap();
-    let snapshot = state.when_change_after(&["b"], revision, Some(PATIENCE)).unwrap();
+    let setter = context
+        .spawn(func!(set_later), ("b".to_string(), 7u32))
+        .unwrap();
+    let snapshot = state
+        .when_change_after(&["b"], revision, Some(PATIENCE))
+        .unwrap();
     assert_eq!(snapshot.get::<u32>("b").unwrap(), Some(7));
     assert!(snapshot.revision > revision);
     setter.wait(Some(PATIENCE)).unwrap();
     let snapshot = state
-        .when(func!(|s: &Peek<'_>| s.contains("a") && s.contains("b")), Some(PATIENCE))
+        .when(
+            func!(|s: &Peek<'_>| s.contains("a") && s.contains("b")),
+            Some(PATIENCE),
+        )
         .unwrap();
     assert_eq!(snapshot.len(), 2);
     // A change waiter parked before the change.
@@ -340,7 +368,10 @@ fn watchers_never_miss_a_fast_producer() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let seen = live.join().unwrap();
-    assert!(seen.windows(2).all(|w| w[0] < w[1]), "live values must increase: {seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "live values must increase: {seen:?}"
+    );
     assert!(seen.iter().all(|v| (1..=COUNT).contains(v)));
     println!("the live watcher saw {} of {COUNT} values", seen.len());
 }
@@ -382,7 +413,9 @@ fn a_watcher_behind_the_history_gets_an_explicit_error_and_goes_on() {
     assert_eq!(change.revision, start + 21);
     // From a past revision still in the history: replayed in order.
     let mut replay = state.watch_after(start + 18);
-    let revisions: Vec<u64> = (0..3).map(|_| replay.next().unwrap().unwrap().revision).collect();
+    let revisions: Vec<u64> = (0..3)
+        .map(|_| replay.next().unwrap().unwrap().revision)
+        .collect();
     assert_eq!(revisions, [start + 19, start + 20, start + 21]);
 }
 
@@ -392,9 +425,15 @@ fn ping_answers_times_out_at_zero_and_fails_for_a_dead_server() {
     let state = context.state();
     let pid = state.ping(PATIENCE).unwrap();
     assert_ne!(pid, std::process::id());
-    assert!(matches!(state.ping(Duration::ZERO), Err(StateError::TimedOut { .. })));
+    assert!(matches!(
+        state.ping(Duration::ZERO),
+        Err(StateError::TimedOut { .. })
+    ));
     kill_hard(pid);
-    assert!(wait_until(PATIENCE, || !processional_tests::process_exists(pid)));
+    assert!(wait_until(
+        PATIENCE,
+        || !processional_tests::process_exists(pid)
+    ));
     assert!(state.ping(Duration::from_secs(5)).is_err());
 }
 
@@ -420,7 +459,11 @@ fn transactions_compare_several_keys_then_apply_one_branch() {
         .txn(
             Txn::new()
                 .when(Compare::exists("leader"))
-                .when(Compare::modified("leader", processional::state::txn::Ordering::Equal, revision))
+                .when(Compare::modified(
+                    "leader",
+                    processional::state::txn::Ordering::Equal,
+                    revision,
+                ))
                 .then(Op::set("a", &1u8).unwrap())
                 .then(Op::remove("leader"))
                 .or_else(Op::set("b", &1u8).unwrap()),
@@ -429,7 +472,11 @@ fn transactions_compare_several_keys_then_apply_one_branch() {
     assert!(outcome.succeeded);
     assert!(state.contains("a").unwrap() && !state.contains("leader").unwrap());
     let outcome = state
-        .txn(Txn::new().when(Compare::equal("a", &2u8).unwrap()).or_else(Op::set("b", &1u8).unwrap()))
+        .txn(
+            Txn::new()
+                .when(Compare::equal("a", &2u8).unwrap())
+                .or_else(Op::set("b", &1u8).unwrap()),
+        )
         .unwrap();
     assert!(!outcome.succeeded);
     assert_eq!(state.get::<u8>("b").unwrap(), Some(1));
@@ -453,7 +500,13 @@ fn state_client(address: &str) -> String {
         "state_client did not finish"
     );
     let mut out = String::new();
-    child.0.stdout.take().expect("piped").read_to_string(&mut out).unwrap();
+    child
+        .0
+        .stdout
+        .take()
+        .expect("piped")
+        .read_to_string(&mut out)
+        .unwrap();
     assert!(status.unwrap().success(), "state_client failed: {out}");
     out
 }
@@ -469,6 +522,9 @@ fn a_data_only_client_of_another_build_reads_writes_transacts_and_watches() {
     assert_eq!(lines[1], "txn: true", "{out}");
     assert!(lines[2].starts_with("watched: "), "{out}");
     assert!(lines[3].starts_with("atomic refused: "), "{out}");
-    assert_eq!(state.get::<String>("from-client").unwrap().as_deref(), Some("hi"));
+    assert_eq!(
+        state.get::<String>("from-client").unwrap().as_deref(),
+        Some("hi")
+    );
     assert_eq!(state.get::<u32>("counter").unwrap(), Some(1));
 }

@@ -58,7 +58,11 @@ fn an_exit_code_comes_back_typed_and_can_be_retried_on() {
     assert_eq!(error.exit_code(), Some(7), "{error:?}");
     assert!(context.wait(Some(PATIENCE)).is_err());
     let retried = context
-        .spawn_with(Retry::forever().on_exit_codes(&[3]), func!(exit_once_then_succeed), ())
+        .spawn_with(
+            Retry::forever().on_exit_codes(&[3]),
+            func!(exit_once_then_succeed),
+            (),
+        )
         .unwrap();
     assert_eq!(retried.wait(Some(PATIENCE)).unwrap(), 2);
 }
@@ -67,7 +71,10 @@ fn start_a_tree(state: State, (): ()) -> Result<(), StateError> {
     let grandchild = std::process::Command::new("sleep")
         .arg("1000")
         .spawn()
-        .map_err(|e| StateError::Os { what: "spawn sleep", source: e })?;
+        .map_err(|e| StateError::Os {
+            what: "spawn sleep",
+            source: e,
+        })?;
     state.set("grandchild", &grandchild.id())?;
     state.set("child", &std::process::id())?;
     // Wait for a key nobody sets: the context must kill us.
@@ -84,7 +91,9 @@ fn stopping_a_process_kills_its_tree_grandchild_included() {
     let state = context.state();
     let process = context.spawn(func!(start_a_tree), ()).unwrap();
     let snapshot = state.when_available("child", Some(PATIENCE)).unwrap();
-    let child: u32 = processional::state::Read::get(&snapshot, "child").unwrap().unwrap();
+    let child: u32 = processional::state::Read::get(&snapshot, "child")
+        .unwrap()
+        .unwrap();
     let grandchild: u32 = state.get("grandchild").unwrap().unwrap();
     assert!(process_exists(child) && process_exists(grandchild));
     process.stop();
@@ -92,8 +101,14 @@ fn stopping_a_process_kills_its_tree_grandchild_included() {
         wait_until(PATIENCE, || !process_exists(grandchild)),
         "the grandchild survived its parent's stop"
     );
-    assert!(wait_until(PATIENCE, || !process_exists(child)), "the child survived");
-    assert!(matches!(process.wait(Some(PATIENCE)), Err(StateError::Stopped)));
+    assert!(
+        wait_until(PATIENCE, || !process_exists(child)),
+        "the child survived"
+    );
+    assert!(matches!(
+        process.wait(Some(PATIENCE)),
+        Err(StateError::Stopped)
+    ));
 }
 
 #[test]
@@ -109,8 +124,15 @@ fn dropping_the_context_stops_its_processes_and_its_server() {
     let child: u32 = state.get("child").unwrap().unwrap();
     let grandchild: u32 = state.get("grandchild").unwrap().unwrap();
     drop(context);
-    for (what, pid) in [("child", child), ("grandchild", grandchild), ("server", server)] {
-        assert!(wait_until(PATIENCE, || !process_exists(pid)), "the {what} survived");
+    for (what, pid) in [
+        ("child", child),
+        ("grandchild", grandchild),
+        ("server", server),
+    ] {
+        assert!(
+            wait_until(PATIENCE, || !process_exists(pid)),
+            "the {what} survived"
+        );
     }
 }
 

@@ -166,7 +166,12 @@ impl<R> Slot<R> {
                 return true;
             }
             match deadline {
-                None => outcome = self.changed.wait(outcome).unwrap_or_else(|p| p.into_inner()),
+                None => {
+                    outcome = self
+                        .changed
+                        .wait(outcome)
+                        .unwrap_or_else(|p| p.into_inner())
+                }
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
@@ -562,7 +567,8 @@ impl Context {
                                 process.terminate(Duration::ZERO);
                                 return Err(Failure::Lost("stopped".into()));
                             }
-                            let task = process.schedule_with((state.clone(), args.clone()), shipped);
+                            let task =
+                                process.schedule_with((state.clone(), args.clone()), shipped);
                             match task.wait() {
                                 Ok(Ok(value)) => Ok(value),
                                 Ok(Err(message)) => Err(Failure::Error(message)),
@@ -576,7 +582,10 @@ impl Context {
                         }
                         Err(failure) if retry.covers(&failure, retries) => {
                             retries += 1;
-                            log::debug!("processional-state: {} {failure}; retry {retries}", slot.name);
+                            log::debug!(
+                                "processional-state: {} {failure}; retry {retries}",
+                                slot.name
+                            );
                             let guard = lock(&slot.outcome);
                             let _ = slot
                                 .changed
@@ -612,7 +621,10 @@ impl Context {
         E: fmt::Display,
         F: Fn(State, A) -> Result<R, E> + Copy + Send + Sync + 'static,
     {
-        inputs.into_iter().map(|input| self.spawn(f, input)).collect()
+        inputs
+            .into_iter()
+            .map(|input| self.spawn(f, input))
+            .collect()
     }
 
     /// Waits for every process spawned so far, all within `timeout`
@@ -667,7 +679,12 @@ impl Context {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn map<T, R, F>(&self, f: Func<F>, inputs: Vec<T>, processes: usize) -> Result<Vec<R>, StateError>
+    pub fn map<T, R, F>(
+        &self,
+        f: Func<F>,
+        inputs: Vec<T>,
+        processes: usize,
+    ) -> Result<Vec<R>, StateError>
     where
         T: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
@@ -699,7 +716,9 @@ impl Context {
         // SAFETY: the closure captures only `inner`, an `F` that `f` (a
         // `Func`) vouches any process of this program may make from nothing.
         let shipped = unsafe {
-            Func::new_unchecked(move |chunk: Vec<T>| chunk.into_iter().map(inner).collect::<Vec<R>>())
+            Func::new_unchecked(move |chunk: Vec<T>| {
+                chunk.into_iter().map(inner).collect::<Vec<R>>()
+            })
         };
         // A few chunks per worker, so that a slow one does not hold the rest.
         let chunks = (workers.len() * 4).max(1);
@@ -720,7 +739,12 @@ impl Context {
     /// Runs [`map`](Self::map) and keeps its results on the server under a
     /// new id (in namespace [`MAP_NAMESPACE`]), for any process to fetch
     /// with [`State::map_results`].
-    pub fn map_keep<T, R, F>(&self, f: Func<F>, inputs: Vec<T>, processes: usize) -> Result<String, StateError>
+    pub fn map_keep<T, R, F>(
+        &self,
+        f: Func<F>,
+        inputs: Vec<T>,
+        processes: usize,
+    ) -> Result<String, StateError>
     where
         T: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
@@ -744,7 +768,9 @@ impl State {
 fn short_type_name<F>() -> &'static str {
     let name = std::any::type_name::<F>();
     let name = name.split('<').next().unwrap_or(name);
-    name.rsplit("::").find(|part| !part.starts_with('{')).unwrap_or(name)
+    name.rsplit("::")
+        .find(|part| !part.starts_with('{'))
+        .unwrap_or(name)
 }
 
 impl Drop for Context {

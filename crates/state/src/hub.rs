@@ -357,7 +357,8 @@ mod tests {
 
     fn set(hub: &mut Hub, key: &str, value: u32) {
         let before = hub.store.revision();
-        hub.store.set("ns", key, codec::encode(key, &value).unwrap());
+        hub.store
+            .set("ns", key, codec::encode(key, &value).unwrap());
         deliver(hub.changed("ns", before));
     }
 
@@ -366,7 +367,14 @@ mod tests {
         let mut hub = Hub::new(10);
         let (respond, answers) = channel();
         let test = KeyTest::Equal(codec::encode("k", &2u32).unwrap());
-        deliver(hub.wait("ns", Condition::Key { key: "k".into(), test }, respond));
+        deliver(hub.wait(
+            "ns",
+            Condition::Key {
+                key: "k".into(),
+                test,
+            },
+            respond,
+        ));
         set(&mut hub, "k", 1);
         assert!(answers.try_recv().is_err());
         set(&mut hub, "k", 2);
@@ -384,7 +392,10 @@ mod tests {
         let (respond, answers) = channel();
         deliver(hub.poll("ns", Some(0), 100, respond));
         let changes = answers.try_recv().unwrap().unwrap();
-        assert_eq!(changes.iter().map(|c| c.revision).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(
+            changes.iter().map(|c| c.revision).collect::<Vec<_>>(),
+            [1, 2]
+        );
         // After now: parked until the next change.
         let (respond, answers) = channel();
         deliver(hub.poll("ns", None, 100, respond));

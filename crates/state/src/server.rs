@@ -31,10 +31,9 @@ pub(crate) fn register() -> bool {
     }
     // Registered in order by one caller (the context that started the
     // server), so none exists yet.
-    let registered = register_service(REQUEST, func!(handle)).is_ok()
+    register_service(REQUEST, func!(handle)).is_ok()
         && register_deferred_service(WAIT, func!(wait)).is_ok()
-        && register_deferred_service(POLL, func!(poll)).is_ok();
-    registered
+        && register_deferred_service(POLL, func!(poll)).is_ok()
 }
 
 /// The hub of this process, made on first use.
@@ -120,12 +119,8 @@ fn append_element(bytes: Option<&[u8]>, element: &[u8]) -> Result<Vec<u8>, Strin
 /// Answers one data operation.
 pub(crate) fn handle(request: Request) -> Response {
     match request {
-        Request::Get(ns, key) => {
-            Response::Entry(lock().hub().store.entry(&ns, &key).cloned())
-        }
-        Request::Contains(ns, key) => {
-            Response::Bool(lock().hub().store.entry(&ns, &key).is_some())
-        }
+        Request::Get(ns, key) => Response::Entry(lock().hub().store.entry(&ns, &key).cloned()),
+        Request::Contains(ns, key) => Response::Bool(lock().hub().store.entry(&ns, &key).is_some()),
         Request::Len(ns) => Response::Len(lock().hub().store.len(&ns) as u64),
         Request::Snapshot(ns) => Response::Snapshot(lock().hub().store.snapshot(&ns)),
         Request::Revision => Response::Revision(lock().hub().store.revision()),
@@ -181,7 +176,10 @@ pub(crate) fn handle(request: Request) -> Response {
         }
         Request::Configure { history } => {
             let mut locked = lock();
-            let fresh = locked.0.as_ref().is_none_or(|hub| hub.store.revision() == 0);
+            let fresh = locked
+                .0
+                .as_ref()
+                .is_none_or(|hub| hub.store.revision() == 0);
             if fresh {
                 *locked.0 = Some(Hub::new(history as usize));
             }
@@ -193,7 +191,9 @@ pub(crate) fn handle(request: Request) -> Response {
 /// A deferred reply as a hub waiter.
 struct Deferred<T>(Reply<T>);
 
-impl<T: Serialize + Send + 'static> Respond<Result<T, WireError>> for Deferred<Result<T, WireError>> {
+impl<T: Serialize + Send + 'static> Respond<Result<T, WireError>>
+    for Deferred<Result<T, WireError>>
+{
     fn respond(self: Box<Self>, answer: Result<T, WireError>) {
         // The caller left: nothing to do.
         let _ = self.0.send(answer);
@@ -256,7 +256,11 @@ pub(crate) fn poll(poll: Poll) -> Later<PollAnswer> {
 
 /// Applies `f` to the namespace as one change, rolled back if it fails or
 /// panics.
-pub(crate) fn atomic<A, R, E, F>(namespace: String, args: A, f: F) -> Result<(R, Revision), WireError>
+pub(crate) fn atomic<A, R, E, F>(
+    namespace: String,
+    args: A,
+    f: F,
+) -> Result<(R, Revision), WireError>
 where
     F: Fn(&mut View<'_>, A) -> Result<R, E>,
     E: Display,

@@ -269,7 +269,11 @@ impl State {
         default: &T,
     ) -> Result<T, StateError> {
         let bytes = codec::encode(key, default)?;
-        match self.request(Request::SetDefault(self.namespace.clone(), key.into(), bytes))? {
+        match self.request(Request::SetDefault(
+            self.namespace.clone(),
+            key.into(),
+            bytes,
+        ))? {
             Response::Value(bytes, _) => Ok(codec::decode(key, &bytes)?),
             other => Err(unexpected(other)),
         }
@@ -470,7 +474,12 @@ impl State {
             .schedule_with((self.namespace.clone(), args), shipped)
     }
 
-    fn wait_for(&self, task: Task<WaitAnswer>, timeout: Option<Duration>, what: &str) -> Result<Snapshot, StateError> {
+    fn wait_for(
+        &self,
+        task: Task<WaitAnswer>,
+        timeout: Option<Duration>,
+        what: &str,
+    ) -> Result<Snapshot, StateError> {
         let answer = match timeout {
             None => task.wait()?,
             Some(timeout) => match task.wait_timeout(timeout) {
@@ -487,7 +496,12 @@ impl State {
         Ok(answer?)
     }
 
-    fn wait_data(&self, wait: Wait, timeout: Option<Duration>, what: &str) -> Result<Snapshot, StateError> {
+    fn wait_data(
+        &self,
+        wait: Wait,
+        timeout: Option<Duration>,
+        what: &str,
+    ) -> Result<Snapshot, StateError> {
         let task = self
             .link
             .process
@@ -497,7 +511,11 @@ impl State {
 
     /// Waits (without polling) for a change of one of `keys` (of any key
     /// if empty) after now; returns the namespace as that change left it.
-    pub fn when_change(&self, keys: &[&str], timeout: Option<Duration>) -> Result<Snapshot, StateError> {
+    pub fn when_change(
+        &self,
+        keys: &[&str],
+        timeout: Option<Duration>,
+    ) -> Result<Snapshot, StateError> {
         let keys = keys.iter().map(|k| (*k).to_owned()).collect();
         self.wait_data(Wait::Changed(keys, None), timeout, "when_change")
     }
@@ -522,7 +540,11 @@ impl State {
         timeout: Option<Duration>,
     ) -> Result<Snapshot, StateError> {
         let bytes = codec::encode(key, value)?;
-        self.wait_data(Wait::Key(key.into(), KeyTest::Equal(bytes)), timeout, "when_equal")
+        self.wait_data(
+            Wait::Key(key.into(), KeyTest::Equal(bytes)),
+            timeout,
+            "when_equal",
+        )
     }
 
     /// Waits until `key` does not hold `value` (a missing key qualifies).
@@ -533,28 +555,52 @@ impl State {
         timeout: Option<Duration>,
     ) -> Result<Snapshot, StateError> {
         let bytes = codec::encode(key, value)?;
-        self.wait_data(Wait::Key(key.into(), KeyTest::NotEqual(bytes)), timeout, "when_not_equal")
+        self.wait_data(
+            Wait::Key(key.into(), KeyTest::NotEqual(bytes)),
+            timeout,
+            "when_not_equal",
+        )
     }
 
     /// Waits until `key` does not exist.
     pub fn when_none(&self, key: &str, timeout: Option<Duration>) -> Result<Snapshot, StateError> {
-        self.wait_data(Wait::Key(key.into(), KeyTest::Missing), timeout, "when_none")
+        self.wait_data(
+            Wait::Key(key.into(), KeyTest::Missing),
+            timeout,
+            "when_none",
+        )
     }
 
     /// Waits until `key` exists.
-    pub fn when_not_none(&self, key: &str, timeout: Option<Duration>) -> Result<Snapshot, StateError> {
-        self.wait_data(Wait::Key(key.into(), KeyTest::Present), timeout, "when_not_none")
+    pub fn when_not_none(
+        &self,
+        key: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Snapshot, StateError> {
+        self.wait_data(
+            Wait::Key(key.into(), KeyTest::Present),
+            timeout,
+            "when_not_none",
+        )
     }
 
     /// Waits until `key` exists (zproc's name for [`when_not_none`](Self::when_not_none)).
-    pub fn when_available(&self, key: &str, timeout: Option<Duration>) -> Result<Snapshot, StateError> {
+    pub fn when_available(
+        &self,
+        key: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Snapshot, StateError> {
         self.when_not_none(key, timeout)
     }
 
     /// Waits until `predicate` holds for the namespace (now or after a
     /// change). The predicate runs in the server, so it is shipped like a
     /// function given to a process (`func!`; same build).
-    pub fn when<F>(&self, predicate: Func<F>, timeout: Option<Duration>) -> Result<Snapshot, StateError>
+    pub fn when<F>(
+        &self,
+        predicate: Func<F>,
+        timeout: Option<Duration>,
+    ) -> Result<Snapshot, StateError>
     where
         F: Fn(&Peek<'_>) -> bool + Copy + Send + Sync + 'static,
     {
@@ -744,7 +790,10 @@ impl Watcher {
             Ok(changes) => {
                 self.buffer.extend(changes);
                 let change = self.buffer.pop_front().ok_or(StateError::Stopped)?;
-                self.fetched = self.buffer.back().map_or(change.revision, |last| last.revision);
+                self.fetched = self
+                    .buffer
+                    .back()
+                    .map_or(change.revision, |last| last.revision);
                 // Ask for the next batch now: it waits on the server while
                 // this one is consumed.
                 self.pending = Some(self.state.poll(Some(self.fetched)));

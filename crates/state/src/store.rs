@@ -200,9 +200,7 @@ impl Store {
             for event in &events {
                 match &event.value {
                     Some(value) => {
-                        let created = map
-                            .get(&event.key)
-                            .map_or(revision, |entry| entry.created);
+                        let created = map.get(&event.key).map_or(revision, |entry| entry.created);
                         map.insert(
                             event.key.clone(),
                             Entry {
@@ -277,7 +275,12 @@ impl Store {
 
     /// Sets `key` to `value` unless it exists; returns its value now (the
     /// existing one or `value`) and the revision now.
-    pub fn setdefault(&mut self, namespace: &str, key: &str, value: Vec<u8>) -> (Vec<u8>, Revision) {
+    pub fn setdefault(
+        &mut self,
+        namespace: &str,
+        key: &str,
+        value: Vec<u8>,
+    ) -> (Vec<u8>, Revision) {
         if let Some(entry) = self.entry(namespace, key) {
             return (entry.value.clone(), self.revision);
         }
@@ -418,7 +421,9 @@ impl Store {
             });
         }
         // History revisions increase; skip those at or before `after`.
-        let skip = self.history.partition_point(|change| change.revision <= after);
+        let skip = self
+            .history
+            .partition_point(|change| change.revision <= after);
         Ok(self
             .history
             .iter()
@@ -619,13 +624,18 @@ mod tests {
             (ns.clone(), key.clone(), any::<u8>()).prop_map(|(n, k, v)| Action::Set(n, k, v)),
             (ns.clone(), key.clone()).prop_map(|(n, k)| Action::Remove(n, k)),
             ns.clone().prop_map(Action::Clear),
-            (ns.clone(), prop::collection::vec((key.clone(), any::<u8>()), 0..4))
+            (
+                ns.clone(),
+                prop::collection::vec((key.clone(), any::<u8>()), 0..4)
+            )
                 .prop_map(|(n, items)| Action::Update(n, items)),
-            (ns.clone(), key.clone(), any::<u8>()).prop_map(|(n, k, v)| Action::SetDefault(n, k, v)),
+            (ns.clone(), key.clone(), any::<u8>())
+                .prop_map(|(n, k, v)| Action::SetDefault(n, k, v)),
             ns.clone().prop_map(Action::PopItem),
             (ns.clone(), key.clone(), 0u8..3, key.clone(), 0u8..3)
                 .prop_map(|(n, ik, iv, k, v)| Action::Txn(n, ik, iv, k, v)),
-            (ns, key.clone(), key, any::<bool>()).prop_map(|(n, a, b, f)| Action::Atomic(n, a, b, f)),
+            (ns, key.clone(), key, any::<bool>())
+                .prop_map(|(n, a, b, f)| Action::Atomic(n, a, b, f)),
         ]
     }
 
@@ -681,8 +691,8 @@ mod tests {
                 }
             }
             Action::SetDefault(_, k, v) => {
-                if !map.contains_key(&key(*k)) {
-                    map.insert(key(*k), *v);
+                if let std::collections::btree_map::Entry::Vacant(slot) = map.entry(key(*k)) {
+                    slot.insert(*v);
                     events.insert(key(*k), Some(*v));
                 }
             }

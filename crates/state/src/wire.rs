@@ -31,7 +31,9 @@ pub(crate) enum Request {
     Append(String, String, #[serde(with = "serde_bytes")] Vec<u8>),
     /// Sets the history limit; the server starts over empty if nothing
     /// changed yet.
-    Configure { history: u64 },
+    Configure {
+        history: u64,
+    },
 }
 
 /// The answer of a [`Request`].

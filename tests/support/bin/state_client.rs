@@ -26,7 +26,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut watcher = state.watch_after(outcome.revision - 1);
     let change = watcher.next().ok_or("no change")??;
     println!("watched: revision {}", change.revision);
-    match state.atomic((), func!(|view: &mut View<'_>, (): ()| view.remove::<u32>("counter"))) {
+    match state.atomic(
+        (),
+        func!(|view: &mut View<'_>, (): ()| view.remove::<u32>("counter")),
+    ) {
         Ok(_) => println!("atomic ran"),
         Err(error) => println!("atomic refused: {error}"),
     }

@@ -6,14 +6,17 @@ use processional::state::{Context, Peek, Read, State, StateError, View, func};
 fn eat_cookies(state: State, count: u32) -> Result<(), StateError> {
     for _ in 0..count {
         state.when_available("cookie", None)?; // wait, without polling
-        state.atomic((), func!(|s: &mut View<'_>, (): ()| s.remove::<String>("cookie")))?; // take it, atomically
+        state.atomic(
+            (),
+            func!(|s: &mut View<'_>, (): ()| s.remove::<String>("cookie")),
+        )?; // take it, atomically
         println!("nom nom nom");
     }
     Ok(())
 }
 
 /// The cookie example: one process bakes, another eats, in turns.
-pub fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<()> {
     super::section("a global state shared by processes: Context and State");
     let context = Context::new()?; // starts the state server
     let state = context.state();
