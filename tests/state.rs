@@ -528,3 +528,29 @@ fn a_data_only_client_of_another_build_reads_writes_transacts_and_watches() {
     );
     assert_eq!(state.get::<u32>("counter").unwrap(), Some(1));
 }
+
+#[test]
+fn a_watcher_is_also_an_async_stream() {
+    use futures_core::Stream;
+    use std::pin::Pin;
+
+    let context = Context::new().unwrap();
+    let state = context.state();
+    let mut watcher = state.watch().unwrap();
+    for i in 0..3u32 {
+        state.set("n", &i).unwrap();
+    }
+    let revisions = pollster::block_on(async {
+        let mut revisions = Vec::new();
+        for _ in 0..3 {
+            let change = std::future::poll_fn(|cx| Pin::new(&mut watcher).poll_next(cx))
+                .await
+                .expect("a watcher never ends")
+                .unwrap();
+            revisions.push(change.revision);
+        }
+        revisions
+    });
+    let last = state.revision().unwrap();
+    assert_eq!(revisions, [last - 2, last - 1, last]);
+}

@@ -179,3 +179,65 @@ fn the_parallel_map_equals_the_local_map_and_keeps_results_by_id() {
     let sum = local.iter().fold(0u64, |a, b| a.wrapping_add(*b));
     assert_eq!(fetched.wait(Some(PATIENCE)).unwrap(), sum);
 }
+
+fn killed_once(state: State, (): ()) -> Result<i64, StateError> {
+    let tries = state.increment("tries", 1)?;
+    if tries == 1 {
+        let _ = std::process::Command::new("kill")
+            .args(["-USR1", &std::process::id().to_string()])
+            .status();
+        // The signal ends the process; wait for it.
+        state.when_available("never", Some(PATIENCE))?;
+    }
+    Ok(tries)
+}
+
+fn always_fail(state: State, (): ()) -> Result<(), StateError> {
+    state.increment("forever", 1)?;
+    Err(StateError::Stopped)
+}
+
+#[test]
+fn retries_cover_chosen_signals_and_end_when_the_context_stops_the_process() {
+    let context = Context::new().unwrap();
+    let state = context.state();
+    const SIGUSR1: i32 = 10;
+    let retried = context
+        .spawn_with(Retry::times(1).on_signal(SIGUSR1), func!(killed_once), ())
+        .unwrap();
+    assert_eq!(retried.wait(Some(PATIENCE)).unwrap(), 2);
+    state.set("tries", &0i64).unwrap();
+    let not_retried = context.spawn(func!(killed_once), ()).unwrap();
+    match not_retried.wait(Some(PATIENCE)) {
+        Err(StateError::Process {
+            failure: Failure::Signal(SIGUSR1),
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    // Unbounded retries, until stopped.
+    let forever = context
+        .spawn_with(
+            Retry::forever().delay(Duration::from_millis(1)),
+            func!(always_fail),
+            (),
+        )
+        .unwrap();
+    state
+        .when(
+            func!(|s: &processional::state::Peek<'_>| {
+                processional::state::Read::get::<i64>(s, "forever")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+                    >= 3
+            }),
+            Some(PATIENCE),
+        )
+        .unwrap();
+    forever.stop();
+    assert!(matches!(
+        forever.wait(Some(PATIENCE)),
+        Err(StateError::Stopped)
+    ));
+}

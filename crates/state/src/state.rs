@@ -781,6 +781,11 @@ impl Watcher {
                 }
             },
         };
+        self.received(answer)
+    }
+
+    /// What the next change is, given the answer of a poll.
+    fn received(&mut self, answer: PollAnswer) -> Result<Change, StateError> {
         match answer {
             Ok(mut changes) if self.live => {
                 let change = changes.pop().ok_or(StateError::Stopped)?;
@@ -806,6 +811,42 @@ impl Watcher {
                 Err(StateError::Compacted(compacted))
             }
             Err(other) => Err(other.into()),
+        }
+    }
+}
+
+/// The same changes for async code, under any executor: a
+/// `futures_core::Stream` that never ends.
+impl futures_core::Stream for Watcher {
+    type Item = Result<Change, StateError>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::future::Future;
+        use std::task::Poll;
+
+        let this = self.get_mut();
+        if !this.live {
+            if let Some(change) = this.buffer.pop_front() {
+                this.after = change.revision;
+                return Poll::Ready(Some(Ok(change)));
+            }
+        }
+        let mut task = match this.pending.take() {
+            Some(task) => task,
+            None => this
+                .state
+                .poll(if this.live { None } else { Some(this.fetched) }),
+        };
+        match std::pin::Pin::new(&mut task).poll(cx) {
+            Poll::Pending => {
+                this.pending = Some(task);
+                Poll::Pending
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(Ok(answer)) => Poll::Ready(Some(this.received(answer))),
         }
     }
 }
