@@ -109,6 +109,9 @@ pub struct Store {
     history_limit: usize,
     /// Changes after this revision are all in `history`.
     oldest: Revision,
+    /// Per namespace, the revision of its last change dropped from the
+    /// history: its changes after that are all still there.
+    dropped: BTreeMap<String, Revision>,
 }
 
 impl Store {
@@ -120,6 +123,7 @@ impl Store {
             history: VecDeque::new(),
             history_limit: history_limit.max(1),
             oldest: 0,
+            dropped: BTreeMap::new(),
         }
     }
 
@@ -131,6 +135,12 @@ impl Store {
     /// Changes after this revision are still in the history.
     pub fn oldest(&self) -> Revision {
         self.oldest
+    }
+
+    /// The changes of `namespace` after this revision are all still in the
+    /// history (0: all of them).
+    pub fn oldest_of(&self, namespace: &str) -> Revision {
+        self.dropped.get(namespace).copied().unwrap_or(0)
     }
 
     /// The namespaces that hold at least one key, in order.
@@ -227,6 +237,7 @@ impl Store {
         while self.history.len() > self.history_limit {
             if let Some(dropped) = self.history.pop_front() {
                 self.oldest = dropped.revision;
+                self.dropped.insert(dropped.namespace, dropped.revision);
             }
         }
         revision
@@ -405,18 +416,21 @@ impl Store {
     }
 
     /// The changes of `namespace` after revision `after`, at most `max`, in
-    /// order. If the history no longer reaches back to `after`, the error
-    /// holds the namespace now and its revision instead.
+    /// order. If the history no longer holds all of them (one was dropped
+    /// to keep the history bounded), the error holds the namespace now and
+    /// its revision instead. Changes of other namespaces do not count: a
+    /// quiet namespace is not compacted by a busy one.
     pub fn changes_after(
         &self,
         namespace: &str,
         after: Revision,
         max: usize,
     ) -> Result<Vec<Change>, Compacted> {
-        if after < self.oldest {
+        let oldest = self.oldest_of(namespace);
+        if after < oldest {
             return Err(Compacted {
                 asked: after,
-                oldest: self.oldest,
+                oldest,
                 snapshot: self.snapshot(namespace),
             });
         }
@@ -784,6 +798,7 @@ mod tests {
         ) {
             let mut store = Store::new(limit);
             let mut model = Model::new();
+            let mut log: Vec<(u64, String, bool)> = Vec::new();
             for action in &actions {
                 let before = store.revision();
                 let (ns, expected) = apply(&mut model, action);
@@ -816,10 +831,22 @@ mod tests {
                 }
                 // The history is bounded, and asking before it is refused.
                 prop_assert!(store.history.len() <= limit);
-                if store.oldest() > 0 {
-                    let error = store.changes_after(&ns, store.oldest() - 1, usize::MAX).unwrap_err();
+                let oldest = store.oldest_of(&ns);
+                prop_assert!(oldest <= store.oldest());
+                if oldest > 0 {
+                    let error = store.changes_after(&ns, oldest - 1, usize::MAX).unwrap_err();
                     prop_assert_eq!(error.snapshot, store.snapshot(&ns));
                 }
+                // From there on, the history holds every change of `ns`:
+                // the same as a full log filtered by namespace.
+                log.push((store.revision(), ns.clone(), store.revision() != before));
+                let expected: Vec<u64> = log.iter()
+                    .filter(|(rev, n, changed)| *changed && n == &ns && *rev > oldest)
+                    .map(|(rev, _, _)| *rev)
+                    .collect();
+                let got: Vec<u64> = store.changes_after(&ns, oldest, usize::MAX).unwrap()
+                    .iter().map(|c| c.revision).collect();
+                prop_assert_eq!(got, expected);
             }
             for (ns, map) in &model {
                 prop_assert!(store.snapshot(ns).eq_map(map).unwrap());
@@ -857,6 +884,20 @@ mod tests {
             })
             .unwrap();
         assert_eq!(keys, ["k0", "k1", "k2"]);
+    }
+
+    #[test]
+    fn a_busy_namespace_does_not_compact_a_quiet_one() {
+        let mut store = Store::new(2);
+        store.set("quiet", "k", bytes(1));
+        for i in 0..10u8 {
+            store.set("busy", "n", bytes(i));
+        }
+        // The quiet namespace's change left the history, so asking from
+        // before it is refused; from after it, nothing is missing.
+        assert!(store.changes_after("quiet", 0, 10).is_err());
+        assert_eq!(store.changes_after("quiet", 1, 10).unwrap(), []);
+        assert!(store.changes_after("busy", 8, 10).is_err());
     }
 
     #[test]
