@@ -709,6 +709,24 @@ impl From<WireErrorBox> for StateError {
 ///   revision; the watcher then goes on from that revision.
 /// - **Live** ([`State::watch_live`]): each `next()` yields the latest change
 ///   made after the call.
+///
+/// The history is bounded ([`ContextBuilder::history`](crate::ContextBuilder::history)),
+/// and counted per namespace: a busy namespace does not compact a quiet one.
+///
+/// ```
+/// # fn main() -> Result<(), processional_state::StateError> {
+/// let context = processional_state::Context::new()?;
+/// let state = context.state();
+/// let mut watcher = state.watch()?; // every change from now on
+/// for i in 0..3u32 {
+///     state.set("n", &i)?; // made before the first `next()`: not missed
+/// }
+/// let revisions: Vec<u64> = watcher.by_ref().take(3).map(|c| c.map(|c| c.revision)).collect::<Result<_, _>>()?;
+/// assert_eq!(revisions.len(), 3);
+/// assert!(revisions.windows(2).all(|w| w[0] + 1 == w[1]));
+/// # Ok(())
+/// # }
+/// ```
 pub struct Watcher {
     state: State,
     live: bool,
