@@ -241,3 +241,15 @@ fn retries_cover_chosen_signals_and_end_when_the_context_stops_the_process() {
         Err(StateError::Stopped)
     ));
 }
+
+fn add_one(_state: State, x: u32) -> Result<u32, StateError> {
+    Ok(x + 1)
+}
+
+#[test]
+fn waiting_for_a_process_then_for_the_context_is_no_failure() {
+    let context = Context::new().unwrap();
+    let process = context.spawn(func!(add_one), 1).unwrap();
+    assert_eq!(process.wait(Some(PATIENCE)).unwrap(), 2);
+    context.wait(Some(PATIENCE)).unwrap();
+}

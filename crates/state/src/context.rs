@@ -136,6 +136,8 @@ impl Retry {
 /// How a context's process ended, as it keeps it.
 enum Outcome<R> {
     Done(R),
+    /// Done, and its value was taken by [`Process::wait`].
+    Taken,
     Failed(Failure),
     Stopped,
 }
@@ -199,23 +201,31 @@ impl<R> Slot<R> {
     /// SIGKILL. The supervisor retries no more.
     fn stop(&self, grace: Duration) {
         self.stopping.store(true, Ordering::Release);
-        {
-            let _outcome = lock(&self.outcome);
+        // A process that ended may have left processes of its group; its
+        // own pid, reaped, may belong to someone else by now.
+        let running = {
+            let outcome = lock(&self.outcome);
             self.changed.notify_all();
-        }
+            outcome.is_none()
+        };
         let pid = self.pid.load(Ordering::Acquire);
         if pid == 0 {
             return;
         }
         // The process itself too, in case it has not made its group yet.
         let _ = sys::signal_group(pid, sys::SIGTERM);
-        let _ = sys::signal_process(pid, sys::SIGTERM);
+        if running {
+            let _ = sys::signal_process(pid, sys::SIGTERM);
+        }
         let deadline = Instant::now() + grace;
-        while sys::group_exists(pid) && Instant::now() < deadline {
+        let alive = || sys::group_exists(pid) || (running && lock(&self.outcome).is_none());
+        while alive() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         let _ = sys::signal_group(pid, sys::SIGKILL);
-        let _ = sys::signal_process(pid, sys::SIGKILL);
+        if running && lock(&self.outcome).is_none() {
+            let _ = sys::signal_process(pid, sys::SIGKILL);
+        }
     }
 }
 
@@ -301,13 +311,17 @@ impl<R> Process<R> {
         let mut outcome = lock(&self.slot.outcome);
         match outcome.take() {
             Some(Outcome::Done(value)) => {
-                *outcome = Some(Outcome::Stopped);
+                *outcome = Some(Outcome::Taken);
                 Ok(value)
             }
             Some(Outcome::Failed(failure)) => {
                 let error = self.slot.error(&failure);
                 *outcome = Some(Outcome::Failed(failure));
                 Err(error)
+            }
+            Some(Outcome::Taken) => {
+                *outcome = Some(Outcome::Taken);
+                Err(StateError::Stopped)
             }
             Some(Outcome::Stopped) | None => {
                 *outcome = Some(Outcome::Stopped);
