@@ -209,17 +209,23 @@ impl Store {
             let map = self.namespaces.entry(namespace.to_owned()).or_default();
             for event in &events {
                 match &event.value {
-                    Some(value) => {
-                        let created = map.get(&event.key).map_or(revision, |entry| entry.created);
-                        map.insert(
-                            event.key.clone(),
-                            Entry {
-                                value: value.clone(),
-                                created,
-                                modified: revision,
-                            },
-                        );
-                    }
+                    Some(value) => match map.get_mut(&event.key) {
+                        // In place: no new key.
+                        Some(entry) => {
+                            entry.value.clone_from(value);
+                            entry.modified = revision;
+                        }
+                        None => {
+                            map.insert(
+                                event.key.clone(),
+                                Entry {
+                                    value: value.clone(),
+                                    created: revision,
+                                    modified: revision,
+                                },
+                            );
+                        }
+                    },
                     None => {
                         map.remove(&event.key);
                     }
