@@ -62,6 +62,46 @@ pub(crate) fn link_to(address: &str) -> Result<Arc<Link>, StateError> {
     Ok(link)
 }
 
+/// A task given up, whatever its type.
+trait GivenUp: Send {
+    fn finished(&self) -> bool;
+    /// Takes its outcome, so that it is not reported.
+    fn collect(self: Box<Self>);
+}
+
+impl<T: Send + 'static> GivenUp for Task<T> {
+    fn finished(&self) -> bool {
+        self.is_finished()
+    }
+
+    fn collect(self: Box<Self>) {
+        let _ = (*self).wait();
+    }
+}
+
+/// Tasks given up (a wait that timed out, a watcher dropped with a poll in
+/// flight), kept until they end, so that their end (often the server
+/// going away) is not reported as a failure nobody waited for. Finished
+/// ones are collected whenever another is given up.
+static GIVEN_UP: Mutex<Vec<Box<dyn GivenUp>>> = Mutex::new(Vec::new());
+
+/// Cancels `task` and keeps it until it ends.
+fn give_up<T: Send + 'static>(task: Task<T>) {
+    task.cancel();
+    let finished: Vec<Box<dyn GivenUp>> = {
+        let mut given_up = GIVEN_UP.lock().unwrap_or_else(|p| p.into_inner());
+        let (finished, pending): (Vec<_>, Vec<_>) = std::mem::take(&mut *given_up)
+            .into_iter()
+            .partition(|t| t.finished());
+        *given_up = pending;
+        given_up.push(Box::new(task));
+        finished
+    };
+    for task in finished {
+        task.collect();
+    }
+}
+
 /// A handle to one namespace of a state server: a map from string keys to
 /// values of any serde type, shared by every process that holds a handle.
 ///
@@ -485,7 +525,7 @@ impl State {
             Some(timeout) => match task.wait_timeout(timeout) {
                 Ok(answer) => answer?,
                 Err(task) => {
-                    task.cancel();
+                    give_up(task);
                     return Err(StateError::TimedOut {
                         operation: format!("{what} on namespace {:?}", self.namespace),
                         after: timeout,
@@ -630,7 +670,7 @@ impl State {
         match task.wait_timeout(timeout) {
             Ok(pid) => Ok(pid?),
             Err(task) => {
-                task.cancel();
+                give_up(task);
                 Err(StateError::TimedOut {
                     operation,
                     after: timeout,
@@ -788,7 +828,7 @@ impl Watcher {
                 Ok(answer) => answer?,
                 Err(task) => {
                     if self.live {
-                        task.cancel();
+                        give_up(task);
                     } else {
                         self.pending = Some(task);
                     }
@@ -880,7 +920,7 @@ impl Iterator for Watcher {
 impl Drop for Watcher {
     fn drop(&mut self) {
         if let Some(task) = self.pending.take() {
-            task.cancel();
+            give_up(task);
         }
     }
 }
