@@ -795,3 +795,32 @@ impl Drop for Context {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_covers_what_it_names_and_counts() {
+        let retry = Retry::times(2).on_exit_codes(&[3]).on_signal(10);
+        assert!(retry.covers(&Failure::Exit(3), 0));
+        assert!(!retry.covers(&Failure::Exit(4), 0));
+        assert!(retry.covers(&Failure::Signal(10), 1));
+        assert!(!retry.covers(&Failure::Signal(9), 0));
+        assert!(retry.covers(&Failure::Error("x".into()), 1));
+        assert!(!retry.covers(&Failure::Error("x".into()), 2));
+        assert!(!retry.covers(&Failure::Lost("gone".into()), 0));
+        assert!(Retry::forever().covers(&Failure::Panic("p".into()), u32::MAX - 1));
+        assert!(!Retry::never().covers(&Failure::Exit(1), 0));
+    }
+
+    fn named() {}
+
+    #[test]
+    fn processes_are_named_after_their_function() {
+        fn name_of<F>(_: F) -> &'static str {
+            short_type_name::<F>()
+        }
+        assert_eq!(name_of(named), "named");
+    }
+}

@@ -346,6 +346,40 @@ mod tests {
         fn abandon(self: Box<Self>) {}
     }
 
+    /// A waiter whose caller left: it must be answered once, by abandon.
+    struct Gone(mpsc::Sender<&'static str>);
+
+    impl<T: Send> Respond<T> for Gone {
+        fn respond(self: Box<Self>, _: T) {
+            let _ = self.0.send("answered");
+        }
+        fn is_waiting(&self) -> bool {
+            false
+        }
+        fn abandon(self: Box<Self>) {
+            let _ = self.0.send("abandoned");
+        }
+    }
+
+    #[test]
+    fn waiters_nobody_waits_for_are_abandoned_not_kept() {
+        let mut hub = Hub::new(10);
+        let (sender, events) = mpsc::channel();
+        let condition = Condition::Key {
+            key: "k".into(),
+            test: KeyTest::Present,
+        };
+        deliver(hub.wait("ns", condition, Box::new(Gone(sender.clone()))));
+        assert_eq!(hub.parked(), (1, 0));
+        // Any later registration or change forgets it.
+        deliver(hub.poll("ns", None, 10, Box::new(Gone(sender))));
+        assert_eq!(hub.parked(), (0, 1));
+        set(&mut hub, "k", 1);
+        assert_eq!(hub.parked(), (0, 0));
+        let got: Vec<_> = events.try_iter().collect();
+        assert_eq!(got, ["abandoned", "abandoned"]);
+    }
+
     fn channel<T: Send + 'static>() -> (Box<dyn Respond<T>>, mpsc::Receiver<T>) {
         let (sender, receiver) = mpsc::channel();
         (Box::new(Channel(sender)), receiver)
