@@ -554,3 +554,26 @@ fn a_watcher_is_also_an_async_stream() {
     let last = state.revision().unwrap();
     assert_eq!(revisions, [last - 2, last - 1, last]);
 }
+
+#[test]
+fn any_server_of_this_build_can_hold_a_state() {
+    let address = processional::Address::private_unix()
+        .expect("a private socket path")
+        .to_string();
+    let server = processional::ServerBuilder::new(&address)
+        .unwrap()
+        .persistent(true)
+        .spawn()
+        .unwrap();
+    let state = State::connect(&address).unwrap();
+    state.set("k", &1u8).unwrap();
+    assert_eq!(
+        Context::connect(&address)
+            .unwrap()
+            .state()
+            .get::<u8>("k")
+            .unwrap(),
+        Some(1)
+    );
+    server.terminate(PATIENCE);
+}

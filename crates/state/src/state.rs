@@ -54,6 +54,10 @@ pub(crate) fn link_to(address: &str) -> Result<Arc<Link>, StateError> {
     let process = ClientBuilder::new(address)?
         .retry_for(Duration::from_secs(5))
         .connect()?;
+    // Any server of this build can serve a state: make sure it has the
+    // services (a context's server has them already; one of another build
+    // refuses this call, and has them or not).
+    let _ = process.invoke(func!(server::register));
     let link = Arc::new(Link {
         address: address.to_owned(),
         process,
