@@ -83,5 +83,5 @@ pub use error::{Aborted, Compacted, Direction, Failure, StateError, ValueError};
 pub use hub::Peek;
 pub use processional_process::func;
 pub use read::Read;
-pub use state::{DEFAULT_NAMESPACE, State, Watcher, WireErrorBox};
+pub use state::{AtomicFailed, DEFAULT_NAMESPACE, State, Watcher};
 pub use store::{Change, Entry, Event, Revision, Snapshot, Store, View};

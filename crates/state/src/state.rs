@@ -497,7 +497,7 @@ impl State {
         &self,
         args: A,
         f: Func<F>,
-    ) -> Task<Result<(R, Revision), WireErrorBox>>
+    ) -> Task<Result<(R, Revision), AtomicFailed>>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
@@ -510,7 +510,7 @@ impl State {
         // nothing, so the closure's value may be made from nothing too.
         let shipped = unsafe {
             Func::new_unchecked(move |(namespace, args): (String, A)| {
-                server::atomic(namespace, args, inner).map_err(WireErrorBox)
+                server::atomic(namespace, args, inner).map_err(AtomicFailed)
             })
         };
         self.link
@@ -731,10 +731,10 @@ impl State {
 /// [`State::schedule_atomic`]); `?` turns it into a [`StateError`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
 #[error("{}", StateError::from(.0.clone()))]
-pub struct WireErrorBox(pub(crate) WireError);
+pub struct AtomicFailed(pub(crate) WireError);
 
-impl From<WireErrorBox> for StateError {
-    fn from(error: WireErrorBox) -> Self {
+impl From<AtomicFailed> for StateError {
+    fn from(error: AtomicFailed) -> Self {
         error.0.into()
     }
 }
