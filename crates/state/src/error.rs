@@ -112,6 +112,15 @@ pub enum StateError {
         /// How it ended.
         failure: Failure,
     },
+    /// The server answered a request with an answer of another request (a
+    /// server of an incompatible version).
+    #[error("the state server answered {answer} to a {request} request")]
+    UnexpectedAnswer {
+        /// The request's kind.
+        request: &'static str,
+        /// The answer's kind.
+        answer: String,
+    },
     /// The context was stopped before the process finished.
     #[error("the context was stopped")]
     Stopped,

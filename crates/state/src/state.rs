@@ -165,14 +165,14 @@ impl<'de> Deserialize<'de> for State {
 fn unexpected(response: Response) -> StateError {
     match response {
         Response::Error(error) => error.into(),
-        other => StateError::Runtime(processional_task::Error::Remote(
-            processional_task::RemoteError {
-                kind: processional_task::RemoteErrorKind::Other,
-                message: format!("unexpected answer from the state server: {other:?}"),
-                location: None,
-                backtrace: None,
-            },
-        )),
+        other => StateError::UnexpectedAnswer {
+            request: "data",
+            answer: format!("{other:?}")
+                .split(['(', ' '])
+                .next()
+                .unwrap_or("?")
+                .to_owned(),
+        },
     }
 }
 
