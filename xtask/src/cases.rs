@@ -107,6 +107,26 @@ pub(crate) const CASES: &[Case] = &[
         baseline: "raw unix stream of 100 MiB into a fresh Vec",
         target: Some(1.5),
     },
+    Case {
+        name: "state.get_rtt",
+        baseline: "raw unix ping-pong",
+        target: Some(1.2),
+    },
+    Case {
+        name: "state.atomic_increment",
+        baseline: "raw unix ping-pong",
+        target: Some(1.3),
+    },
+    Case {
+        name: "state.watch_latency",
+        baseline: "raw unix ping-pong, one way (half a round trip)",
+        target: Some(2.0),
+    },
+    Case {
+        name: "state.increments_8x10k",
+        baseline: "raw frames from 8 clients (ping-pong each)",
+        target: Some(1.5),
+    },
 ];
 
 /// The case named `name`, if the table has it.

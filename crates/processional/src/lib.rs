@@ -39,7 +39,8 @@
 //! | [`shm`] (`processional-shm`) | shared-memory segments, `ShmBuf`, `ShmVec`, the segment pool |
 //! | [`task`] (`processional-task`) | [`Task`], `Completer`, [`TaskSet`], [`SharedTask`], cancellation, [`Error`]: what every runtime shares |
 //! | [`thread`](mod@thread) (`processional-thread`) | [`thread()`], [`SlaveThread`], thread-bound objects |
-//! | [`process`] (`processional-process`) | [`slave()`], [`SlaveProcess`], [`Remote`], servers and clients |
+//! | [`process`] (`processional-process`) | [`slave()`], [`SlaveProcess`], [`Remote`], servers and clients, services |
+//! | [`state`] (`processional-state`) | a global state for many processes: [`state::State`], [`state::Context`], watchers |
 //!
 //! # Threads
 //! [`thread()`] runs a closure on a pooled thread and returns its [`Task`];
@@ -194,6 +195,8 @@ pub use processional_process as process;
 pub use processional_proto as proto;
 #[doc(inline)]
 pub use processional_shm as shm;
+#[doc(inline)]
+pub use processional_state as state;
 #[doc(inline)]
 pub use processional_task as task;
 #[doc(inline)]
