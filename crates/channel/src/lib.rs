@@ -1,0 +1,12 @@
+//! Messaging between processes: typed pipes for 1:1 conversations, hosted
+//! queues for 1:N, N:1 and N:M, after the Python library pymulproc, without
+//! its bugs.
+//!
+//! Every message is a [`Message<T>`]: a [`Request`] kind, the **real**
+//! sender's pid (stamped when it is sent), an optional recipient pid, and
+//! typed data.
+
+pub mod core;
+mod message;
+
+pub use message::{Message, Request};
