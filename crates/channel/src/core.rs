@@ -115,26 +115,26 @@ pub enum Effect<T, W> {
     Joined(W),
 }
 
-/// What a receive that may wait did.
+/// What a receive that may wait did (the token comes back unless it waits).
 #[derive(Debug, PartialEq, Eq)]
-pub enum RecvNow<T> {
+pub enum RecvNow<T, W> {
     /// A message was there.
-    Got(Envelope<T>),
+    Got(W, Envelope<T>),
     /// The queue is closed and holds nothing for this receiver.
-    EndOfQueue,
+    EndOfQueue(W),
     /// The receiver waits (its token is kept).
     Waiting,
 }
 
-/// What a send that may wait did.
+/// What a send that may wait did (the token comes back unless it waits).
 #[derive(Debug, PartialEq, Eq)]
-pub enum SendNow<T> {
+pub enum SendNow<T, W> {
     /// The message was accepted.
-    Accepted,
+    Accepted(W),
     /// The queue is full: the sender waits (its token and message are kept).
     Waiting,
     /// The message was refused and comes back.
-    Refused(Refusal, Message<T>),
+    Refused(W, Refusal, Message<T>),
 }
 
 /// `task_done` was called more often than messages were received.
@@ -300,9 +300,9 @@ impl<T, W> QueueCore<T, W> {
         token: W,
         deadline: Option<Instant>,
         effects: &mut Vec<Effect<T, W>>,
-    ) -> SendNow<T> {
+    ) -> SendNow<T, W> {
         match self.try_send(message, effects) {
-            Ok(()) => SendNow::Accepted,
+            Ok(()) => SendNow::Accepted(token),
             Err((Refusal::Full, message)) => {
                 self.senders.push_back(WaitingSender {
                     message,
@@ -311,7 +311,7 @@ impl<T, W> QueueCore<T, W> {
                 });
                 SendNow::Waiting
             }
-            Err((refusal, message)) => SendNow::Refused(refusal, message),
+            Err((refusal, message)) => SendNow::Refused(token, refusal, message),
         }
     }
 
@@ -339,10 +339,10 @@ impl<T, W> QueueCore<T, W> {
         token: W,
         deadline: Option<Instant>,
         effects: &mut Vec<Effect<T, W>>,
-    ) -> RecvNow<T> {
+    ) -> RecvNow<T, W> {
         match self.recv(&filter, effects) {
-            Ok(Some(envelope)) => RecvNow::Got(envelope),
-            Err(EndOfQueue) => RecvNow::EndOfQueue,
+            Ok(Some(envelope)) => RecvNow::Got(token, envelope),
+            Err(EndOfQueue) => RecvNow::EndOfQueue(token),
             Ok(None) => {
                 self.receivers.push_back(WaitingReceiver {
                     filter,
@@ -376,14 +376,14 @@ impl<T, W> QueueCore<T, W> {
         Ok(())
     }
 
-    /// Whether every message accepted was handled; if not, `token` waits
-    /// for it ([`Effect::Joined`]).
-    pub fn join_or_wait(&mut self, token: W) -> bool {
+    /// If every message accepted was handled, gives `token` back; if not,
+    /// keeps it waiting for that ([`Effect::Joined`]).
+    pub fn join_or_wait(&mut self, token: W) -> Option<W> {
         if self.unfinished == 0 {
-            return true;
+            return Some(token);
         }
         self.joiners.push(token);
-        false
+        None
     }
 
     /// Closes the queue: no message is accepted any more (waiting senders
@@ -635,10 +635,10 @@ mod tests {
         assert_eq!(core.unfinished(), 0);
         // The receiver was gone: the message goes back, unfinished again.
         core.restore(envelope, &mut fx);
-        assert!(!core.join_or_wait(9));
+        assert!(core.join_or_wait(9).is_none());
         core.recv(&Filter::Any, &mut fx).unwrap().unwrap();
         assert!(matches!(fx.as_slice(), [Effect::Joined(9)]));
-        assert!(core.join_or_wait(10));
+        assert_eq!(core.join_or_wait(10), Some(10));
     }
 
     #[test]
@@ -647,7 +647,7 @@ mod tests {
         let mut fx = Vec::new();
         core.try_send(message(Request::Do, 1, None, 0), &mut fx).unwrap();
         core.recv(&Filter::Any, &mut fx).unwrap().unwrap();
-        assert!(!core.join_or_wait(1));
+        assert!(core.join_or_wait(1).is_none());
         core.task_done(&mut fx).unwrap();
         assert!(matches!(fx.as_slice(), [Effect::Joined(1)]));
         assert_eq!(core.task_done(&mut fx), Err(NothingToAcknowledge));
@@ -759,7 +759,7 @@ mod tests {
                     Op::Wait(f, p) => {
                         token += 1;
                         match core.recv_or_wait(filter(f, p), token, None, &mut fx) {
-                            RecvNow::Got(got) => {
+                            RecvNow::Got(_, got) => {
                                 let at = model.iter().position(|(_, m)| filter(f, p).matches(m));
                                 let (seq, m) = model.remove(at.expect("the model has one"));
                                 unfinished -= 1;
@@ -771,7 +771,7 @@ mod tests {
                                 prop_assert!(!model.iter().any(|(_, m)| filter(f, p).matches(m)));
                                 waiting.push((token, f, p));
                             }
-                            RecvNow::EndOfQueue => prop_assert!(false, "not closed"),
+                            RecvNow::EndOfQueue(_) => prop_assert!(false, "not closed"),
                         }
                     }
                     Op::Restore => {

@@ -6,7 +6,18 @@
 //! sender's pid (stamped when it is sent), an optional recipient pid, and
 //! typed data.
 
+mod codec;
 pub mod core;
+mod error;
+mod host;
 mod message;
+mod pipe;
+mod queue;
+mod sys;
+pub mod wire;
 
+pub use error::{BatchSendError, Error, RecvError, SendError};
 pub use message::{Message, Request};
+pub use pipe::{PipeEnd, RecvFuture, pipe};
+pub use queue::{Queue, QueueBuilder};
+pub use wire::Pick;

@@ -35,6 +35,7 @@
 //! | [`task`] (`processional-task`) | [`Task`], [`Completer`](task::Completer), [`TaskSet`], [`SharedTask`], cancellation, [`Error`]: what every runtime shares |
 //! | [`thread`](mod@thread) (`processional-thread`) | [`thread()`], [`SlaveThread`], thread-bound objects |
 //! | [`process`] (`processional-process`) | [`slave()`], [`SlaveProcess`], [`Remote`] |
+//! | [`channel`] (`processional-channel`) | pipes and hosted queues of [`channel::Message`]s: filtered receive, join, poison pills |
 //!
 //! # Threads
 //! [`thread()`] runs a closure on a pooled thread and returns its [`Task`];
@@ -70,6 +71,7 @@
 //! pages, sealed read-only. Large encoded payloads (say a big `Vec<u8>`) go
 //! through a pooled shared-memory segment automatically.
 
+pub use processional_channel as channel;
 pub use processional_process as process;
 pub use processional_proto as proto;
 pub use processional_shm as shm;
