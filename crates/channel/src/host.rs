@@ -286,6 +286,19 @@ pub(crate) fn len(queue: u64) -> Status {
     }
 }
 
+/// How many calls wait in the queue (receivers, senders, joiners), those
+/// whose callers left forgotten first.
+pub(crate) fn waiting(queue: u64) -> Status {
+    match find(queue) {
+        Some(hosted) => {
+            let mut core = lock(&hosted.core);
+            core.forget(Waiter::is_listening);
+            Status::Ok(core.waiting() as u64)
+        }
+        None => Status::NoQueue,
+    }
+}
+
 /// Waits (deferred) until every message sent was handled.
 pub(crate) fn join(queue: u64) -> Later<Status> {
     let (reply, later) = reply_later();

@@ -85,10 +85,10 @@ impl Link {
 /// it is hosted.
 ///
 /// ```
-/// use processional_channel::{Message, Queue, Request, SendError};
+/// use processional_channel::{Queue, QueueBuilder, Request, SendError};
 /// use std::time::Duration;
 /// # fn main() -> Result<(), processional_channel::Error> {
-/// let queue: Queue<u32> = Queue::builder()
+/// let queue: Queue<u32> = QueueBuilder::new()
 ///     .capacity(1)
 ///     .send_timeout(Duration::from_millis(50))
 ///     .build()?;
@@ -253,11 +253,6 @@ impl<T> Queue<T> {
         QueueBuilder::new().capacity(capacity).build()
     }
 
-    /// Options for a new queue.
-    pub fn builder() -> QueueBuilder {
-        QueueBuilder::new()
-    }
-
     /// The address of the process hosting the queue.
     pub fn host(&self) -> &str {
         &self.link.address
@@ -282,6 +277,16 @@ impl<T> Queue<T> {
             .link
             .process
             .invoke_with(self.id, func!(|queue: u64| crate::host::len(queue)))?;
+        self.status(status).map(|n| n as usize)
+    }
+
+    /// How many calls wait in the host: receivers with nothing for them yet,
+    /// senders waiting for room, joiners.
+    pub fn waiting(&self) -> Result<usize, Error> {
+        let status = self
+            .link
+            .process
+            .invoke_with(self.id, func!(|queue: u64| crate::host::waiting(queue)))?;
         self.status(status).map(|n| n as usize)
     }
 
