@@ -180,3 +180,40 @@ fn a_server_of_another_user_is_refused() {
         other => panic!("expected the server refused, got {other:?}"),
     }
 }
+
+#[test]
+fn a_spawned_unix_server_takes_the_key_of_the_environment() {
+    if is_helper() {
+        // PROCESSIONAL_KEY is set for this process alone: a client that
+        // holds that key must get in, whatever file the server writes.
+        let (address, _) = unix_address();
+        let key = std::env::var("PROCESSIONAL_KEY").unwrap();
+        let key = processional::Key::from_hex(&key).unwrap();
+        let _server = server(&address).expect("spawn");
+        match ClientBuilder::new(&address).unwrap().key(key).connect() {
+            Ok(client) => println!("connected {}", client.invoke(func!(|| 5u8)).unwrap()),
+            Err(error) => println!("refused {error:?}"),
+        }
+        return;
+    }
+    let key = processional::Key::generate().to_hex();
+    let helper = processional_tests::spawn_helper(
+        "a_spawned_unix_server_takes_the_key_of_the_environment",
+        &[("PROCESSIONAL_KEY", key)],
+    );
+    let mut helper = KillOnDrop(helper);
+    let mut seen = Vec::new();
+    for line in BufReader::new(helper.0.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        // libtest prints the test's name first, on the same line.
+        if line.contains("connected ") || line.contains("refused ") {
+            assert!(
+                line.ends_with("connected 5"),
+                "the key was not used: {line}"
+            );
+            return;
+        }
+        seen.push(line);
+    }
+    panic!("the helper said neither: {seen:?}");
+}

@@ -222,6 +222,7 @@ mod remote;
 mod reply;
 mod serve;
 mod server;
+mod service;
 mod session;
 mod sink;
 mod slave;
@@ -243,6 +244,10 @@ pub use server::{
     ClientBuilder, DEFAULT_CLIENT_TIMEOUT, DEFAULT_MAX_PENDING_HANDSHAKES,
     DEFAULT_SERVER_HANDSHAKE_TIMEOUT, KEY_FILE_VAR, KEY_VAR, ServerBuilder, ServerHandle, client,
     export, runtime_dir, serve, server,
+};
+pub use service::{
+    ServiceExists, has_service, register_deferred_service, register_service,
+    register_stream_service,
 };
 pub use sink::{ItemSink, TrySendError};
 pub use slave::{Output, SlaveProcess, SlaveProcessBuilder, slave};

@@ -16,7 +16,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use processional_proto::{
-    Call, Message, ObjectId, Outcome, RemoteError, RemoteErrorKind, Reply, RunMode, TaskId,
+    Call, Message, ObjectId, Outcome, RemoteError, RemoteErrorKind, Reply, RunMode, ServiceCall,
+    TaskId,
 };
 use processional_task::CancelToken;
 use processional_transport::{Connection, ConnectionReader, ConnectionWriter, Received};
@@ -26,6 +27,7 @@ use crate::context::{self, CallContext};
 use crate::function::{self, Answer, IdMap};
 use crate::objects::{ConnectionObjects, ObjectTable};
 use crate::payload::{self, Incoming, Outgoing};
+use crate::service;
 use crate::sink::Flow;
 use processional_shm::transfer;
 
@@ -47,6 +49,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Work the executor runs in FIFO order.
 enum Job {
     Call(Call, Vec<OwnedFd>),
+    /// Answer a call with an error without running anything (sent by the
+    /// executor: the reader may be inside a send).
+    Refuse(TaskId, RemoteError),
     Release(ObjectId),
     Pong(u64),
 }
@@ -87,6 +92,8 @@ pub(crate) struct Served {
     end: Mutex<Option<End>>,
     taking_over: AtomicBool,
     unix: bool,
+    /// The peer is a data-only client: it may call services only.
+    data_only: bool,
     on_shutdown: Option<ShutdownHook>,
     threads_running: AtomicUsize,
     threads_done: Condvar,
@@ -108,16 +115,21 @@ impl std::fmt::Debug for Served {
 impl Served {
     /// Serves `connection` (already authenticated) with the objects of
     /// `table`. `on_shutdown` runs once the peer's shutdown request has been
-    /// acknowledged.
+    /// acknowledged. A `data_only` peer may call services and nothing else
+    /// (it runs another build, maybe, and its shutdown requests end only its
+    /// own connection).
     pub(crate) fn new(
         connection: Connection,
         table: &Arc<ObjectTable>,
         on_shutdown: Option<ShutdownHook>,
+        data_only: bool,
     ) -> Arc<Served> {
         let unix = connection.is_unix();
+        let on_shutdown = on_shutdown.filter(|_| !data_only);
         let (reader, writer) = connection.split();
         let served = Arc::new(Served {
             unix,
+            data_only,
             on_shutdown,
             reader: Mutex::new(reader),
             writer: Mutex::new(writer),
@@ -154,6 +166,9 @@ impl Served {
                     Watchdog::global().call_started();
                     self.execute(call, fds);
                     self.busy.store(0, Ordering::Release);
+                }
+                Some(Job::Refuse(task, error)) => {
+                    self.send_reply(task, Err(error));
                 }
                 Some(Job::Release(object)) => self.objects.release(object),
                 Some(Job::Pong(value)) => self.send(&Message::Pong(value)),
@@ -351,25 +366,36 @@ impl Served {
     /// executor, if any.
     fn handle(self: &Arc<Self>, received: Received) -> Option<Job> {
         match received.message {
-            Message::Call(call) => {
-                let token = CancelToken::new();
-                lock(&self.calls).insert(call.task, CallState { token, flow: None });
-                match call.mode {
-                    RunMode::Queued => Some(Job::Call(call, received.fds)),
-                    RunMode::Thread => {
-                        self.threads_running.fetch_add(1, Ordering::AcqRel);
-                        let served = self.clone();
-                        processional_thread::thread(move || {
-                            served.execute(call, received.fds);
-                            let _guard = lock(&served.threads_lock);
-                            served.threads_running.fetch_sub(1, Ordering::AcqRel);
-                            served.threads_done.notify_all();
-                        })
-                        .detach();
-                        None
-                    }
-                }
-            }
+            Message::Call(call) if self.data_only => Some(Job::Refuse(
+                call.task,
+                refusal(
+                    RemoteErrorKind::InvalidFunction,
+                    "a data-only client may call services only".into(),
+                ),
+            )),
+            Message::Call(call) => self.accept(call, received.fds),
+            Message::ServiceCall(ServiceCall {
+                task,
+                service,
+                args,
+            }) => match service::lookup(&service) {
+                Some(function) => self.accept(
+                    Call {
+                        task,
+                        function,
+                        mode: RunMode::Queued,
+                        args,
+                    },
+                    received.fds,
+                ),
+                None => Some(Job::Refuse(
+                    task,
+                    refusal(
+                        RemoteErrorKind::NotFound,
+                        format!("this process has no service named {service:?}"),
+                    ),
+                )),
+            },
             Message::Release { object } => Some(Job::Release(object)),
             Message::Cancel { task } => {
                 if let Some(call) = lock(&self.calls).get(&task) {
@@ -429,6 +455,27 @@ impl Served {
                     backtrace: None,
                 }));
                 self.finish(End::PeerClosed);
+                None
+            }
+        }
+    }
+
+    /// Takes a call in: queued for the executor, or run on a thread.
+    fn accept(self: &Arc<Self>, call: Call, fds: Vec<OwnedFd>) -> Option<Job> {
+        let token = CancelToken::new();
+        lock(&self.calls).insert(call.task, CallState { token, flow: None });
+        match call.mode {
+            RunMode::Queued => Some(Job::Call(call, fds)),
+            RunMode::Thread => {
+                self.threads_running.fetch_add(1, Ordering::AcqRel);
+                let served = self.clone();
+                processional_thread::thread(move || {
+                    served.execute(call, fds);
+                    let _guard = lock(&served.threads_lock);
+                    served.threads_running.fetch_sub(1, Ordering::AcqRel);
+                    served.threads_done.notify_all();
+                })
+                .detach();
                 None
             }
         }
@@ -708,5 +755,15 @@ impl Watchdog {
         while self.asleep.load(Ordering::SeqCst) {
             guard = self.woken.wait(guard).unwrap_or_else(|p| p.into_inner());
         }
+    }
+}
+
+/// An error answering a call that was not run.
+fn refusal(kind: RemoteErrorKind, message: String) -> RemoteError {
+    RemoteError {
+        kind,
+        message,
+        location: None,
+        backtrace: None,
     }
 }

@@ -32,7 +32,9 @@ use crate::serve::{End, Served, ShutdownHook};
 use crate::session::Session;
 use crate::slave::{Kind, SlaveProcess, hello};
 use crate::sys;
-use crate::trust::{is_trusted_server_uid, key_file_for, resolve_key, write_key_file};
+use crate::trust::{
+    configured_key, is_trusted_server_uid, key_file_for, resolve_key, write_key_file,
+};
 
 /// How long a server gives a peer to complete the handshake, unless
 /// [`ServerBuilder::handshake_timeout`] says otherwise.
@@ -111,8 +113,11 @@ impl ServerBuilder {
         })
     }
 
-    /// The key clients must prove they hold (default: the environment, see
-    /// the crate docs; [`server`] generates one when none is found).
+    /// The key clients must prove they hold (default: `PROCESSIONAL_KEY`,
+    /// else the file `PROCESSIONAL_KEY_FILE` names; [`spawn`](Self::spawn)
+    /// generates one when neither is set, and writes it beside a unix
+    /// socket for this user's clients, ignoring a key file an earlier
+    /// server left there).
     pub fn key(mut self, key: Key) -> Self {
         self.key = Some(key);
         self
@@ -371,7 +376,7 @@ fn start_accepting(
     let handshake = Handshake {
         key: key.clone(),
         hello: hello(Role::Server),
-        accept_roles: vec![Role::Client, Role::Master],
+        accept_roles: vec![Role::Client, Role::Master, Role::DataClient],
         timeout: Some(handshakes.timeout),
     };
     let listener = AuthenticatingListener::new(listener, handshake, handshakes.max_pending)
@@ -408,13 +413,14 @@ fn start_accepting(
 fn accept_loop(mut listener: AuthenticatingListener, state: Arc<ServerState>) {
     loop {
         match listener.accept_unless(|pending| pending == 0 && state.is_idle()) {
-            Ok(Some((connection, _peer))) => {
+            Ok(Some((connection, peer))) => {
+                let data_only = peer.hello.role == Role::DataClient;
                 state.clients.fetch_add(1, Ordering::AcqRel);
                 state.served_any.store(true, Ordering::Release);
                 let client_state = state.clone();
                 let spawned = std::thread::Builder::new()
                     .name("processional-client".into())
-                    .spawn(move || serve_counted(connection, &client_state));
+                    .spawn(move || serve_counted(connection, data_only, &client_state));
                 if let Err(error) = spawned {
                     log::error!("processional: cannot start a thread for a client: {error}");
                     state.client_left(false);
@@ -434,10 +440,10 @@ fn accept_loop(mut listener: AuthenticatingListener, state: Arc<ServerState>) {
 }
 
 /// Serves an authenticated client, already counted in `state.clients`.
-fn serve_counted(connection: Connection, state: &Arc<ServerState>) {
+fn serve_counted(connection: Connection, data_only: bool, state: &Arc<ServerState>) {
     let stopper = state.clone();
     let stop: ShutdownHook = Arc::new(move || stopper.stop());
-    let served = Served::new(connection, &state.objects, Some(stop));
+    let served = Served::new(connection, &state.objects, Some(stop), data_only);
     let end = served.serve();
     drop(served);
     state.client_left(end == End::Shutdown);
@@ -479,6 +485,7 @@ pub struct ClientBuilder {
     key: Option<Key>,
     timeout: Duration,
     retry_for: Duration,
+    data_only: bool,
 }
 
 impl ClientBuilder {
@@ -490,6 +497,7 @@ impl ClientBuilder {
             key: None,
             timeout: DEFAULT_CLIENT_TIMEOUT,
             retry_for: Duration::ZERO,
+            data_only: false,
         })
     }
 
@@ -515,6 +523,31 @@ impl ClientBuilder {
     /// the address.
     pub fn retry_for(mut self, patience: Duration) -> Self {
         self.retry_for = patience;
+        self
+    }
+
+    /// Connects as a data-only client: one that calls the server's named
+    /// services ([`SlaveProcess::call_service`]) and nothing else. Such a
+    /// client ships no code, so the server may run another build, or
+    /// another program altogether, as long as both hold the key; the
+    /// server refuses its `func!` calls, and its shutdown requests end
+    /// only its own connection.
+    ///
+    /// ```no_run
+    /// use processional_process::ClientBuilder;
+    ///
+    /// # fn main() -> Result<(), processional_process::Error> {
+    /// // An inspection tool, built separately from the server it reads.
+    /// let server = ClientBuilder::new("unix:/run/myapp/state.sock")?
+    ///     .data_only(true)
+    ///     .connect()?;
+    /// let count: u64 = server.call_service("myapp.v1.count", ()).wait()?;
+    /// println!("{count}");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn data_only(mut self, data_only: bool) -> Self {
+        self.data_only = data_only;
         self
     }
 
@@ -562,7 +595,11 @@ impl ClientBuilder {
                 Side::Initiator,
                 &Handshake {
                     key,
-                    hello: hello(Role::Client),
+                    hello: hello(if self.data_only {
+                        Role::DataClient
+                    } else {
+                        Role::Client
+                    }),
                     accept_roles: vec![Role::Server],
                     timeout: Some(self.timeout),
                 },
@@ -599,12 +636,7 @@ pub(crate) struct ServerBootstrap {
 impl ServerBuilder {
     /// Spawns a server process with these options and connects to it.
     pub fn spawn(self) -> Result<SlaveProcess, Error> {
-        let key = match &self.key {
-            Some(key) => key.clone(),
-            // A key file left by an earlier server does not bind a new one.
-            None if key_file_for(&self.address).is_some() => Key::generate(),
-            None => resolve_key(None, &self.address)?.unwrap_or_else(Key::generate),
-        };
+        let key = configured_key(self.key.as_ref(), &self.address)?.unwrap_or_else(Key::generate);
         let bootstrap = ServerBootstrap {
             address: self.address.to_string(),
             persistent: self.persistent,
@@ -676,7 +708,7 @@ pub(crate) fn run_spawned_server(
     let master_state = state.clone();
     std::thread::Builder::new()
         .name("processional-client".into())
-        .spawn(move || serve_counted(master, &master_state))
+        .spawn(move || serve_counted(master, false, &master_state))
         .map_err(|e| Error::io("cannot start the server thread", e))?;
     ServerHandle { state }.join();
     Ok(())

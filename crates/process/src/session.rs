@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use processional_proto::{Call, FunctionRef, Message, Outcome, Payload, RunMode, TaskId};
+use processional_proto::{
+    Call, FunctionRef, Message, Outcome, Payload, RunMode, ServiceCall, TaskId,
+};
 use processional_task::{Driver, Error, ExitReason, Task};
 use processional_transport::{Connection, ConnectionReader, ConnectionWriter, PeerInfo, Received};
 use serde::de::DeserializeOwned;
@@ -97,6 +99,33 @@ impl Death {
                 source: cause.clone(),
             },
             Death::Shutdown => Error::Stopped,
+        }
+    }
+}
+
+/// What a call runs in the peer.
+#[derive(Debug)]
+pub(crate) enum Target {
+    /// A function of this build, and how to run it.
+    Function(FunctionRef, RunMode),
+    /// A service the peer registered under this name (queued).
+    Service(String),
+}
+
+impl Target {
+    fn message(self, task: TaskId, args: Payload) -> Message {
+        match self {
+            Target::Function(function, mode) => Message::Call(Call {
+                task,
+                function,
+                mode,
+                args,
+            }),
+            Target::Service(service) => Message::ServiceCall(ServiceCall {
+                task,
+                service,
+                args,
+            }),
         }
     }
 }
@@ -228,6 +257,14 @@ impl Session {
     where
         R: DeserializeOwned + Send + 'static,
     {
+        self.call_to(Target::Function(function, mode), args)
+    }
+
+    /// Sends a call of `target`; its reply completes the returned task.
+    pub(crate) fn call_to<R>(&self, target: Target, args: Outgoing) -> Result<Task<R>, Error>
+    where
+        R: DeserializeOwned + Send + 'static,
+    {
         if let Some(error) = self.death_error() {
             return Err(error);
         }
@@ -240,7 +277,7 @@ impl Session {
                 let _ = session.send(&Message::Cancel { task: task_id });
             }
         }));
-        self.send_call(task_id, function, mode, args, |lent| {
+        self.send_call(task_id, target, args, |lent| {
             Pending::Call(Box::new(move |outcome: RawOutcome| {
                 reclaim(lent, &outcome);
                 completer.complete(
@@ -259,13 +296,22 @@ impl Session {
         mode: RunMode,
         args: Outgoing,
     ) -> Result<(TaskId, Arc<Inbox>), Error> {
+        self.stream_to(Target::Function(function, mode), args)
+    }
+
+    /// Sends a call of `target` that streams items into the returned inbox.
+    pub(crate) fn stream_to(
+        &self,
+        target: Target,
+        args: Outgoing,
+    ) -> Result<(TaskId, Arc<Inbox>), Error> {
         if let Some(error) = self.death_error() {
             return Err(error);
         }
         let task_id = self.next_task.fetch_add(1, Ordering::Relaxed);
         let inbox = Arc::new(Inbox::default());
         let pending = inbox.clone();
-        self.send_call(task_id, function, mode, args, |lent| {
+        self.send_call(task_id, target, args, |lent| {
             pending.lend(lent);
             Pending::Stream(pending)
         });
@@ -277,8 +323,7 @@ impl Session {
     fn send_call(
         &self,
         task_id: TaskId,
-        function: FunctionRef,
-        mode: RunMode,
+        target: Target,
         args: Outgoing,
         pending: impl FnOnce(Option<Lent>) -> Pending,
     ) {
@@ -292,12 +337,7 @@ impl Session {
         // then), freed otherwise.
         let loan = loan.map(|loan| Arc::new(Mutex::new(Some(loan))));
         lock(&self.pending).insert(task_id, pending(loan.clone()));
-        let message = Message::Call(Call {
-            task: task_id,
-            function,
-            mode,
-            args,
-        });
+        let message = target.message(task_id, args);
         let sent = if transfers.is_empty() && loan.is_none() {
             self.send_with_fds(&message, &[])
         } else {

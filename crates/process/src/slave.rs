@@ -26,7 +26,7 @@ use crate::remote::{Remote, encode_for, scheduled};
 use crate::reply::Later;
 use crate::serve::{End, Served, ShutdownHook};
 use crate::server::ServerBootstrap;
-use crate::session::Session;
+use crate::session::{Session, Target};
 use crate::sink::ItemSink;
 use crate::stream::ItemStream;
 use crate::sys;
@@ -453,7 +453,7 @@ fn run_slave(fd: RawFd, master: Option<i32>) -> Result<(), Error> {
     }
     let exit: ShutdownHook = Arc::new(|| std::process::exit(0));
     // A slave's objects are its master's alone.
-    let served = Served::new(connection, &ObjectTable::new(), Some(exit));
+    let served = Served::new(connection, &ObjectTable::new(), Some(exit), false);
     let end = served.serve();
     if end == End::PeerClosed && bootstrap.detached {
         served.wait_for_threads();
@@ -760,6 +760,56 @@ impl SlaveProcess {
             RunMode::Queued,
             bytes,
         )?;
+        Ok(ItemStream::new(session.clone(), task, inbox, window))
+    }
+
+    /// Calls the service the process registered as `name` (see
+    /// [`register_service`](crate::register_service)) with `args`: the
+    /// task of its value. The call ships no code, so it works from a
+    /// [data-only client](crate::ClientBuilder::data_only) of another build
+    /// too. A name the process does not know fails the task with a remote
+    /// error of kind [`NotFound`](processional_proto::RemoteErrorKind::NotFound).
+    ///
+    /// ```
+    /// use processional_process::{func, register_service};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let process = processional_process::slave()?;
+    /// process.invoke(func!(|| register_service("example.v1.len", func!(|s: String| s.len()))))??;
+    /// let len: usize = process.call_service("example.v1.len", "four".to_string()).wait()?;
+    /// assert_eq!(len, 4);
+    /// assert!(process.call_service::<_, usize>("example.v1.nobody", ()).wait().is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn call_service<A, R>(&self, name: &str, args: A) -> Task<R>
+    where
+        A: Serialize + 'static,
+        R: DeserializeOwned + Send + 'static,
+    {
+        let session = &self.inner.session;
+        encode_for(session, &args)
+            .and_then(|bytes| session.call_to::<R>(Target::Service(name.into()), bytes))
+            .unwrap_or_else(|error| Task::ready(Err(error)))
+    }
+
+    /// Opens the streaming service the process registered as `name` (see
+    /// [`register_stream_service`](crate::register_stream_service)), letting
+    /// it send up to `window` items (at least 1) ahead of those consumed.
+    pub fn stream_service<A, T, R>(
+        &self,
+        name: &str,
+        args: A,
+        window: u32,
+    ) -> Result<ItemStream<T, R>, Error>
+    where
+        A: Serialize + 'static,
+        T: DeserializeOwned + 'static,
+        R: DeserializeOwned + 'static,
+    {
+        let session = &self.inner.session;
+        let bytes = encode_for(session, &args)?;
+        let (task, inbox) = session.stream_to(Target::Service(name.into()), bytes)?;
         Ok(ItemStream::new(session.clone(), task, inbox, window))
     }
 

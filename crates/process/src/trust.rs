@@ -90,9 +90,23 @@ pub(crate) fn resolve_key(explicit: Option<&Key>, address: &Address) -> Result<O
     )
 }
 
-/// [`resolve_key`] with the values of `PROCESSIONAL_KEY` and
-/// `PROCESSIONAL_KEY_FILE` given.
-fn resolve_key_from(
+/// The key a server about to be spawned at `address` is given: the explicit
+/// one, else `PROCESSIONAL_KEY`, else the file named by
+/// `PROCESSIONAL_KEY_FILE`; `None` means a fresh one. A key file left
+/// beside the socket by an earlier server does not bind a new one.
+pub(crate) fn configured_key(
+    explicit: Option<&Key>,
+    address: &Address,
+) -> Result<Option<Key>, Error> {
+    configured_key_from(
+        explicit,
+        std::env::var_os(KEY_VAR).as_deref(),
+        std::env::var_os(KEY_FILE_VAR).as_deref(),
+        address,
+    )
+}
+
+fn configured_key_from(
     explicit: Option<&Key>,
     key_var: Option<&OsStr>,
     key_file_var: Option<&OsStr>,
@@ -109,6 +123,20 @@ fn resolve_key_from(
     }
     if let Some(path) = key_file_var {
         return read_key_file(Path::new(path), &address.to_string()).map(Some);
+    }
+    Ok(None)
+}
+
+/// [`resolve_key`] with the values of `PROCESSIONAL_KEY` and
+/// `PROCESSIONAL_KEY_FILE` given.
+fn resolve_key_from(
+    explicit: Option<&Key>,
+    key_var: Option<&OsStr>,
+    key_file_var: Option<&OsStr>,
+    address: &Address,
+) -> Result<Option<Key>, Error> {
+    if let Some(key) = configured_key_from(explicit, key_var, key_file_var, address)? {
+        return Ok(Some(key));
     }
     if let Some(path) = key_file_for(address) {
         if path.exists() {

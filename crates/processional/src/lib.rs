@@ -81,9 +81,10 @@ pub use processional_transport as transport;
 
 pub use processional_process::{
     ClientBuilder, Func, ItemSink, ItemStream, Later, NobodyListening, Output, Remote, Reply,
-    ServerBuilder, ServerHandle, SlaveProcess, SlaveProcessBuilder, Termination, TrySendError,
-    client, export, fingerprint, func, init, live_objects, reply_later, runtime_dir, serve, server,
-    slave,
+    ServerBuilder, ServerHandle, ServiceExists, SlaveProcess, SlaveProcessBuilder, Termination,
+    TrySendError, client, export, fingerprint, func, has_service, init, live_objects,
+    register_deferred_service, register_service, register_stream_service, reply_later, runtime_dir,
+    serve, server, slave,
 };
 pub use processional_shm::{SharedMutBuf, ShmBuf, ShmSlice, ShmVec};
 pub use processional_task::{

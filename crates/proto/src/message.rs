@@ -47,6 +47,10 @@ pub enum Role {
     Client,
     /// Serves the orders of any number of clients.
     Server,
+    /// Connects to a server to call its named services only
+    /// ([`ServiceCall`]): it ships no code and runs none of the server's, so
+    /// it may run another build (another program, even) than the server.
+    DataClient,
 }
 
 /// The first message each side sends: who it is and what it speaks.
@@ -128,6 +132,22 @@ pub struct Call {
     /// How to run it.
     pub mode: RunMode,
     /// The serialized arguments, interpreted by the function.
+    pub args: Payload,
+}
+
+/// Run a service of the receiver: a function it registered under a name.
+///
+/// Unlike a [`Call`], it names no code of the sender, so it may come from a
+/// peer of another build (a [`Role::DataClient`]). It is answered like a
+/// queued call: by the [`Reply`] with the same id, after any [`Message::Item`]s
+/// of a streaming service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceCall {
+    /// Answered by the [`Reply`] with the same id.
+    pub task: TaskId,
+    /// The name the receiver registered the service under.
+    pub service: String,
+    /// The serialized arguments, interpreted by the service.
     pub args: Payload,
 }
 
@@ -331,6 +351,8 @@ pub enum Message {
         /// How many more items the caller will take.
         items: u32,
     },
+    /// Run a named service of the receiver.
+    ServiceCall(ServiceCall),
 }
 
 impl Message {
@@ -353,6 +375,7 @@ impl Message {
             Message::Error(_) => "Error",
             Message::Item { .. } => "Item",
             Message::Credit { .. } => "Credit",
+            Message::ServiceCall(_) => "ServiceCall",
         }
     }
 }

@@ -89,8 +89,13 @@ pub(crate) fn every_variant() -> Vec<Message> {
             task: u64::MAX,
             items: u32::MAX,
         },
+        Message::ServiceCall(ServiceCall {
+            task: 5,
+            service: "processional.example.v1.get".into(),
+            args: Payload::Inline(vec![1, 2]),
+        }),
     ];
-    for role in [Role::Slave, Role::Client, Role::Server] {
+    for role in [Role::Slave, Role::Client, Role::Server, Role::DataClient] {
         messages.push(Message::Hello(Hello {
             protocol: 0,
             fingerprint: Fingerprint::default(),
@@ -177,7 +182,13 @@ fn remote_error() -> impl Strategy<Value = RemoteError> {
 
 /// Any [`Message`].
 pub(crate) fn message() -> impl Strategy<Value = Message> {
-    let role = prop::sample::select(vec![Role::Master, Role::Slave, Role::Client, Role::Server]);
+    let role = prop::sample::select(vec![
+        Role::Master,
+        Role::Slave,
+        Role::Client,
+        Role::Server,
+        Role::DataClient,
+    ]);
     let hello = (
         any::<u16>(),
         any::<[u8; 32]>(),
@@ -237,6 +248,8 @@ pub(crate) fn message() -> impl Strategy<Value = Message> {
         1 => remote_error().prop_map(Message::Error),
         3 => (any::<u64>(), payload()).prop_map(|(task, payload)| Message::Item { task, payload }),
         1 => (any::<u64>(), any::<u32>()).prop_map(|(task, items)| Message::Credit { task, items }),
+        2 => (any::<u64>(), text(), payload())
+            .prop_map(|(task, service, args)| Message::ServiceCall(ServiceCall { task, service, args })),
     ]
 }
 

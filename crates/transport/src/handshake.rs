@@ -32,8 +32,8 @@ pub enum Side {
 pub struct Handshake {
     /// The shared secret both sides must hold.
     pub key: Key,
-    /// Who this side is; `hello.protocol` and `hello.fingerprint` must equal
-    /// the peer's.
+    /// Who this side is; `hello.protocol` must equal the peer's, and so must
+    /// `hello.fingerprint` unless one side is a [`Role::DataClient`].
     pub hello: Hello,
     /// The roles accepted from the peer; empty accepts any.
     pub accept_roles: Vec<Role>,
@@ -363,7 +363,26 @@ impl Machine {
                 },
             ));
         }
-        if peer.fingerprint != ours.fingerprint {
+        if !config.accept_roles.is_empty() && !config.accept_roles.contains(&peer.role) {
+            return Err(self.refuse(
+                RefusalReason::WrongRole,
+                format!(
+                    "{} accepts peers with role {:?}, but {} has role {:?}",
+                    describe(ours),
+                    config.accept_roles,
+                    describe(peer),
+                    peer.role
+                ),
+                Error::WrongRole {
+                    theirs: peer.role,
+                    accepted: config.accept_roles.clone(),
+                },
+            ));
+        }
+        // A data client ships no code and runs none of its peer's: it may
+        // run another build. Whether it is welcome is the role check's call.
+        let shares_code = peer.role != Role::DataClient && ours.role != Role::DataClient;
+        if shares_code && peer.fingerprint != ours.fingerprint {
             let detail = format!(
                 "build mismatch: {} has fingerprint {}, {} has fingerprint {}; both sides must run the same build",
                 describe(ours),
@@ -378,22 +397,6 @@ impl Machine {
                     ours: ours.fingerprint,
                     theirs: peer.fingerprint,
                     detail,
-                },
-            ));
-        }
-        if !config.accept_roles.is_empty() && !config.accept_roles.contains(&peer.role) {
-            return Err(self.refuse(
-                RefusalReason::WrongRole,
-                format!(
-                    "{} accepts peers with role {:?}, but {} has role {:?}",
-                    describe(ours),
-                    config.accept_roles,
-                    describe(peer),
-                    peer.role
-                ),
-                Error::WrongRole {
-                    theirs: peer.role,
-                    accepted: config.accept_roles.clone(),
                 },
             ));
         }
@@ -525,6 +528,27 @@ pub(crate) mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_data_client_may_run_another_build_but_must_hold_the_key() {
+        let key = Key::generate();
+        let mut server = Handshake::new(key.clone(), hello(Role::Server, "server"));
+        server.accept_roles = vec![Role::Client, Role::DataClient];
+        let mut data = hello(Role::DataClient, "inspector");
+        data.fingerprint = Fingerprint([9; 32]);
+        let (rd, rs) = run(&Handshake::new(key.clone(), data.clone()), &server);
+        assert_eq!(rs.expect("server side").hello.role, Role::DataClient);
+        assert_eq!(rd.expect("data client side").hello.role, Role::Server);
+
+        // Another build as a plain client is still refused.
+        let mut client = hello(Role::Client, "other build");
+        client.fingerprint = Fingerprint([9; 32]);
+        let (_, rs) = run(&Handshake::new(key, client), &server);
+        assert!(matches!(rs, Err(Error::Fingerprint { .. })), "{rs:?}");
+        // And without the key, a data client gets nowhere.
+        let (_, rs) = run(&Handshake::new(Key::generate(), data), &server);
+        assert!(matches!(rs, Err(Error::WrongKey)), "{rs:?}");
     }
 
     #[test]

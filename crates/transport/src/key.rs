@@ -162,6 +162,7 @@ pub(crate) fn role_byte(role: Role) -> u8 {
         Role::Slave => 1,
         Role::Client => 2,
         Role::Server => 3,
+        Role::DataClient => 4,
     }
 }
 

@@ -70,15 +70,16 @@
 //!    `Challenge { nonce }` with 32 fresh random bytes;
 //! 2. receives the peer's `Hello`: its protocol version must equal ours
 //!    (else `Refused { ProtocolVersion }` and [`Error::ProtocolVersion`]),
-//!    its fingerprint must equal ours (else `Refused { WrongFingerprint }`
-//!    and [`Error::Fingerprint`], naming both fingerprints and programs), its
-//!    role must be one of [`Handshake::accept_roles`] (else
-//!    `Refused { WrongRole }` and [`Error::WrongRole`]);
+//!    its role must be one of [`Handshake::accept_roles`] (else
+//!    `Refused { WrongRole }` and [`Error::WrongRole`]), and its fingerprint
+//!    must equal ours unless either side is a `DataClient`, which runs no
+//!    code of its peer's (else `Refused { WrongFingerprint }` and
+//!    [`Error::Fingerprint`], naming both fingerprints and programs);
 //! 3. receives the peer's `Challenge` and answers
 //!    `Proof { mac }` with
 //!    `mac = HMAC-SHA256(key, "processional-auth-v1" ‖ r ‖ peer's nonce ‖ own nonce)`,
 //!    where `r` is the prover's own role as one byte (`Master` 0, `Slave` 1,
-//!    `Client` 2, `Server` 3);
+//!    `Client` 2, `Server` 3, `DataClient` 4);
 //! 4. receives the peer's `Proof` and checks it in constant time: wrong →
 //!    `Refused { WrongKey }` and [`Error::WrongKey`]; right → sends
 //!    `Accepted`;
