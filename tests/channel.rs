@@ -62,7 +62,13 @@ fn the_issue_example_counts_thirty() {
     }
     let me = std::process::id();
     let total: u32 = (0..5)
-        .map(|_| queue.recv_addressed_to(me).expect("answer").data.unwrap_or(0))
+        .map(|_| {
+            queue
+                .recv_addressed_to(me)
+                .expect("answer")
+                .data
+                .unwrap_or(0)
+        })
         .sum();
     assert_eq!(total, 30);
     for _ in 0..5 {
@@ -86,7 +92,8 @@ fn five_children_finish_with_three_and_the_parent_sums_fifteen() {
             c.schedule_with(
                 (queue.clone(), std::process::id()),
                 func!(|(q, parent): (Queue<u32>, u32)| {
-                    q.send_to(parent, Request::Finished, Some(3)).map_err(|e| e.to_string())
+                    q.send_to(parent, Request::Finished, Some(3))
+                        .map_err(|e| e.to_string())
                 }),
             )
         })
@@ -195,7 +202,10 @@ fn a_full_bounded_queue_fails_after_the_configured_wait() {
         Err(SendError::Full(message)) => assert_eq!(message.data, Some(4)),
         other => panic!("{other:?}"),
     }
-    assert!(started.elapsed() >= wait_for, "failed only after the configured wait");
+    assert!(
+        started.elapsed() >= wait_for,
+        "failed only after the configured wait"
+    );
     // Room again: a waiting sender gets in as soon as a message leaves.
     let waiting = {
         let queue = queue.clone();
@@ -216,8 +226,16 @@ fn a_full_bounded_queue_fails_after_the_configured_wait() {
 fn receive_on_an_empty_queue() {
     let queue = Queue::<u32>::new().expect("queue");
     assert!(queue.try_recv().expect("empty is not a failure").is_none());
-    assert!(queue.try_recv_by(Pick::for_me()).expect("not a failure").is_none());
-    assert!(matches!(queue.recv_timeout(Duration::from_millis(50)), Err(RecvError::Timeout)));
+    assert!(
+        queue
+            .try_recv_by(Pick::for_me())
+            .expect("not a failure")
+            .is_none()
+    );
+    assert!(matches!(
+        queue.recv_timeout(Duration::from_millis(50)),
+        Err(RecvError::Timeout)
+    ));
     assert!(queue.is_empty().unwrap());
 }
 
@@ -239,7 +257,9 @@ fn a_filtered_receive_leaves_foreign_messages_in_place_unchanged_and_in_order() 
     assert_eq!(user.data, Some(2));
     let left: Vec<_> = (0..2).map(|_| queue.recv().expect("left")).collect();
     assert_eq!(
-        left.iter().map(|m| (m.request, m.recipient, m.data, m.sender)).collect::<Vec<_>>(),
+        left.iter()
+            .map(|m| (m.request, m.recipient, m.data, m.sender))
+            .collect::<Vec<_>>(),
         [
             (Request::Do, Some(foreign), Some(1), me),
             (Request::Do, Some(foreign), Some(4), me)
@@ -255,7 +275,10 @@ fn rejected_then_accepted_messages_leave_join_non_blocking() {
     // B looks and finds nothing for it (it rejects A's message).
     let rejected = b.invoke_with(
         queue.clone(),
-        func!(|q: Queue<u32>| q.try_recv_by(processional::channel::Pick::for_me()).map(|m| m.is_none()).map_err(|e| e.to_string())),
+        func!(|q: Queue<u32>| q
+            .try_recv_by(processional::channel::Pick::for_me())
+            .map(|m| m.is_none())
+            .map_err(|e| e.to_string())),
     );
     assert_eq!(rejected.expect("call"), Ok(true));
     let accepted = a.invoke_with(
@@ -279,7 +302,10 @@ fn a_blocking_receive_picks_up_a_message_sent_a_second_later() {
     for i in 0..100 {
         queue.send_to(1, Request::Do, Some(i)).unwrap();
     }
-    assert!(wait_until(PATIENCE, || queue.waiting().unwrap() == 1), "the receive waits in the host");
+    assert!(
+        wait_until(PATIENCE, || queue.waiting().unwrap() == 1),
+        "the receive waits in the host"
+    );
     std::thread::sleep(Duration::from_secs(1));
     queue.send_to(c.pid(), Request::Do, Some(7)).unwrap();
     assert_eq!(wait(got), Ok(Some(7)));
@@ -301,7 +327,10 @@ fn close_lets_receivers_drain_then_ends_the_queue() {
         queue.clone(),
         func!(|q: Queue<u32>| {
             let first = q.recv_for_me().map(|m| m.data).map_err(|e| e.to_string());
-            let end = matches!(q.recv_for_me(), Err(processional::channel::RecvError::Closed));
+            let end = matches!(
+                q.recv_for_me(),
+                Err(processional::channel::RecvError::Closed)
+            );
             (first, end)
         }),
     );
@@ -312,14 +341,20 @@ fn close_lets_receivers_drain_then_ends_the_queue() {
 
 #[test]
 fn explicit_acknowledgement_holds_join_until_task_done() {
-    let queue: Queue<u32> = QueueBuilder::new().explicit_ack(true).build().expect("queue");
+    let queue: Queue<u32> = QueueBuilder::new()
+        .explicit_ack(true)
+        .build()
+        .expect("queue");
     queue.send(Request::Do, Some(1)).unwrap();
     queue.recv().unwrap();
     let joined = {
         let queue = queue.clone();
         processional::thread(move || queue.join().map_err(|e| e.to_string()))
     };
-    assert!(wait_until(PATIENCE, || queue.waiting().unwrap() == 1), "join waits");
+    assert!(
+        wait_until(PATIENCE, || queue.waiting().unwrap() == 1),
+        "join waits"
+    );
     queue.task_done().unwrap();
     wait(joined).expect("joined");
     assert!(queue.task_done().is_err(), "nothing left to acknowledge");
@@ -334,9 +369,15 @@ fn a_consumer_killed_with_sigkill_loses_nothing_unreceived() {
         queue.clone(),
         func!(|q: Queue<u32>| q.recv_for_me().map(|m| m.data).map_err(|e| e.to_string())),
     );
-    assert!(wait_until(PATIENCE, || queue.waiting().unwrap() == 1), "the consumer waits");
+    assert!(
+        wait_until(PATIENCE, || queue.waiting().unwrap() == 1),
+        "the consumer waits"
+    );
     kill_hard(pid);
-    assert!(wait_until(PATIENCE, || !process_exists(pid)), "the consumer died");
+    assert!(
+        wait_until(PATIENCE, || !process_exists(pid)),
+        "the consumer died"
+    );
     // Sent after the kill, possibly to the dead consumer's waiting receive:
     // nothing may be lost.
     for i in 0..10 {
@@ -346,7 +387,9 @@ fn a_consumer_killed_with_sigkill_loses_nothing_unreceived() {
     let got = next.invoke_with(
         queue.clone(),
         func!(|q: Queue<u32>| (0..10)
-            .map(|_| q.recv_timeout(std::time::Duration::from_secs(60)).map(|m| m.data.unwrap_or(99)))
+            .map(|_| q
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .map(|m| m.data.unwrap_or(99)))
             .collect::<Result<Vec<u32>, _>>()
             .map_err(|e| e.to_string())),
     );
@@ -354,4 +397,56 @@ fn a_consumer_killed_with_sigkill_loses_nothing_unreceived() {
     join(&queue);
     drop(consumer);
     teardown(vec![next]);
+}
+
+/// Runs the data-only queue client (another program) and returns its line.
+fn queue_client(queue: &Queue<u64>, args: &[&str]) -> (u32, String) {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_queue_client"))
+        .arg(queue.host())
+        .arg(queue.id().to_string())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("run queue_client");
+    let pid = child.id();
+    let guard = processional_tests::KillOnDrop(child);
+    let output = {
+        let mut guard = guard;
+        let mut out = String::new();
+        use std::io::Read;
+        guard
+            .0
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut out)
+            .expect("read");
+        let status = guard.0.wait().expect("wait");
+        assert!(status.success(), "queue_client {args:?} failed: {out}");
+        out
+    };
+    (pid, output.trim().to_string())
+}
+
+#[test]
+fn a_program_of_another_build_uses_the_queue_through_its_services() {
+    let queue = Queue::<u64>::new().expect("queue");
+    for i in 1..=3 {
+        queue.send(Request::Do, Some(i)).unwrap();
+    }
+    assert_eq!(queue_client(&queue, &["len"]).1, "len 3");
+    assert_eq!(queue_client(&queue, &["recv", "3"]).1, "sum 6");
+    let (pid, line) = queue_client(&queue, &["send", "2"]);
+    assert_eq!(line, "sent 2");
+    let got: Vec<_> = (0..2).map(|_| queue.recv().unwrap()).collect();
+    assert!(
+        got.iter().all(|m| m.sender == pid),
+        "stamped with the other program's pid"
+    );
+    assert_eq!(
+        got.iter().map(|m| m.data).collect::<Vec<_>>(),
+        [Some(0), Some(1)]
+    );
+    assert_eq!(queue_client(&queue, &["join"]).1, "joined");
 }

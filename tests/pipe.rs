@@ -15,7 +15,9 @@ fn ping_pong_carries_each_senders_own_pid() {
     let pong = child.schedule_with(
         child_end,
         func!(|end: PipeEnd<u64>| -> Result<(u32, u32), String> {
-            let ping = end.recv_timeout(std::time::Duration::from_secs(60)).map_err(|e| e.to_string())?;
+            let ping = end
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .map_err(|e| e.to_string())?;
             end.send(Request::Finished, ping.data.map(|x| x + 1))
                 .map_err(|e| e.to_string())?;
             Ok((ping.sender, std::process::id()))
@@ -25,9 +27,21 @@ fn ping_pong_carries_each_senders_own_pid() {
     let answer = parent_end.recv_timeout(PATIENCE).expect("pong");
     assert_eq!(answer.data, Some(42));
     assert_eq!(answer.request, Request::Finished);
-    assert_eq!(answer.sender, child.pid(), "the child's message carries the child's pid");
-    let (ping_sender, child_pid) = pong.wait_timeout(PATIENCE).expect("in time").expect("call").expect("child");
-    assert_eq!(ping_sender, std::process::id(), "the parent's message carries the parent's pid");
+    assert_eq!(
+        answer.sender,
+        child.pid(),
+        "the child's message carries the child's pid"
+    );
+    let (ping_sender, child_pid) = pong
+        .wait_timeout(PATIENCE)
+        .expect("in time")
+        .expect("call")
+        .expect("child");
+    assert_eq!(
+        ping_sender,
+        std::process::id(),
+        "the parent's message carries the parent's pid"
+    );
     assert_eq!(child_pid, child.pid());
     child.terminate(PATIENCE);
 }
@@ -49,10 +63,15 @@ fn many_round_trips_in_order() {
     );
     for i in 0..1000 {
         parent_end.send(Request::Do, Some(i)).expect("send");
-        assert_eq!(parent_end.recv_timeout(PATIENCE).expect("echo").data, Some(i));
+        assert_eq!(
+            parent_end.recv_timeout(PATIENCE).expect("echo").data,
+            Some(i)
+        );
     }
     parent_end.send(Request::Die, None).expect("die");
-    echo.wait_timeout(PATIENCE).expect("in time").expect("echo ends");
+    echo.wait_timeout(PATIENCE)
+        .expect("in time")
+        .expect("echo ends");
     child.terminate(PATIENCE);
 }
 
@@ -68,10 +87,22 @@ fn a_dead_child_disconnects_and_hands_the_message_back() {
             std::process::exit(0)
         }),
     );
-    assert_eq!(parent_end.recv_timeout(PATIENCE).expect("bye").data.as_deref(), Some("bye"));
-    assert!(matches!(parent_end.recv_timeout(PATIENCE), Err(RecvError::Disconnected)));
+    assert_eq!(
+        parent_end
+            .recv_timeout(PATIENCE)
+            .expect("bye")
+            .data
+            .as_deref(),
+        Some("bye")
+    );
+    assert!(matches!(
+        parent_end.recv_timeout(PATIENCE),
+        Err(RecvError::Disconnected)
+    ));
     match parent_end.send(Request::Do, Some("unsent".into())) {
-        Err(SendError::Disconnected(message)) => assert_eq!(message.data.as_deref(), Some("unsent")),
+        Err(SendError::Disconnected(message)) => {
+            assert_eq!(message.data.as_deref(), Some("unsent"))
+        }
         other => panic!("{other:?}"),
     }
     let _ = child.terminate(Duration::from_secs(1));

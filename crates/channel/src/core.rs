@@ -366,7 +366,10 @@ impl<T, W> QueueCore<T, W> {
     }
 
     /// Acknowledges one received message (explicit acknowledgement).
-    pub fn task_done(&mut self, effects: &mut Vec<Effect<T, W>>) -> Result<(), NothingToAcknowledge> {
+    pub fn task_done(
+        &mut self,
+        effects: &mut Vec<Effect<T, W>>,
+    ) -> Result<(), NothingToAcknowledge> {
         if !self.explicit_ack || self.unacknowledged == 0 {
             return Err(NothingToAcknowledge);
         }
@@ -396,7 +399,11 @@ impl<T, W> QueueCore<T, W> {
             effects.push(Effect::EndOfQueue(receiver.token));
         }
         for sender in self.senders.drain(..) {
-            effects.push(Effect::Refused(sender.token, Refusal::Closed, sender.message));
+            effects.push(Effect::Refused(
+                sender.token,
+                Refusal::Closed,
+                sender.message,
+            ));
         }
     }
 
@@ -448,7 +455,11 @@ impl<T, W> QueueCore<T, W> {
     /// Hands a message to the first waiting receiver that takes it, or
     /// stores it.
     fn place(&mut self, seq: u64, message: Message<T>, effects: &mut Vec<Effect<T, W>>) {
-        if let Some(at) = self.receivers.iter().position(|r| r.filter.matches(&message)) {
+        if let Some(at) = self
+            .receivers
+            .iter()
+            .position(|r| r.filter.matches(&message))
+        {
             let receiver = self.receivers.remove(at).expect("a position found");
             self.received(effects);
             effects.push(Effect::Deliver(receiver.token, Envelope { seq, message }));
@@ -524,7 +535,6 @@ impl<T, W> QueueCore<T, W> {
 #[error("the queue is closed and holds nothing more for this receiver")]
 pub struct EndOfQueue;
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -545,15 +555,21 @@ mod tests {
     fn filtered_receive_leaves_foreign_messages_in_place_and_in_order() {
         let mut core = Core::new(None, false);
         let mut fx = Vec::new();
-        core.try_send(message(Request::Do, 1, Some(10), 0), &mut fx).unwrap();
-        core.try_send(message(Request::Do, 1, Some(20), 1), &mut fx).unwrap();
-        core.try_send(message(Request::Do, 1, Some(10), 2), &mut fx).unwrap();
+        core.try_send(message(Request::Do, 1, Some(10), 0), &mut fx)
+            .unwrap();
+        core.try_send(message(Request::Do, 1, Some(20), 1), &mut fx)
+            .unwrap();
+        core.try_send(message(Request::Do, 1, Some(10), 2), &mut fx)
+            .unwrap();
         let got = core.recv(&Filter::ForMe(20), &mut fx).unwrap().unwrap();
         assert_eq!(got.message.data, Some(1));
         let left: Vec<_> = core.iter().cloned().collect();
         assert_eq!(
             left,
-            [message(Request::Do, 1, Some(10), 0), message(Request::Do, 1, Some(10), 2)]
+            [
+                message(Request::Do, 1, Some(10), 0),
+                message(Request::Do, 1, Some(10), 2)
+            ]
         );
         assert_eq!(core.recv(&Filter::ForMe(20), &mut fx), Ok(None));
     }
@@ -562,11 +578,20 @@ mod tests {
     fn for_me_takes_the_older_of_mine_and_anyones() {
         let mut core = Core::new(None, false);
         let mut fx = Vec::new();
-        core.try_send(message(Request::Do, 1, None, 0), &mut fx).unwrap();
-        core.try_send(message(Request::Do, 1, Some(5), 1), &mut fx).unwrap();
-        core.try_send(message(Request::Do, 1, None, 2), &mut fx).unwrap();
+        core.try_send(message(Request::Do, 1, None, 0), &mut fx)
+            .unwrap();
+        core.try_send(message(Request::Do, 1, Some(5), 1), &mut fx)
+            .unwrap();
+        core.try_send(message(Request::Do, 1, None, 2), &mut fx)
+            .unwrap();
         let order: Vec<_> = (0..3)
-            .map(|_| core.recv(&Filter::ForMe(5), &mut fx).unwrap().unwrap().message.data)
+            .map(|_| {
+                core.recv(&Filter::ForMe(5), &mut fx)
+                    .unwrap()
+                    .unwrap()
+                    .message
+                    .data
+            })
             .collect();
         assert_eq!(order, [Some(0), Some(1), Some(2)]);
     }
@@ -575,12 +600,17 @@ mod tests {
     fn a_waiting_receiver_gets_only_its_message_however_many_come_first() {
         let mut core = Core::new(None, false);
         let mut fx = Vec::new();
-        assert_eq!(core.recv_or_wait(Filter::To(9), 77, None, &mut fx), RecvNow::Waiting);
+        assert_eq!(
+            core.recv_or_wait(Filter::To(9), 77, None, &mut fx),
+            RecvNow::Waiting
+        );
         for i in 0..1000 {
-            core.try_send(message(Request::Do, 1, Some(8), i), &mut fx).unwrap();
+            core.try_send(message(Request::Do, 1, Some(8), i), &mut fx)
+                .unwrap();
         }
         assert!(fx.is_empty());
-        core.try_send(message(Request::Do, 1, Some(9), 5000), &mut fx).unwrap();
+        core.try_send(message(Request::Do, 1, Some(9), 5000), &mut fx)
+            .unwrap();
         match fx.as_slice() {
             [Effect::Deliver(77, envelope)] => assert_eq!(envelope.message.data, Some(5000)),
             other => panic!("{other:?}"),
@@ -592,16 +622,22 @@ mod tests {
     fn full_queue_refuses_then_admits_waiting_sender_in_order() {
         let mut core = Core::new(Some(1), false);
         let mut fx = Vec::new();
-        core.try_send(message(Request::Do, 1, None, 0), &mut fx).unwrap();
+        core.try_send(message(Request::Do, 1, None, 0), &mut fx)
+            .unwrap();
         let refused = core.try_send(message(Request::Do, 1, None, 1), &mut fx);
-        assert_eq!(refused, Err((Refusal::Full, message(Request::Do, 1, None, 1))));
+        assert_eq!(
+            refused,
+            Err((Refusal::Full, message(Request::Do, 1, None, 1)))
+        );
         let now = Instant::now();
         assert_eq!(
             core.send_or_wait(message(Request::Do, 1, None, 2), 3, Some(now), &mut fx),
             SendNow::Waiting
         );
         core.expire(now, &mut fx);
-        assert!(matches!(fx.as_slice(), [Effect::Refused(3, Refusal::Full, m)] if m.data == Some(2)));
+        assert!(
+            matches!(fx.as_slice(), [Effect::Refused(3, Refusal::Full, m)] if m.data == Some(2))
+        );
         fx.clear();
         core.send_or_wait(message(Request::Do, 1, None, 4), 5, None, &mut fx);
         let got = core.recv(&Filter::Any, &mut fx).unwrap().unwrap();
@@ -614,11 +650,15 @@ mod tests {
     fn close_drains_then_ends() {
         let mut core = Core::new(None, false);
         let mut fx = Vec::new();
-        core.try_send(message(Request::Do, 1, Some(2), 0), &mut fx).unwrap();
+        core.try_send(message(Request::Do, 1, Some(2), 0), &mut fx)
+            .unwrap();
         core.recv_or_wait(Filter::To(3), 1, None, &mut fx);
         core.close(&mut fx);
         assert!(matches!(fx.as_slice(), [Effect::EndOfQueue(1)]));
-        assert!(core.try_send(message(Request::Do, 1, None, 0), &mut fx).is_err());
+        assert!(
+            core.try_send(message(Request::Do, 1, None, 0), &mut fx)
+                .is_err()
+        );
         assert!(core.recv(&Filter::ForMe(2), &mut fx).unwrap().is_some());
         assert_eq!(core.recv(&Filter::ForMe(2), &mut fx), Err(EndOfQueue));
     }
@@ -628,7 +668,8 @@ mod tests {
         let mut core = Core::new(None, false);
         let mut fx = Vec::new();
         core.recv_or_wait(Filter::Any, 1, None, &mut fx);
-        core.try_send(message(Request::Do, 1, None, 0), &mut fx).unwrap();
+        core.try_send(message(Request::Do, 1, None, 0), &mut fx)
+            .unwrap();
         let Some(Effect::Deliver(_, envelope)) = fx.pop() else {
             panic!("delivered")
         };
@@ -645,7 +686,8 @@ mod tests {
     fn explicit_ack_joins_after_task_done() {
         let mut core = Core::new(None, true);
         let mut fx = Vec::new();
-        core.try_send(message(Request::Do, 1, None, 0), &mut fx).unwrap();
+        core.try_send(message(Request::Do, 1, None, 0), &mut fx)
+            .unwrap();
         core.recv(&Filter::Any, &mut fx).unwrap().unwrap();
         assert!(core.join_or_wait(1).is_none());
         core.task_done(&mut fx).unwrap();
@@ -686,7 +728,11 @@ mod tests {
             1 => Filter::ForMe(p),
             2 => Filter::To(p),
             3 => Filter::From(p),
-            4 => Filter::Kind(if p == 0 { Request::Do } else { Request::User(p % 2) }),
+            4 => Filter::Kind(if p == 0 {
+                Request::Do
+            } else {
+                Request::User(p % 2)
+            }),
             _ => Filter::Where(Box::new(move |m| m.data.is_some_and(|d| d % 3 == p % 3))),
         }
     }

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use processional_process::{Later, Reply, reply_later};
 
 use crate::core::{Effect, Envelope, Filter, QueueCore, RecvNow, Refusal, SendNow};
-use crate::wire::{Config, Pick, RecvArgs, RecvReply, SendArgs, SendReply, Status, Wait, WireMessage};
+use crate::wire::{
+    Config, Pick, RecvArgs, RecvReply, SendArgs, SendReply, Status, Wait, WireMessage,
+};
 use serde_bytes::ByteBuf;
 
 /// A waiting call.
@@ -61,11 +63,38 @@ fn find(queue: u64) -> Option<Arc<Hosted>> {
     lock(queues()).get(&queue).cloned()
 }
 
-/// Makes a queue here; its id.
+/// Registers the queue's services in this process (once).
+fn register_services() {
+    use crate::wire::services;
+    use processional_process::{func, register_deferred_service, register_service};
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        // A name taken already means this process registered it: fine.
+        let _ = register_deferred_service(
+            services::SEND,
+            func!(|a: SendArgs| -> Later<SendReply> { send(a) }),
+        );
+        let _ = register_deferred_service(
+            services::RECV,
+            func!(|a: RecvArgs| -> Later<RecvReply> { recv(a) }),
+        );
+        let _ =
+            register_deferred_service(services::JOIN, func!(|q: u64| -> Later<Status> { join(q) }));
+        let _ = register_service(services::LEN, func!(|q: u64| len(q)));
+        let _ = register_service(services::CLOSE, func!(|q: u64| close(q)));
+        let _ = register_service(services::TASK_DONE, func!(|q: u64| task_done(q)));
+        let _ = register_service(services::WAITING, func!(|q: u64| waiting(q)));
+    });
+}
+
+/// Makes a queue here (registering the queue services first); its id.
 pub(crate) fn create(config: Config) -> u64 {
+    register_services();
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
-    let capacity = config.capacity.map(|c| usize::try_from(c).unwrap_or(usize::MAX));
+    let capacity = config
+        .capacity
+        .map(|c| usize::try_from(c).unwrap_or(usize::MAX));
     let hosted = Arc::new(Hosted {
         core: Mutex::new(QueueCore::new(capacity, config.explicit_ack)),
     });
@@ -175,7 +204,9 @@ pub(crate) fn send(args: SendArgs) -> Later<SendReply> {
                     }
                     None
                 }
-                SendNow::Refused(waiter, refusal, message) => Some((waiter, refused(refusal, vec![message]))),
+                SendNow::Refused(waiter, refusal, message) => {
+                    Some((waiter, refused(refusal, vec![message])))
+                }
             }
         } else {
             let mut outcome = SendReply::Accepted;
@@ -211,11 +242,7 @@ pub(crate) fn recv(args: RecvArgs) -> Later<RecvReply> {
 }
 
 /// Receives the first message a shipped predicate accepts.
-pub(crate) fn recv_where(
-    queue: u64,
-    filter: Filter<ByteBuf>,
-    wait: Wait,
-) -> Later<RecvReply> {
+pub(crate) fn recv_where(queue: u64, filter: Filter<ByteBuf>, wait: Wait) -> Later<RecvReply> {
     recv_with(queue, filter, None, wait)
 }
 

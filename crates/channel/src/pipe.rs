@@ -162,7 +162,8 @@ impl<T: Serialize> PipeEnd<T> {
 impl<T: DeserializeOwned> PipeEnd<T> {
     /// Waits for the next message.
     pub fn recv(&self) -> Result<Message<T>, RecvError> {
-        self.receive(None, false).map(|m| m.expect("a blocking receive"))
+        self.receive(None, false)
+            .map(|m| m.expect("a blocking receive"))
     }
 
     /// The next message if one is there now; `Ok(None)` if not.
@@ -174,7 +175,8 @@ impl<T: DeserializeOwned> PipeEnd<T> {
     /// ([`RecvError::Timeout`] then).
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Message<T>, RecvError> {
         let deadline = Instant::now() + timeout;
-        self.receive(Some(deadline), false)?.ok_or(RecvError::Timeout)
+        self.receive(Some(deadline), false)?
+            .ok_or(RecvError::Timeout)
     }
 
     fn receive(
@@ -195,16 +197,23 @@ impl<T: DeserializeOwned> PipeEnd<T> {
             }
             let wait = match (now_only, deadline) {
                 (true, _) => Some(Duration::ZERO),
-                (false, Some(deadline)) => {
-                    Some(deadline.saturating_duration_since(Instant::now()))
-                }
+                (false, Some(deadline)) => Some(deadline.saturating_duration_since(Instant::now())),
                 (false, None) => None,
             };
             if let Some(wait) = wait {
-                let ready = sys::wait_readable(self.inner.stream.as_fd(), Some(wait))
-                    .map_err(|e| RecvError::Failed(processional_task::Error::io("cannot wait on the pipe", e)))?;
+                let ready =
+                    sys::wait_readable(self.inner.stream.as_fd(), Some(wait)).map_err(|e| {
+                        RecvError::Failed(processional_task::Error::io(
+                            "cannot wait on the pipe",
+                            e,
+                        ))
+                    })?;
                 if !ready {
-                    return if now_only { Ok(None) } else { Err(RecvError::Timeout) };
+                    return if now_only {
+                        Ok(None)
+                    } else {
+                        Err(RecvError::Timeout)
+                    };
                 }
             }
             let reader = &mut *reader;
@@ -315,8 +324,12 @@ mod tests {
             assert_eq!(m.sender, std::process::id());
         }
         assert!(b.try_recv().unwrap().is_none());
-        assert!(matches!(b.recv_timeout(Duration::from_millis(1)), Err(RecvError::Timeout)));
-        b.send_message(Message::new(Request::Finished, None).with_sender(7)).unwrap();
+        assert!(matches!(
+            b.recv_timeout(Duration::from_millis(1)),
+            Err(RecvError::Timeout)
+        ));
+        b.send_message(Message::new(Request::Finished, None).with_sender(7))
+            .unwrap();
         assert_eq!(a.recv().unwrap().sender, 7);
     }
 

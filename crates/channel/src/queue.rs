@@ -16,7 +16,9 @@ use crate::codec;
 use crate::core::Filter;
 use crate::error::{BatchSendError, Error, RecvError, SendError};
 use crate::message::{Message, Request};
-use crate::wire::{Config, Pick, RecvArgs, RecvReply, SendArgs, SendReply, Status, Wait, WireMessage};
+use crate::wire::{
+    Config, Pick, RecvArgs, RecvReply, SendArgs, SendReply, Status, Wait, WireMessage, services,
+};
 
 /// The connection of this process to a queue host.
 struct Link {
@@ -24,42 +26,60 @@ struct Link {
     process: SlaveProcess,
 }
 
+/// Calls the service `name` of the host and waits.
+fn call<A: Serialize + 'static, R: DeserializeOwned + Send + 'static>(
+    link: &Link,
+    name: &str,
+    args: A,
+) -> Result<R, processional_task::Error> {
+    link.process.call_service(name, args).wait()
+}
+
 impl fmt::Debug for Link {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Link").field("address", &self.address).finish()
+        f.debug_struct("Link")
+            .field("address", &self.address)
+            .finish()
     }
 }
 
 /// This process's links, by address: handles of queues on one host share
 /// one connection.
-fn links() -> &'static Mutex<HashMap<String, Weak<Link>>> {
-    static LINKS: OnceLock<Mutex<HashMap<String, Weak<Link>>>> = OnceLock::new();
+/// (address, data-only) → link.
+type Links = HashMap<(String, bool), Weak<Link>>;
+
+fn links() -> &'static Mutex<Links> {
+    static LINKS: OnceLock<Mutex<Links>> = OnceLock::new();
     LINKS.get_or_init(Default::default)
 }
 
 impl Link {
-    fn register(address: String, process: SlaveProcess) -> Arc<Link> {
+    fn register(address: String, data_only: bool, process: SlaveProcess) -> Arc<Link> {
         let link = Arc::new(Link {
             address: address.clone(),
             process,
         });
         let mut links = links().lock().unwrap_or_else(|p| p.into_inner());
         links.retain(|_, weak| weak.strong_count() > 0);
-        links.insert(address, Arc::downgrade(&link));
+        links.insert((address, data_only), Arc::downgrade(&link));
         link
     }
 
     /// The link to `address`, connecting as a client if there is none.
-    fn to(address: &str) -> Result<Arc<Link>, Error> {
+    fn to(address: &str, data_only: bool) -> Result<Arc<Link>, Error> {
         let known = {
             let links = links().lock().unwrap_or_else(|p| p.into_inner());
-            links.get(address).and_then(Weak::upgrade)
+            links
+                .get(&(address.to_string(), data_only))
+                .and_then(Weak::upgrade)
         };
         if let Some(link) = known {
             return Ok(link);
         }
-        let process = processional_process::client(address)?;
-        Ok(Link::register(address.to_string(), process))
+        let process = processional_process::ClientBuilder::new(address)?
+            .data_only(data_only)
+            .connect()?;
+        Ok(Link::register(address.to_string(), data_only, process))
     }
 
     /// Spawns a host server.
@@ -77,7 +97,7 @@ impl Link {
         );
         let address = format!("unix:{}", dir.join(name).display());
         let process = processional_process::server(&address)?;
-        Ok(Link::register(address, process))
+        Ok(Link::register(address, false, process))
     }
 }
 
@@ -146,7 +166,7 @@ impl QueueBuilder {
     /// Makes the queue.
     pub fn build<T>(self) -> Result<Queue<T>, Error> {
         let link = match &self.host {
-            Some(address) => Link::to(address)?,
+            Some(address) => Link::to(address, false)?,
             None => Link::spawn()?,
         };
         let config = Config {
@@ -222,7 +242,9 @@ fn to_wire<T: Serialize>(message: &Message<T>) -> Result<WireMessage, procession
     })
 }
 
-fn from_wire<T: DeserializeOwned>(message: WireMessage) -> Result<Message<T>, processional_task::Error> {
+fn from_wire<T: DeserializeOwned>(
+    message: WireMessage,
+) -> Result<Message<T>, processional_task::Error> {
     Ok(Message {
         request: message.request,
         sender: message.sender,
@@ -253,6 +275,23 @@ impl<T> Queue<T> {
         QueueBuilder::new().capacity(capacity).build()
     }
 
+    /// The queue `id` hosted at `address`, reached by its data operations
+    /// alone (the queue's services): from a program of another build that
+    /// holds the host's key (`PROCESSIONAL_KEY`, or the key file beside a
+    /// unix socket of this user). Everything but
+    /// [`recv_where`](Self::recv_where), which ships code, works.
+    ///
+    /// The sending program tells the address and id, say with
+    /// [`host`](Self::host) and [`id`](Self::id).
+    pub fn open_data_only(address: &str, id: u64) -> Result<Self, Error> {
+        Ok(Queue {
+            link: Link::to(address, true)?,
+            id,
+            send_wait: Wait::Forever,
+            _messages: PhantomData,
+        })
+    }
+
     /// The address of the process hosting the queue.
     pub fn host(&self) -> &str {
         &self.link.address
@@ -273,20 +312,14 @@ impl<T> Queue<T> {
 
     /// How many messages the queue holds.
     pub fn len(&self) -> Result<usize, Error> {
-        let status = self
-            .link
-            .process
-            .invoke_with(self.id, func!(|queue: u64| crate::host::len(queue)))?;
+        let status = call(&self.link, services::LEN, self.id)?;
         self.status(status).map(|n| n as usize)
     }
 
     /// How many calls wait in the host: receivers with nothing for them yet,
     /// senders waiting for room, joiners.
     pub fn waiting(&self) -> Result<usize, Error> {
-        let status = self
-            .link
-            .process
-            .invoke_with(self.id, func!(|queue: u64| crate::host::waiting(queue)))?;
+        let status = call(&self.link, services::WAITING, self.id)?;
         self.status(status).map(|n| n as usize)
     }
 
@@ -299,10 +332,7 @@ impl<T> Queue<T> {
     /// acknowledgement, acknowledged with [`task_done`](Self::task_done)).
     /// Waits in the host, polling nowhere.
     pub fn join(&self) -> Result<(), Error> {
-        let status = self.link.process.invoke_later_with(
-            self.id,
-            func!(|queue: u64| -> Later<Status> { crate::host::join(queue) }),
-        )?;
+        let status = call(&self.link, services::JOIN, self.id)?;
         self.status(status).map(drop)
     }
 
@@ -310,20 +340,14 @@ impl<T> Queue<T> {
     /// and every receiver gets [`RecvError::Closed`] once it drained what
     /// is meant for it.
     pub fn close(&self) -> Result<(), Error> {
-        let status = self
-            .link
-            .process
-            .invoke_with(self.id, func!(|queue: u64| crate::host::close(queue)))?;
+        let status = call(&self.link, services::CLOSE, self.id)?;
         self.status(status).map(drop)
     }
 
     /// Acknowledges one received message (queues built with
     /// [`explicit_ack`](QueueBuilder::explicit_ack)).
     pub fn task_done(&self) -> Result<(), Error> {
-        let status = self
-            .link
-            .process
-            .invoke_with(self.id, func!(|queue: u64| crate::host::task_done(queue)))?;
+        let status = call(&self.link, services::TASK_DONE, self.id)?;
         self.status(status).map(drop)
     }
 }
@@ -367,10 +391,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             messages: vec![wire],
             wait,
         };
-        let reply = self.link.process.invoke_later_with(
-            args,
-            func!(|args: SendArgs| -> Later<SendReply> { crate::host::send(args) }),
-        );
+        let reply = call(&self.link, services::SEND, args);
         match reply {
             Ok(SendReply::Accepted) => Ok(()),
             Ok(SendReply::Full(_)) => Err(SendError::Full(message)),
@@ -403,10 +424,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             messages: wire,
             wait: Wait::Now,
         };
-        let reply = self.link.process.invoke_later_with(
-            args,
-            func!(|args: SendArgs| -> Later<SendReply> { crate::host::send(args) }),
-        );
+        let reply = call(&self.link, services::SEND, args);
         let (back, reason) = match reply {
             Ok(SendReply::Accepted) => return Ok(()),
             Ok(SendReply::Full(back)) => (back.len(), Error::Full),
@@ -428,14 +446,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             max,
             wait,
         };
-        let reply = self
-            .link
-            .process
-            .invoke_later_with(
-                args,
-                func!(|args: RecvArgs| -> Later<RecvReply> { crate::host::recv(args) }),
-            )
-            .map_err(recv_failure)?;
+        let reply = call(&self.link, services::RECV, args).map_err(recv_failure)?;
         self.unpack(reply)
     }
 
@@ -512,7 +523,11 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// least one) that are there, in one round trip.
     pub fn recv_batch(&self, pick: Pick, max: u32) -> Result<Vec<Message<T>>, RecvError> {
         let got = self.receive(pick, max.max(1), Wait::Forever)?;
-        if got.is_empty() { Err(RecvError::Closed) } else { Ok(got) }
+        if got.is_empty() {
+            Err(RecvError::Closed)
+        } else {
+            Ok(got)
+        }
     }
 }
 
@@ -544,7 +559,11 @@ impl<T: Serialize + DeserializeOwned + 'static> Queue<T> {
             .ok_or(RecvError::Timeout)
     }
 
-    fn recv_where_waiting<F>(&self, predicate: Func<F>, wait: Wait) -> Result<Option<Message<T>>, RecvError>
+    fn recv_where_waiting<F>(
+        &self,
+        predicate: Func<F>,
+        wait: Wait,
+    ) -> Result<Option<Message<T>>, RecvError>
     where
         F: Fn(&Message<T>) -> bool + Copy + Send + Sync + 'static,
     {
@@ -611,7 +630,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
         let wire = Wire::deserialize(deserializer)?;
-        let link = Link::to(&wire.host).map_err(|e| {
+        let link = Link::to(&wire.host, false).map_err(|e| {
             D::Error::custom(format!("cannot reach the queue's host {}: {e}", wire.host))
         })?;
         Ok(Queue {

@@ -123,3 +123,25 @@ pub enum Status {
     /// No such queue on this host.
     NoQueue,
 }
+
+/// The names of the queue's services in its host: what a data-only client
+/// of another build calls (with the argument and answer types of this
+/// module).
+pub mod services {
+    /// `SendArgs` → `SendReply` (deferred while a full queue makes a single
+    /// message wait).
+    pub const SEND: &str = "processional.channel.v1.send";
+    /// `RecvArgs` → `RecvReply` (deferred until a message, the deadline or
+    /// the end of the queue).
+    pub const RECV: &str = "processional.channel.v1.recv";
+    /// queue id (`u64`) → `Status::Ok(messages held)`.
+    pub const LEN: &str = "processional.channel.v1.len";
+    /// queue id → `Status`, once every message sent was handled (deferred).
+    pub const JOIN: &str = "processional.channel.v1.join";
+    /// queue id → `Status`: closes the queue.
+    pub const CLOSE: &str = "processional.channel.v1.close";
+    /// queue id → `Status`: acknowledges one received message.
+    pub const TASK_DONE: &str = "processional.channel.v1.task_done";
+    /// queue id → `Status::Ok(calls waiting in the host)`.
+    pub const WAITING: &str = "processional.channel.v1.waiting";
+}
