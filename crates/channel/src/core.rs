@@ -35,6 +35,9 @@ use std::time::Instant;
 
 use crate::message::{Message, Request};
 
+/// A predicate a [`Filter::Where`] runs on messages.
+pub type Predicate<T> = Box<dyn Fn(&Message<T>) -> bool + Send>;
+
 /// Which messages a receiver takes.
 pub enum Filter<T> {
     /// Any message.
@@ -48,7 +51,7 @@ pub enum Filter<T> {
     /// A message of this request kind.
     Kind(Request),
     /// A message the predicate accepts (found by scanning, in order).
-    Where(Box<dyn Fn(&Message<T>) -> bool + Send>),
+    Where(Predicate<T>),
 }
 
 impl<T> fmt::Debug for Filter<T> {

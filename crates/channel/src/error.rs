@@ -27,7 +27,7 @@ pub enum SendError<T> {
         message: Message<T>,
         /// Why.
         #[source]
-        source: processional_task::Error,
+        source: Box<processional_task::Error>,
     },
 }
 
@@ -77,7 +77,7 @@ pub enum RecvError {
     Disconnected,
     /// A message arrived that does not decode, or a call failed.
     #[error("the receive failed")]
-    Failed(#[source] processional_task::Error),
+    Failed(#[source] Box<processional_task::Error>),
 }
 
 /// Any failure of this crate, for `?` in code that mixes pipes, queues and
@@ -102,7 +102,7 @@ pub enum Error {
     TaskDone(#[from] NothingToAcknowledge),
     /// A process call failed.
     #[error(transparent)]
-    Process(#[from] processional_task::Error),
+    Process(Box<processional_task::Error>),
     /// An OS call failed.
     #[error("{context}")]
     Io {
@@ -150,5 +150,11 @@ impl<T> fmt::Debug for BatchSendError<T> {
 impl<T> From<BatchSendError<T>> for Error {
     fn from(error: BatchSendError<T>) -> Self {
         error.reason
+    }
+}
+
+impl From<processional_task::Error> for Error {
+    fn from(error: processional_task::Error) -> Self {
+        Error::Process(Box::new(error))
     }
 }

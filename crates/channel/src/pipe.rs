@@ -144,7 +144,10 @@ impl<T: Serialize> PipeEnd<T> {
         buf.clear();
         buf.extend_from_slice(&[0; 4]);
         if let Err(source) = codec::encode_into(&message, &mut buf) {
-            return Err(SendError::Failed { message, source });
+            return Err(SendError::Failed {
+                message,
+                source: Box::new(source),
+            });
         }
         let len = u32::try_from(buf.len() - 4).expect("a message under 4 GiB");
         buf[..4].copy_from_slice(&len.to_le_bytes());
@@ -153,7 +156,7 @@ impl<T: Serialize> PipeEnd<T> {
             Err(e) if sys::is_disconnect(&e) => Err(SendError::Disconnected(message)),
             Err(e) => Err(SendError::Failed {
                 message,
-                source: processional_task::Error::io("cannot write to the pipe", e),
+                source: Box::new(processional_task::Error::io("cannot write to the pipe", e)),
             }),
         }
     }
@@ -193,7 +196,9 @@ impl<T: DeserializeOwned> PipeEnd<T> {
                     reader.buf.clear();
                     reader.start = 0;
                 }
-                return decoded.map(Some).map_err(RecvError::Failed);
+                return decoded
+                    .map(Some)
+                    .map_err(|e| RecvError::Failed(Box::new(e)));
             }
             let wait = match (now_only, deadline) {
                 (true, _) => Some(Duration::ZERO),
@@ -203,10 +208,10 @@ impl<T: DeserializeOwned> PipeEnd<T> {
             if let Some(wait) = wait {
                 let ready =
                     sys::wait_readable(self.inner.stream.as_fd(), Some(wait)).map_err(|e| {
-                        RecvError::Failed(processional_task::Error::io(
+                        RecvError::Failed(Box::new(processional_task::Error::io(
                             "cannot wait on the pipe",
                             e,
-                        ))
+                        )))
                     })?;
                 if !ready {
                     return if now_only {
@@ -231,10 +236,10 @@ impl<T: DeserializeOwned> PipeEnd<T> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if sys::is_disconnect(&e) => return Err(RecvError::Disconnected),
                 Err(e) => {
-                    return Err(RecvError::Failed(processional_task::Error::io(
+                    return Err(RecvError::Failed(Box::new(processional_task::Error::io(
                         "cannot read the pipe",
                         e,
-                    )));
+                    ))));
                 }
             }
         }
@@ -270,7 +275,7 @@ impl<T> Future for RecvFuture<T> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match Pin::new(&mut self.task).poll(cx) {
             Poll::Ready(Ok(result)) => Poll::Ready(result),
-            Poll::Ready(Err(error)) => Poll::Ready(Err(RecvError::Failed(error))),
+            Poll::Ready(Err(error)) => Poll::Ready(Err(RecvError::Failed(Box::new(error)))),
             Poll::Pending => Poll::Pending,
         }
     }

@@ -260,7 +260,7 @@ fn recv_failure(error: processional_task::Error) -> RecvError {
     if error.is_worker_lost() {
         RecvError::Disconnected
     } else {
-        RecvError::Failed(error)
+        RecvError::Failed(Box::new(error))
     }
 }
 
@@ -384,7 +384,12 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     fn send_waiting(&self, message: Message<T>, wait: Wait) -> Result<(), SendError<T>> {
         let wire = match to_wire(&message) {
             Ok(wire) => wire,
-            Err(source) => return Err(SendError::Failed { message, source }),
+            Err(source) => {
+                return Err(SendError::Failed {
+                    message,
+                    source: Box::new(source),
+                });
+            }
         };
         let args = SendArgs {
             queue: self.id,
@@ -398,7 +403,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             Ok(SendReply::Closed(_)) => Err(SendError::Closed(message)),
             Ok(SendReply::NoQueue(_)) => Err(SendError::Disconnected(message)),
             Err(e) if e.is_worker_lost() => Err(SendError::Disconnected(message)),
-            Err(source) => Err(SendError::Failed { message, source }),
+            Err(source) => Err(SendError::Failed {
+                message,
+                source: Box::new(source),
+            }),
         }
     }
 
@@ -413,7 +421,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 Err(source) => {
                     return Err(BatchSendError {
                         unsent: messages,
-                        reason: Error::Process(source),
+                        reason: Error::from(source),
                     });
                 }
             }
@@ -431,7 +439,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             Ok(SendReply::Closed(back)) => (back.len(), Error::Closed),
             Ok(SendReply::NoQueue(_)) => (total, Error::Disconnected),
             Err(e) if e.is_worker_lost() => (total, Error::Disconnected),
-            Err(e) => (total, Error::Process(e)),
+            Err(e) => (total, Error::from(e)),
         };
         let mut unsent = messages;
         let sent = unsent.len() - back;
@@ -454,7 +462,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         match reply {
             RecvReply::Got(messages) => messages
                 .into_iter()
-                .map(|m| from_wire(m).map_err(RecvError::Failed))
+                .map(|m| from_wire(m).map_err(|e| RecvError::Failed(Box::new(e))))
                 .collect(),
             RecvReply::Empty => Ok(Vec::new()),
             RecvReply::TimedOut => Err(RecvError::Timeout),

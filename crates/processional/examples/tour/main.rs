@@ -6,6 +6,8 @@
 //! Each idea of the library has its own section; the later ones live in
 //! the modules beside this file.
 
+mod channel;
+
 use processional::func;
 use std::time::Instant;
 
@@ -69,6 +71,7 @@ fn main() -> anyhow::Result<()> {
     client_and_server()?;
     shared_memory(&process)?;
     // Sections of the later ideas: one line each, one module each.
+    channel::run()?;
     Ok(())
 }
 
