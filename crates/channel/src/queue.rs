@@ -529,6 +529,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Waits for the next message `pick` takes, and takes up to `max` (at
     /// least one) that are there, in one round trip.
+    ///
+    /// A batch takes every message `pick` accepts, poison pills included:
+    /// address each child's `Die` to it (and pick [`Pick::for_me`]) so that
+    /// no batch takes another child's.
     pub fn recv_batch(&self, pick: Pick, max: u32) -> Result<Vec<Message<T>>, RecvError> {
         let got = self.receive(pick, max.max(1), Wait::Forever)?;
         if got.is_empty() {
