@@ -99,6 +99,6 @@ pub mod wire;
 
 pub use error::{BatchSendError, Error, RecvError, SendError};
 pub use message::{Message, Request};
-pub use pipe::{PipeEnd, RecvFuture, pipe};
+pub use pipe::{MAX_MESSAGE, PipeEnd, RecvFuture, pipe};
 pub use queue::{Queue, QueueBuilder};
 pub use wire::Pick;

@@ -27,6 +27,10 @@ use crate::sys;
 /// How much a receive reads at once.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// The largest message a pipe carries (encoded), as the wire's frame limit:
+/// a receiver never allocates more for one message.
+pub const MAX_MESSAGE: usize = 64 << 20;
+
 /// A new pipe: two connected ends. Keep one, give the other to a child.
 ///
 /// ```
@@ -50,18 +54,46 @@ pub fn pipe<T>() -> Result<(PipeEnd<T>, PipeEnd<T>), crate::Error> {
     Ok((PipeEnd::from_stream(a), PipeEnd::from_stream(b)))
 }
 
+/// Bytes read and not yet decoded: `buf[start..end]`. The buffer is
+/// initialized once and reused (it grows only for a frame larger than it).
 struct Reader {
     buf: Vec<u8>,
-    /// Where the unread bytes of `buf` start.
     start: usize,
+    end: usize,
 }
 
 impl Reader {
     /// A whole frame at the front, if there is one: its payload's range.
     fn frame(&self) -> Option<(usize, usize)> {
-        let unread = &self.buf[self.start..];
+        let unread = &self.buf[self.start..self.end];
         let len = u32::from_le_bytes(unread.get(..4)?.try_into().ok()?) as usize;
         (unread.len() >= 4 + len).then_some((self.start + 4, self.start + 4 + len))
+    }
+
+    /// The length the next frame declares, once its header is in.
+    fn declared(&self) -> Option<usize> {
+        let header = self.buf.get(self.start..self.end)?.get(..4)?;
+        Some(u32::from_le_bytes(header.try_into().ok()?) as usize)
+    }
+
+    /// Room to read into, at the end (compacting, or growing for a frame
+    /// larger than the buffer).
+    fn room(&mut self) -> &mut [u8] {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        if self.end == self.buf.len() {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else {
+                let len = (self.buf.len() * 2).max(READ_CHUNK);
+                self.buf.resize(len, 0);
+            }
+        }
+        &mut self.buf[self.end..]
     }
 }
 
@@ -118,6 +150,7 @@ impl<T> PipeEnd<T> {
                 reader: Mutex::new(Reader {
                     buf: Vec::new(),
                     start: 0,
+                    end: 0,
                 }),
                 writer: Mutex::new(Vec::new()),
             }),
@@ -149,7 +182,17 @@ impl<T: Serialize> PipeEnd<T> {
                 source: Box::new(source),
             });
         }
-        let len = u32::try_from(buf.len() - 4).expect("a message under 4 GiB");
+        if buf.len() - 4 > MAX_MESSAGE {
+            let error = io::Error::new(io::ErrorKind::InvalidInput, "a message over MAX_MESSAGE");
+            return Err(SendError::Failed {
+                message,
+                source: Box::new(processional_task::Error::io(
+                    "cannot send on the pipe",
+                    error,
+                )),
+            });
+        }
+        let len = u32::try_from(buf.len() - 4).expect("a message under MAX_MESSAGE");
         buf[..4].copy_from_slice(&len.to_le_bytes());
         match (&self.inner.stream).write_all(&buf) {
             Ok(()) => Ok(()),
@@ -192,10 +235,6 @@ impl<T: DeserializeOwned> PipeEnd<T> {
             if let Some((from, to)) = reader.frame() {
                 let decoded = codec::decode(&reader.buf[from..to]);
                 reader.start = to;
-                if reader.start == reader.buf.len() {
-                    reader.buf.clear();
-                    reader.start = 0;
-                }
                 return decoded
                     .map(Some)
                     .map_err(|e| RecvError::Failed(Box::new(e)));
@@ -221,18 +260,17 @@ impl<T: DeserializeOwned> PipeEnd<T> {
                     };
                 }
             }
-            let reader = &mut *reader;
-            if reader.start > 0 {
-                reader.buf.drain(..reader.start);
-                reader.start = 0;
+            if reader.declared().is_some_and(|len| len > MAX_MESSAGE) {
+                let error = io::Error::new(io::ErrorKind::InvalidData, "a frame over MAX_MESSAGE");
+                return Err(RecvError::Failed(Box::new(processional_task::Error::io(
+                    "the pipe's peer sent a message too large",
+                    error,
+                ))));
             }
-            let filled = reader.buf.len();
-            reader.buf.resize(filled + READ_CHUNK, 0);
-            let read = (&self.inner.stream).read(&mut reader.buf[filled..]);
-            reader.buf.truncate(filled + *read.as_ref().unwrap_or(&0));
+            let read = (&self.inner.stream).read(reader.room());
             match read {
                 Ok(0) => return Err(RecvError::Disconnected),
-                Ok(_) => {}
+                Ok(n) => reader.end += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if sys::is_disconnect(&e) => return Err(RecvError::Disconnected),
                 Err(e) => {
@@ -349,6 +387,28 @@ mod tests {
             Err(SendError::Disconnected(m)) => assert_eq!(m.data.as_deref(), Some("lost?")),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn frames_larger_than_the_buffer_and_many_small_ones() {
+        let (a, b) = pipe::<Vec<u8>>().unwrap();
+        let big = vec![7u8; 3 * READ_CHUNK + 5];
+        let writer = std::thread::spawn(move || {
+            for i in 0..200u8 {
+                a.send(Request::Do, Some(vec![i; usize::from(i)])).unwrap();
+            }
+            a.send(Request::Do, Some(big)).unwrap();
+            a.send(Request::Do, Some(vec![1])).unwrap();
+        });
+        for i in 0..200u8 {
+            assert_eq!(b.recv().unwrap().data, Some(vec![i; usize::from(i)]));
+        }
+        assert_eq!(
+            b.recv().unwrap().data.map(|d| d.len()),
+            Some(3 * READ_CHUNK + 5)
+        );
+        assert_eq!(b.recv().unwrap().data, Some(vec![1]));
+        writer.join().unwrap();
     }
 
     #[test]
