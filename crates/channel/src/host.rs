@@ -288,6 +288,9 @@ fn recv_with(
                     return later;
                 }
                 RecvNow::Waiting => {
+                    // Receivers whose callers left (a consumer killed while
+                    // it waited) go; their replies were never sent.
+                    core.forget(Waiter::is_listening);
                     if let Some(due) = due {
                         timer().schedule(due, queue);
                     }

@@ -199,6 +199,29 @@ impl QueueBuilder {
 /// Receives wait in the host, holding no thread there and polling nowhere,
 /// until a message they take arrives, however many messages for others
 /// come first; a message nobody took stays in place.
+///
+/// ```
+/// use processional_channel::{Message, Queue, RecvError, Request};
+/// use processional_process::func;
+/// # fn main() -> Result<(), processional_channel::Error> {
+/// let queue = Queue::<String>::new()?;
+/// let me = std::process::id();
+/// queue.send_to(me + 1, Request::Do, Some("for someone else".into()))?;
+/// queue.send(Request::User(7), Some("for anyone".into()))?;
+/// assert!(queue.try_recv_by(processional_channel::Pick::To(me))?.is_none()); // empty is not an error
+///
+/// // "For me" skips the message for someone else, which stays in place.
+/// assert_eq!(queue.recv_for_me()?.data.as_deref(), Some("for anyone"));
+/// // A predicate shipped to the host.
+/// let other = queue.recv_where(func!(|m: &Message<String>| m.request == Request::Do))?;
+/// assert_eq!(other.recipient, Some(me + 1));
+///
+/// queue.join()?; // every message sent was received
+/// queue.close()?;
+/// assert!(matches!(queue.recv(), Err(RecvError::Closed)));
+/// # Ok(())
+/// # }
+/// ```
 pub struct Queue<T> {
     link: Arc<Link>,
     id: u64,
