@@ -450,3 +450,30 @@ fn a_program_of_another_build_uses_the_queue_through_its_services() {
     );
     assert_eq!(queue_client(&queue, &["join"]).1, "joined");
 }
+
+#[test]
+fn a_queue_on_an_existing_server_and_an_async_receive() {
+    let dir = processional::runtime_dir().expect("runtime dir");
+    let address = format!(
+        "unix:{}/channel-test-{}.sock",
+        dir.display(),
+        std::process::id()
+    );
+    let server = processional::server(&address).expect("server");
+    let queue: Queue<u32> = QueueBuilder::new().host(&address).build().expect("queue");
+    assert_eq!(queue.host(), address);
+    let c = slave().expect("spawn");
+    let next = queue.recv_by_async(Pick::for_me());
+    let sent = c.invoke_with(
+        (queue.clone(), std::process::id()),
+        func!(|(q, parent): (Queue<u32>, u32)| q
+            .send_to(parent, Request::Finished, Some(5))
+            .map_err(|e| e.to_string())),
+    );
+    assert_eq!(sent.expect("call"), Ok(()));
+    let got = pollster::block_on(next).expect("async receive");
+    assert_eq!((got.data, got.sender), (Some(5), c.pid()));
+    teardown(vec![c]);
+    drop(queue);
+    server.terminate(Duration::from_secs(5));
+}

@@ -566,6 +566,50 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 }
 
+impl<T: DeserializeOwned + Send + 'static> Queue<T> {
+    /// The next message `pick` takes, for async code: the receive waits in
+    /// the host like [`recv_by`](Queue::recv_by), and the future is woken by
+    /// the connection's reader (any executor).
+    ///
+    /// ```
+    /// use processional_channel::{Pick, Queue, Request};
+    /// # fn main() -> Result<(), processional_channel::Error> {
+    /// let queue = Queue::<u8>::new()?;
+    /// let next = queue.recv_by_async(Pick::for_me());
+    /// queue.send(Request::Do, Some(1))?;
+    /// let message = pollster::block_on(next)?;
+    /// assert_eq!(message.data, Some(1));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn recv_by_async(
+        &self,
+        pick: Pick,
+    ) -> impl std::future::Future<Output = Result<Message<T>, RecvError>> + Send + 'static {
+        let args = RecvArgs {
+            queue: self.id,
+            pick,
+            max: 1,
+            wait: Wait::Forever,
+        };
+        let task = self
+            .link
+            .process
+            .call_service::<_, RecvReply>(services::RECV, args);
+        async move {
+            match task.await.map_err(recv_failure)? {
+                RecvReply::Got(messages) => match messages.into_iter().next() {
+                    Some(m) => from_wire(m).map_err(|e| RecvError::Failed(Box::new(e))),
+                    None => Err(RecvError::Closed),
+                },
+                RecvReply::Empty | RecvReply::Closed => Err(RecvError::Closed),
+                RecvReply::TimedOut => Err(RecvError::Timeout),
+                RecvReply::NoQueue => Err(RecvError::Disconnected),
+            }
+        }
+    }
+}
+
 impl<T: Serialize + DeserializeOwned + 'static> Queue<T> {
     /// Waits for the first message `predicate` accepts. The predicate runs
     /// next to the queue, in its host (so the host must be this same
