@@ -704,6 +704,7 @@ mod tests {
         Recv(u8, u32),
         Wait(u8, u32),
         Restore,
+        Close,
     }
 
     fn request() -> impl Strategy<Value = Request> {
@@ -722,6 +723,7 @@ mod tests {
             3 => (0..6u8, 0..3u32).prop_map(|(f, p)| Op::Recv(f, p)),
             1 => (0..6u8, 0..3u32).prop_map(|(f, p)| Op::Wait(f, p)),
             1 => Just(Op::Restore),
+            1 => Just(Op::Close),
         ]
     }
 
@@ -754,6 +756,7 @@ mod tests {
             let mut next_seq = 0u64;
             let mut unfinished = 0u64;
             let mut token = 0usize;
+            let mut closed = false;
             let mut fx = Vec::new();
             for op in ops {
                 fx.clear();
@@ -761,6 +764,10 @@ mod tests {
                     Op::Send(r, s, to, d) => {
                         let m = message(r, s, to, d);
                         let result = core.try_send(m.clone(), &mut fx);
+                        if closed {
+                            prop_assert_eq!(result, Err((Refusal::Closed, m)));
+                            continue;
+                        }
                         let taken = waiting.iter().any(|(_, f, p)| filter(*f, *p).matches(&m));
                         if capacity.is_some_and(|c| model.len() >= c) && !taken {
                             prop_assert_eq!(result, Err((Refusal::Full, m)));
@@ -791,8 +798,13 @@ mod tests {
                         }
                     }
                     Op::Recv(f, p) => {
-                        let got = core.recv(&filter(f, p), &mut fx).unwrap();
                         let expected = model.iter().position(|(_, m)| filter(f, p).matches(m));
+                        let got = core.recv(&filter(f, p), &mut fx);
+                        if closed && expected.is_none() {
+                            prop_assert_eq!(got, Err(EndOfQueue));
+                            continue;
+                        }
+                        let got = got.unwrap();
                         match expected {
                             Some(at) => {
                                 let (seq, m) = model.remove(at);
@@ -820,8 +832,25 @@ mod tests {
                                 prop_assert!(!model.iter().any(|(_, m)| filter(f, p).matches(m)));
                                 waiting.push((token, f, p));
                             }
-                            RecvNow::EndOfQueue(_) => prop_assert!(false, "not closed"),
+                            RecvNow::EndOfQueue(_) => {
+                                prop_assert!(closed);
+                                prop_assert!(!model.iter().any(|(_, m)| filter(f, p).matches(m)));
+                            }
                         }
+                    }
+                    Op::Close => {
+                        core.close(&mut fx);
+                        closed = true;
+                        let ended: Vec<usize> = fx
+                            .iter()
+                            .map(|e| match e {
+                                Effect::EndOfQueue(t) => Ok(*t),
+                                other => Err(format!("{other:?}")),
+                            })
+                            .collect::<Result<_, _>>()
+                            .map_err(|e| TestCaseError::fail(e))?;
+                        let expected: Vec<usize> = waiting.drain(..).map(|(t, _, _)| t).collect();
+                        prop_assert_eq!(ended, expected);
                     }
                     Op::Restore => {
                         if let Some(envelope) = delivered.pop() {
