@@ -848,7 +848,7 @@ mod tests {
                                 other => Err(format!("{other:?}")),
                             })
                             .collect::<Result<_, _>>()
-                            .map_err(|e| TestCaseError::fail(e))?;
+                            .map_err(TestCaseError::fail)?;
                         let expected: Vec<usize> = waiting.drain(..).map(|(t, _, _)| t).collect();
                         prop_assert_eq!(ended, expected);
                     }
