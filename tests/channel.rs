@@ -477,3 +477,25 @@ fn a_queue_on_an_existing_server_and_an_async_receive() {
     drop(queue);
     server.terminate(Duration::from_secs(5));
 }
+
+#[test]
+fn the_queue_outlives_its_creators_handle_while_a_child_holds_one() {
+    let queue = Queue::<u32>::new().expect("queue");
+    let c = slave().expect("spawn");
+    let used = c.schedule_with(
+        queue.clone(),
+        func!(|q: Queue<u32>| {
+            processional_tests::gate::start_then_wait(processional_tests::PATIENCE);
+            q.send(Request::Do, Some(8)).map_err(|e| e.to_string())?;
+            q.recv_for_me().map(|m| m.data).map_err(|e| e.to_string())
+        }),
+    );
+    processional_tests::gate::wait_for_start(&c);
+    drop(queue);
+    c.thread(func!(processional_tests::gate::open))
+        .wait_timeout(PATIENCE)
+        .expect("in time")
+        .expect("open");
+    assert_eq!(wait(used), Ok(Some(8)), "the host still serves the child");
+    teardown(vec![c]);
+}

@@ -193,8 +193,10 @@ impl QueueBuilder {
 /// Cloneable, and serializable: passed to a slave or a client as a call
 /// argument, it reaches the same queue from there (the receiving process
 /// connects to the queue's host, authenticated with the key file the host
-/// keeps beside its socket). A queue started for you lives as long as its
-/// creating process holds a handle.
+/// keeps beside its socket). A queue started for you lives as long as some
+/// process holds a handle to it (its host, a server, stops once it serves
+/// nobody), and at most as long as the process that created it (the host
+/// dies with its master).
 ///
 /// Receives wait in the host, holding no thread there and polling nowhere,
 /// until a message they take arrives, however many messages for others
