@@ -5,8 +5,9 @@
 //! - `channel.pipe_rtt`: a `u64` ping-pong over a [`pipe`] with a slave that
 //!   echoes each message (send, then receive the echo) against the raw
 //!   8-byte socketpair ping-pong; one iteration is one round trip.
-//! - `channel.queue_throughput`: one producer (this process, `send_batch`)
-//!   to one consumer slave (`recv_batch`) through a queue hosted by its own
+//! - `channel.queue_throughput`: one producer (this process, one message
+//!   at a time through a `BufferedSender`) to one consumer slave
+//!   (`recv_batch`) through a queue hosted by its own
 //!   server, `u64` messages, in runs of up to [`RUN`] messages; against
 //!   pipelined raw pings (one frame each way). One iteration is one message.
 //! - `channel.queue_fanout`: four producer slaves and four consumer slaves
@@ -164,18 +165,16 @@ fn consume(queue: Queue<u64>, count: u64) -> Result<u64, String> {
     Ok(sum)
 }
 
-/// Sends `from..to` in batches.
+/// Sends `from..to` one message at a time through a buffered sender (which
+/// batches on the wire, one batch in flight while the next fills).
 fn produce(queue: &Queue<u64>, from: u64, to: u64) -> Result<(), String> {
-    let mut next = from;
-    while next < to {
-        let end = (next + u64::from(BATCH)).min(to);
-        let batch: Vec<_> = (next..end)
-            .map(|i| Message::new(Request::Do, Some(i)))
-            .collect();
-        queue.send_batch(batch).map_err(|e| e.to_string())?;
-        next = end;
+    let mut sender = queue.buffered(BATCH as usize);
+    for i in from..to {
+        sender
+            .send(Request::Do, Some(i))
+            .map_err(|e| e.to_string())?;
     }
-    Ok(())
+    sender.flush().map_err(|e| e.to_string())
 }
 
 /// `channel.queue_throughput`.

@@ -499,3 +499,22 @@ fn the_queue_outlives_its_creators_handle_while_a_child_holds_one() {
     assert_eq!(wait(used), Ok(Some(8)), "the host still serves the child");
     teardown(vec![c]);
 }
+
+#[test]
+fn a_buffered_sender_hands_back_everything_a_full_queue_refused_in_order() {
+    let queue: Queue<u32> = QueueBuilder::new().capacity(5).build().expect("queue");
+    let mut sender = queue.buffered(3);
+    let mut refused = None;
+    for i in 0..9 {
+        if let Err(error) = sender.send(Request::Do, Some(i)) {
+            refused = Some(error);
+            break;
+        }
+    }
+    let error = refused.expect("the queue filled up");
+    assert!(matches!(error.reason, processional::channel::Error::Full));
+    let unsent: Vec<_> = error.unsent.iter().map(|m| m.data).collect();
+    assert_eq!(unsent, [Some(5), Some(6), Some(7), Some(8)]);
+    let held: Vec<_> = (0..5).map(|_| queue.recv().unwrap().data).collect();
+    assert_eq!(held, [Some(0), Some(1), Some(2), Some(3), Some(4)]);
+}

@@ -85,7 +85,9 @@
 //!   ([`wire::services`]): a program of another build holding the key
 //!   opens the queue with [`Queue::open_data_only`].
 //! - **Batches.** [`Queue::send_batch`] and [`Queue::recv_batch`] move many
-//!   messages in one round trip.
+//!   messages in one round trip; a [`BufferedSender`] ([`Queue::buffered`])
+//!   takes one message at a time and sends batches, one in flight while the
+//!   next fills.
 
 mod codec;
 pub mod core;
@@ -94,6 +96,7 @@ mod host;
 mod message;
 mod pipe;
 mod queue;
+mod sender;
 mod sys;
 pub mod wire;
 
@@ -101,4 +104,5 @@ pub use error::{BatchSendError, Error, RecvError, SendError};
 pub use message::{Message, Request};
 pub use pipe::{MAX_MESSAGE, PipeEnd, RecvFuture, pipe};
 pub use queue::{Queue, QueueBuilder};
+pub use sender::BufferedSender;
 pub use wire::Pick;

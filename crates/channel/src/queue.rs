@@ -435,6 +435,23 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         }
     }
 
+    /// A batch send on its way: the task of its answer.
+    pub(crate) fn send_batch_task(
+        &self,
+        messages: &[Message<T>],
+    ) -> Result<processional_task::Task<SendReply>, processional_task::Error> {
+        let wire = messages
+            .iter()
+            .map(to_wire)
+            .collect::<Result<Vec<_>, _>>()?;
+        let args = SendArgs {
+            queue: self.id,
+            messages: wire,
+            wait: Wait::Now,
+        };
+        Ok(self.link.process.call_service(services::SEND, args))
+    }
+
     /// Sends many messages in one round trip, in order, without waiting for
     /// room: on a full or closed queue the messages from the first refused
     /// one on come back.
