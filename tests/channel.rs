@@ -365,7 +365,7 @@ fn a_consumer_killed_with_sigkill_loses_nothing_unreceived() {
     let queue = Queue::<u32>::new().expect("queue");
     let consumer = slave().expect("spawn");
     let pid = consumer.pid();
-    let _blocked = consumer.schedule_with(
+    let blocked = consumer.schedule_with(
         queue.clone(),
         func!(|q: Queue<u32>| q.recv_for_me().map(|m| m.data).map_err(|e| e.to_string())),
     );
@@ -377,6 +377,11 @@ fn a_consumer_killed_with_sigkill_loses_nothing_unreceived() {
     assert!(
         wait_until(PATIENCE, || !process_exists(pid)),
         "the consumer died"
+    );
+    let lost = blocked.wait_timeout(PATIENCE).expect("in time");
+    assert!(
+        lost.is_err_and(|e| e.is_worker_lost()),
+        "its call died with it"
     );
     // Sent after the kill, possibly to the dead consumer's waiting receive:
     // nothing may be lost.

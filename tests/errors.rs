@@ -96,6 +96,11 @@ fn a_string_that_is_no_address_is_an_address_error() {
             panic!("expected an address error, got {error:?}");
         };
         assert!(["nowhere", "tcp://no-port"].contains(&address.as_str()));
+        assert_eq!(
+            error.to_string().matches(&format!("{address:?}")).count(),
+            1,
+            "the address once: {error}"
+        );
         assert!(
             source.downcast_ref::<AddressError>().is_some(),
             "{source:?}"
@@ -122,6 +127,13 @@ fn a_wrong_key_is_an_auth_error_naming_the_server() {
             AuthFailure::PeerLacksKey | AuthFailure::KeyRefused { .. }
         ),
         "{failure:?}"
+    );
+    // Who refused whom, from this side.
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("this process refused {address}"))
+            || message.contains(&format!("{address} refused this process's key")),
+        "{message}"
     );
     handle.stop();
 }
@@ -257,13 +269,33 @@ fn a_remote_panic_is_a_remote_error_with_its_backtrace_in_lines() {
     assert_eq!(remote.kind, RemoteErrorKind::Panicked);
     assert_eq!(remote.message, "remote-boom");
     let backtrace = remote.backtrace.as_deref().expect("slaves send backtraces");
-    let debug = format!("{error:?}");
     let first_frame = backtrace.lines().next().expect("a frame");
+    // What `unwrap()` prints reads like a local panic: what and where, the
+    // message, then the backtrace as lines if RUST_BACKTRACE asks for it.
+    let debug = format!("{error:?}");
+    let location = remote.location.as_deref().expect("a location");
     assert!(
-        debug.contains(&format!("\n    {first_frame}\n")),
-        "a backtrace line on a line of its own: {debug}"
+        debug.starts_with(&format!(
+            "Remote(the remote process panicked at {location}:\nremote-boom\n"
+        )),
+        "{debug}"
+    );
+    let asked = std::env::var_os("RUST_BACKTRACE").is_some_and(|value| value != "0");
+    assert_eq!(
+        debug.contains(&format!("\n{first_frame}\n")),
+        asked,
+        "a backtrace line on a line of its own, if asked for: {debug}"
+    );
+    assert_eq!(
+        debug.contains("note: run with `RUST_BACKTRACE=1`"),
+        !asked,
+        "{debug}"
     );
     assert!(!debug.contains("\\n"), "no escaped newlines: {debug}");
+    // The fields, backtrace as lines, in the alternate form.
+    let fields = format!("{error:#?}");
+    assert!(fields.contains(&format!("{first_frame}\n")), "{fields}");
+    assert!(!fields.contains("\\n"), "no escaped newlines: {fields}");
 }
 
 #[test]

@@ -80,7 +80,7 @@ fn a_dead_child_disconnects_and_hands_the_message_back() {
     let child = slave().expect("spawn");
     let (parent_end, child_end) = pipe::<String>().expect("pipe");
     // The child holds its end while it lives, then dies.
-    let _held = child.schedule_with(
+    let held = child.schedule_with(
         child_end,
         func!(|end: PipeEnd<String>| -> u8 {
             let _ = end.send(Request::Finished, Some("bye".into()));
@@ -105,6 +105,11 @@ fn a_dead_child_disconnects_and_hands_the_message_back() {
         }
         other => panic!("{other:?}"),
     }
+    let ended = held.wait_timeout(PATIENCE).expect("in time");
+    assert!(
+        ended.is_err_and(|e| e.is_worker_lost()),
+        "the child exited under its call"
+    );
     let _ = child.terminate(Duration::from_secs(1));
 }
 

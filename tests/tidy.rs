@@ -14,6 +14,10 @@
 //!   site, and no macro of a `sys` module hides an `unsafe` block;
 //! - every source file of a crate is named in its section of the code map
 //!   (`docs/ARCHITECTURE.md`);
+//! - every published crate has complete metadata (description, keywords,
+//!   categories, a README and both license files in its directory, no
+//!   repository URL that is a placeholder), and every crate below the facade
+//!   says it is internal, in its description and its docs;
 //! - no call of the `todo`, `unimplemented` or `dbg` macros is left in `crates/`.
 
 use std::path::{Path, PathBuf};
@@ -130,6 +134,69 @@ fn fail_with(title: &str, problems: &[String]) {
         "{title}:\n  - {}\n",
         problems.join("\n  - ")
     );
+}
+
+/// The facade: the one crate that is stable API.
+const FACADE: &str = "processional";
+
+#[test]
+fn published_crates_have_complete_metadata() {
+    let mut problems = Vec::new();
+    for package in packages() {
+        // `publish = false` reads as an empty list of registries.
+        if package["publish"].as_array().is_some_and(Vec::is_empty) {
+            continue;
+        }
+        let name = name(package);
+        let dir = manifest_path(package)
+            .parent()
+            .expect("a manifest lives in a directory")
+            .to_path_buf();
+        let text = |field: &str| package[field].as_str().unwrap_or("");
+        for field in ["description", "license", "rust_version"] {
+            if text(field).is_empty() {
+                problems.push(format!("{name}: no `{field}`"));
+            }
+        }
+        for field in ["keywords", "categories"] {
+            if package[field].as_array().is_none_or(Vec::is_empty) {
+                problems.push(format!("{name}: no `{field}`"));
+            }
+        }
+        if text("repository").contains("example.") {
+            problems.push(format!(
+                "{name}: placeholder repository {}",
+                text("repository")
+            ));
+        }
+        match package["readme"].as_str() {
+            Some(readme) if dir.join(readme).is_file() => {}
+            Some(readme) => problems.push(format!("{name}: readme {readme} does not exist")),
+            None => problems.push(format!("{name}: no `readme`")),
+        }
+        for license in ["LICENSE-MIT", "LICENSE-APACHE"] {
+            // `is_file` follows the symbolic links to the workspace's copies.
+            if !dir.join(license).is_file() {
+                problems.push(format!("{name}: no {license} in {}", dir.display()));
+            }
+        }
+        if name != FACADE {
+            if !text("description").contains("[internal]") {
+                problems.push(format!(
+                    "{name}: the description does not say `[internal]` (only {FACADE} is stable API)"
+                ));
+            }
+            let lib = dir.join("src/lib.rs");
+            let docs = std::fs::read_to_string(&lib).unwrap_or_default();
+            if !docs.contains("**Internal crate.**") {
+                problems.push(format!(
+                    "{name}: {} does not say `**Internal crate.**` in its docs",
+                    lib.display()
+                ));
+            }
+        }
+    }
+    fail_with("published crates with incomplete metadata", &problems);
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use anyhow::{Context, Result, bail};
 
 use crate::cases::{self, CASES, Case};
+use crate::chart;
 use crate::machine::{self, Machine};
 use crate::report::{Measurement, Report};
 use crate::workspace::Workspace;
@@ -106,7 +107,37 @@ pub(crate) fn run(workspace: &Workspace, options: &Options) -> Result<ExitCode> 
     println!();
     println!("wrote {}", json_path.display());
     println!("wrote {}", markdown_path.display());
+    if report.measurements.is_empty() {
+        println!("no case measured: docs/benchmarks.svg left as it was");
+    } else {
+        write_chart(workspace, &report.json())?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `cargo xtask chart`: redraws `docs/benchmarks.svg` from the last run's
+/// `target/processional-bench.json`, without running the benches.
+pub(crate) fn chart(workspace: &Workspace) -> Result<ExitCode> {
+    let json_path = workspace.target_dir()?.join("processional-bench.json");
+    let text = std::fs::read_to_string(&json_path).with_context(|| {
+        format!(
+            "reading {} (run `cargo xtask bench` first)",
+            json_path.display()
+        )
+    })?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("in {}", json_path.display()))?;
+    write_chart(workspace, &json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Draws the report's JSON as `docs/benchmarks.svg`.
+fn write_chart(workspace: &Workspace, json: &serde_json::Value) -> Result<()> {
+    let (bars, caption) = chart::bars(json)?;
+    let svg_path = workspace.root().join("docs").join("benchmarks.svg");
+    write(&svg_path, &chart::svg(&bars, &caption)?)?;
+    println!("wrote {}", svg_path.display());
+    Ok(())
 }
 
 /// Both medians of `case`, if this run measured both.

@@ -71,8 +71,24 @@ const STEPS: &[Step] = &[
 ];
 
 /// Runs every step; the exit code is that of the first failing step.
+///
+/// First of all, the declared `rust-version` must be the toolchain that runs
+/// the checks: what CI builds and tests with is the only version it proves.
 pub(crate) fn run(workspace: &Workspace) -> Result<ExitCode> {
     let started = Instant::now();
+    println!("==> rust-version of every package = rustc --version");
+    let toolchain = workspace.rustc_version()?;
+    let mismatches = rust_version_mismatches(&workspace.rust_versions()?, &toolchain);
+    if !mismatches.is_empty() {
+        for mismatch in &mismatches {
+            eprintln!("ci: {mismatch}");
+        }
+        eprintln!(
+            "ci: FAILED: the declared rust-version must be the toolchain CI runs ({toolchain}); \
+             run ci with that toolchain or change `rust-version` in the root Cargo.toml"
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     let mut timings: Vec<(String, Duration, bool)> = Vec::new();
     let mut failure = None;
     for step in STEPS {
@@ -112,6 +128,38 @@ pub(crate) fn run(workspace: &Workspace) -> Result<ExitCode> {
     }
 }
 
+/// The packages whose declared `rust-version` is not the `major.minor` of
+/// `rustc_version` (the output of `rustc --version`, e.g. `rustc 1.95.0
+/// (59807616e 2026-04-14)`), one line each. Packages that declare none
+/// (the xtask, tests, benches) are not published and are skipped.
+fn rust_version_mismatches(
+    declared: &[(String, Option<String>)],
+    rustc_version: &str,
+) -> Vec<String> {
+    let Some(installed) = rustc_major_minor(rustc_version) else {
+        return vec![format!("cannot read a version in `{rustc_version}`")];
+    };
+    declared
+        .iter()
+        .filter_map(|(package, version)| {
+            let version = version.as_deref()?;
+            let declared_major_minor = version.split('.').take(2).collect::<Vec<_>>().join(".");
+            (declared_major_minor != installed).then(|| {
+                format!("{package} declares rust-version {version}, CI runs rustc {installed}")
+            })
+        })
+        .collect()
+}
+
+/// `1.95` from `rustc 1.95.0 (59807616e 2026-04-14)` (or `1.96.0-nightly`).
+fn rustc_major_minor(rustc_version: &str) -> Option<String> {
+    let version = rustc_version.split_whitespace().nth(1)?;
+    let mut parts = version.split(['.', '-']);
+    let major: u32 = parts.next()?.parse().ok()?;
+    let minor: u32 = parts.next()?.parse().ok()?;
+    Some(format!("{major}.{minor}"))
+}
+
 /// `1m05.3s`, `12.0s`.
 fn format_duration(elapsed: Duration) -> String {
     let tenths = elapsed.as_millis() / 100;
@@ -136,6 +184,28 @@ mod tests {
             "RUSTDOCFLAGS=\"-D warnings\" cargo doc --workspace --no-deps"
         );
         assert_eq!(lines[4], "cargo bench --workspace --benches --no-run");
+    }
+
+    #[test]
+    fn rust_version_must_be_the_running_toolchain() {
+        let rustc = "rustc 1.95.0 (59807616e 2026-04-14)";
+        let declared =
+            |version: Option<&str>| vec![("processional".to_owned(), version.map(str::to_owned))];
+        assert!(rust_version_mismatches(&declared(Some("1.95")), rustc).is_empty());
+        assert!(rust_version_mismatches(&declared(Some("1.95.0")), rustc).is_empty());
+        assert!(rust_version_mismatches(&declared(None), rustc).is_empty());
+        assert_eq!(
+            rust_version_mismatches(&declared(Some("1.85")), rustc),
+            ["processional declares rust-version 1.85, CI runs rustc 1.95"]
+        );
+        assert_eq!(
+            rust_version_mismatches(
+                &declared(Some("1.95")),
+                "rustc 1.96.0-nightly (abc 2026-05-01)"
+            ),
+            ["processional declares rust-version 1.95, CI runs rustc 1.96"]
+        );
+        assert_eq!(rust_version_mismatches(&[], "garbage").len(), 1);
     }
 
     #[test]

@@ -2,15 +2,19 @@
 //! (an alias in `.cargo/config.toml`) from anywhere inside the repository.
 //!
 //! - `cargo xtask ci` runs every check CI runs, in order, printing each
-//!   command and stopping at the first failure with its exit code:
-//!   `cargo fmt --all --check`, `cargo clippy --workspace --all-targets -- -D
+//!   command and stopping at the first failure with its exit code: that the
+//!   `rust-version` every package declares is the running `rustc` (so the
+//!   declared version is the one CI proves), `cargo fmt --all --check`, `cargo clippy --workspace --all-targets -- -D
 //!   warnings`, `cargo test --workspace` (doctests and the tidy test included),
 //!   `RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps` and
 //!   `cargo bench --workspace --benches --no-run`. It ends with the time of
 //!   each step.
 //! - `cargo xtask bench [--quick] [-- <criterion args>]` runs the criterion
 //!   benches of `processional-benches`, prints each case beside its baseline,
-//!   writes `<target dir>/processional-bench.json` and `docs/benchmarks.md`.
+//!   writes `<target dir>/processional-bench.json`, `docs/benchmarks.md` and
+//!   `docs/benchmarks.svg` (a bar chart of each ratio against its target).
+//! - `cargo xtask chart` redraws `docs/benchmarks.svg` from the last run's
+//!   JSON, without running the benches.
 //!   `--quick` shortens every measurement so the run takes a few minutes.
 //!
 //! # The bench convention
@@ -30,6 +34,7 @@
 
 mod bench;
 mod cases;
+mod chart;
 mod ci;
 mod machine;
 mod report;
@@ -47,13 +52,16 @@ Developer tasks of the processional workspace.
 Usage: cargo xtask <task>
 
 Tasks:
-  ci                          Run every check CI runs (fmt, clippy, test, doc,
-                              bench build), stopping at the first failure.
+  ci                          Run every check CI runs (rust-version = rustc,
+                              fmt, clippy, test, doc, bench build), stopping at
+                              the first failure.
   bench [--quick] [-- ARGS]   Run the criterion benches, compare each case with
                               its baseline, write target/processional-bench.json
-                              and docs/benchmarks.md. --quick: short measurements
-                              (a few minutes in all). ARGS go to criterion, e.g.
-                              a filter: cargo xtask bench -- transport
+                              docs/benchmarks.md and docs/benchmarks.svg. --quick:
+                              short measurements (a few minutes in all). ARGS go
+                              to criterion, e.g. a filter: cargo xtask bench -- transport
+  chart                       Redraw docs/benchmarks.svg from the last bench run's
+                              target/processional-bench.json.
   help                        Print this help.
 ";
 
@@ -80,6 +88,12 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
             ci::run(&Workspace::locate()?)
         }
         "bench" => bench::run(&Workspace::locate()?, &bench_options(rest)?),
+        "chart" => {
+            if let Some(extra) = rest.first() {
+                bail!("`chart` takes no arguments, got `{extra}`");
+            }
+            bench::chart(&Workspace::locate()?)
+        }
         "help" | "-h" | "--help" => {
             print!("{HELP}");
             Ok(ExitCode::SUCCESS)

@@ -1,5 +1,6 @@
 //! The comparison of each case with its baseline: on the terminal, as JSON,
-//! and as the Markdown of `docs/benchmarks.md`.
+//! and as the Markdown of `docs/benchmarks.md` (the chart beside it is
+//! drawn from the JSON, see `chart.rs`).
 
 use std::fmt::Write as _;
 
@@ -185,6 +186,10 @@ impl Report {
              `subject` (processional) and `baseline` (the same work done the plainest way). \
              ns is the median nanoseconds per operation; ratio = ns / baseline ns; the target \
              is the largest acceptable ratio. See `benches/README.md`.\n"
+        );
+        let _ = writeln!(
+            out,
+            "![Each case's ratio against its target](benchmarks.svg)\n"
         );
         let _ = writeln!(
             out,

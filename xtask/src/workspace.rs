@@ -59,9 +59,8 @@ impl Workspace {
         command
     }
 
-    /// The target directory cargo uses for this workspace (honours
-    /// `CARGO_TARGET_DIR` and `.cargo/config.toml`).
-    pub(crate) fn target_dir(&self) -> Result<PathBuf> {
+    /// `cargo metadata --no-deps` of the workspace.
+    fn metadata(&self) -> Result<serde_json::Value> {
         let output = self
             .cargo(["metadata", "--format-version", "1", "--no-deps"])
             .stderr(Stdio::inherit())
@@ -70,8 +69,45 @@ impl Workspace {
         if !output.status.success() {
             bail!("`cargo metadata` failed ({})", output.status);
         }
-        let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)
-            .context("`cargo metadata` printed invalid JSON")?;
+        serde_json::from_slice(&output.stdout).context("`cargo metadata` printed invalid JSON")
+    }
+
+    /// Each package of the workspace with its declared `rust-version`.
+    pub(crate) fn rust_versions(&self) -> Result<Vec<(String, Option<String>)>> {
+        let metadata = self.metadata()?;
+        let packages = metadata["packages"]
+            .as_array()
+            .context("`cargo metadata` gave no packages")?;
+        Ok(packages
+            .iter()
+            .map(|package| {
+                (
+                    package["name"].as_str().unwrap_or("?").to_owned(),
+                    package["rust_version"].as_str().map(str::to_owned),
+                )
+            })
+            .collect())
+    }
+
+    /// `rustc --version` of the compiler cargo uses here (`$RUSTC`, else
+    /// `rustc`, run in the workspace so a toolchain file would apply).
+    pub(crate) fn rustc_version(&self) -> Result<String> {
+        let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+        let output = Command::new(&rustc)
+            .arg("--version")
+            .current_dir(&self.root)
+            .output()
+            .with_context(|| format!("could not run `{} --version`", rustc.to_string_lossy()))?;
+        if !output.status.success() {
+            bail!("`rustc --version` failed ({})", output.status);
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
+    /// The target directory cargo uses for this workspace (honours
+    /// `CARGO_TARGET_DIR` and `.cargo/config.toml`).
+    pub(crate) fn target_dir(&self) -> Result<PathBuf> {
+        let metadata = self.metadata()?;
         let target = metadata["target_directory"]
             .as_str()
             .context("`cargo metadata` gave no target_directory")?;

@@ -2,6 +2,11 @@
 //! queues for 1:N, N:1 and N:M, after the Python library pymulproc, without
 //! its bugs.
 //!
+//! **Internal crate.** This is a layer of [processional](https://docs.rs/processional);
+//! its API is not stable and may change in any release. Depend on the
+//! `processional` crate, which re-exports this crate as
+//! `processional::channel`.
+//!
 //! ```
 //! use processional_channel::{Queue, Request};
 //! use processional_process::func;
@@ -88,6 +93,9 @@
 //!   messages in one round trip; a [`BufferedSender`] ([`Queue::buffered`])
 //!   takes one message at a time and sends batches, one in flight while the
 //!   next fills.
+
+// Examples are tested as code: a warning in one fails the build.
+#![doc(test(attr(deny(warnings))))]
 
 mod codec;
 pub mod core;

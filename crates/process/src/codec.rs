@@ -32,7 +32,15 @@ impl Sink for Vec<u8> {
 /// postcard's error as ours. postcard drops the message of a `custom`
 /// error; the value's implementation may have left it in
 /// [`custom`]'s slot (processional's own types do), where it is taken.
+/// What postcard cannot do by design (a map or sequence of unknown length,
+/// `deserialize_any`) says so, and names the way out ([`crate::Json`]).
 fn format_error(error: postcard::Error) -> CodecError {
+    if matches!(
+        error,
+        postcard::Error::WontImplement | postcard::Error::SerializeSeqLengthUnknown
+    ) {
+        return CodecError::NotSelfDescribing(Box::new(error));
+    }
     let custom = matches!(
         error,
         postcard::Error::SerdeSerCustom | postcard::Error::SerdeDeCustom

@@ -21,12 +21,30 @@ static IMAGE_PROBE: u8 = 0;
 const SAMPLE_LEN: usize = 64 * 1024;
 
 /// This program's build fingerprint (computed on first use, then cached).
+///
+/// Two processes talk only if their fingerprints are equal: a slave always
+/// matches its master; a server and its clients must be the same build.
+///
+/// ```
+/// use processional_process::{fingerprint, func};
+///
+/// # fn main() -> Result<(), processional_process::Error> {
+/// let process = processional_process::slave()?;
+/// assert_eq!(process.invoke(func!(fingerprint))?, fingerprint());
+/// # Ok(())
+/// # }
+/// ```
 pub fn fingerprint() -> Fingerprint {
     static FINGERPRINT: OnceLock<Fingerprint> = OnceLock::new();
     *FINGERPRINT.get_or_init(compute)
 }
 
 /// A short name of this program for messages: the executable's file name.
+///
+/// ```
+/// let name = processional_process::program_name();
+/// assert!(!name.is_empty() && !name.contains('/'));
+/// ```
 pub fn program_name() -> String {
     std::env::current_exe()
         .ok()

@@ -39,6 +39,10 @@
 /// Closures built with `func!` get no hint of their argument types from the
 /// method they are passed to, so name the type of an argument whose methods
 /// the body calls: `func!(|v: &mut Vec<u64>| v.iter().sum::<u64>())`.
+///
+/// See [how it works and its limitations](https://docs.rs/processional/latest/processional/#how-it-works-and-limitations) for why, and for what else
+/// follows from shipping functions by their place in the executable (both
+/// sides run the same build).
 #[derive(Clone, Copy)]
 pub struct Func<F>(F);
 
@@ -113,7 +117,8 @@ impl<F> std::fmt::Debug for Func<F> {
 /// The expression is evaluated in an inline `const` block, so a closure that
 /// names a local variable (captures it) is refused by the compiler
 /// (`error[E0435]: attempt to use a non-constant value in a constant`): pass
-/// the data as arguments instead (`invoke_with`, `schedule_with`, …).
+/// the data as arguments instead (`invoke_with`, `schedule_with`, …; see
+/// [how it works and its limitations](https://docs.rs/processional/latest/processional/#how-it-works-and-limitations)).
 ///
 /// ```
 /// use processional_process::func;

@@ -199,7 +199,7 @@ pub(crate) fn resolve(function: FunctionRef) -> Result<Entry, RemoteError> {
 fn validate(function: FunctionRef) -> Result<Entry, RemoteError> {
     let image = image();
     let address = (&ANCHOR as *const u8 as usize).wrapping_add(function.offset as usize);
-    if address % std::mem::align_of::<Descriptor>() != 0
+    if !address.is_multiple_of(std::mem::align_of::<Descriptor>())
         || !in_read_only(image, address, std::mem::size_of::<Descriptor>())
     {
         return Err(invalid(format!(

@@ -6,7 +6,9 @@
 /// With the default `auto-init` feature this already ran before `main` (a
 /// pre-main constructor), so calling it is harmless and unnecessary. Without
 /// the feature, call it first thing in `main`, before any other thread starts
-/// (it reads and clears an environment variable):
+/// (it reads and clears an environment variable). Code that runs before it,
+/// a `#[ctor]` of yours or of a dependency, runs in every slave too: see
+/// [how it works and its limitations](https://docs.rs/processional/latest/processional/#how-it-works-and-limitations).
 ///
 /// ```
 /// // First thing in `main`:

@@ -1,6 +1,11 @@
 //! The process runtime of processional: call functions in other processes
 //! as easily as in a thread.
 //!
+//! **Internal crate.** This is a layer of [processional](https://docs.rs/processional);
+//! its API is not stable and may change in any release. Depend on the
+//! `processional` crate, which re-exports what users need (this crate as
+//! `processional::process`).
+//!
 //! ```
 //! use processional_process::func;
 //! # fn main() -> Result<(), processional_thread::Error> {
@@ -19,7 +24,11 @@
 //! child becomes a slave before its `main` runs (see [`init`]) and serves
 //! the calls of its master over an inherited unix socket, after the
 //! authenticated handshake of `processional-transport` (the key is generated
-//! per slave and handed to it on that private socket).
+//! per slave and handed to it on that private socket). `ps` and `top` show
+//! it as `<program> [slave <n>]` (or the name given to
+//! [`SlaveProcessBuilder::name`]), a spawned server as `<program> [server]`;
+//! its `std::env::args()` are its master's, except the first, which is that
+//! title (use [`std::env::current_exe`] for the program's path).
 //!
 //! # Shipping functions
 //! A function sent to another process travels as its type, and the receiving
@@ -85,7 +94,9 @@
 //!
 //! The receiving process checks every function reference before it runs
 //! anything: it must point at a descriptor the compiler emitted in the
-//! program's read-only data (see `docs/ARCHITECTURE.md`).
+//! program's read-only data, naming the function's type by a digest the
+//! sender computed from the same type, so that bytes a peer sends can only
+//! ever select a function this program ships with the types it expects.
 //!
 //! Arguments and values are any `Serialize + DeserializeOwned` type, encoded
 //! with postcard; a value that fails to encode or decode fails that call only,
@@ -108,6 +119,14 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! postcard is compact because it is not self-describing: the bytes carry no
+//! field names or type tags. Types that need them (`#[serde(flatten)]`,
+//! `#[serde(untagged)]` or internally tagged enums, `serde_json::Value`)
+//! compile, then fail at run time with [`CodecError::NotSelfDescribing`];
+//! carry them in a [`Json<T>`], which crosses as JSON inside the postcard
+//! payload.
+//!
 //! `Vec<u8>` takes a fast path, large payloads travel through shared memory,
 //! and `ShmBuf` / `ShmVec` values travel as file descriptors on unix sockets
 //! (see `processional-shm`).
@@ -207,6 +226,9 @@
 //! on it (and on SIGHUP and SIGINT) it removes its socket and key file, then
 //! dies by that signal.
 
+// Examples are tested as code: a warning in one fails the build.
+#![doc(test(attr(deny(warnings))))]
+
 mod child;
 mod codec;
 mod context;
@@ -216,6 +238,7 @@ mod fingerprint;
 mod func;
 mod function;
 mod init;
+mod json;
 mod objects;
 mod payload;
 mod remote;
@@ -228,11 +251,13 @@ mod sink;
 mod slave;
 mod stream;
 mod sys;
+mod title;
 mod trust;
 
 pub use fingerprint::{fingerprint, program_name};
 pub use func::Func;
 pub use init::init;
+pub use json::Json;
 pub use objects::live_objects;
 pub use payload::{INLINE_LIMIT, INLINE_LIMIT_VAR};
 pub use processional_task::{

@@ -36,6 +36,20 @@ static LIVE_OBJECTS: AtomicUsize = AtomicUsize::new(0);
 /// Useful in tests: call it inside a slave (`process.invoke(live_objects)`)
 /// to check that dropped handles freed their objects. For one server of
 /// this process, see [`ServerHandle::live_objects`](crate::ServerHandle::live_objects).
+///
+/// ```
+/// use processional_process::{func, live_objects};
+///
+/// # fn main() -> Result<(), processional_process::Error> {
+/// let process = processional_process::slave()?;
+/// let object = process.wrap(func!(|| vec![0u8; 16]))?;
+/// assert_eq!(process.invoke(func!(live_objects))?, 1);
+/// drop(object);
+/// // The release travels in order with the calls: the next call sees it.
+/// assert_eq!(process.invoke(func!(live_objects))?, 0);
+/// # Ok(())
+/// # }
+/// ```
 pub fn live_objects() -> usize {
     LIVE_OBJECTS.load(Ordering::SeqCst)
 }

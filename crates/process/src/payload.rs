@@ -31,7 +31,9 @@ use crate::error::PayloadError;
 /// Encoded payloads larger than this travel in a shared-memory segment (on
 /// unix sockets), unless `PROCESSIONAL_INLINE_LIMIT` (bytes) says otherwise.
 /// Below it, writing through the socket costs less than mapping a segment on
-/// the other side (measured: see `docs/ARCHITECTURE.md`).
+/// the other side: past the socket buffer, the reader and the writer take
+/// turns, while a segment costs one mapping whatever the size (measured on
+/// the project's benchmarks, not promised for every machine).
 pub const INLINE_LIMIT: usize = 128 * 1024;
 
 /// The environment variable that overrides [`INLINE_LIMIT`].
@@ -98,14 +100,13 @@ pub(crate) enum Encoded {
 /// Encodes the value of a call on the serving side (descriptors of
 /// shared-memory values are collected by the caller's transfer context).
 pub(crate) fn encode_value<T: Serialize + Any>(value: &T, unix: bool) -> Result<Encoded, Error> {
-    if unix {
-        if let Some(len) = codec::fast_len(value).filter(|&len| len > inline_limit()) {
-            if let Ok(mut segment) = Pool::global().take(len) {
-                segment.clear();
-                codec::encode_into(value, &mut segment)?;
-                return Ok(Encoded::Pooled(segment));
-            }
-        }
+    if unix
+        && let Some(len) = codec::fast_len(value).filter(|&len| len > inline_limit())
+        && let Ok(mut segment) = Pool::global().take(len)
+    {
+        segment.clear();
+        codec::encode_into(value, &mut segment)?;
+        return Ok(Encoded::Pooled(segment));
     }
     codec::encode(value).map(Encoded::Inline)
 }
@@ -117,11 +118,12 @@ pub(crate) fn wrap_encoded(encoded: Encoded, transfers: Vec<TransferFd>, unix: b
         Encoded::Pooled(segment) => return segmented(segment, transfers),
         Encoded::Inline(bytes) => bytes,
     };
-    if unix && bytes.len() > inline_limit() {
-        if let Ok(mut segment) = Pool::global().take(bytes.len()) {
-            segment.as_mut_slice().copy_from_slice(&bytes);
-            return segmented(segment, transfers);
-        }
+    if unix
+        && bytes.len() > inline_limit()
+        && let Ok(mut segment) = Pool::global().take(bytes.len())
+    {
+        segment.as_mut_slice().copy_from_slice(&bytes);
+        return segmented(segment, transfers);
     }
     Outgoing {
         payload: Payload::Inline(bytes),

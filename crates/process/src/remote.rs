@@ -82,6 +82,30 @@ impl Drop for Handle {
 /// process disconnects. Passed as an argument to a call on the same process,
 /// it arrives there as a handle to the object itself, without any copy:
 /// `invoke` on it then runs at once, in place.
+///
+/// ```
+/// use processional_process::{Remote, func};
+///
+/// # fn main() -> Result<(), processional_process::Error> {
+/// let process = processional_process::slave()?;
+/// // Built there, from arguments; only a handle comes back.
+/// let words: Remote<Vec<String>> =
+///     process.wrap_with(3usize, func!(|n: usize| Vec::with_capacity(n)))?;
+/// words.invoke_with("alpha".to_string(), func!(|v: &mut Vec<String>, w: String| v.push(w)))?;
+/// let count = words.schedule(func!(|v: &mut Vec<String>| v.len()));
+/// assert_eq!(count.wait()?, 1);
+/// // A handle passed back to its process is the object itself there.
+/// let len = process.invoke_with(words.clone(), func!(|w: Remote<Vec<String>>| {
+///     w.invoke(func!(|v: &mut Vec<String>| v.len())).expect("in place")
+/// }))?;
+/// assert_eq!(len, 1);
+/// assert_eq!(words.fetch()?, ["alpha"]); // a copy of the object
+/// # Ok(())
+/// # }
+/// ```
+///
+/// `T` must be `Send + 'static`: the object may be used from any thread of
+/// its process. See [how it works and its limitations](https://docs.rs/processional/latest/processional/#how-it-works-and-limitations).
 pub struct Remote<T> {
     handle: Arc<Handle>,
     _type: PhantomData<fn() -> T>,
@@ -136,6 +160,9 @@ impl<T: Send + 'static> Remote<T> {
     }
 
     /// Runs `f` on the object with `args` and waits for its value.
+    ///
+    /// `args` and the value cross as postcard: see
+    /// [`Json`](crate::Json) for what it cannot carry.
     pub fn invoke_with<A, F, R>(&self, args: A, f: Func<F>) -> Result<R, Error>
     where
         A: Serialize + DeserializeOwned + 'static,
@@ -155,6 +182,9 @@ impl<T: Send + 'static> Remote<T> {
     }
 
     /// Queues `f` on the object with `args`; the task completes with its value.
+    ///
+    /// `args` and the value cross as postcard: see
+    /// [`Json`](crate::Json) for what it cannot carry.
     pub fn schedule_with<A, F, R>(&self, args: A, f: Func<F>) -> Task<R>
     where
         A: Serialize + DeserializeOwned + 'static,

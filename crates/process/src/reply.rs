@@ -32,6 +32,14 @@ use crate::serve::Served;
 /// the call up, or the call was already answered): the value comes back.
 ///
 /// The shape of crossbeam's `SendError<T>`: the unsent value is the field.
+///
+/// ```
+/// use processional_process::NobodyListening;
+///
+/// let error = NobodyListening(vec![1, 2, 3]);
+/// assert_eq!(error.to_string(), "nobody is listening any more");
+/// assert_eq!(error.0, [1, 2, 3]); // the value comes back
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("nobody is listening any more")]
 pub struct NobodyListening<T>(pub T);
@@ -297,6 +305,21 @@ pub(crate) fn run_deferring_locally<T: Send + 'static, R>(
 ///
 /// Only [`reply_later`] makes one. It is not `Send`: it belongs to the call
 /// running on this thread.
+///
+/// ```
+/// use processional_process::{Later, func, reply_later};
+///
+/// # fn main() -> Result<(), processional_process::Error> {
+/// let process = processional_process::slave()?;
+/// let task = process.schedule_later(func!(|| -> Later<String> {
+///     let (reply, later) = reply_later();
+///     std::thread::spawn(move || reply.send("answered from another thread".into()));
+///     later // the promise; the executor serves the next call meanwhile
+/// }));
+/// assert_eq!(task.wait()?, "answered from another thread");
+/// # Ok(())
+/// # }
+/// ```
 #[must_use = "return the Later from the function, or the call is answered with an error"]
 pub struct Later<T> {
     _answer: PhantomData<fn() -> T>,
@@ -320,6 +343,22 @@ enum ReplyTo<T> {
 /// Made with the call's [`Later`] by [`reply_later`]. Dropping it unsent
 /// answers the call with a `Stopped` error, so the caller never waits
 /// forever; if the caller is gone, [`send`](Self::send) hands the value back.
+///
+/// ```
+/// use processional_process::{Error, Later, func, reply_later};
+///
+/// # fn main() -> Result<(), processional_process::Error> {
+/// let process = processional_process::slave()?;
+/// // A reply dropped unsent answers `Stopped`: nobody waits forever.
+/// let dropped = process.invoke_later(func!(|| -> Later<u8> {
+///     let (reply, later) = reply_later();
+///     drop(reply);
+///     later
+/// }));
+/// assert!(matches!(dropped, Err(Error::Remote(_)) | Err(Error::Stopped)), "{dropped:?}");
+/// # Ok(())
+/// # }
+/// ```
 pub struct Reply<T> {
     to: ReplyTo<T>,
 }

@@ -91,6 +91,34 @@ impl Default for HandshakeLimits {
 
 /// Options of a server run in this process ([`serve`]) or spawned
 /// ([`server`]).
+///
+/// ```
+/// use std::time::Duration;
+/// use processional_process::{ServerBuilder, func};
+/// use processional_transport::Key;
+///
+/// # fn main() -> Result<(), processional_process::Error> {
+/// let address = format!(
+///     "unix:{}/doc-builder-{}.sock",
+///     processional_process::runtime_dir()?.display(),
+///     std::process::id()
+/// );
+/// let key = Key::generate();
+/// // In this process, on background threads, until stopped.
+/// let handle = ServerBuilder::new(&address)?
+///     .key(key.clone())
+///     .persistent(true) // do not stop when the last client leaves
+///     .handshake_timeout(Duration::from_secs(2))
+///     .start()?;
+/// let process = processional_process::ClientBuilder::new(&address)?.key(key).connect()?;
+/// assert_eq!(process.invoke(func!(|| std::process::id()))?, std::process::id());
+/// assert_eq!(handle.clients(), 1);
+/// drop(process);
+/// handle.stop();
+/// handle.join();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct ServerBuilder {
     address: Address,
@@ -304,7 +332,26 @@ fn remove_files_on_signals() -> Result<(), Error> {
     Ok(())
 }
 
-/// A server running in this process.
+/// A server running in this process, started by [`ServerBuilder::start`]:
+/// its address and key, its clients, and how to stop it.
+///
+/// ```
+/// use processional_process::ServerBuilder;
+///
+/// # fn main() -> Result<(), processional_process::Error> {
+/// let address = format!(
+///     "unix:{}/doc-handle-{}.sock",
+///     processional_process::runtime_dir()?.display(),
+///     std::process::id()
+/// );
+/// let handle = ServerBuilder::new(&address)?.start()?;
+/// assert_eq!(handle.address().to_string(), address);
+/// assert_eq!(handle.clients(), 0);
+/// handle.stop(); // removes the socket and its key file
+/// handle.join();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct ServerHandle {
     state: Arc<ServerState>,
@@ -451,6 +498,22 @@ fn serve_counted(connection: Connection, data_only: bool, state: &Arc<ServerStat
 
 /// Runs a server on `address` in this process, blocking until it stops.
 /// See [`ServerBuilder`] for options (persistence, key, background thread).
+///
+/// This is how a program serves from its own `main`, e.g. behind a
+/// command-line switch; its clients must be the same build (see
+/// [how it works and its limitations](https://docs.rs/processional/latest/processional/#how-it-works-and-limitations)):
+///
+/// ```no_run
+/// fn main() -> Result<(), processional_process::Error> {
+///     let address = "unix:/run/user/1000/myapp.sock";
+///     if std::env::args().any(|arg| arg == "--serve") {
+///         return processional_process::serve(address); // until stopped
+///     }
+///     let process = processional_process::client(address)?;
+///     # drop(process);
+///     Ok(())
+/// }
+/// ```
 pub fn serve(address: &str) -> Result<(), Error> {
     ServerBuilder::new(address)?.persistent(true).run()
 }
@@ -461,21 +524,35 @@ pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Options of a connection to a server.
 ///
-/// ```no_run
+/// ```
 /// # fn main() -> Result<(), processional_process::Error> {
 /// use std::time::Duration;
-/// use processional_process::{ClientBuilder, Error};
+/// use processional_process::{ClientBuilder, Error, ServerBuilder, func};
 ///
+/// let address = format!(
+///     "unix:{}/doc-client-builder-{}.sock",
+///     processional_process::runtime_dir()?.display(),
+///     std::process::id()
+/// );
 /// // Fails at once, naming the address, when nobody listens there.
-/// match ClientBuilder::new("unix:/run/nobody-here.sock")?.connect() {
-///     Err(Error::Connect { address, .. }) => assert_eq!(address, "unix:/run/nobody-here.sock"),
+/// match ClientBuilder::new(&address)?.connect() {
+///     Err(Error::Connect { address: named, .. }) => assert_eq!(named, address),
 ///     other => panic!("{other:?}"),
 /// }
 /// // A server that is still starting: try again for a while.
-/// let process = ClientBuilder::new("unix:/run/starting.sock")?
-///     .retry_for(Duration::from_secs(5))
+/// let key = processional_transport::Key::generate();
+/// let starting = {
+///     let (address, key) = (address.clone(), key.clone());
+///     std::thread::spawn(move || ServerBuilder::new(&address)?.key(key).start())
+/// };
+/// let process = ClientBuilder::new(&address)?
+///     .key(key)
+///     .retry_for(Duration::from_secs(30))
+///     .timeout(Duration::from_secs(30))
 ///     .connect()?;
-/// # drop(process);
+/// assert_eq!(process.invoke(func!(|| 1u8))?, 1);
+/// let handle = starting.join().unwrap()?;
+/// handle.stop();
 /// # Ok(())
 /// # }
 /// ```
@@ -614,13 +691,59 @@ impl ClientBuilder {
 /// Connects to the server at `address`. Fails at once, with
 /// [`Error::Connect`] naming the address, if nobody listens there (see
 /// [`ClientBuilder::retry_for`] to wait for a server that is starting).
+///
+/// The key comes from [`KEY_VAR`], [`KEY_FILE_VAR`] or the key file a
+/// server writes beside its unix socket ([`ClientBuilder::key`] to give one).
+/// The server must run the same build as this client.
+///
+/// ```
+/// use processional_process::{Remote, func};
+///
+/// fn fill() {
+///     processional_process::export("primes", vec![2u64, 3, 5, 7]).unwrap();
+/// }
+///
+/// # fn main() -> Result<(), processional_process::Error> {
+/// let address = format!(
+///     "unix:{}/doc-client-{}.sock",
+///     processional_process::runtime_dir()?.display(),
+///     std::process::id()
+/// );
+/// let spawned = processional_process::server(&address)?; // this program, as a server
+/// spawned.invoke(func!(fill))?;
+///
+/// // Any process of this user (and this build) can now connect.
+/// let process = processional_process::client(&address)?;
+/// let primes: Remote<Vec<u64>> = process.lookup("primes")?;
+/// assert_eq!(primes.invoke(func!(|p: &mut Vec<u64>| p.iter().sum::<u64>()))?, 17);
+/// # Ok(())
+/// # }
+/// ```
 pub fn client(address: &str) -> Result<SlaveProcess, Error> {
     ClientBuilder::new(address)?.connect()
 }
 
 /// Spawns a server process (this same program) listening on `address`, and
 /// connects to it. It exits after its last client leaves (unless built
-/// persistent with [`ServerBuilder::spawn`]).
+/// persistent with [`ServerBuilder::spawn`]). Its address works as soon as
+/// this returns; `ps` shows it as `<program> [server]`.
+///
+/// ```
+/// use processional_process::func;
+///
+/// # fn main() -> Result<(), processional_process::Error> {
+/// let address = format!(
+///     "unix:{}/doc-server-{}.sock",
+///     processional_process::runtime_dir()?.display(),
+///     std::process::id()
+/// );
+/// let server = processional_process::server(&address)?;
+/// assert_eq!(server.invoke(func!(|| 1 + 1))?, 2);
+/// let other = processional_process::client(&address)?; // a second client
+/// assert_eq!(other.pid(), server.pid());
+/// # Ok(())
+/// # }
+/// ```
 pub fn server(address: &str) -> Result<SlaveProcess, Error> {
     ServerBuilder::new(address)?.spawn()
 }
@@ -741,6 +864,23 @@ impl SlaveProcess {
 
 /// Inside a task running in a server (or slave): keeps `value` as an object
 /// published under `name`, held on behalf of the client whose call runs.
+/// Other clients reach it with [`SlaveProcess::lookup`]; see [`client`] for
+/// the whole round.
+///
+/// ```
+/// use processional_process::{Remote, func};
+///
+/// # fn main() -> Result<(), processional_process::Error> {
+/// let process = processional_process::slave()?;
+/// let exported = process.invoke(func!(|| {
+///     processional_process::export("greeting", "hello".to_string()).is_ok()
+/// }))?;
+/// assert!(exported);
+/// let greeting: Remote<String> = process.lookup("greeting")?;
+/// assert_eq!(greeting.fetch()?, "hello");
+/// # Ok(())
+/// # }
+/// ```
 pub fn export<T: Send + 'static>(name: &str, value: T) -> Result<(), Error> {
     crate::context::export(name, value).map_err(Error::Remote)
 }

@@ -67,10 +67,10 @@ impl Pending {
 /// Takes the segment lent for a call's arguments back for reuse, once the
 /// callee replied (it no longer reads it then).
 fn reclaim(lent: Option<Lent>, outcome: &RawOutcome) {
-    if let (Some(lent), Ok(_)) = (lent, outcome) {
-        if let Some(loan) = lent.try_lock().ok().and_then(|mut l| l.take()) {
-            drop(loan.reclaim());
-        }
+    if let (Some(lent), Ok(_)) = (lent, outcome)
+        && let Some(loan) = lent.try_lock().ok().and_then(|mut l| l.take())
+    {
+        drop(loan.reclaim());
     }
 }
 

@@ -50,6 +50,14 @@ impl Flow {
 }
 
 /// Why [`ItemSink::try_send`] did not send an item; the item comes back.
+///
+/// ```
+/// use processional_process::TrySendError;
+///
+/// let error: TrySendError<String> = TrySendError::Full("item".into());
+/// assert_eq!(error.to_string(), "the caller's window is full");
+/// assert_eq!(error.into_inner(), "item"); // nothing is lost
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TrySendError<T> {
     /// The caller has not granted credit for another item yet (it has not
@@ -185,6 +193,27 @@ pub(crate) fn open<T>(cx: &CallContext<'_>) -> (ItemSink<T>, StreamEnd) {
 /// later. The stream ends, with the function's value, once the function has
 /// returned and the sink is dropped. Once the caller drops its stream or
 /// leaves, sending hands the item back in a [`NobodyListening`].
+///
+/// ```
+/// use processional_process::{ItemSink, func};
+///
+/// # fn main() -> Result<(), processional_process::Error> {
+/// let process = processional_process::slave()?;
+/// let squares = process.stream_with(4u64, func!(|n: u64, sink: ItemSink<u64>| -> String {
+///     for i in 1..=n {
+///         if sink.send(i * i).is_err() {
+///             return "the caller left".into();
+///         }
+///     }
+///     "done".into()
+/// }))?;
+/// let mut squares = squares;
+/// let items: Vec<u64> = squares.by_ref().collect::<Result<_, _>>()?;
+/// assert_eq!(items, [1, 4, 9, 16]);
+/// assert_eq!(squares.finish()?, "done");
+/// # Ok(())
+/// # }
+/// ```
 pub struct ItemSink<T> {
     stream: Arc<Stream>,
     /// Items sent so far (only the sink sends).

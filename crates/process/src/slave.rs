@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{ChildStderr, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -30,6 +31,7 @@ use crate::session::{Session, Target};
 use crate::sink::ItemSink;
 use crate::stream::ItemStream;
 use crate::sys;
+use crate::title;
 
 /// The environment variable that tells a re-executed program it is a slave,
 /// and which inherited descriptor leads to its master.
@@ -73,7 +75,19 @@ pub(crate) fn hello(role: Role) -> Hello {
     }
 }
 
-/// Where a slave's standard output or error goes.
+/// Where a slave's standard output or error goes
+/// ([`SlaveProcessBuilder::stdout`], [`SlaveProcessBuilder::stderr`]; see
+/// the builder's example for [`Capture`](Output::Capture)).
+///
+/// ```
+/// use processional_process::{Output, SlaveProcessBuilder, func};
+///
+/// # fn main() -> Result<(), processional_process::Error> {
+/// let quiet = SlaveProcessBuilder::new().stdout(Output::Null).spawn()?;
+/// quiet.invoke(func!(|| println!("nobody reads this")))?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Output {
     /// The same as this process's.
@@ -96,6 +110,25 @@ impl Output {
 }
 
 /// Configures and spawns a slave process. See [`slave`] for the default.
+///
+/// ```
+/// use processional_process::{Output, SlaveProcessBuilder, func};
+/// use std::io::Read;
+///
+/// # fn main() -> Result<(), processional_process::Error> {
+/// let process = SlaveProcessBuilder::new()
+///     .name("greeter") // what `ps` and `top` show
+///     .env("GREETING", "hello")
+///     .stdout(Output::Capture)
+///     .spawn()?;
+/// process.invoke(func!(|| println!("{} from the slave", std::env::var("GREETING").unwrap())))?;
+/// process.terminate(std::time::Duration::from_secs(10));
+/// let mut printed = String::new();
+/// process.take_stdout().expect("captured").read_to_string(&mut printed).unwrap();
+/// assert_eq!(printed, "hello from the slave\n");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct SlaveProcessBuilder {
     env: Vec<(OsString, Option<OsString>)>,
@@ -174,7 +207,10 @@ impl SlaveProcessBuilder {
         self
     }
 
-    /// A name for diagnostics (shown by `Debug`).
+    /// A name for the slave: its title in `ps` and `top` (its `argv[0]`
+    /// and its process name, cut to the kernel's 15 bytes) and in `Debug`.
+    /// Without one, a slave is called `<program> [slave <n>]`, numbered
+    /// from 1 in each master.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
@@ -213,6 +249,20 @@ impl SlaveProcessBuilder {
             UnixStream::pair().map_err(|e| Error::io("cannot create a socket pair", e))?;
         let theirs = OwnedFd::from(theirs);
         let mut command = Command::new(self_executable());
+        // Named in `ps` and `top` (argv[0], which the child also makes its
+        // process name), with the master's arguments after it.
+        let title_role = if server.is_some() {
+            title::Role::Server
+        } else {
+            title::Role::Slave
+        };
+        command
+            .arg0(title::next(
+                &program_name(),
+                title_role,
+                self.name.as_deref(),
+            ))
+            .args(std::env::args_os().skip(1));
         if self.env_clear {
             command.env_clear();
         }
@@ -340,9 +390,25 @@ fn read_bootstrap(stream: &mut UnixStream) -> std::io::Result<Bootstrap> {
 
 /// Spawns a slave process: this same program, re-executed, serving our calls.
 ///
-/// The slave enters its serving loop before `main` runs (see the crate docs
-/// on `init`). It is stopped when the last handle drops, and dies with this
-/// process.
+/// The slave enters its serving loop before `main` runs (see [`init`](crate::init)).
+/// It is stopped when the last handle drops, and dies with this process.
+/// [`SlaveProcessBuilder`] sets its environment, directory, output and name.
+///
+/// ```
+/// use processional_process::func;
+///
+/// # fn main() -> Result<(), processional_process::Error> {
+/// let process = processional_process::slave()?;
+/// assert_ne!(process.pid(), std::process::id());
+/// let pid = process.invoke(func!(|| std::process::id()))?;
+/// assert_eq!(pid, process.pid());
+/// # Ok(())
+/// # }
+/// ```
+///
+/// A slave is this program started again: read [how it works and its
+/// limitations](https://docs.rs/processional/latest/processional/#how-it-works-and-limitations) (functions capture nothing, code before `main` runs in
+/// it too, what `std::env::args()` returns there).
 pub fn slave() -> Result<SlaveProcess, Error> {
     SlaveProcessBuilder::new().spawn()
 }
@@ -384,6 +450,10 @@ pub(crate) fn run_if_slave() {
         }
     }
     sys::ignore_sigpipe();
+    // `ps` and `top` show the title our master gave us as argv[0], not `exe`.
+    if let Some(title) = std::env::args_os().next() {
+        let _ = sys::set_thread_name(&title::comm(&title.to_string_lossy()));
+    }
     let code = match fd.to_str().and_then(|s| s.parse::<RawFd>().ok()) {
         Some(fd) => match run_slave(fd, master) {
             Ok(()) => 0,
@@ -502,6 +572,38 @@ impl Drop for Inner {
 /// server keeps serving its other clients and, unless persistent, stops when
 /// the last one leaves. A connection to a server we did not spawn just
 /// closes. [`terminate`](Self::terminate) stops any of them at once.
+///
+/// Calls come in the shapes the thread runtime's `SlaveThread` has:
+/// [`invoke`](Self::invoke) waits for the value, [`schedule`](Self::schedule)
+/// queues the call (FIFO with this handle's other queued calls) and returns
+/// its [`Task`], [`thread`](Self::thread) runs it beside the queue,
+/// [`wrap`](Self::wrap) builds an object there and returns its
+/// [`Remote`]; each has a `_with` form that takes arguments.
+///
+/// ```
+/// use processional_process::{Task, func};
+///
+/// # fn main() -> Result<(), processional_process::Error> {
+/// let process = processional_process::slave()?;
+/// // Wait for the value.
+/// assert_eq!(process.invoke_with(20u32, func!(|n: u32| n + 1))?, 21);
+/// // Queue calls; they run one after another, in order.
+/// let tasks: Vec<Task<u64>> = (1..=3u64)
+///     .map(|n| process.schedule_with(n, func!(|n: u64| n * n)))
+///     .collect();
+/// let squares = tasks.into_iter().map(Task::wait).collect::<Result<Vec<_>, _>>()?;
+/// assert_eq!(squares, [1, 4, 9]);
+/// // Keep an object there and call it.
+/// let counter = process.wrap(func!(|| 0u64))?;
+/// counter.invoke(func!(|count: &mut u64| *count += 5))?;
+/// assert_eq!(counter.fetch()?, 5);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Functions capture nothing and take their data as arguments; arguments
+/// and values are serde values (see [`Json`](crate::Json) for what postcard
+/// cannot carry). See [how it works and its limitations](https://docs.rs/processional/latest/processional/#how-it-works-and-limitations).
 #[derive(Clone)]
 pub struct SlaveProcess {
     inner: Arc<Inner>,
@@ -564,7 +666,23 @@ impl SlaveProcess {
     /// Runs `f` in the process and waits for its value.
     ///
     /// `f` is a [`Func`], made with [`func!`](crate::func!): it captures
-    /// nothing; pass data with [`invoke_with`](Self::invoke_with).
+    /// nothing; pass data with [`invoke_with`](Self::invoke_with). A panic
+    /// in `f` is [`Error::Remote`] here, and the slave goes on serving.
+    ///
+    /// ```
+    /// use processional_process::{Error, func};
+    ///
+    /// # fn main() -> Result<(), processional_process::Error> {
+    /// let process = processional_process::slave()?;
+    /// assert_eq!(process.invoke(func!(|| 6 * 7))?, 42);
+    /// match process.invoke(func!(|| -> u8 { panic!("no answer") })) {
+    ///     Err(Error::Remote(remote)) => assert_eq!(remote.message, "no answer"),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// assert!(process.is_alive());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn invoke<F, R>(&self, f: Func<F>) -> Result<R, Error>
     where
         F: Fn() -> R + Send + Sync + 'static,
@@ -574,6 +692,29 @@ impl SlaveProcess {
     }
 
     /// Runs `f(args)` in the process and waits for its value.
+    ///
+    /// `args` is encoded with postcard and sent; the function receives it by
+    /// value. Several arguments travel as a tuple. A type postcard cannot
+    /// carry (`#[serde(flatten)]`, `#[serde(untagged)]`) fails with
+    /// [`CodecError::NotSelfDescribing`](crate::CodecError::NotSelfDescribing):
+    /// wrap it in [`Json`](crate::Json).
+    ///
+    /// ```
+    /// use processional_process::func;
+    ///
+    /// # fn main() -> Result<(), processional_process::Error> {
+    /// let process = processional_process::slave()?;
+    /// let text = "the quick brown fox".to_string();
+    /// let longest = process.invoke_with(
+    ///     (text, 4usize),
+    ///     func!(|(text, min): (String, usize)| {
+    ///         text.split(' ').filter(|word| word.len() >= min).map(str::to_owned).collect::<Vec<_>>()
+    ///     }),
+    /// )?;
+    /// assert_eq!(longest, ["quick", "brown"]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn invoke_with<A, F, R>(&self, args: A, f: Func<F>) -> Result<R, Error>
     where
         A: Serialize + DeserializeOwned + 'static,
@@ -593,6 +734,9 @@ impl SlaveProcess {
     }
 
     /// Queues `f(args)` in the process.
+    ///
+    /// `args` and the value cross as postcard: see
+    /// [`invoke_with`](Self::invoke_with) for what it cannot carry.
     pub fn schedule_with<A, F, R>(&self, args: A, f: Func<F>) -> Task<R>
     where
         A: Serialize + DeserializeOwned + 'static,
@@ -613,6 +757,9 @@ impl SlaveProcess {
     }
 
     /// Runs `f(args)` in the process on a thread of its own.
+    ///
+    /// `args` and the value cross as postcard: see
+    /// [`invoke_with`](Self::invoke_with) for what it cannot carry.
     pub fn thread_with<A, F, R>(&self, args: A, f: Func<F>) -> Task<R>
     where
         A: Serialize + DeserializeOwned + 'static,
@@ -823,6 +970,9 @@ impl SlaveProcess {
     }
 
     /// Builds an object in the process with `f(args)` and keeps it there.
+    ///
+    /// `args` cross as postcard (the object never does): see
+    /// [`invoke_with`](Self::invoke_with) for what it cannot carry.
     pub fn wrap_with<A, F, T>(&self, args: A, _f: Func<F>) -> Result<Remote<T>, Error>
     where
         A: Serialize + DeserializeOwned + 'static,

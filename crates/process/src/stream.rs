@@ -82,10 +82,10 @@ impl Inbox {
     pub(crate) fn end(&self, outcome: RawOutcome) {
         let waker = {
             let mut state = lock(&self.state);
-            if let (Some(lent), Ok(_)) = (state.lent.take(), &outcome) {
-                if let Some(loan) = lent.try_lock().ok().and_then(|mut l| l.take()) {
-                    drop(loan.reclaim());
-                }
+            if let (Some(lent), Ok(_)) = (state.lent.take(), &outcome)
+                && let Some(loan) = lent.try_lock().ok().and_then(|mut l| l.take())
+            {
+                drop(loan.reclaim());
             }
             state.end = Some(outcome);
             state.waker.take()
@@ -170,6 +170,26 @@ fn duplicate(error: &Error) -> Error {
 /// opened, so the server starts at once). Dropping
 /// the stream before its end cancels it: the server's sink fails from then
 /// on.
+///
+/// ```
+/// use processional_process::{ItemSink, func};
+///
+/// # fn main() -> Result<(), processional_process::Error> {
+/// let process = processional_process::slave()?;
+/// let lines = process.stream(func!(|sink: ItemSink<String>| -> usize {
+///     let words = ["one", "two", "three"];
+///     for word in words {
+///         let _ = sink.send(word.to_uppercase());
+///     }
+///     words.len()
+/// }))?;
+/// let mut lines = lines;
+/// assert_eq!(lines.next().transpose()?.as_deref(), Some("ONE"));
+/// // `finish` skips what is left and returns the function's value.
+/// assert_eq!(lines.finish()?, 3);
+/// # Ok(())
+/// # }
+/// ```
 #[must_use = "a stream does nothing when dropped but cancel the call; iterate it or `finish` it"]
 pub struct ItemStream<T, R> {
     session: Arc<Session>,

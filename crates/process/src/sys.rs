@@ -86,6 +86,20 @@ pub(crate) fn die_with_parent(parent: i32, signal: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets the name of the calling thread, which for the main thread is the
+/// process name `ps` and `top` show (`/proc/<pid>/comm`). The kernel keeps
+/// 15 bytes; a NUL in `name` ends it early.
+pub(crate) fn set_thread_name(name: &str) -> io::Result<()> {
+    let mut buf = [0u8; 16];
+    let len = name.len().min(buf.len() - 1);
+    buf[..len].copy_from_slice(&name.as_bytes()[..len]);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes
+    // at the pointer: `buf` is 16 bytes and its last byte stays 0. The
+    // unused arguments are zero, as prctl asks.
+    syscall!(unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr() as libc::c_ulong, 0, 0, 0) })?;
+    Ok(())
+}
+
 /// The effective user id of this process: the owner of the files it creates.
 pub(crate) fn euid() -> u32 {
     // SAFETY: geteuid has no arguments and cannot fail.

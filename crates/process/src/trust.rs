@@ -138,10 +138,10 @@ fn resolve_key_from(
     if let Some(key) = configured_key_from(explicit, key_var, key_file_var, address)? {
         return Ok(Some(key));
     }
-    if let Some(path) = key_file_for(address) {
-        if path.exists() {
-            return read_key_file(&path, &address.to_string()).map(Some);
-        }
+    if let Some(path) = key_file_for(address)
+        && path.exists()
+    {
+        return read_key_file(&path, &address.to_string()).map(Some);
     }
     Ok(None)
 }

@@ -24,17 +24,22 @@
 //! # }
 //! ```
 //!
+//! **Linux only today** (see [what a port needs](#linux-only-today-what-a-port-needs)).
+//! This crate is the stable API; the `processional-*` crates below it are
+//! internal layers, re-exported here as modules for the rare program that
+//! needs them.
+//!
 //! # The layers
 //! This crate re-exports the runtimes; each layer is also a crate of its own:
 //!
-//! | crate | what it holds |
+//! | module | what it holds |
 //! |---|---|
 //! | [`proto`] (`processional-proto`) | the wire format: frames, messages, the incremental decoder |
-//! | [`transport`] (`processional-transport`) | unix/TCP connections, fd passing, authentication, the event loop |
+//! | [`transport`] (`processional-transport`) | unix/TCP connections, fd passing, authentication, the authenticating listener |
 //! | [`shm`] (`processional-shm`) | shared-memory segments, `ShmBuf`, `ShmVec`, the segment pool |
-//! | [`task`] (`processional-task`) | [`Task`], [`Completer`](task::Completer), [`TaskSet`], [`SharedTask`], cancellation, [`Error`]: what every runtime shares |
+//! | [`task`] (`processional-task`) | [`Task`], `Completer`, [`TaskSet`], [`SharedTask`], cancellation, [`Error`]: what every runtime shares |
 //! | [`thread`](mod@thread) (`processional-thread`) | [`thread()`], [`SlaveThread`], thread-bound objects |
-//! | [`process`] (`processional-process`) | [`slave()`], [`SlaveProcess`], [`Remote`] |
+//! | [`process`] (`processional-process`) | [`slave()`], [`SlaveProcess`], [`Remote`], servers and clients |
 //! | [`channel`] (`processional-channel`) | pipes and hosted queues of [`channel::Message`]s: filtered receive, join, poison pills |
 //!
 //! # Threads
@@ -56,31 +61,151 @@
 //! `schedule_with`), and objects it keeps are reached through [`Remote`]
 //! handles. The slave enters its serving loop before `main` runs
 //! (feature `auto-init`, on by default); without that feature, call
-//! [`init()`] first thing in `main`.
+//! [`init()`] first thing in `main`. Read [how it works and its
+//! limitations](#how-it-works-and-limitations) before the first slave.
 //!
 //! # Servers
 //! [`server()`] spawns a server (this same program) on a unix socket or TCP
 //! address, [`client()`] connects to one, [`serve()`] runs one here. Clients
 //! share objects by name ([`SlaveProcess::publish`], [`SlaveProcess::lookup`],
-//! [`export()`]); every connection proves it holds the key first (see the
-//! README's security section).
+//! [`export()`]); every connection proves it holds the key first: a peer
+//! without the key runs nothing and costs the server no thread. Frames are
+//! not encrypted after the handshake: across untrusted networks, run TCP
+//! inside a tunnel.
 //!
 //! # Shared memory
 //! [`ShmBuf`], [`ShmVec`] and [`ShmSlice`] inside arguments and values travel
 //! to processes on this host as file descriptors: the receiver maps the same
 //! pages, sealed read-only. Large encoded payloads (say a big `Vec<u8>`) go
 //! through a pooled shared-memory segment automatically.
+//!
+//! # How it works and limitations
+//!
+//! A slave is this same program, started again from its executable
+//! (`/proc/self/exe`) with a private marker in its environment. Before
+//! `main` runs, the marker turns it into a server of its master's calls
+//! over an inherited unix socket. A call names its function by the place of
+//! the function's code in the executable, and carries its arguments
+//! encoded with serde (postcard). The rules below follow from that.
+//!
+//! ## Tasks capture nothing: data goes as arguments
+//! The receiving process makes the function from its type alone, so a
+//! function sent to another process cannot carry state: [`func!`] accepts a
+//! closure that captures nothing (the compiler refuses one that does) or a
+//! fn item. Whatever the function needs travels as arguments
+//! ([`SlaveProcess::invoke_with`], [`SlaveProcess::schedule_with`],
+//! [`Remote::invoke_with`], ...) or lives in the other process already (an
+//! object behind a [`Remote`], a value [`export()`]ed there):
+//!
+//! ```
+//! use processional::func;
+//! # fn main() -> Result<(), processional::Error> {
+//! let process = processional::slave()?;
+//! let factor = 3u64; // a local: it goes as an argument, not captured
+//! let scaled = process.invoke_with(
+//!     (factor, vec![1u64, 2, 3]),
+//!     func!(|(factor, values): (u64, Vec<u64>)| values.iter().map(|v| v * factor).collect::<Vec<_>>()),
+//! )?;
+//! assert_eq!(scaled, [3, 6, 9]);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Arguments and values must be `Serialize + DeserializeOwned`; postcard
+//! cannot carry types that need a self-describing format
+//! (`#[serde(flatten)]`, `#[serde(untagged)]`): wrap those in [`Json<T>`].
+//! Threads have none of these limits: [`thread()`] and [`SlaveThread`] take
+//! ordinary closures.
+//!
+//! ## Both sides run the same build
+//! A function reference is only meaningful in the same executable, so the
+//! handshake compares a fingerprint of the build ([`fingerprint()`]: the
+//! executable's build id, or its layout) and refuses a peer that runs
+//! anything else, with [`Error::Fingerprint`]. For a slave this always
+//! holds. For a server and its clients it means: the clients are the same
+//! binary as the server (the same program started in another role, e.g.
+//! by a command-line switch), built once and deployed together. A server
+//! left running across an upgrade refuses the new clients until it is
+//! restarted from the new build; rebuilding the program, even without a
+//! change, may give another fingerprint.
+//!
+//! The one door for other builds is *services*: functions a serving process
+//! registers under a name ([`register_service`]). A client connected with
+//! [`ClientBuilder::data_only`] ships no code, so the handshake lets it run
+//! another build, or be another program, as long as it holds the key; it
+//! may call services ([`SlaveProcess::call_service`]) and nothing else. The
+//! data operations of the state store and the queues are services; what
+//! ships code (an atomic closure, a predicate) still needs the same build.
+//!
+//! ## `Send` bounds
+//! - [`thread()`] and [`SlaveThread::invoke`] need `F: Send + 'static` and
+//!   a value that is `Send`: both cross threads.
+//! - [`SlaveThread::wrap`] builds the object on the slave thread, so the
+//!   object itself need not be `Send` (an `Rc`, a `RefCell` work); its
+//!   [`Bound`] handle is.
+//! - In a process, a [`Func`]'s closure is `Fn + Send + Sync + 'static` (the
+//!   serving side may run it on any of its threads), an object behind a
+//!   [`Remote<T>`] is `T: Send + 'static`, and values are serde values.
+//! - A [`Task<T>`] is `Send` when `T` is, so it can be waited for anywhere.
+//!
+//! ## Code before `main` runs in slaves too
+//! A slave is the whole program started again: static constructors run in
+//! it as in the master, before processional's own (with `auto-init`, a
+//! `ctor`) turns it into a slave. Your own `#[ctor]` functions, and those of
+//! your dependencies, therefore run once in every slave and server: keep
+//! them cheap and free of side effects that must happen once (writing a
+//! file, connecting somewhere, printing). `main` itself never runs in a
+//! slave. To run nothing of the program before the slave takes over, turn
+//! `auto-init` off and call [`init()`] first thing in `main`, and put the
+//! setup after it.
+//!
+//! ## `std::env::args()` in a slave
+//! A slave gets its master's arguments: `std::env::args().skip(1)` is the
+//! same in both. Its `argv[0]` is its title instead (`myapp [slave 2]`,
+//! `myapp [server]`, or [`SlaveProcessBuilder::name`]), which `ps` and `top`
+//! show, and which it also takes as its process name (cut to 15 bytes). For
+//! the program's path, use [`std::env::current_exe`].
+//!
+//! ## Linux only today: what a port needs
+//! The portable code names no system call: every OS call lives in one
+//! `sys.rs` per crate. A port implements those for the new system. What
+//! Linux gives and another system must replace:
+//! - re-executing the running build (`/proc/self/exe`) and reading its
+//!   build id for the fingerprint;
+//! - anonymous shared memory that can be sealed read-only (`memfd_create`
+//!   and `F_SEAL_*`), mapped by the receiver;
+//! - passing descriptors over unix sockets (`SCM_RIGHTS`) and the peer's
+//!   credentials (`SO_PEERCRED`); abstract socket names (`unix:@name`);
+//! - a child that dies with its master (`PR_SET_PDEATHSIG`) and waiting for
+//!   children without a thread each (pidfds; a thread per child before
+//!   Linux 5.3);
+//! - the process name (`PR_SET_NAME`) and `epoll` (through mio) for the
+//!   authenticating listener.
+//!
+//! Other unix systems have most of these under other names (`shm_open`,
+//! `kqueue` with `EVFILT_PROC`, `getpeereid`); Windows would need another
+//! transport too (named pipes, handle duplication).
 
+// Examples are tested as code: a warning in one fails the build.
+#![doc(test(attr(deny(warnings))))]
+
+#[doc(inline)]
 pub use processional_channel as channel;
+#[doc(inline)]
 pub use processional_process as process;
+#[doc(inline)]
 pub use processional_proto as proto;
+#[doc(inline)]
 pub use processional_shm as shm;
+#[doc(inline)]
 pub use processional_task as task;
+#[doc(inline)]
 pub use processional_thread as thread;
+#[doc(inline)]
 pub use processional_transport as transport;
 
 pub use processional_process::{
-    ClientBuilder, Func, ItemSink, ItemStream, Later, NobodyListening, Output, Remote, Reply,
+    ClientBuilder, Func, ItemSink, ItemStream, Json, Later, NobodyListening, Output, Remote, Reply,
     ServerBuilder, ServerHandle, ServiceExists, SlaveProcess, SlaveProcessBuilder, Termination,
     TrySendError, client, export, fingerprint, func, has_service, init, live_objects,
     register_deferred_service, register_service, register_stream_service, reply_later, runtime_dir,

@@ -17,6 +17,19 @@ use crate::message::Message;
 /// [`ProtoError::FrameTooLarge`] if the payload exceeds `u32::MAX` bytes,
 /// [`ProtoError::Encode`] if serialization fails. On error `out` is left as
 /// it was.
+///
+/// ```
+/// use processional_proto::{Decoder, HEADER_LEN, Message, encode};
+///
+/// let mut out = Vec::new();
+/// encode(&Message::Ping(7), &mut out).unwrap();
+/// encode(&Message::Pong(7), &mut out).unwrap(); // frames follow each other
+/// assert!(out.len() > 2 * HEADER_LEN);
+/// let mut decoder = Decoder::new();
+/// decoder.feed(&out);
+/// assert_eq!(decoder.next().unwrap(), Some(Message::Ping(7)));
+/// assert_eq!(decoder.next().unwrap(), Some(Message::Pong(7)));
+/// ```
 pub fn encode(msg: &Message, out: &mut Vec<u8>) -> Result<(), ProtoError> {
     encode_with_fds(msg, 0, out)
 }
@@ -31,6 +44,18 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) -> Result<(), ProtoError> {
 /// [`ProtoError::TooManyFds`] if `fd_count` exceeds
 /// [`MAX_FDS_PER_FRAME`](crate::MAX_FDS_PER_FRAME), otherwise as [`encode`].
 /// On error `out` is left as it was.
+///
+/// ```
+/// use processional_proto::{Decoder, Message, encode_with_fds};
+///
+/// let mut out = Vec::new();
+/// // The two descriptors travel beside the bytes (SCM_RIGHTS).
+/// encode_with_fds(&Message::Ping(1), 2, &mut out).unwrap();
+/// let mut decoder = Decoder::new();
+/// decoder.feed(&out);
+/// let frame = decoder.next_frame().unwrap().expect("a whole frame");
+/// assert_eq!(frame.header.fd_count, 2);
+/// ```
 pub fn encode_with_fds(msg: &Message, fd_count: u8, out: &mut Vec<u8>) -> Result<(), ProtoError> {
     // Validates the count before anything is written.
     let mut header = FrameHeader::new(0, fd_count)?;

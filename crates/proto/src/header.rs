@@ -32,6 +32,17 @@ const KNOWN_FLAGS: u8 = FLAG_FDS;
 /// The header of a frame, decoded.
 ///
 /// See the [crate documentation](crate#frame-layout) for the byte layout.
+///
+/// ```
+/// use processional_proto::{DEFAULT_MAX_FRAME, FrameHeader, HEADER_LEN};
+///
+/// let header = FrameHeader::new(100, 1).unwrap();
+/// let bytes: [u8; HEADER_LEN] = header.encode();
+/// assert_eq!(&bytes[..4], b"PRCL");
+/// let decoded = FrameHeader::decode(&bytes, DEFAULT_MAX_FRAME).unwrap();
+/// assert!(decoded.has_fds());
+/// assert_eq!(decoded.frame_len(), HEADER_LEN + 100);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FrameHeader {
     /// The sender's protocol version.

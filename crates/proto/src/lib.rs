@@ -1,6 +1,11 @@
 //! The wire format of processional: how [`Message`]s become bytes on a
 //! connection and back.
 //!
+//! **Internal crate.** This is a layer of [processional](https://docs.rs/processional);
+//! its API is not stable and may change in any release. Depend on the
+//! `processional` crate, which re-exports what users need (this crate as
+//! `processional::proto`).
+//!
 //! ```
 //! use processional_proto::{Call, Decoder, FunctionRef, Message, Payload, RunMode, encode};
 //!
@@ -67,6 +72,9 @@
 //! cd crates/proto/fuzz
 //! cargo +nightly fuzz run decoder
 //! ```
+
+// Examples are tested as code: a warning in one fails the build.
+#![doc(test(attr(deny(warnings))))]
 
 pub mod custom;
 mod decoder;

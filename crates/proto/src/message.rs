@@ -104,7 +104,9 @@ pub enum RefusalReason {
 ///
 /// It is an offset from an anchor function inside the process runtime plus a
 /// digest of the function's type; the receiver validates both before it calls
-/// anything (see `docs/ARCHITECTURE.md`, "Shipping functions").
+/// anything: the offset must land on a descriptor the compiler emitted in
+/// the program's read-only data, and the digest must match that
+/// descriptor's type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FunctionRef {
     /// Address of the entry point minus the address of the anchor function.
@@ -192,6 +194,18 @@ impl Payload {
 }
 
 /// The broad category of an error raised in the remote process.
+///
+/// ```
+/// use processional_proto::{RemoteError, RemoteErrorKind};
+///
+/// let error = RemoteError {
+///     kind: RemoteErrorKind::NotFound,
+///     message: "no object named \"cache\"".into(),
+///     location: None,
+///     backtrace: None,
+/// };
+/// assert_eq!(error.to_string(), "NotFound: no object named \"cache\"");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RemoteErrorKind {
     /// The call panicked.
@@ -218,9 +232,33 @@ pub enum RemoteErrorKind {
 
 /// An error raised in the remote process, in a form that crosses the wire.
 ///
-/// Its `Debug` shows the backtrace as lines, not as one escaped string, so
-/// that `unwrap()` on an error of another process prints a readable
-/// backtrace; `Display` is one line: kind, message and location.
+/// `Display` is one line: kind, message and location. `Debug`, what
+/// `unwrap()` prints, reads like the report of a local panic: what happened
+/// and where, the message on a line of its own, then the remote backtrace
+/// as lines if `RUST_BACKTRACE` asks for backtraces (as std does for a local
+/// panic), else a note saying how to see it (see [`RemoteError::report`]).
+/// The alternate form (`{:#?}`) shows the fields.
+///
+/// ```
+/// use processional_proto::{RemoteError, RemoteErrorKind};
+///
+/// let error = RemoteError {
+///     kind: RemoteErrorKind::Panicked,
+///     message: "out of cheese".into(),
+///     location: Some("src/kitchen.rs:7:5".into()),
+///     backtrace: Some("   0: kitchen::cook\n   1: main".into()),
+/// };
+/// assert_eq!(
+///     error.report(false).to_string(),
+///     "the remote process panicked at src/kitchen.rs:7:5:\nout of cheese\n\
+///      note: run with `RUST_BACKTRACE=1` environment variable to display the remote backtrace"
+/// );
+/// assert_eq!(
+///     error.report(true).to_string(),
+///     "the remote process panicked at src/kitchen.rs:7:5:\nout of cheese\n\
+///      stack backtrace (remote):\n   0: kitchen::cook\n   1: main"
+/// );
+/// ```
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteError {
     /// What went wrong, broadly.
@@ -247,12 +285,106 @@ impl std::error::Error for RemoteError {}
 
 impl std::fmt::Debug for RemoteError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !f.alternate() {
+            return write!(f, "{}", self.report(backtrace_requested()));
+        }
         f.debug_struct("RemoteError")
             .field("kind", &self.kind)
             .field("message", &self.message)
             .field("location", &self.location)
             .field("backtrace", &DebugLines(self.backtrace.as_deref()))
             .finish()
+    }
+}
+
+impl RemoteError {
+    /// The error as a panic report: `the remote process panicked at
+    /// <location>:`, the message on the next line, then the backtrace under
+    /// `stack backtrace (remote):` if `backtrace` and there is one, else a
+    /// note on how to see it. `Debug` prints it with `backtrace` set as
+    /// `RUST_BACKTRACE` asks ([`backtrace_requested`]).
+    pub fn report(&self, backtrace: bool) -> impl std::fmt::Display + '_ {
+        Report {
+            what: self.kind.happened(),
+            message: &self.message,
+            location: self.location.as_deref(),
+            backtrace: self.backtrace.as_deref(),
+            show_backtrace: backtrace,
+            whose: "remote ",
+        }
+    }
+}
+
+impl RemoteErrorKind {
+    /// What happened, as the start of a report's first line.
+    fn happened(self) -> &'static str {
+        match self {
+            RemoteErrorKind::Panicked => "the remote process panicked",
+            RemoteErrorKind::Cancelled => "the call was cancelled in the remote process",
+            RemoteErrorKind::Codec => "the remote process could not decode or encode a value",
+            RemoteErrorKind::InvalidFunction => "the remote process refused the function",
+            RemoteErrorKind::UnknownObject => {
+                "the remote process holds no such object for this connection"
+            }
+            RemoteErrorKind::WrongObjectType => "the remote object has another type",
+            RemoteErrorKind::Stopped => "the remote process stopped before it ran the call",
+            RemoteErrorKind::NotFound => "the remote process found nothing under that name",
+            RemoteErrorKind::Other => "the call failed in the remote process",
+        }
+    }
+}
+
+/// Whether `RUST_BACKTRACE` asks for backtraces in this process: set, and
+/// not `0`, as std decides for a panic.
+pub fn backtrace_requested() -> bool {
+    std::env::var_os("RUST_BACKTRACE").is_some_and(|value| value != "0")
+}
+
+/// A failure told the way std tells a panic: `<what> at <location>:`, the
+/// message on a line of its own, then the backtrace or a note.
+///
+/// For the failures of processional's errors, local (a caught panic) and
+/// remote: `what` is e.g. `the remote process panicked`, `whose` is
+/// `"remote "` for a backtrace of another process and `""` for ours.
+#[derive(Debug, Clone, Copy)]
+pub struct Report<'a> {
+    /// What happened: `panicked`, `the remote process panicked`, ...
+    pub what: &'a str,
+    /// The message (the panic payload).
+    pub message: &'a str,
+    /// `file:line:column`, when known.
+    pub location: Option<&'a str>,
+    /// The backtrace, when captured.
+    pub backtrace: Option<&'a str>,
+    /// Whether to show the backtrace (else a note says how).
+    pub show_backtrace: bool,
+    /// `"remote "` or `""`: whose backtrace it is, for the note.
+    pub whose: &'a str,
+}
+
+impl std::fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.what)?;
+        if let Some(location) = self.location {
+            write!(f, " at {location}")?;
+        }
+        write!(f, ":\n{}", self.message)?;
+        match self.backtrace {
+            Some(backtrace) if self.show_backtrace => {
+                let trace = if self.whose.is_empty() {
+                    ""
+                } else {
+                    " (remote)"
+                };
+                write!(f, "\nstack backtrace{trace}:\n{}", backtrace.trim_end())
+            }
+            Some(_) => write!(
+                f,
+                "\nnote: run with `RUST_BACKTRACE=1` environment variable to display the {}backtrace",
+                self.whose
+            ),
+            None => Ok(()),
+        }
     }
 }
 
@@ -414,6 +546,87 @@ impl From<Reply> for Message {
 mod tests {
     use super::*;
 
+    fn panicked(backtrace: Option<&str>, location: Option<&str>) -> RemoteError {
+        RemoteError {
+            kind: RemoteErrorKind::Panicked,
+            message: "remote-boom".into(),
+            location: location.map(str::to_owned),
+            backtrace: backtrace.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_remote_error_reports_like_a_local_panic() {
+        let error = panicked(
+            Some("   0: a\n             at a.rs:1\n   1: b\n"),
+            Some("x.rs:1:2"),
+        );
+        assert_eq!(
+            error.report(true).to_string(),
+            "the remote process panicked at x.rs:1:2:\nremote-boom\n\
+             stack backtrace (remote):\n   0: a\n             at a.rs:1\n   1: b"
+        );
+        assert_eq!(
+            error.report(false).to_string(),
+            "the remote process panicked at x.rs:1:2:\nremote-boom\nnote: run with \
+             `RUST_BACKTRACE=1` environment variable to display the remote backtrace"
+        );
+        // Nothing to show, nothing to say about it.
+        let bare = panicked(None, None);
+        assert_eq!(
+            bare.report(true).to_string(),
+            "the remote process panicked:\nremote-boom"
+        );
+        assert_eq!(
+            bare.report(false).to_string(),
+            bare.report(true).to_string()
+        );
+        // `Debug` is the report; `{:#?}` keeps the fields, backtrace as lines.
+        let debug = format!("{error:?}");
+        assert!(
+            debug.starts_with("the remote process panicked at x.rs:1:2:\nremote-boom\n"),
+            "{debug}"
+        );
+        assert_eq!(debug.contains("   0: a"), backtrace_requested(), "{debug}");
+        assert!(!debug.contains("\\n"), "{debug}");
+        let pretty = format!("{error:#?}");
+        assert!(
+            pretty.contains("kind: Panicked") && pretty.contains("   0: a\n"),
+            "{pretty}"
+        );
+        assert!(!pretty.contains("\\n"), "{pretty}");
+    }
+
+    #[test]
+    fn every_kind_says_what_happened_in_words() {
+        use RemoteErrorKind::*;
+        for kind in [
+            Panicked,
+            Cancelled,
+            Codec,
+            InvalidFunction,
+            UnknownObject,
+            WrongObjectType,
+            Stopped,
+            NotFound,
+            Other,
+        ] {
+            let error = RemoteError {
+                kind,
+                ..panicked(None, None)
+            };
+            let report = error.report(false).to_string();
+            assert!(
+                report.starts_with("the ") && report.ends_with(":\nremote-boom"),
+                "{report}"
+            );
+            assert!(
+                !report.contains(&format!("{kind:?}")),
+                "{report}: a variant name"
+            );
+        }
+    }
+
     #[test]
     fn names_match_the_variants() {
         for message in crate::strategy::every_variant() {
@@ -458,15 +671,19 @@ mod tests {
             backtrace: Some("   0: first::frame\n   1: second::frame".into()),
         };
         assert_eq!(error.to_string(), "Panicked: boom at src/lib.rs:3:5");
-        let debug = format!("{error:?}");
-        assert!(debug.contains("\n       0: first::frame\n"), "{debug}");
-        assert!(debug.contains("\n       1: second::frame\n"), "{debug}");
+        // The fields, in the alternate form, with the backtrace as lines.
+        let debug = format!("{error:#?}");
+        assert!(debug.contains("0: first::frame\n"), "{debug}");
+        assert!(debug.contains("1: second::frame\n"), "{debug}");
         assert!(!debug.contains("\\n"), "{debug}");
         let without = RemoteError {
             backtrace: None,
             ..error
         };
-        assert!(format!("{without:?}").ends_with("backtrace: None }"));
+        assert!(
+            format!("{without:#?}").ends_with("backtrace: None,\n}"),
+            "{without:#?}"
+        );
     }
 
     #[test]

@@ -5,6 +5,17 @@ use std::io;
 use crate::Seals;
 
 /// Everything that can go wrong with shared memory.
+///
+/// ```
+/// use processional_shm::{ShmBuf, ShmError};
+///
+/// # fn main() -> Result<(), ShmError> {
+/// let mut buf = ShmBuf::new(16)?;
+/// buf.share()?; // sealed read-only from now on
+/// assert!(matches!(buf.as_mut_slice(), Err(ShmError::ReadOnly)));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ShmError {

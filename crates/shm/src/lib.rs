@@ -1,5 +1,10 @@
 //! Anonymous shared memory for processional: large data crosses processes without being copied.
 //!
+//! **Internal crate.** This is a layer of [processional](https://docs.rs/processional);
+//! its API is not stable and may change in any release. Depend on the
+//! `processional` crate, which re-exports what users need (this crate as
+//! `processional::shm`).
+//!
 //! ```
 //! use processional_shm::ShmBuf;
 //!
@@ -103,6 +108,9 @@
 //! # Ok(())
 //! # }
 //! ```
+
+// Examples are tested as code: a warning in one fails the build.
+#![doc(test(attr(deny(warnings))))]
 
 mod buf;
 mod error;

@@ -11,6 +11,20 @@ use crate::sys::seal_bits;
 /// A receiver reads them to know what a sender can still do to a segment it maps: with
 /// [`SHRINK`](Seals::SHRINK) nobody can cut the file under a mapping (which would turn reads into
 /// `SIGBUS`), with [`WRITE`](Seals::WRITE) nobody can change a byte of it.
+///
+/// ```
+/// use processional_shm::{Seals, Segment};
+///
+/// # fn main() -> Result<(), processional_shm::ShmError> {
+/// let mut segment = Segment::create(4096)?;
+/// assert!(!segment.seals()?.is_read_only());
+/// segment.seal_read_only()?;
+/// let seals = segment.seals()?;
+/// assert!(seals.is_read_only() && seals.is_fixed_size());
+/// assert!(seals.contains(Seals::WRITE | Seals::SHRINK));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Seals(u32);
 

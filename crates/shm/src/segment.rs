@@ -20,6 +20,22 @@ use crate::sys::{self, SealRefusal};
 /// [`SharedMutBuf`](crate::SharedMutBuf), [`SegmentView`](crate::SegmentView) and the
 /// [`Pool`](crate::Pool) do, and each of them only maps a segment whose seals (or exclusive
 /// ownership) guarantee that the mapping stays valid.
+///
+/// ```
+/// use processional_shm::{SegmentView, Segment};
+///
+/// # fn main() -> Result<(), processional_shm::ShmError> {
+/// let mut segment = Segment::create(1 << 16)?;
+/// assert!(segment.is_exclusive());
+/// segment.resize(1 << 20)?; // only while nobody else holds it
+/// segment.seal_size()?;
+/// let fd = segment.try_clone_fd()?; // what another process would receive
+/// assert!(!segment.is_exclusive());
+/// let view = SegmentView::map(fd, 1 << 20)?; // safe: the size is sealed
+/// assert_eq!(view.len(), 1 << 20);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Segment {
     fd: OwnedFd,

@@ -40,6 +40,21 @@ use crate::{Seals, Segment};
 /// It travels only by descriptor (inside [`transfer::collect_fds`], or with
 /// [`try_clone_fd`](SharedMutBuf::try_clone_fd) / [`AsFd`]); serializing it outside a
 /// descriptor context fails with [`ShmError::NeedsFdTransfer`].
+///
+/// ```
+/// use std::sync::atomic::Ordering;
+/// use processional_shm::SharedMutBuf;
+///
+/// # fn main() -> Result<(), processional_shm::ShmError> {
+/// let buf = SharedMutBuf::new(64)?;
+/// let other = SharedMutBuf::from_fd(buf.try_clone_fd()?)?; // as another process would
+/// buf.atomic_u64s()[0].store(7, Ordering::Release);
+/// assert_eq!(other.atomic_u64s()[0].load(Ordering::Acquire), 7);
+/// other.write(8, 1.5f64)?;
+/// assert_eq!(buf.read::<f64>(8)?, 1.5);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct SharedMutBuf {
     inner: Arc<MutInner>,
@@ -157,7 +172,7 @@ impl SharedMutBuf {
             });
         }
         let align = std::mem::align_of::<T>();
-        if offset % align != 0 {
+        if !offset.is_multiple_of(align) {
             return Err(ShmError::Misaligned { offset, align });
         }
         // SAFETY: `offset + size <= len`, so the pointer stays inside the mapping.

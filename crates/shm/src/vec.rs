@@ -274,7 +274,7 @@ pub(crate) fn byte_len<T>(len: usize) -> Result<usize> {
 /// The number of elements of `T` in `bytes` bytes, which must be a whole number of them.
 pub(crate) fn elem_count<T>(bytes: usize) -> Result<usize> {
     let size = std::mem::size_of::<T>();
-    if size == 0 || bytes % size != 0 {
+    if size == 0 || !bytes.is_multiple_of(size) {
         return Err(ShmError::ElementSize {
             len: bytes as u64,
             elem_size: size,

@@ -16,6 +16,21 @@ use crate::{Seals, Segment};
 /// (the owner does not write a lent segment until the receiver replies) keeps the bytes still
 /// while they are read. For segments sealed read-only, use
 /// [`ShmBuf::from_fd`](crate::ShmBuf::from_fd), which reads safely.
+///
+/// ```
+/// use std::mem::MaybeUninit;
+/// use processional_shm::{SegmentView, SharedMutBuf};
+///
+/// # fn main() -> Result<(), processional_shm::ShmError> {
+/// let shared = SharedMutBuf::new(8)?; // its size is sealed
+/// shared.write(0, 0x0102_0304u32)?;
+/// let view = SegmentView::map(shared.try_clone_fd()?, shared.len())?;
+/// // Copied out into private memory: the writer cannot change what we read.
+/// let mut out = [MaybeUninit::uninit(); 4];
+/// assert_eq!(view.copy_to(0, &mut out)?, 0x0102_0304u32.to_ne_bytes());
+/// # Ok(())
+/// # }
+/// ```
 pub struct SegmentView {
     segment: Segment,
     map: Mapping,

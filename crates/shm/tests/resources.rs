@@ -27,7 +27,11 @@ fn as_received(fds: Vec<TransferFd>) -> Vec<OwnedFd> {
 
 /// One round of everything the crate does with descriptors and mappings.
 fn cycle(pool: &Pool, i: usize) {
-    let len = if i % 100 == 0 { 1 << 20 } else { 4096 + i };
+    let len = if i.is_multiple_of(100) {
+        1 << 20
+    } else {
+        4096 + i
+    };
 
     // ShmBuf, ShmVec, ShmSlice, SharedMutBuf through the descriptor context.
     let mut buf = ShmBuf::new(len).unwrap();
@@ -58,7 +62,7 @@ fn cycle(pool: &Pool, i: usize) {
     // SAFETY: the lent segment is not written while the view reads it.
     assert_eq!(unsafe { view.as_slice() }[0], 1);
     drop(view);
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         drop(loan.reclaim());
     }
 }

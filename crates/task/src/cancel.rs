@@ -19,7 +19,25 @@ type CancelCallback = Box<dyn FnOnce() + Send>;
 /// The cancellation request of one call.
 ///
 /// Cheap to clone (an `Arc`): every clone sees the same state. Once
-/// cancelled, a token stays cancelled.
+/// cancelled, a token stays cancelled. A task's token is
+/// [`Task::cancel_token`](crate::Task::cancel_token); inside the call,
+/// [`checkpoint`] reads it.
+///
+/// ```
+/// use processional_task::CancelToken;
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use std::sync::Arc;
+///
+/// let token = CancelToken::new();
+/// let woken = Arc::new(AtomicBool::new(false));
+/// let flag = woken.clone();
+/// // Wake whatever the call blocks on (a socket, a condition variable).
+/// token.on_cancel(Box::new(move || flag.store(true, Ordering::SeqCst)));
+/// assert!(token.check().is_ok());
+/// token.clone().cancel();
+/// assert!(token.is_cancelled() && woken.load(Ordering::SeqCst));
+/// assert!(token.check().unwrap_err().is_cancelled());
+/// ```
 #[derive(Clone)]
 pub struct CancelToken {
     inner: Arc<TokenState>,
@@ -157,8 +175,11 @@ thread_local! {
 ///         with_token(&token, || -> processional_task::Result<u64> {
 ///             let mut rounds = 0u64;
 ///             loop {
-///                 checkpoint()?;
+///                 checkpoint()?; // `Err(Error::Cancelled)` once cancelled
 ///                 rounds += 1;
+///                 if rounds == u64::MAX {
+///                     return Ok(rounds);
+///                 }
 ///                 std::thread::yield_now();
 ///             }
 ///         })
@@ -175,13 +196,22 @@ pub fn checkpoint() -> Result<()> {
 }
 
 /// The token of the call running on this thread, if any.
+///
+/// ```
+/// use processional_task::{CancelToken, current_token, with_token};
+///
+/// assert!(current_token().is_none()); // not inside a call
+/// let token = CancelToken::new();
+/// with_token(&token, || assert!(current_token().unwrap().same_as(&token)));
+/// ```
 pub fn current_token() -> Option<CancelToken> {
     CURRENT.with(|current| current.borrow().clone())
 }
 
 /// Runs `f` with `token` as the current call's token, so that
 /// [`checkpoint`] and [`current_token`] see it; the previous token is
-/// restored afterwards, even if `f` panics.
+/// restored afterwards, even if `f` panics. Runtimes call it around every
+/// call; see [`checkpoint`] for an example.
 pub fn with_token<R>(token: &CancelToken, f: impl FnOnce() -> R) -> R {
     struct Restore(Option<CancelToken>);
     impl Drop for Restore {

@@ -8,7 +8,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use processional_proto::DebugLines;
+use processional_proto::{DebugLines, Report, backtrace_requested};
 
 use crate::exit::ExitReason;
 
@@ -27,7 +27,20 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A panic caught in a call.
 ///
-/// Its `Debug` shows the backtrace as lines, not as one escaped string.
+/// Its `Debug`, what `unwrap()` prints, reads like std's report of a panic:
+/// `the task panicked at <location>:`, the message on a line of its own,
+/// then the backtrace as lines when `RUST_BACKTRACE` asks for one (else a
+/// note on how to get it, if one was captured). The alternate form
+/// (`{:#?}`) shows the fields.
+///
+/// ```
+/// use processional_task::catch_panic;
+///
+/// let error = catch_panic(|| -> u8 { panic!("out of cheese") }).unwrap_err();
+/// let report = format!("{error:?}");
+/// assert!(report.starts_with("Panicked(the task panicked at "), "{report}");
+/// assert!(report.contains(":\nout of cheese"), "{report}");
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct PanicReport {
     /// The panic payload, if it was a string; `"Box<dyn Any>"` otherwise.
@@ -41,11 +54,29 @@ pub struct PanicReport {
 
 impl fmt::Debug for PanicReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !f.alternate() {
+            return write!(f, "{}", self.report(backtrace_requested()));
+        }
         f.debug_struct("PanicReport")
             .field("message", &self.message)
             .field("location", &self.location)
             .field("backtrace", &DebugLines(self.backtrace.as_deref()))
             .finish()
+    }
+}
+
+impl PanicReport {
+    /// The report `Debug` prints, with the backtrace if `backtrace` (and one
+    /// was captured), else a note on how to get it.
+    pub fn report(&self, backtrace: bool) -> impl fmt::Display + '_ {
+        Report {
+            what: "the task panicked",
+            message: &self.message,
+            location: self.location.as_deref(),
+            backtrace: self.backtrace.as_deref(),
+            show_backtrace: backtrace,
+            whose: "",
+        }
     }
 }
 
@@ -60,6 +91,13 @@ impl fmt::Display for PanicReport {
 }
 
 /// Why a key file is not trusted ([`Error::UntrustedKeyFile`]).
+///
+/// ```
+/// use processional_task::KeyFileProblem;
+///
+/// let problem = KeyFileProblem::OpenToOthers { mode: 0o644 };
+/// assert_eq!(problem.to_string(), "its mode 0644 lets the group or others in (chmod 600 it)");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyFileProblem {
@@ -79,16 +117,27 @@ pub enum KeyFileProblem {
     },
 }
 
-/// Why authentication with a peer failed ([`Error::Auth`]).
+/// Why authentication with a peer failed ([`Error::Auth`]), which names
+/// the peer and says who refused whom.
+///
+/// ```
+/// use processional_task::{AuthFailure, Error};
+///
+/// let error = Error::Auth { peer: "tcp://db:7000".into(), failure: AuthFailure::PeerLacksKey };
+/// assert!(error.to_string().contains("this process refused tcp://db:7000"));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuthFailure {
-    /// The peer did not prove it holds our key: it holds another one, or
-    /// it is not the process meant.
-    #[error("the peer did not prove it holds our key (the keys differ)")]
+    /// This process refused the peer: the peer's proof does not match this
+    /// process's key, so the two hold different keys (or the peer is not the
+    /// process meant).
+    #[error(
+        "this process refused the peer: its proof does not match this process's key (the two hold different keys)"
+    )]
     PeerLacksKey,
-    /// The peer refused our proof: our key is not its key.
-    #[error("the peer refused our key: {detail}")]
+    /// The peer refused this process: our proof does not match its key.
+    #[error("the peer refused this process's key: {detail}")]
     KeyRefused {
         /// Why, in the peer's words.
         detail: String,
@@ -111,6 +160,12 @@ pub enum AuthFailure {
 }
 
 /// Which way a value failed to cross ([`Error::Codec`]).
+///
+/// ```
+/// use processional_task::CodecDirection;
+///
+/// assert_eq!(CodecDirection::Encode.to_string(), "encode");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CodecDirection {
     /// Turning a value into bytes.
@@ -132,6 +187,13 @@ impl fmt::Display for CodecDirection {
 ///
 /// The format's own error (postcard's) is kept as a boxed `source`, so that
 /// this type does not depend on the format.
+///
+/// ```
+/// use processional_task::{CodecDirection, CodecError, Error};
+///
+/// let error = Error::codec::<u32>(CodecDirection::Decode, CodecError::TrailingBytes { count: 2 });
+/// assert_eq!(error.to_string(), "cannot decode a value of type u32: 2 trailing bytes after the value");
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CodecError {
@@ -144,6 +206,16 @@ pub enum CodecError {
     /// value cannot be expressed in the format.
     #[error("{0}")]
     Format(#[source] BoxError),
+    /// The type needs a self-describing format, which postcard is not: it
+    /// uses `#[serde(flatten)]`, an untagged or internally tagged enum, or
+    /// another feature that looks at the data to learn its shape. Carry it
+    /// in a `processional::Json<T>`, which crosses as JSON. The source is
+    /// the format's own error.
+    #[error(
+        "the type needs a self-describing format (serde's flatten, untagged or tag), \
+         which postcard is not: wrap it in processional::Json ({0})"
+    )]
+    NotSelfDescribing(#[source] BoxError),
     /// The bytes held a whole value, and more.
     #[error("{count} trailing bytes after the value")]
     TrailingBytes {
@@ -243,7 +315,10 @@ pub enum Error {
     },
     /// A string that is not an address (`unix:/path`, `unix:@name`,
     /// `tcp://host:port`).
-    #[error("invalid address {address:?}: {source}")]
+    ///
+    /// Its message is its source's, which names the address (`invalid
+    /// address "nowhere" has no scheme; ...`).
+    #[error("invalid {source}")]
     Address {
         /// The string.
         address: String,
@@ -272,7 +347,12 @@ pub enum Error {
     },
     /// The peer could not be authenticated, or refused our credentials, or
     /// there are no credentials to present.
-    #[error("authentication with {peer} failed: {failure}")]
+    ///
+    /// Its message says who refused whom: `authentication with <peer>
+    /// failed: this process refused <peer>: ...` when the peer's proof does
+    /// not match our key, `<peer> refused this process's key: ...` when it
+    /// rejected ours.
+    #[error("authentication with {peer} failed: {}", auth_message(.peer, .failure))]
     Auth {
         /// The peer: its address, or the process.
         peer: String,
@@ -346,6 +426,21 @@ pub enum Error {
     },
 }
 
+/// What [`Error::Auth`] says after `authentication with <peer> failed: `,
+/// naming the peer where [`AuthFailure`] alone says "the peer".
+fn auth_message(peer: &str, failure: &AuthFailure) -> String {
+    match failure {
+        AuthFailure::PeerLacksKey => format!(
+            "this process refused {peer}: its proof does not match this process's key \
+             (the two hold different keys)"
+        ),
+        AuthFailure::KeyRefused { detail } => {
+            format!("{peer} refused this process's key: {detail}")
+        }
+        other => other.to_string(),
+    }
+}
+
 impl Error {
     /// An [`Error::Io`] with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
@@ -407,6 +502,16 @@ impl Error {
 }
 
 /// `Result` with processional's [`Error`].
+///
+/// ```
+/// fn half(n: u32) -> processional_task::Result<u32> {
+///     if n % 2 == 1 {
+///         return Err(processional_task::Error::Stopped);
+///     }
+///     Ok(n / 2)
+/// }
+/// assert_eq!(half(4).unwrap(), 2);
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
@@ -420,12 +525,78 @@ mod tests {
             location: None,
             backtrace: Some("   0: one\n   1: two".into()),
         };
-        let debug = format!("{:?}", Error::Panicked(report));
+        // The fields, in the alternate form, with the backtrace as lines.
+        let debug = format!("{:#?}", Error::Panicked(report.clone()));
         assert!(
-            debug.contains("\n       0: one\n       1: two\n"),
+            debug.contains("0: one\n") && debug.contains("1: two\n"),
             "{debug}"
         );
         assert!(!debug.contains("\\n"), "{debug}");
+        // The report, as std tells a panic.
+        assert_eq!(
+            report.report(true).to_string(),
+            "the task panicked:\nboom\nstack backtrace:\n   0: one\n   1: two"
+        );
+        assert_eq!(
+            report.report(false).to_string(),
+            "the task panicked:\nboom\nnote: run with `RUST_BACKTRACE=1` environment variable \
+             to display the backtrace"
+        );
+        let debug = format!("{:?}", Error::Panicked(report));
+        assert!(
+            debug.starts_with("Panicked(the task panicked:\nboom\n"),
+            "{debug}"
+        );
+        assert_eq!(
+            debug.contains("   0: one\n"),
+            backtrace_requested(),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn an_auth_error_says_who_refused_whom() {
+        let auth = |failure| Error::Auth {
+            peer: "unix:/run/app.sock".into(),
+            failure,
+        };
+        assert_eq!(
+            auth(AuthFailure::PeerLacksKey).to_string(),
+            "authentication with unix:/run/app.sock failed: this process refused \
+             unix:/run/app.sock: its proof does not match this process's key \
+             (the two hold different keys)"
+        );
+        assert_eq!(
+            auth(AuthFailure::KeyRefused {
+                detail: "it could not verify our proof".into()
+            })
+            .to_string(),
+            "authentication with unix:/run/app.sock failed: unix:/run/app.sock refused this \
+             process's key: it could not verify our proof"
+        );
+        assert_eq!(
+            auth(AuthFailure::NoKey {
+                looked_in: "PROCESSIONAL_KEY".into()
+            })
+            .to_string(),
+            "authentication with unix:/run/app.sock failed: no key found (looked in PROCESSIONAL_KEY)"
+        );
+    }
+
+    #[test]
+    fn an_address_error_names_the_address_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("address \"nowhere\" has no scheme")]
+        struct NoScheme;
+        let error = Error::Address {
+            address: "nowhere".into(),
+            source: Box::new(NoScheme),
+        };
+        assert_eq!(
+            error.to_string(),
+            "invalid address \"nowhere\" has no scheme"
+        );
+        assert_eq!(error.to_string().matches("nowhere").count(), 1);
     }
 
     #[test]
@@ -439,7 +610,12 @@ mod tests {
         assert_eq!(error.to_string(), "remote Panicked: boom at a.rs:1:2");
         let debug = format!("{error:?}");
         assert!(
-            debug.contains("\n       0: one\n       1: two\n"),
+            debug.starts_with("Remote(the remote process panicked at a.rs:1:2:\nboom\n"),
+            "{debug}"
+        );
+        assert_eq!(
+            debug.contains("\n   0: one\n   1: two)"),
+            backtrace_requested(),
             "{debug}"
         );
         assert!(!debug.contains("\\n"), "{debug}");

@@ -3,7 +3,15 @@
 
 use std::fmt;
 
-/// How a process ended.
+/// How a process ended: in [`Error::Exited`](crate::Error::Exited) when a
+/// worker dies under its calls, and in a [`Termination`].
+///
+/// ```
+/// use processional_task::ExitReason;
+///
+/// assert_eq!(ExitReason::Code(3).to_string(), "exit code 3");
+/// assert_eq!(ExitReason::Signal(9).to_string(), "signal 9");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ExitReason {
     /// It exited with this code.
@@ -32,6 +40,14 @@ impl fmt::Display for ExitReason {
 /// cannot be killed: it is asked to stop (its queued orders are dropped and
 /// the running one is cancelled, see `checkpoint`), and if it does not, it
 /// is left running, detached, and reported [`Unstoppable`](Self::Unstoppable).
+///
+/// ```
+/// use processional_task::{ExitReason, Termination};
+///
+/// let stopped = Termination::Terminated(ExitReason::Signal(15));
+/// assert_eq!(stopped.exit_reason(), Some(ExitReason::Signal(15)));
+/// assert_eq!(Termination::Unstoppable.exit_reason(), None);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Termination {
     /// It ended by itself after being asked to (or had already ended). A

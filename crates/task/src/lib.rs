@@ -4,6 +4,11 @@
 //! ([`SharedTask`]), cooperative cancellation, and the library-wide
 //! [`Error`].
 //!
+//! **Internal crate.** This is a layer of [processional](https://docs.rs/processional);
+//! its API is not stable and may change in any release. Depend on the
+//! `processional` crate, which re-exports what users need (this crate as
+//! `processional::task`).
+//!
 //! ```
 //! use processional_task::{Task, TaskSet};
 //!
@@ -67,7 +72,7 @@
 //! [`TaskId`] its insertion returned, as soon as it finishes: blocking (it
 //! is an [`Iterator`]; [`next_timeout`](TaskSet::next_timeout)) or async
 //! ([`next_async`](TaskSet::next_async), or as a
-//! [`Stream`](futures_core::Stream)).
+//! [`Stream`](https://docs.rs/futures-core/0.3/futures_core/stream/trait.Stream.html)).
 //!
 //! [`Task::shared`] makes a [`SharedTask`]: clone it, and every clone can
 //! wait or `.await`, each getting a clone of the value. Its error is an
@@ -123,6 +128,9 @@
 //! call's token for [`checkpoint`]; [`catch_panic`] turns a panic into
 //! [`Error::Panicked`] without printing it; [`Backoff`] is the
 //! spin-then-yield schedule waiters use before they block.
+
+// Examples are tested as code: a warning in one fails the build.
+#![doc(test(attr(deny(warnings))))]
 
 mod backoff;
 mod cancel;

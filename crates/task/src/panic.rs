@@ -62,6 +62,17 @@ pub fn catch_panic<R>(f: impl FnOnce() -> R) -> Result<R> {
 /// Whether the reports of caught panics carry a backtrace even when
 /// `RUST_BACKTRACE` does not ask for one. Off by default; process workers turn
 /// it on so that remote panics come back with their backtrace.
+///
+/// ```
+/// use processional_task::{Error, catch_panic, set_capture_backtraces};
+///
+/// set_capture_backtraces(true);
+/// let Err(Error::Panicked(report)) = catch_panic(|| -> () { panic!("traced") }) else {
+///     unreachable!()
+/// };
+/// assert!(report.backtrace.is_some());
+/// set_capture_backtraces(false);
+/// ```
 pub fn set_capture_backtraces(capture: bool) {
     CAPTURE_BACKTRACES.store(capture, Ordering::Relaxed);
 }

@@ -24,6 +24,18 @@ use crate::task::{Task, report_uncollected};
 /// Ids are given in the order of insertion, starting at 0, and never reused
 /// within a set: [`index`](Self::index) is the task's position in that
 /// order.
+///
+/// ```
+/// use processional_task::{Task, TaskSet};
+///
+/// let mut set = TaskSet::new();
+/// let first = set.insert(Task::ready(Ok("first")));
+/// let second = set.insert(Task::ready(Ok("second")));
+/// assert_eq!((first.index(), second.index()), (0, 1));
+/// let mut finished: Vec<_> = set.map(|(id, outcome)| (id, outcome.unwrap())).collect();
+/// finished.sort();
+/// assert_eq!(finished, [(first, "first"), (second, "second")]);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TaskId(u64);
 
@@ -120,7 +132,7 @@ enum Member<T> {
 ///   next task to finish (`for (id, outcome) in &mut set`), and
 ///   [`next_timeout`](Self::next_timeout) waits at most so long;
 /// - async: [`next_async`](Self::next_async), or the set as a
-///   [`Stream`](futures_core::Stream).
+///   [`Stream`](https://docs.rs/futures-core/0.3/futures_core/stream/trait.Stream.html).
 ///
 /// Both end (`None`) when the set is empty; inserting more tasks later
 /// brings them back. No thread is started per task: the thread that
@@ -202,7 +214,7 @@ impl<T> TaskSet<T> {
     /// Waits for the next task to finish without blocking the thread; takes
     /// it out of the set. `None` if the set is empty.
     ///
-    /// The same as the [`Stream`](futures_core::Stream) item, without
+    /// The same as the [`Stream`](https://docs.rs/futures-core/0.3/futures_core/stream/trait.Stream.html) item, without
     /// needing a stream extension trait.
     ///
     /// ```

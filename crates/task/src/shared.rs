@@ -24,6 +24,14 @@ use crate::task::Task;
 /// and cloning them into strings would lose it. `Arc<Error>` dereferences
 /// to the [`Error`] (`error.is_cancelled()`, `matches!(*error, …)`) and is
 /// itself an [`std::error::Error`].
+///
+/// ```
+/// use processional_task::{Error, Task};
+///
+/// let shared = Task::<u8>::ready(Err(Error::Cancelled)).shared();
+/// let (first, second) = (shared.clone().wait(), shared.wait());
+/// assert!(first.unwrap_err().is_cancelled() && second.unwrap_err().is_cancelled());
+/// ```
 pub type SharedResult<T> = std::result::Result<T, Arc<Error>>;
 
 /// A [`Task`] that many may wait for: cloneable, and every clone can

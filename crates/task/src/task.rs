@@ -27,6 +27,28 @@ const TAKEN: u8 = 2;
 /// thread waiting for a reply can read the socket itself, instead of having a
 /// reader thread read it and wake the waiter (a thread hand-off saved on the
 /// hot path).
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Instant;
+/// use processional_task::{Driver, Task};
+///
+/// /// Completes nothing itself; a real driver reads its socket here.
+/// struct Spin;
+///
+/// impl Driver for Spin {
+///     fn drive(&self, done: &dyn Fn() -> bool, _deadline: Option<Instant>) {
+///         while !done() {
+///             std::thread::yield_now();
+///         }
+///     }
+///     fn ensure_progress(&self) {}
+/// }
+///
+/// let (task, completer) = Task::<u8>::pending_driven(Arc::new(Spin));
+/// std::thread::spawn(move || completer.complete(Ok(5)));
+/// assert_eq!(task.wait().unwrap(), 5); // the waiting thread ran `drive`
+/// ```
 pub trait Driver: Send + Sync {
     /// Blocks until `done()` returns `true` or `deadline` passes, making
     /// progress (e.g. reading and dispatching replies) meanwhile. May return
@@ -121,8 +143,37 @@ fn report_uncollected_to(error: &Error, no_logger: bool, stderr: &mut dyn std::i
 
 /// The handle to one call: its value or its error, once it finishes.
 ///
-/// Wait for it with [`wait`](Self::wait), [`wait_timeout`](Self::wait_timeout)
-/// or `.await` (it is a [`Future`], woken by the thread that completes it).
+/// Every runtime hands one out: `thread(f)`, `SlaveThread::schedule`,
+/// `SlaveProcess::schedule`, `Remote::schedule`, ... Wait for it with
+/// [`wait`](Self::wait), [`wait_timeout`](Self::wait_timeout) or `.await`
+/// (it is a [`Future`], woken by the thread that completes it); ask the call
+/// to stop with [`cancel`](Self::cancel); put many in a
+/// [`TaskSet`](crate::TaskSet) to take them back as they finish, or make one
+/// many can wait for with [`shared`](Self::shared).
+///
+/// ```
+/// use std::time::Duration;
+/// use processional_task::{Error, Task};
+///
+/// # fn some_call() -> Task<u64> {
+/// #     let (task, completer) = Task::pending();
+/// #     std::thread::spawn(move || completer.complete(Ok(42)));
+/// #     task
+/// # }
+/// # fn main() -> Result<(), Error> {
+/// let task: Task<u64> = some_call(); // e.g. processional::thread(|| 42)
+/// match task.wait_timeout(Duration::from_secs(30)) {
+///     Ok(outcome) => assert_eq!(outcome?, 42),
+///     Err(task) => task.cancel(), // still running: ask it to stop
+/// }
+/// # Ok(())
+/// # }
+/// ```
+///
+/// The value `T` is whatever the call returns; the error is the library's
+/// [`Error`]: a panic, a cancellation, a lost worker, a value that could not
+/// cross processes. Runtimes make tasks with [`Task::pending`] and a
+/// [`Completer`]: see [For runtimes](#for-runtimes-making-tasks).
 /// A task dropped without being waited for is *detached*: the call keeps
 /// running, and if it fails, its error is reported once through
 /// `log::error!`, or, when no logger is installed (`log::max_level()` is
@@ -133,51 +184,11 @@ pub struct Task<T> {
 }
 
 impl<T> Task<T> {
-    /// A task and the [`Completer`] that will deliver its outcome.
-    ///
-    /// For runtimes: hand the completer to whatever runs the call.
-    pub fn pending() -> (Task<T>, Completer<T>) {
-        let shared = Shared::new(None, None);
-        (
-            Task {
-                shared: shared.clone(),
-            },
-            Completer {
-                shared: Some(shared),
-            },
-        )
-    }
-
-    /// Like [`pending`](Self::pending), but waits on the task call
-    /// `driver.drive` on the waiting thread instead of parking it, and
-    /// polling, querying or dropping it unfinished calls
-    /// `driver.ensure_progress`.
-    pub fn pending_driven(driver: Arc<dyn Driver>) -> (Task<T>, Completer<T>) {
-        let shared = Shared::new(None, Some(driver));
-        (
-            Task {
-                shared: shared.clone(),
-            },
-            Completer {
-                shared: Some(shared),
-            },
-        )
-    }
-
-    /// A task that is already finished with `outcome`.
-    pub fn ready(outcome: Result<T>) -> Task<T> {
-        Task {
-            shared: Shared::new(Some(outcome), None),
-        }
-    }
-
     /// Whether the call has finished (its outcome is available).
     pub fn is_finished(&self) -> bool {
         let done = self.shared.is_done();
-        if !done {
-            if let Some(driver) = &self.shared.driver {
-                driver.ensure_progress();
-            }
+        if !done && let Some(driver) = &self.shared.driver {
+            driver.ensure_progress();
         }
         done
     }
@@ -308,6 +319,66 @@ impl<T> Task<T> {
     }
 }
 
+/// # For runtimes: making tasks
+///
+/// A runtime makes a task with [`pending`](Task::pending) (or
+/// [`pending_driven`](Task::pending_driven), with a [`Driver`] that lets the
+/// waiting thread make progress itself) and hands the [`Completer`] to
+/// whatever runs the call; the completer delivers the outcome, and a
+/// completer dropped unused completes the task with [`Error::Stopped`].
+///
+/// ```
+/// use processional_task::Task;
+///
+/// let (task, completer) = Task::<u32>::pending();
+/// std::thread::spawn(move || {
+///     if !completer.token().is_cancelled() {
+///         completer.complete(Ok(7));
+///     }
+/// });
+/// assert_eq!(task.wait().unwrap(), 7);
+/// assert_eq!(Task::ready(Ok(1)).wait().unwrap(), 1);
+/// ```
+impl<T> Task<T> {
+    /// A task and the [`Completer`] that will deliver its outcome.
+    ///
+    /// For runtimes: hand the completer to whatever runs the call.
+    pub fn pending() -> (Task<T>, Completer<T>) {
+        let shared = Shared::new(None, None);
+        (
+            Task {
+                shared: shared.clone(),
+            },
+            Completer {
+                shared: Some(shared),
+            },
+        )
+    }
+
+    /// Like [`pending`](Self::pending), but waits on the task call
+    /// `driver.drive` on the waiting thread instead of parking it, and
+    /// polling, querying or dropping it unfinished calls
+    /// `driver.ensure_progress`.
+    pub fn pending_driven(driver: Arc<dyn Driver>) -> (Task<T>, Completer<T>) {
+        let shared = Shared::new(None, Some(driver));
+        (
+            Task {
+                shared: shared.clone(),
+            },
+            Completer {
+                shared: Some(shared),
+            },
+        )
+    }
+
+    /// A task that is already finished with `outcome`.
+    pub fn ready(outcome: Result<T>) -> Task<T> {
+        Task {
+            shared: Shared::new(Some(outcome), None),
+        }
+    }
+}
+
 /// `.await` the call's outcome.
 ///
 /// # Panics
@@ -379,6 +450,15 @@ impl<T> fmt::Debug for Task<T> {
 /// Dropping a completer without calling [`complete`](Self::complete)
 /// completes the task with [`Error::Stopped`]: a task never hangs because
 /// its call was lost.
+///
+/// ```
+/// use processional_task::{Error, Task};
+///
+/// let (task, completer) = Task::<u8>::pending();
+/// assert!(!completer.is_abandoned());
+/// drop(completer); // the call was lost
+/// assert!(matches!(task.wait(), Err(Error::Stopped)));
+/// ```
 pub struct Completer<T> {
     shared: Option<Arc<Shared<T>>>,
 }
@@ -585,10 +665,10 @@ mod tests {
         fn drive(&self, done: &dyn Fn() -> bool, _deadline: Option<Instant>) {
             self.drives.fetch_add(1, Ordering::SeqCst);
             // Progress only every second call, to exercise the re-checks.
-            if self.drives.load(Ordering::SeqCst) % 2 == 0 {
-                if let Some(completer) = self.completer.lock().unwrap().take() {
-                    completer.complete(Ok(7));
-                }
+            if self.drives.load(Ordering::SeqCst).is_multiple_of(2)
+                && let Some(completer) = self.completer.lock().unwrap().take()
+            {
+                completer.complete(Ok(7));
             }
             let _ = done();
         }

@@ -1,6 +1,11 @@
 //! The thread runtime of processional: run a function on another thread as
 //! easily as calling it here, and get its value or its error back.
 //!
+//! **Internal crate.** This is a layer of [processional](https://docs.rs/processional);
+//! its API is not stable and may change in any release. Depend on the
+//! `processional` crate, which re-exports what users need (this crate as
+//! `processional::thread`).
+//!
 //! ```
 //! use processional_thread::{SlaveThread, thread};
 //!
@@ -89,6 +94,9 @@
 //! [`Task::pending_driven`] lets the waiting thread make progress itself
 //! through a [`Driver`]; [`catch_panic`] and [`with_token`] run calls the
 //! way this crate does.
+
+// Examples are tested as code: a warning in one fails the build.
+#![doc(test(attr(deny(warnings))))]
 
 mod bound;
 mod call;

@@ -16,6 +16,8 @@ use processional_task::{Backoff, Completer, Error, Task};
 use crate::call::run_call;
 
 /// How long an idle cached thread waits for another call before it exits.
+/// A burst of [`thread()`] calls reuses the same threads; a program that
+/// stops calling has no idle threads left after this long.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The name of cached threads started without an explicit name.
@@ -33,7 +35,8 @@ const DEFAULT_NAME: &str = "processional-worker";
 ///
 /// A panic in `f` ends the call with [`Error::Panicked`]; the thread
 /// survives and is reused. If no thread can be started, the task fails with
-/// [`Error::Io`].
+/// [`Error::Io`]. `f` and its value cross threads, hence their `Send`
+/// bounds (see [the `Send` bounds](https://docs.rs/processional/latest/processional/#send-bounds) of every runtime).
 ///
 /// ```
 /// let task = processional_thread::thread(|| 6 * 7);

@@ -77,10 +77,10 @@ impl Objects {
 /// Drops an object, reporting a panicking destructor instead of unwinding
 /// into the slave's loop.
 fn drop_object(object: Option<Object>) {
-    if let Some(object) = object {
-        if let Err(error) = catch_panic(move || drop(object)) {
-            log::error!("processional: dropping an object bound to a slave thread failed: {error}");
-        }
+    if let Some(object) = object
+        && let Err(error) = catch_panic(move || drop(object))
+    {
+        log::error!("processional: dropping an object bound to a slave thread failed: {error}");
     }
 }
 
@@ -524,6 +524,18 @@ impl fmt::Debug for SlaveThread {
 }
 
 /// Configures a [`SlaveThread`] before starting it.
+///
+/// ```
+/// use processional_thread::SlaveThread;
+///
+/// let slave = SlaveThread::builder()
+///     .name("indexer")
+///     .stack_size(4 << 20)
+///     .spawn()
+///     .expect("a thread");
+/// let name = slave.invoke(|| std::thread::current().name().map(str::to_owned)).unwrap();
+/// assert_eq!(name.as_deref(), Some("indexer"));
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct SlaveBuilder {
     name: Option<String>,
@@ -583,6 +595,18 @@ impl SlaveBuilder {
 /// Waiting on a task of this slave from the driving thread blocks forever
 /// unless another thread closes it: step the driver instead, or use
 /// [`SlaveThread::invoke`], which runs at once on this thread.
+///
+/// ```
+/// use processional_thread::SlaveThread;
+///
+/// let (slave, driver) = SlaveThread::manual(); // served by this thread
+/// let worker = std::thread::spawn(move || slave.schedule(|| 6 * 7));
+/// let task = worker.join().unwrap(); // queued, not run yet
+/// while !task.is_finished() {
+///     driver.step(); // runs queued orders here, e.g. in a GUI loop
+/// }
+/// assert_eq!(task.wait().unwrap(), 42);
+/// ```
 pub struct SlaveDriver {
     state: Arc<SlaveState>,
     orders: Receiver<Order>,

@@ -54,6 +54,10 @@ pub enum Address {
 }
 
 /// What is wrong with the text of an [`Address`].
+///
+/// Every message starts with `address "<the text>"`, so that the library's
+/// `Error::Address` can say `invalid address "..." ...` without naming the
+/// address twice.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AddressError {
@@ -204,6 +208,14 @@ impl Address {
 /// for a unix socket name of about 40 bytes.
 ///
 /// [`Address::private_unix`] makes its fresh socket paths here.
+///
+/// ```
+/// use std::os::unix::fs::PermissionsExt;
+///
+/// let dir = processional_transport::runtime_dir().unwrap();
+/// let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+/// assert_eq!(mode & 0o077, 0, "closed to group and others");
+/// ```
 pub fn runtime_dir() -> io::Result<PathBuf> {
     private_dir()
 }
@@ -399,6 +411,33 @@ mod tests {
 
     fn parse(text: &str) -> Result<Address, AddressError> {
         text.parse()
+    }
+
+    #[test]
+    fn every_error_names_the_address_once_at_the_start() {
+        let long = format!("unix:@{}", "n".repeat(200));
+        for text in [
+            "nowhere",
+            "http://x",
+            "tcp:x:1",
+            "unix:",
+            "unix:@",
+            long.as_str(),
+            "unix:/a\0b",
+            "tcp://:1",
+            "tcp://host",
+            "tcp://host:99999",
+            "tcp://::1:80",
+            "tcp://[::1:80",
+        ] {
+            let message = parse(text).expect_err(text).to_string();
+            let quoted = format!("{text:?}");
+            assert!(
+                message.starts_with(&format!("address {quoted}")),
+                "{message}"
+            );
+            assert_eq!(message.matches(&quoted).count(), 1, "{message}");
+        }
     }
 
     #[test]

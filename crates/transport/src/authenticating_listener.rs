@@ -66,6 +66,29 @@ struct StopShared {
 
 /// Stops an [`AuthenticatingListener`] from any thread: its
 /// [`accept`](AuthenticatingListener::accept) returns `Ok(None)` at once.
+///
+/// ```
+/// use processional_transport::{Address, AuthenticatingListener, Handshake, Key, Listener};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # use processional_proto::{Fingerprint, Hello, Role, PROTOCOL_VERSION};
+/// # let hello = |role| Hello {
+/// #     protocol: PROTOCOL_VERSION,
+/// #     fingerprint: Fingerprint([1; 32]),
+/// #     role,
+/// #     pid: std::process::id(),
+/// #     host: "localhost".into(),
+/// #     program: "example".into(),
+/// # };
+/// let listener = Listener::bind(&Address::private_unix()?)?;
+/// let handshake = Handshake::new(Key::generate(), hello(Role::Server));
+/// let mut accepting = AuthenticatingListener::new(listener, handshake, 8)?;
+/// let stopper = accepting.stopper();
+/// std::thread::spawn(move || stopper.stop());
+/// assert!(accepting.accept()?.is_none()); // stopped, nobody accepted
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct AcceptStopper {
     shared: Arc<StopShared>,
@@ -102,6 +125,39 @@ impl AcceptStopper {
 /// handshake's timeout ([`DEFAULT_HANDSHAKE_TIMEOUT`] if it has none).
 /// Descriptors a peer sends before it is authenticated are closed by the
 /// kernel unread, and fail its handshake.
+///
+/// ```
+/// use processional_transport::{Address, AuthenticatingListener, Connection, Handshake, Key, Listener, Side};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # use processional_proto::{Fingerprint, Hello, Role, PROTOCOL_VERSION};
+/// # let hello = |role| Hello {
+/// #     protocol: PROTOCOL_VERSION,
+/// #     fingerprint: Fingerprint([1; 32]),
+/// #     role,
+/// #     pid: std::process::id(),
+/// #     host: "localhost".into(),
+/// #     program: "example".into(),
+/// # };
+/// let key = Key::generate();
+/// let listener = Listener::bind(&Address::private_unix()?)?;
+/// let address = listener.local_addr();
+/// let mut server = Handshake::new(key.clone(), hello(Role::Server));
+/// server.accept_roles = vec![Role::Client];
+/// let mut accepting = AuthenticatingListener::new(listener, server, 64)?;
+/// let client = std::thread::spawn(move || -> Result<(), processional_transport::Error> {
+///     let mut connection = Connection::connect(&address)?;
+///     let mut handshake = Handshake::new(key, hello(Role::Client));
+///     handshake.accept_roles = vec![Role::Server];
+///     connection.handshake(Side::Initiator, &handshake).map(drop)
+/// });
+/// // Only authenticated connections come out.
+/// let (_connection, peer) = accepting.accept()?.expect("not stopped");
+/// assert_eq!(peer.hello.role, Role::Client);
+/// client.join().unwrap()?;
+/// # Ok(())
+/// # }
+/// ```
 pub struct AuthenticatingListener {
     poll: Poll,
     events: Events,

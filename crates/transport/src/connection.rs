@@ -84,20 +84,71 @@ impl Socket {
 /// Each frame goes out with one `send`/`sendmsg` call and, in the common
 /// case, comes in with one `recv`/`recvmsg` call straight into the decoder's
 /// buffer.
+///
+/// ```
+/// use processional_proto::Message;
+/// use processional_transport::{Connection, Handshake, Key, Side};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # use processional_proto::{Fingerprint, Hello, Role, PROTOCOL_VERSION};
+/// # let hello = |role| Hello {
+/// #     protocol: PROTOCOL_VERSION,
+/// #     fingerprint: Fingerprint([1; 32]),
+/// #     role,
+/// #     pid: std::process::id(),
+/// #     host: "localhost".into(),
+/// #     program: "example".into(),
+/// # };
+/// let key = Key::generate();
+/// let (mut left, mut right) = Connection::pair()?; // a socketpair
+/// let acceptor = Handshake::new(key.clone(), hello(Role::Slave));
+/// let other = std::thread::spawn(move || -> Result<(), processional_transport::Error> {
+///     right.handshake(Side::Acceptor, &acceptor)?;
+///     let ping = right.recv()?.message;
+///     right.send(&Message::Pong(if let Message::Ping(n) = ping { n } else { 0 }))
+/// });
+/// left.handshake(Side::Initiator, &Handshake::new(key, hello(Role::Master)))?;
+/// left.send(&Message::Ping(9))?;
+/// assert_eq!(left.recv()?.message, Message::Pong(9));
+/// other.join().unwrap()?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Connection {
     reader: ConnectionReader,
     writer: ConnectionWriter,
 }
 
-/// The receiving half of a [`Connection`].
+/// The receiving half of a [`Connection`], from [`Connection::split`]:
+/// one thread reads while another writes.
+///
+/// ```
+/// use processional_proto::Message;
+/// use processional_transport::Connection;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let (left, right) = Connection::pair()?; // (a real peer handshakes first)
+/// let (mut reader, mut writer) = left.split();
+/// let (mut peer_reader, mut peer_writer) = right.split();
+/// let echo = std::thread::spawn(move || -> Result<(), processional_transport::Error> {
+///     let message = peer_reader.recv()?.message;
+///     peer_writer.send(&message)
+/// });
+/// writer.send(&Message::Ping(3))?;
+/// assert_eq!(reader.recv()?.message, Message::Ping(3));
+/// echo.join().unwrap()?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct ConnectionReader {
     socket: Arc<Socket>,
     inbound: Inbound,
 }
 
-/// The sending half of a [`Connection`].
+/// The sending half of a [`Connection`]; see [`ConnectionReader`] for an
+/// example.
 #[derive(Debug)]
 pub struct ConnectionWriter {
     socket: Arc<Socket>,
@@ -370,7 +421,8 @@ impl Connection {
     ) -> Result<PeerInfo, Error> {
         let pipelined = machine.is_pipelined();
         loop {
-            for message in machine.outgoing() {
+            let outgoing: Vec<Message> = machine.outgoing().collect();
+            for message in outgoing {
                 if let Err(error) = self.writer.send_until(&message, deadline) {
                     // An initiator that stops reading once it has sent what
                     // it wanted (its proof and calls) does not need our
@@ -380,7 +432,7 @@ impl Connection {
                     if unneeded && matches!(error, Error::Closed | Error::Io(_)) {
                         continue;
                     }
-                    return Err(self.refusal_or(error, deadline));
+                    return Err(self.refusal_or(machine, config, error, deadline));
                 }
             }
             let received = match self.reader.recv_until(deadline) {
@@ -409,17 +461,25 @@ impl Connection {
     }
 
     /// A send failed during the handshake: the peer may have refused us and
-    /// closed before reading what we sent. If its refusal is in our receive
-    /// buffer, that is the real error.
-    fn refusal_or(&mut self, error: Error, deadline: Option<Instant>) -> Error {
+    /// closed before reading what we sent. What it sent before it closed is
+    /// the real error: its hello, checked first (another build is a
+    /// fingerprint error on both sides, whoever noticed first), else its
+    /// refusal.
+    fn refusal_or(
+        &mut self,
+        machine: &mut Machine,
+        config: &Handshake,
+        error: Error,
+        deadline: Option<Instant>,
+    ) -> Error {
         if !matches!(error, Error::Closed | Error::Io(_)) {
             return error;
         }
         let grace = Instant::now() + REFUSAL_GRACE;
         let until = deadline.map_or(grace, |deadline| deadline.min(grace));
         while let Ok(received) = self.reader.recv_until(Some(until)) {
-            if let Message::Refused { reason, detail } = received.message {
-                return Error::Refused { reason, detail };
+            if let Err(failure) = machine.receive(config, received.message) {
+                return failure;
             }
         }
         error

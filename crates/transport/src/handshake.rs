@@ -27,7 +27,28 @@ pub enum Side {
     Acceptor,
 }
 
-/// What this side brings to a handshake.
+/// What this side brings to a handshake: the key, how it introduces itself,
+/// the roles it accepts from the peer, and how long it waits.
+///
+/// ```
+/// use std::time::Duration;
+/// use processional_transport::{Handshake, Key};
+///
+/// # use processional_proto::{Fingerprint, Hello, Role, PROTOCOL_VERSION};
+/// # let hello = |role| Hello {
+/// #     protocol: PROTOCOL_VERSION,
+/// #     fingerprint: Fingerprint([1; 32]),
+/// #     role,
+/// #     pid: std::process::id(),
+/// #     host: "localhost".into(),
+/// #     program: "example".into(),
+/// # };
+/// let mut handshake = Handshake::new(Key::generate(), hello(Role::Client));
+/// handshake.accept_roles = vec![Role::Server]; // a client talks to servers only
+/// handshake.timeout = Some(Duration::from_secs(5));
+/// # drop(handshake);
+/// ```
+/// See [`Connection`](crate::Connection) for a whole handshake.
 #[derive(Clone, Debug)]
 pub struct Handshake {
     /// The shared secret both sides must hold.

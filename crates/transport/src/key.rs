@@ -24,6 +24,16 @@ type HmacSha256 = Hmac<Sha256>;
 /// Only the holders of the key can complete a handshake with each other (see
 /// the crate docs for what that does and does not protect). `Debug` never
 /// shows the bytes, and they are wiped when the key is dropped.
+///
+/// ```
+/// use processional_transport::Key;
+///
+/// let key = Key::generate();
+/// let hex = key.to_hex(); // e.g. for PROCESSIONAL_KEY
+/// assert_eq!(Key::from_hex(&hex).unwrap(), key);
+/// assert!(!format!("{key:?}").contains(&hex));
+/// assert!(Key::from_hex("abc").is_err());
+/// ```
 #[derive(Clone)]
 pub struct Key {
     bytes: Box<[u8]>,
@@ -78,7 +88,7 @@ impl Key {
     /// A key from hex text (upper or lower case), as [`Key::to_hex`] writes it.
     pub fn from_hex(text: &str) -> Result<Key, KeyError> {
         let text = text.trim();
-        if text.len() % 2 != 0 {
+        if !text.len().is_multiple_of(2) {
             return Err(KeyError::InvalidHex(format!("got {} digits", text.len())));
         }
         let digit = |byte: u8, at: usize| -> Result<u8, KeyError> {
@@ -168,6 +178,12 @@ pub(crate) fn role_byte(role: Role) -> u8 {
 
 /// Fills `buf` with random bytes from the kernel's CSPRNG, the source
 /// [`Key::generate`] uses: for other unguessable values (nonces, tickets).
+///
+/// ```
+/// let mut ticket = [0u8; 16];
+/// processional_transport::random_bytes(&mut ticket).unwrap();
+/// assert_ne!(ticket, [0; 16]); // all zeros: one chance in 2^128
+/// ```
 pub fn random_bytes(buf: &mut [u8]) -> std::io::Result<()> {
     sys::random_bytes(buf)
 }

@@ -2,6 +2,11 @@
 //! sockets and TCP, file descriptor passing, and a listener that
 //! authenticates its connections (all on one thread) before handing them out.
 //!
+//! **Internal crate.** This is a layer of [processional](https://docs.rs/processional);
+//! its API is not stable and may change in any release. Depend on the
+//! `processional` crate, which re-exports what users need (this crate as
+//! `processional::transport`).
+//!
 //! ```
 //! use processional_transport::{Connection, Handshake, Key, Side};
 //! use processional_proto::{Fingerprint, Hello, Message, Role, PROTOCOL_VERSION};
@@ -131,6 +136,9 @@
 //!
 //! The crate uses Linux interfaces: abstract socket names, `SO_PEERCRED`,
 //! `MSG_CMSG_CLOEXEC`, `accept4`, `getrandom`.
+
+// Examples are tested as code: a warning in one fails the build.
+#![doc(test(attr(deny(warnings))))]
 
 mod address;
 mod authenticating_listener;

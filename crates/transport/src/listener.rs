@@ -31,6 +31,24 @@ struct SocketFile {
 /// replaces a stale socket file left by a dead process but refuses to
 /// replace one somebody still listens on, and removes its file when dropped.
 /// A TCP listener sets `SO_REUSEADDR`.
+///
+/// ```
+/// use processional_proto::Message;
+/// use processional_transport::{Address, Connection, Listener};
+///
+/// # fn main() -> Result<(), processional_transport::Error> {
+/// let listener = Listener::bind(&Address::private_unix()?)?;
+/// let address = listener.local_addr();
+/// let client = std::thread::spawn(move || -> Result<(), processional_transport::Error> {
+///     let mut connection = Connection::connect(&address)?;
+///     connection.send(&Message::Ping(1)) // a real peer handshakes first
+/// });
+/// let mut accepted = listener.accept()?;
+/// assert_eq!(accepted.recv()?.message, Message::Ping(1));
+/// client.join().unwrap()?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Listener {
     fd: OwnedFd,
@@ -196,10 +214,11 @@ impl Drop for Listener {
     fn drop(&mut self) {
         if let Some(file) = &self.file {
             // Only our own file: another listener may have replaced it.
-            if let Ok(meta) = std::fs::symlink_metadata(&file.path) {
-                if meta.dev() == file.dev && meta.ino() == file.ino {
-                    let _ = std::fs::remove_file(&file.path);
-                }
+            if let Ok(meta) = std::fs::symlink_metadata(&file.path)
+                && meta.dev() == file.dev
+                && meta.ino() == file.ino
+            {
+                let _ = std::fs::remove_file(&file.path);
             }
         }
     }

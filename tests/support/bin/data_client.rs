@@ -30,7 +30,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let server = ClientBuilder::new(address)?.data_only(true).connect()?;
             match server.invoke(func!(|| 1u8)) {
                 Ok(_) => println!("ran"),
-                Err(error) => println!("refused: {error:?}"),
+                Err(processional::Error::Remote(error)) => println!("refused: {:?}", error.kind),
+                Err(error) => println!("failed otherwise: {error:?}"),
             }
         }
         other => return Err(format!("unknown command {other:?}").into()),
