@@ -37,6 +37,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("processional-thread", 4),
     ("processional-process", 5),
     ("processional-state", 6),
+    ("processional-channel", 6),
     ("processional", 7),
 ];
 

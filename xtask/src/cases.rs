@@ -127,6 +127,26 @@ pub(crate) const CASES: &[Case] = &[
         baseline: "raw frames from 8 clients (ping-pong each)",
         target: Some(1.5),
     },
+    Case {
+        name: "channel.pipe_rtt",
+        baseline: "raw socketpair ping-pong between processes",
+        target: Some(1.0),
+    },
+    Case {
+        name: "channel.queue_throughput",
+        baseline: "raw pipelined frames",
+        target: Some(0.5),
+    },
+    Case {
+        name: "channel.queue_fanout",
+        baseline: "raw pipelined frames",
+        target: Some(0.5),
+    },
+    Case {
+        name: "channel.filtered_recv",
+        baseline: "the same send and recv with an empty backlog",
+        target: Some(2.0),
+    },
 ];
 
 /// The case named `name`, if the table has it.

@@ -41,6 +41,7 @@
 //! | [`thread`](mod@thread) (`processional-thread`) | [`thread()`], [`SlaveThread`], thread-bound objects |
 //! | [`process`] (`processional-process`) | [`slave()`], [`SlaveProcess`], [`Remote`], servers and clients, services |
 //! | [`state`] (`processional-state`) | a global state for many processes: [`state::State`], [`state::Context`], watchers |
+//! | [`channel`] (`processional-channel`) | pipes and hosted queues of [`channel::Message`]s: filtered receive, join, poison pills |
 //!
 //! # Threads
 //! [`thread()`] runs a closure on a pooled thread and returns its [`Task`];
@@ -189,6 +190,8 @@
 // Examples are tested as code: a warning in one fails the build.
 #![doc(test(attr(deny(warnings))))]
 
+#[doc(inline)]
+pub use processional_channel as channel;
 #[doc(inline)]
 pub use processional_process as process;
 #[doc(inline)]

@@ -7,6 +7,7 @@
 //! the modules beside this file.
 
 mod state;
+mod channel;
 
 use processional::func;
 use std::time::Instant;
@@ -72,6 +73,7 @@ fn main() -> anyhow::Result<()> {
     shared_memory(&process)?;
     // Sections of the later ideas: one line each, one module each.
     state::run()?;
+    channel::run()?;
     Ok(())
 }
 

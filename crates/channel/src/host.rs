@@ -1,0 +1,433 @@
+//! The hosting side of queues: the process-wide table of queues of the
+//! process that hosts them (a server started for them, or an existing one),
+//! their waiting calls kept as deferred replies, and one timer thread for
+//! the deadlines.
+//!
+//! Every operation runs on the serving thread of the calling connection,
+//! never blocks there: a receive with nothing for it, a send to a full queue
+//! and a join keep their [`Reply`] in the queue's core and return, and the
+//! operation that unblocks them answers them. A delivery whose caller is
+//! gone (`NobodyListening`) is put back in place, as if never received.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use processional_process::{Later, Reply, reply_later};
+
+use crate::core::{Effect, Envelope, Filter, QueueCore, RecvNow, Refusal, SendNow};
+use crate::wire::{
+    Config, Pick, RecvArgs, RecvReply, SendArgs, SendReply, Status, Wait, WireMessage,
+};
+use serde_bytes::ByteBuf;
+
+/// A waiting call.
+enum Waiter {
+    Recv {
+        reply: Reply<RecvReply>,
+        /// With the built-in filter of a batch receive: what else to take.
+        more: Option<(Pick, u32)>,
+    },
+    Send(Reply<SendReply>),
+    Join(Reply<Status>),
+}
+
+impl Waiter {
+    fn is_listening(&self) -> bool {
+        match self {
+            Waiter::Recv { reply, .. } => reply.is_listening(),
+            Waiter::Send(reply) => reply.is_listening(),
+            Waiter::Join(reply) => reply.is_listening(),
+        }
+    }
+}
+
+type Core = QueueCore<ByteBuf, Waiter>;
+
+struct Hosted {
+    core: Mutex<Core>,
+}
+
+fn lock<X>(mutex: &Mutex<X>) -> MutexGuard<'_, X> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn queues() -> &'static Mutex<HashMap<u64, Arc<Hosted>>> {
+    static QUEUES: OnceLock<Mutex<HashMap<u64, Arc<Hosted>>>> = OnceLock::new();
+    QUEUES.get_or_init(Default::default)
+}
+
+fn find(queue: u64) -> Option<Arc<Hosted>> {
+    lock(queues()).get(&queue).cloned()
+}
+
+/// Registers the queue's services in this process (once).
+fn register_services() {
+    use crate::wire::services;
+    use processional_process::{func, register_deferred_service, register_service};
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        // A name taken already means this process registered it: fine.
+        let _ = register_deferred_service(
+            services::SEND,
+            func!(|a: SendArgs| -> Later<SendReply> { send(a) }),
+        );
+        let _ = register_deferred_service(
+            services::RECV,
+            func!(|a: RecvArgs| -> Later<RecvReply> { recv(a) }),
+        );
+        let _ =
+            register_deferred_service(services::JOIN, func!(|q: u64| -> Later<Status> { join(q) }));
+        let _ = register_service(services::LEN, func!(|q: u64| len(q)));
+        let _ = register_service(services::CLOSE, func!(|q: u64| close(q)));
+        let _ = register_service(services::TASK_DONE, func!(|q: u64| task_done(q)));
+        let _ = register_service(services::WAITING, func!(|q: u64| waiting(q)));
+    });
+}
+
+/// Makes a queue here (registering the queue services first); its id.
+pub(crate) fn create(config: Config) -> u64 {
+    register_services();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    let capacity = config
+        .capacity
+        .map(|c| usize::try_from(c).unwrap_or(usize::MAX));
+    let hosted = Arc::new(Hosted {
+        core: Mutex::new(QueueCore::new(capacity, config.explicit_ack)),
+    });
+    lock(queues()).insert(id, hosted);
+    id
+}
+
+fn deadline(wait: Wait) -> Option<Instant> {
+    match wait {
+        Wait::Millis(ms) => Some(Instant::now() + Duration::from_millis(ms)),
+        Wait::Now | Wait::Forever => None,
+    }
+}
+
+/// Carries out effects: answers waiting calls; deliveries nobody takes any
+/// more go back into the queue (which may make more effects).
+fn settle(hosted: &Hosted, mut effects: Vec<Effect<ByteBuf, Waiter>>) {
+    while !effects.is_empty() {
+        let mut undelivered = Vec::new();
+        let mut deliveries = Vec::new();
+        {
+            let mut core = lock(&hosted.core);
+            for effect in effects.drain(..) {
+                match effect {
+                    Effect::Deliver(Waiter::Recv { reply, more }, first) => {
+                        let mut batch = vec![first];
+                        if let Some((pick, max)) = more {
+                            take_more(&mut core, pick, max, &mut batch, &mut undelivered);
+                        }
+                        deliveries.push((reply, batch));
+                    }
+                    // Only receivers receive.
+                    Effect::Deliver(_, envelope) => core.restore(envelope, &mut undelivered),
+                    other => answer(other),
+                }
+            }
+        }
+        for (reply, batch) in deliveries {
+            let seqs: Vec<u64> = batch.iter().map(|e| e.seq).collect();
+            let messages: Vec<WireMessage> = batch.into_iter().map(|e| e.message).collect();
+            if let Err(back) = reply.send(RecvReply::Got(messages)) {
+                let RecvReply::Got(messages) = back.into_inner() else {
+                    unreachable!("the value sent")
+                };
+                let mut core = lock(&hosted.core);
+                for (seq, message) in seqs.into_iter().zip(messages) {
+                    core.restore(Envelope { seq, message }, &mut undelivered);
+                }
+            }
+        }
+        effects = undelivered;
+    }
+}
+
+fn take_more(
+    core: &mut Core,
+    pick: Pick,
+    max: u32,
+    batch: &mut Vec<Envelope<ByteBuf>>,
+    effects: &mut Vec<Effect<ByteBuf, Waiter>>,
+) {
+    let filter = pick.filter();
+    while batch.len() < max as usize {
+        match core.recv(&filter, effects) {
+            Ok(Some(envelope)) => batch.push(envelope),
+            _ => break,
+        }
+    }
+}
+
+/// Answers a waiting call that gets no message (no lock held).
+fn answer(effect: Effect<ByteBuf, Waiter>) {
+    // A caller that left is simply not answered.
+    match effect {
+        Effect::EndOfQueue(Waiter::Recv { reply, .. }) => drop(reply.send(RecvReply::Closed)),
+        Effect::TimedOut(Waiter::Recv { reply, .. }) => drop(reply.send(RecvReply::TimedOut)),
+        Effect::Accepted(Waiter::Send(reply)) => drop(reply.send(SendReply::Accepted)),
+        Effect::Refused(Waiter::Send(reply), refusal, message) => {
+            drop(reply.send(refused(refusal, vec![message])))
+        }
+        Effect::Joined(Waiter::Join(reply)) => drop(reply.send(Status::Ok(0))),
+        // Tokens only ever wait for their own kind of answer.
+        _ => {}
+    }
+}
+
+/// Sends messages (a deferred call: a full queue keeps a single message
+/// waiting for room, up to its deadline).
+pub(crate) fn send(args: SendArgs) -> Later<SendReply> {
+    let (reply, later) = reply_later();
+    let Some(hosted) = find(args.queue) else {
+        let _ = reply.send(SendReply::NoQueue(args.messages));
+        return later;
+    };
+    let mut effects = Vec::new();
+    let mut messages = args.messages.into_iter();
+    let answer = {
+        let mut core = lock(&hosted.core);
+        if messages.len() == 1 && args.wait != Wait::Now {
+            let message = messages.next().expect("one message");
+            let due = deadline(args.wait);
+            match core.send_or_wait(message, Waiter::Send(reply), due, &mut effects) {
+                SendNow::Accepted(waiter) => Some((waiter, SendReply::Accepted)),
+                SendNow::Waiting => {
+                    if let Some(due) = due {
+                        timer().schedule(due, args.queue);
+                    }
+                    None
+                }
+                SendNow::Refused(waiter, refusal, message) => {
+                    Some((waiter, refused(refusal, vec![message])))
+                }
+            }
+        } else {
+            let mut outcome = SendReply::Accepted;
+            while let Some(message) = messages.next() {
+                if let Err((refusal, message)) = core.try_send(message, &mut effects) {
+                    let mut back = vec![message];
+                    back.extend(messages.by_ref());
+                    outcome = refused(refusal, back);
+                }
+            }
+            Some((Waiter::Send(reply), outcome))
+        }
+    };
+    if let Some((Waiter::Send(reply), outcome)) = answer {
+        let _ = reply.send(outcome);
+    }
+    settle(&hosted, effects);
+    later
+}
+
+fn refused(refusal: Refusal, back: Vec<WireMessage>) -> SendReply {
+    match refusal {
+        Refusal::Full => SendReply::Full(back),
+        Refusal::Closed => SendReply::Closed(back),
+    }
+}
+
+/// Receives with a built-in filter (deferred: waits in the core for a
+/// message, the deadline or the end of the queue).
+pub(crate) fn recv(args: RecvArgs) -> Later<RecvReply> {
+    let more = Some((args.pick, args.max.max(1)));
+    recv_with(args.queue, args.pick.filter(), more, args.wait)
+}
+
+/// Receives the first message a shipped predicate accepts.
+pub(crate) fn recv_where(queue: u64, filter: Filter<ByteBuf>, wait: Wait) -> Later<RecvReply> {
+    recv_with(queue, filter, None, wait)
+}
+
+fn recv_with(
+    queue: u64,
+    filter: Filter<ByteBuf>,
+    more: Option<(Pick, u32)>,
+    wait: Wait,
+) -> Later<RecvReply> {
+    let (reply, later) = reply_later();
+    let Some(hosted) = find(queue) else {
+        let _ = reply.send(RecvReply::NoQueue);
+        return later;
+    };
+    let mut effects = Vec::new();
+    let now = {
+        let mut core = lock(&hosted.core);
+        if wait == Wait::Now {
+            match core.recv(&filter, &mut effects) {
+                Ok(Some(envelope)) => Some((reply, envelope)),
+                Ok(None) => {
+                    drop(core);
+                    let _ = reply.send(RecvReply::Empty);
+                    settle(&hosted, effects);
+                    return later;
+                }
+                Err(_) => {
+                    drop(core);
+                    let _ = reply.send(RecvReply::Closed);
+                    settle(&hosted, effects);
+                    return later;
+                }
+            }
+        } else {
+            let due = deadline(wait);
+            let waiter = Waiter::Recv { reply, more };
+            match core.recv_or_wait(filter, waiter, due, &mut effects) {
+                RecvNow::Got(Waiter::Recv { reply, .. }, envelope) => Some((reply, envelope)),
+                RecvNow::EndOfQueue(Waiter::Recv { reply, .. }) => {
+                    drop(core);
+                    let _ = reply.send(RecvReply::Closed);
+                    settle(&hosted, effects);
+                    return later;
+                }
+                RecvNow::Waiting => {
+                    // Receivers whose callers left (a consumer killed while
+                    // it waited) go; their replies were never sent.
+                    core.forget(Waiter::is_listening);
+                    if let Some(due) = due {
+                        timer().schedule(due, queue);
+                    }
+                    None
+                }
+                _ => unreachable!("the receiver's own token"),
+            }
+        }
+    };
+    if let Some((reply, first)) = now {
+        // Hand it over through the same path as a waiting receiver.
+        effects.insert(0, Effect::Deliver(Waiter::Recv { reply, more }, first));
+    }
+    settle(&hosted, effects);
+    later
+}
+
+/// How many messages the queue holds.
+pub(crate) fn len(queue: u64) -> Status {
+    match find(queue) {
+        Some(hosted) => Status::Ok(lock(&hosted.core).len() as u64),
+        None => Status::NoQueue,
+    }
+}
+
+/// How many calls wait in the queue (receivers, senders, joiners), those
+/// whose callers left forgotten first.
+pub(crate) fn waiting(queue: u64) -> Status {
+    match find(queue) {
+        Some(hosted) => {
+            let mut core = lock(&hosted.core);
+            core.forget(Waiter::is_listening);
+            Status::Ok(core.waiting() as u64)
+        }
+        None => Status::NoQueue,
+    }
+}
+
+/// Waits (deferred) until every message sent was handled.
+pub(crate) fn join(queue: u64) -> Later<Status> {
+    let (reply, later) = reply_later();
+    let Some(hosted) = find(queue) else {
+        let _ = reply.send(Status::NoQueue);
+        return later;
+    };
+    let mut core = lock(&hosted.core);
+    // Joiners whose callers left are dropped here, so they do not pile up.
+    core.forget(Waiter::is_listening);
+    if let Some(Waiter::Join(reply)) = core.join_or_wait(Waiter::Join(reply)) {
+        drop(core);
+        let _ = reply.send(Status::Ok(0));
+    }
+    later
+}
+
+/// Closes the queue: waiting receivers with nothing for them get the end
+/// of the queue, waiting senders their message back.
+pub(crate) fn close(queue: u64) -> Status {
+    let Some(hosted) = find(queue) else {
+        return Status::NoQueue;
+    };
+    let mut effects = Vec::new();
+    lock(&hosted.core).close(&mut effects);
+    settle(&hosted, effects);
+    Status::Ok(0)
+}
+
+/// Acknowledges one received message (explicit acknowledgement).
+pub(crate) fn task_done(queue: u64) -> Status {
+    let Some(hosted) = find(queue) else {
+        return Status::NoQueue;
+    };
+    let mut effects = Vec::new();
+    let done = lock(&hosted.core).task_done(&mut effects);
+    settle(&hosted, effects);
+    match done {
+        Ok(()) => Status::Ok(0),
+        Err(_) => Status::NothingToAcknowledge,
+    }
+}
+
+/// The deadlines of waiting calls, on one thread that sleeps until the
+/// earliest (it does not wake while nothing waits with a deadline).
+struct Timer {
+    due: Mutex<BinaryHeap<Reverse<(Instant, u64)>>>,
+    wake: Condvar,
+}
+
+fn timer() -> &'static Timer {
+    static TIMER: OnceLock<&'static Timer> = OnceLock::new();
+    TIMER.get_or_init(|| {
+        let timer: &'static Timer = Box::leak(Box::new(Timer {
+            due: Mutex::new(BinaryHeap::new()),
+            wake: Condvar::new(),
+        }));
+        std::thread::Builder::new()
+            .name("processional-queue-timer".into())
+            .spawn(move || timer.run())
+            .expect("cannot start the queue timer thread");
+        timer
+    })
+}
+
+impl Timer {
+    fn schedule(&self, at: Instant, queue: u64) {
+        let mut due = lock(&self.due);
+        let earliest = due.peek().is_none_or(|Reverse((first, _))| at < *first);
+        due.push(Reverse((at, queue)));
+        if earliest {
+            self.wake.notify_one();
+        }
+    }
+
+    fn run(&self) {
+        let mut due = lock(&self.due);
+        loop {
+            let now = Instant::now();
+            match due.peek().copied() {
+                None => due = self.wake.wait(due).unwrap_or_else(|p| p.into_inner()),
+                Some(Reverse((at, queue))) if at <= now => {
+                    due.pop();
+                    drop(due);
+                    if let Some(hosted) = find(queue) {
+                        let mut effects = Vec::new();
+                        lock(&hosted.core).expire(now, &mut effects);
+                        settle(&hosted, effects);
+                    }
+                    due = lock(&self.due);
+                }
+                Some(Reverse((at, _))) => {
+                    due = self
+                        .wake
+                        .wait_timeout(due, at - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+}
