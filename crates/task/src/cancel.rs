@@ -133,9 +133,43 @@ fn run_callback(callback: CancelCallback) {
     }
 }
 
+/// Where a call's token lives when it is made only on demand: a task's
+/// block, whose token exists once someone cancels the task or asks for it
+/// (most calls never do, and then never allocate one).
+pub(crate) trait TokenSource: Send + Sync {
+    /// The token, if it was made.
+    fn made(&self) -> Option<&CancelToken>;
+    /// The token, made now if need be.
+    fn token(&self) -> &CancelToken;
+}
+
+/// The token of the running call, as installed on its thread.
+enum Current {
+    Token(CancelToken),
+    /// A source borrowed for the time of [`with_token_source`], which
+    /// removes it before it returns or unwinds (a scoped thread-local: no
+    /// reference count to touch per call).
+    Scoped(*const dyn TokenSource),
+}
+
+impl Current {
+    fn with_source<R>(&self, f: impl FnOnce(&dyn TokenSource) -> R) -> Option<R> {
+        match self {
+            Current::Token(_) => None,
+            // SAFETY: a `Scoped` pointer is installed only by
+            // `with_token_source`, from a reference that outlives its call
+            // of `with_current`, whose `Restore` guard uninstalls it before
+            // returning, also when unwinding; installs nest and are undone
+            // in reverse order. So while it is installed, it points to a
+            // live source, and only shared references are made from it.
+            Current::Scoped(source) => Some(f(unsafe { &**source })),
+        }
+    }
+}
+
 thread_local! {
     /// The token of the call running on this thread, if any.
-    static CURRENT: RefCell<Option<CancelToken>> = const { RefCell::new(None) };
+    static CURRENT: RefCell<Option<Current>> = const { RefCell::new(None) };
 }
 
 /// Returns `Err(Error::Cancelled)` if the call running on this thread was
@@ -169,29 +203,54 @@ thread_local! {
 /// ```
 pub fn checkpoint() -> Result<()> {
     CURRENT.with(|current| match &*current.borrow() {
-        Some(token) => token.check(),
+        Some(Current::Token(token)) => token.check(),
+        // Not made: nobody cancelled it.
+        Some(scoped) => scoped
+            .with_source(|source| source.made().map_or(Ok(()), CancelToken::check))
+            .unwrap_or(Ok(())),
         None => Ok(()),
     })
 }
 
 /// The token of the call running on this thread, if any.
 pub fn current_token() -> Option<CancelToken> {
-    CURRENT.with(|current| current.borrow().clone())
+    CURRENT.with(|current| match &*current.borrow() {
+        Some(Current::Token(token)) => Some(token.clone()),
+        Some(scoped) => scoped.with_source(|source| source.token().clone()),
+        None => None,
+    })
 }
 
 /// Runs `f` with `token` as the current call's token, so that
 /// [`checkpoint`] and [`current_token`] see it; the previous token is
 /// restored afterwards, even if `f` panics.
 pub fn with_token<R>(token: &CancelToken, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<CancelToken>);
+    with_current(Current::Token(token.clone()), f)
+}
+
+/// [`with_token`] for a token made on demand by `source`.
+pub(crate) fn with_token_source<R>(
+    source: &(dyn TokenSource + 'static),
+    f: impl FnOnce() -> R,
+) -> R {
+    with_current(Current::Scoped(source), f)
+}
+
+fn with_current<R>(installed: Current, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Current>);
     impl Drop for Restore {
         fn drop(&mut self) {
             let previous = self.0.take();
             // `try_with`: during thread teardown there is nothing to restore.
-            let _ = CURRENT.try_with(|current| *current.borrow_mut() = previous);
+            // The installed token is dropped outside the borrow: its last
+            // reference may own user values whose drop checks the token.
+            let installed = CURRENT
+                .try_with(|current| std::mem::replace(&mut *current.borrow_mut(), previous))
+                .ok();
+            drop(installed);
         }
     }
-    let previous = CURRENT.with(|current| current.borrow_mut().replace(token.clone()));
+    let previous = CURRENT.with(|current| current.borrow_mut().replace(installed));
     let _restore = Restore(previous);
     f()
 }

@@ -142,4 +142,4 @@ pub use exit::{ExitReason, Termination};
 pub use panic::{catch_panic, set_capture_backtraces};
 pub use set::{TaskId, TaskSet};
 pub use shared::{SharedResult, SharedTask};
-pub use task::{Completer, Driver, Task};
+pub use task::{Call, Canceller, Completer, Driver, Task};

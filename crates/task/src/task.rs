@@ -5,14 +5,15 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use crate::backoff::Backoff;
-use crate::cancel::CancelToken;
+use crate::cancel::{CancelToken, TokenSource, with_token_source};
 use crate::error::{Error, Result};
+use crate::panic::catch_panic;
 
 /// The outcome is not there yet.
 const PENDING: u8 = 0;
@@ -47,45 +48,85 @@ enum Waiter {
 }
 
 impl Waiter {
+    /// Wakes the waiter. A waker that panics is reported through `log`: the
+    /// completing thread (a slave's loop, a reader) goes on.
     fn wake(self) {
         match self {
             Waiter::None => {}
             Waiter::Thread(thread) => thread.unpark(),
-            Waiter::Waker(waker) => waker.wake(),
+            Waiter::Waker(waker) => {
+                if let Err(error) = catch_panic(move || waker.wake()) {
+                    log::error!("processional: waking the waiter of a task failed: {error}");
+                }
+            }
         }
     }
 }
 
+/// An outcome as stored in a block: the error boxed, so that the block of
+/// a small value stays small (an [`Error`] is large, and rare).
+type Stored<T> = std::result::Result<T, Box<Error>>;
+
+fn store<T>(outcome: Result<T>) -> Stored<T> {
+    outcome.map_err(Box::new)
+}
+
 struct Slot<T> {
-    outcome: Option<Result<T>>,
+    outcome: Option<Stored<T>>,
     waiter: Waiter,
     /// The task handle is gone: nobody will collect the outcome.
     abandoned: bool,
 }
 
-/// The state shared by a [`Task`] and its [`Completer`].
-struct Shared<T> {
+/// What a task block carries after its completion state: nothing for
+/// [`Task::pending`], the call itself for [`Task::with_call`].
+trait Tail: Send + Sync {}
+
+impl Tail for () {}
+
+/// The completion block: the state shared by a [`Task`] and whatever
+/// completes it (a [`Completer`] or a [`Call`]), in one allocation.
+///
+/// `C` is the tail: `()`, or a [`CallCell`] holding the call's closure, so
+/// that a call and its task cost one allocation. The task sees every block
+/// as `Shared<T, dyn Tail>`.
+struct Shared<T, C: ?Sized = ()> {
     state: AtomicU8,
     slot: Mutex<Slot<T>>,
-    token: CancelToken,
+    /// Made on demand: most calls are never cancelled, nor asked for it.
+    token: OnceLock<CancelToken>,
     driver: Option<Arc<dyn Driver>>,
+    tail: C,
 }
 
 impl<T> Shared<T> {
     fn new(outcome: Option<Result<T>>, driver: Option<Arc<dyn Driver>>) -> Arc<Self> {
+        Shared::with_tail(outcome, driver, ())
+    }
+}
+
+impl<T, C> Shared<T, C> {
+    fn with_tail(
+        outcome: Option<Result<T>>,
+        driver: Option<Arc<dyn Driver>>,
+        tail: C,
+    ) -> Arc<Self> {
         let state = if outcome.is_some() { DONE } else { PENDING };
         Arc::new(Shared {
             state: AtomicU8::new(state),
             slot: Mutex::new(Slot {
-                outcome,
+                outcome: outcome.map(store),
                 waiter: Waiter::None,
                 abandoned: false,
             }),
-            token: CancelToken::new(),
+            token: OnceLock::new(),
             driver,
+            tail,
         })
     }
+}
 
+impl<T, C: ?Sized> Shared<T, C> {
     fn lock(&self) -> MutexGuard<'_, Slot<T>> {
         // No user code runs under this lock, so a poisoned lock still guards
         // a consistent slot.
@@ -94,6 +135,57 @@ impl<T> Shared<T> {
 
     fn is_done(&self) -> bool {
         self.state.load(Ordering::Acquire) != PENDING
+    }
+
+    fn token(&self) -> &CancelToken {
+        self.token.get_or_init(CancelToken::new)
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.token.get().is_some_and(CancelToken::is_cancelled)
+    }
+
+    /// Stores the outcome and wakes whoever waits; if the task handle is
+    /// gone, drops the outcome instead (reporting an error).
+    ///
+    /// Nothing of the user's runs under the lock. The outcome of an
+    /// abandoned task is dropped after the lock is released, and a panic
+    /// there (a value whose `Drop` panics) is caught and reported: it must
+    /// not unwind into whatever completes tasks.
+    fn deliver(&self, outcome: Result<T>) {
+        let mut slot = self.lock();
+        if slot.abandoned {
+            self.state.store(DONE, Ordering::Release);
+            drop(slot);
+            if let Err(error) = &outcome {
+                report_uncollected(error);
+            }
+            discard(outcome);
+            return;
+        }
+        slot.outcome = Some(store(outcome));
+        self.state.store(DONE, Ordering::Release);
+        let waiter = std::mem::replace(&mut slot.waiter, Waiter::None);
+        drop(slot);
+        waiter.wake();
+    }
+}
+
+impl<T: Send, C: ?Sized + Send + Sync> TokenSource for Shared<T, C> {
+    fn made(&self) -> Option<&CancelToken> {
+        self.token.get()
+    }
+
+    fn token(&self) -> &CancelToken {
+        Shared::token(self)
+    }
+}
+
+/// Drops a value nobody will collect, reporting a panic of its `Drop`
+/// instead of unwinding.
+fn discard<V>(value: V) {
+    if let Err(error) = catch_panic(move || drop(value)) {
+        log::error!("processional: dropping the value of an uncollected task failed: {error}");
     }
 }
 
@@ -129,7 +221,7 @@ fn report_uncollected_to(error: &Error, no_logger: bool, stderr: &mut dyn std::i
 /// `Off`), printed once to standard error with the prefix `processional:`.
 #[must_use = "a task does nothing when dropped but detach the call; `wait` for it or call `detach`"]
 pub struct Task<T> {
-    shared: Arc<Shared<T>>,
+    shared: Arc<Shared<T, dyn Tail>>,
 }
 
 impl<T> Task<T> {
@@ -187,12 +279,12 @@ impl<T> Task<T> {
     /// without running if it has not started. A call that never checks runs
     /// to its end: threads cannot be killed safely.
     pub fn cancel(&self) {
-        self.shared.token.cancel();
+        self.shared.token().cancel();
     }
 
     /// The call's cancellation token.
     pub fn cancel_token(&self) -> &CancelToken {
-        &self.shared.token
+        self.shared.token()
     }
 
     /// Blocks until the call finishes; returns its value or its error.
@@ -295,11 +387,11 @@ impl<T> Task<T> {
         Self::take_locked(&self.shared, &mut slot)
     }
 
-    fn take_locked(shared: &Shared<T>, slot: &mut Slot<T>) -> Result<T> {
+    fn take_locked(shared: &Shared<T, dyn Tail>, slot: &mut Slot<T>) -> Result<T> {
         match slot.outcome.take() {
             Some(outcome) => {
                 shared.state.store(TAKEN, Ordering::Release);
-                outcome
+                outcome.map_err(|error| *error)
             }
             None => panic!(
                 "the outcome of a processional Task was already taken (polled after completion)"
@@ -341,12 +433,14 @@ impl<T> Drop for Task<T> {
         if shared.state.load(Ordering::Acquire) == TAKEN {
             return;
         }
-        let outcome = {
+        let (outcome, waiter) = {
             let mut slot = shared.lock();
             slot.abandoned = true;
-            slot.waiter = Waiter::None;
-            slot.outcome.take()
+            let waiter = std::mem::replace(&mut slot.waiter, Waiter::None);
+            (slot.outcome.take(), waiter)
         };
+        // Dropped outside the lock: a waker is the user's code.
+        drop(waiter);
         match outcome {
             Some(Err(error)) => report_uncollected(&error),
             Some(Ok(_)) => {}
@@ -369,7 +463,7 @@ impl<T> fmt::Debug for Task<T> {
         f.debug_struct("Task")
             .field("state", &state)
             .field("driven", &self.shared.driver.is_some())
-            .field("cancelled", &self.shared.token.is_cancelled())
+            .field("cancelled", &self.shared.is_cancelled())
             .finish()
     }
 }
@@ -389,7 +483,7 @@ impl<T> Completer<T> {
     /// `log::error!` (or on standard error when no logger is installed).
     pub fn complete(mut self, outcome: Result<T>) {
         if let Some(shared) = self.shared.take() {
-            Self::deliver(&shared, outcome);
+            shared.deliver(outcome);
         }
     }
 
@@ -398,7 +492,7 @@ impl<T> Completer<T> {
     /// it with [`CancelToken::on_cancel`].
     pub fn token(&self) -> &CancelToken {
         match &self.shared {
-            Some(shared) => &shared.token,
+            Some(shared) => shared.token(),
             // `shared` is only taken by `complete` and `drop`, which consume
             // the completer.
             None => unreachable!("a completer is used after completing"),
@@ -412,29 +506,12 @@ impl<T> Completer<T> {
             .as_ref()
             .is_none_or(|shared| shared.lock().abandoned)
     }
-
-    fn deliver(shared: &Shared<T>, outcome: Result<T>) {
-        let mut slot = shared.lock();
-        if slot.abandoned {
-            shared.state.store(DONE, Ordering::Release);
-            drop(slot);
-            if let Err(error) = &outcome {
-                report_uncollected(error);
-            }
-            return;
-        }
-        slot.outcome = Some(outcome);
-        shared.state.store(DONE, Ordering::Release);
-        let waiter = std::mem::replace(&mut slot.waiter, Waiter::None);
-        drop(slot);
-        waiter.wake();
-    }
 }
 
 impl<T> Drop for Completer<T> {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.take() {
-            Self::deliver(&shared, Err(Error::Stopped));
+            shared.deliver(Err(Error::Stopped));
         }
     }
 }
@@ -444,6 +521,183 @@ impl<T> fmt::Debug for Completer<T> {
         f.debug_struct("Completer")
             .field("abandoned", &self.is_abandoned())
             .finish()
+    }
+}
+
+impl<T: Send + 'static> Task<T> {
+    /// A task and the [`Call`] that computes it with `f`, in one
+    /// allocation: for runtimes that queue calls, a cheaper
+    /// [`pending`](Self::pending) plus a boxed closure.
+    ///
+    /// [`Call::run`] runs `f` under the task's token with panics caught
+    /// (skipping it with [`Error::Cancelled`] if the task was cancelled
+    /// first); dropping the call unrun completes the task with
+    /// [`Error::Stopped`].
+    ///
+    /// ```
+    /// use processional_task::Task;
+    ///
+    /// let (task, call) = Task::with_call(|| 6 * 7);
+    /// std::thread::spawn(move || call.run());
+    /// assert_eq!(task.wait().unwrap(), 42);
+    ///
+    /// let (task, call) = Task::with_call(|| 1);
+    /// drop(call);
+    /// assert!(matches!(task.wait(), Err(processional_task::Error::Stopped)));
+    /// ```
+    pub fn with_call<F>(f: F) -> (Task<T>, Call)
+    where
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let block = Shared::with_tail(
+            None,
+            None,
+            CallCell {
+                f: Mutex::new(Some(f)),
+            },
+        );
+        (
+            Task {
+                shared: block.clone(),
+            },
+            Call { block: Some(block) },
+        )
+    }
+}
+
+/// The closure of a [`Call`], in its task's block; taken once, by the run
+/// or by the drop of the call.
+struct CallCell<F> {
+    f: Mutex<Option<F>>,
+}
+
+impl<F: Send> Tail for CallCell<F> {}
+
+impl<F> CallCell<F> {
+    fn take(&self) -> Option<F> {
+        // Only `take` runs under this lock: a poisoned lock is consistent.
+        self.f.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+/// A block seen by its call: what runs or stops it, whatever its types.
+trait Runnable: TokenSource {
+    fn run(&self, before_complete: &mut dyn FnMut());
+    fn stop(&self);
+}
+
+impl<T, F> Runnable for Shared<T, CallCell<F>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    fn run(&self, before_complete: &mut dyn FnMut()) {
+        let Some(f) = self.tail.take() else {
+            return;
+        };
+        let outcome = if self.is_cancelled() {
+            discard(f);
+            Err(Error::Cancelled)
+        } else {
+            with_token_source(self, || catch_panic(f))
+        };
+        before_complete();
+        self.deliver(outcome);
+    }
+
+    fn stop(&self) {
+        let Some(f) = self.tail.take() else {
+            return;
+        };
+        // The closure is dropped first (its captures are gone once the task
+        // reports `Stopped`), and a panic there is caught: the task is
+        // completed whatever the closure's `Drop` does.
+        discard(f);
+        self.deliver(Err(Error::Stopped));
+    }
+}
+
+/// The call of a task made by [`Task::with_call`]: run it with
+/// [`run`](Self::run) where calls run; dropping it unrun completes the task
+/// with [`Error::Stopped`] (a task never hangs because its call was lost).
+pub struct Call {
+    /// `None` once run.
+    block: Option<Arc<dyn Runnable>>,
+}
+
+impl Call {
+    /// Runs the call on this thread and completes its task: with
+    /// [`Error::Cancelled`] without running it if the task was cancelled,
+    /// else with its value, or its panic as [`Error::Panicked`].
+    /// [`checkpoint`](crate::checkpoint) and
+    /// [`current_token`](crate::current_token) see the task's token
+    /// meanwhile.
+    pub fn run(self) {
+        self.run_then(|| {});
+    }
+
+    /// [`run`](Self::run), calling `before_complete` after the call and
+    /// before its task completes (on this thread; also when the call is
+    /// skipped because it was cancelled).
+    pub fn run_then(mut self, mut before_complete: impl FnMut()) {
+        if let Some(block) = self.block.take() {
+            block.run(&mut before_complete);
+        }
+    }
+
+    /// A handle that cancels this call's task token, as
+    /// [`Task::cancel`] does, after the call was moved away (to cancel
+    /// the call that runs).
+    pub fn canceller(&self) -> Canceller {
+        Canceller {
+            source: self
+                .block
+                .clone()
+                .map(|block| block as Arc<dyn TokenSource>),
+        }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if let Some(block) = self.block.take() {
+            block.stop();
+        }
+    }
+}
+
+impl fmt::Debug for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Call")
+            .field(
+                "cancelled",
+                &self
+                    .block
+                    .as_ref()
+                    .is_some_and(|block| block.made().is_some_and(CancelToken::is_cancelled)),
+            )
+            .finish()
+    }
+}
+
+/// Cancels the task of a [`Call`]; see [`Call::canceller`].
+pub struct Canceller {
+    source: Option<Arc<dyn TokenSource>>,
+}
+
+impl Canceller {
+    /// Cancels the task's token (making it if need be), running its
+    /// callbacks on this thread.
+    pub fn cancel(&self) {
+        if let Some(source) = &self.source {
+            source.token().cancel();
+        }
+    }
+}
+
+impl fmt::Debug for Canceller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Canceller").finish_non_exhaustive()
     }
 }
 

@@ -16,12 +16,11 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use processional_task::{
-    Backoff, CancelToken, Completer, ExitReason, PanicReport, Result, Task, Termination,
-    catch_panic,
+    Backoff, Call, CancelToken, Canceller, Completer, ExitReason, PanicReport, Result, Task,
+    Termination, catch_panic,
 };
 
 use crate::bound::Bound;
-use crate::call::run_call;
 use crate::identity;
 
 /// Identifies slaves and the objects bound to them.
@@ -31,7 +30,17 @@ pub(crate) fn next_id() -> u64 {
     NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Work for the slave: a call, or the creation or removal of a bound object.
+/// What the slave's queue holds.
+pub(crate) enum Work {
+    /// A call of [`SlaveThread::schedule`], in its task's block (one
+    /// allocation for both).
+    Call(Call),
+    /// Anything else.
+    Order(Order),
+}
+
+/// Work for the slave other than a plain call: a call on a bound object, or
+/// the creation or removal of one.
 pub(crate) struct Order {
     /// The token of the call, cancelled by [`SlaveThread::terminate`] while
     /// the order runs.
@@ -117,21 +126,53 @@ struct Exit {
     waiters: Vec<Completer<()>>,
 }
 
-/// What runs, for `terminate`.
+/// What runs, for `terminate`: written by the slave's thread for every
+/// order, read by `terminate`.
 struct Running {
     aborted: bool,
-    token: Option<CancelToken>,
+    cancel: Option<Cancel>,
+}
+
+/// Cancels the running order.
+enum Cancel {
+    Call(Canceller),
+    Token(CancelToken),
+}
+
+impl Cancel {
+    fn cancel(&self) {
+        match self {
+            Cancel::Call(canceller) => canceller.cancel(),
+            Cancel::Token(token) => token.cancel(),
+        }
+    }
 }
 
 /// The state shared by the handles and the thread of one slave.
 struct SlaveState {
     id: u64,
     /// `None` once closed: orders are refused from then on.
-    sender: RwLock<Option<Sender<Order>>>,
+    sender: RwLock<Option<Sender<Work>>>,
     /// A second receiver, for `abort` to drain the queue.
-    queue: Receiver<Order>,
-    running: Mutex<Running>,
+    queue: Receiver<Work>,
+    /// On cache lines of its own, away from `sender`, which every post
+    /// reads: the slave's thread locks it for every order.
+    running: CacheLines<Mutex<Running>>,
     exit: Mutex<Exit>,
+}
+
+/// Keeps a value on cache lines of its own (two 64-byte lines: adjacent
+/// lines are fetched together), so that threads writing other fields do not
+/// slow down the thread using it.
+#[repr(align(128))]
+struct CacheLines<T>(T);
+
+impl<T> std::ops::Deref for CacheLines<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 fn relock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -140,16 +181,16 @@ fn relock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl SlaveState {
-    fn new() -> (Arc<SlaveState>, Receiver<Order>) {
+    fn new() -> (Arc<SlaveState>, Receiver<Work>) {
         let (sender, receiver) = crossbeam_channel::unbounded();
         let state = Arc::new(SlaveState {
             id: next_id(),
             sender: RwLock::new(Some(sender)),
             queue: receiver.clone(),
-            running: Mutex::new(Running {
+            running: CacheLines(Mutex::new(Running {
                 aborted: false,
-                token: None,
-            }),
+                cancel: None,
+            })),
             exit: Mutex::new(Exit {
                 exited: false,
                 waiters: Vec::new(),
@@ -160,7 +201,7 @@ impl SlaveState {
 
     /// Queues an order; if the slave is closed, drops it (which fails its
     /// task with [`Error::Stopped`](crate::Error::Stopped)).
-    fn post(&self, order: Order) {
+    fn post(&self, order: Work) {
         let sender = self.sender.read().unwrap_or_else(PoisonError::into_inner);
         let refused = match &*sender {
             Some(sender) => sender.send(order).err().map(|error| error.into_inner()),
@@ -198,18 +239,31 @@ impl SlaveState {
     }
 
     /// Runs one order on the slave's thread.
-    fn execute(&self, objects: &Objects, order: Order) {
+    ///
+    /// The running order is recorded under the same lock that `terminate`
+    /// takes to set `aborted`: either the order does not start, or
+    /// `terminate` sees it and cancels it.
+    fn execute(&self, objects: &Objects, work: Work) {
         let previous = {
             let mut running = relock(&self.running);
             if running.aborted {
                 drop(running);
-                drop(order);
+                drop(work);
                 return;
             }
-            std::mem::replace(&mut running.token, order.token)
+            let cancel = match &work {
+                Work::Call(call) => Some(Cancel::Call(call.canceller())),
+                Work::Order(order) => order.token.clone().map(Cancel::Token),
+            };
+            std::mem::replace(&mut running.cancel, cancel)
         };
         drop(previous);
-        (order.run)(objects);
+        match work {
+            // Forgotten before the task completes, while its block is still
+            // in this thread's cache.
+            Work::Call(call) => call.run_then(|| drop(relock(&self.running).cancel.take())),
+            Work::Order(order) => (order.run)(objects),
+        }
     }
 
     /// Called by the slave's thread when it stops serving: drops the objects
@@ -221,7 +275,8 @@ impl SlaveState {
             drop(order);
         }
         objects.clear();
-        relock(&self.running).token = None;
+        let running = relock(&self.running).cancel.take();
+        drop(running);
         let waiters = {
             let mut exit = relock(&self.exit);
             exit.exited = true;
@@ -248,7 +303,7 @@ impl SlaveState {
 }
 
 /// The loop of a spawned slave thread.
-fn serve(state: Arc<SlaveState>, orders: Receiver<Order>) {
+fn serve(state: Arc<SlaveState>, orders: Receiver<Work>) {
     /// Stops the slave properly even if the loop unwinds (a panicking
     /// logger, say): its `close` tasks complete, its objects are dropped.
     struct Finish {
@@ -272,7 +327,7 @@ fn serve(state: Arc<SlaveState>, orders: Receiver<Order>) {
 
 /// The next order, waiting briefly without blocking first (orders often come
 /// in quick succession); `None` once the slave is closed and drained.
-fn receive(orders: &Receiver<Order>) -> Option<Order> {
+fn receive(orders: &Receiver<Work>) -> Option<Work> {
     let mut backoff = Backoff::new();
     loop {
         match orders.try_recv() {
@@ -383,7 +438,7 @@ impl SlaveThread {
     }
 
     pub(crate) fn post(&self, order: Order) {
-        self.state().post(order);
+        self.state().post(Work::Order(order));
     }
 
     /// Runs `f` on the slave thread after the orders queued before it, and
@@ -411,12 +466,8 @@ impl SlaveThread {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let (task, completer) = Task::pending();
-        let token = completer.token().clone();
-        self.post(Order {
-            token: Some(token),
-            run: Box::new(move |_: &Objects| run_call(completer, f, || {})),
-        });
+        let (task, call) = Task::with_call(f);
+        self.state().post(Work::Call(call));
         task
     }
 
@@ -462,11 +513,11 @@ impl SlaveThread {
         let running = {
             let mut running = relock(&state.running);
             running.aborted = true;
-            running.token.clone()
+            running.cancel.take()
         };
         state.abort();
-        if let Some(token) = running {
-            token.cancel();
+        if let Some(running) = running {
+            running.cancel();
         }
         match self.close().wait_timeout(timeout) {
             Ok(_) => Termination::Graceful(ExitReason::Code(0)),
@@ -585,7 +636,7 @@ impl SlaveBuilder {
 /// [`SlaveThread::invoke`], which runs at once on this thread.
 pub struct SlaveDriver {
     state: Arc<SlaveState>,
-    orders: Receiver<Order>,
+    orders: Receiver<Work>,
     objects: Rc<Objects>,
     finished: Cell<bool>,
     _not_send: PhantomData<*const ()>,
