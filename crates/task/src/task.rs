@@ -5,7 +5,8 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::cell::UnsafeCell;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
@@ -15,12 +16,16 @@ use crate::cancel::{CancelToken, TokenSource, with_token_source};
 use crate::error::{Error, Result};
 use crate::panic::catch_panic;
 
-/// The outcome is not there yet.
-const PENDING: u8 = 0;
-/// The outcome is stored in the slot.
+// The state of a block: a set of these bits (see `Shared`).
+
+/// The outcome is in the block, and belongs to the task side.
 const DONE: u8 = 1;
-/// The outcome was handed to the task's owner.
+/// The task side took the outcome.
 const TAKEN: u8 = 2;
+/// A waiter is in the block, and belongs to the completing side.
+const WAITER: u8 = 4;
+/// The task handle is gone: nobody will collect the outcome.
+const ABANDONED: u8 = 8;
 
 /// Makes progress on driven tasks (see [`Task::pending_driven`]).
 ///
@@ -40,9 +45,9 @@ pub trait Driver: Send + Sync {
     fn ensure_progress(&self);
 }
 
-/// Whoever waits for the outcome.
+/// Whoever waits for the outcome (boxed in the block, which stays small:
+/// most outcomes are collected without waiting).
 enum Waiter {
-    None,
     Thread(Thread),
     Waker(Waker),
 }
@@ -52,7 +57,6 @@ impl Waiter {
     /// completing thread (a slave's loop, a reader) goes on.
     fn wake(self) {
         match self {
-            Waiter::None => {}
             Waiter::Thread(thread) => thread.unpark(),
             Waiter::Waker(waker) => {
                 if let Err(error) = catch_panic(move || waker.wake()) {
@@ -71,18 +75,25 @@ fn store<T>(outcome: Result<T>) -> Stored<T> {
     outcome.map_err(Box::new)
 }
 
-struct Slot<T> {
-    outcome: Option<Stored<T>>,
-    waiter: Waiter,
-    /// The task handle is gone: nobody will collect the outcome.
-    abandoned: bool,
-}
-
 /// What a task block carries after its completion state: nothing for
 /// [`Task::pending`], the call itself for [`Task::with_call`].
-trait Tail: Send + Sync {}
+trait Tail: Send + Sync {
+    /// The driver of a driven task ([`Task::pending_driven`]).
+    fn driver(&self) -> Option<&Arc<dyn Driver>> {
+        None
+    }
+}
 
 impl Tail for () {}
+
+/// The tail of a driven task.
+struct Driven(Arc<dyn Driver>);
+
+impl Tail for Driven {
+    fn driver(&self) -> Option<&Arc<dyn Driver>> {
+        Some(&self.0)
+    }
+}
 
 /// The completion block: the state shared by a [`Task`] and whatever
 /// completes it (a [`Completer`] or a [`Call`]), in one allocation.
@@ -90,51 +101,60 @@ impl Tail for () {}
 /// `C` is the tail: `()`, or a [`CallCell`] holding the call's closure, so
 /// that a call and its task cost one allocation. The task sees every block
 /// as `Shared<T, dyn Tail>`.
+///
+/// No lock: `state` says who owns each cell, and every hand-over of a cell
+/// is one atomic operation on it.
+/// - `outcome` belongs to the completing side until it sets [`DONE`] (it
+///   writes the outcome, then sets the bit), then to the task side. If the
+///   task side set [`ABANDONED`] before, the completing side sees it in the
+///   same operation and keeps the outcome, to drop it.
+/// - `waiter` belongs to the task side while [`WAITER`] is clear: it writes
+///   a waiter, then sets the bit with a compare-exchange that fails if
+///   [`DONE`] came meanwhile (it then keeps its waiter). While the bit is set
+///   the waiter belongs to the completing side, which takes it once it has
+///   set [`DONE`] and wakes it; the task side gets it back only by clearing
+///   the bit while [`DONE`] is still clear.
+/// - Only one side ever completes a block (a completer, a call, or nobody
+///   for a ready task), once; only the task handle, which is not `Clone`,
+///   acts for the task side, from methods that own it or borrow it
+///   mutably.
+/// - The memory itself is reference counted (`Arc`): whichever side goes
+///   last frees it, so no hand-over above ever races with freeing.
 struct Shared<T, C: ?Sized = ()> {
     state: AtomicU8,
-    slot: Mutex<Slot<T>>,
+    outcome: UnsafeCell<Option<Stored<T>>>,
+    waiter: UnsafeCell<Option<Box<Waiter>>>,
     /// Made on demand: most calls are never cancelled, nor asked for it.
     token: OnceLock<CancelToken>,
-    driver: Option<Arc<dyn Driver>>,
     tail: C,
 }
 
-impl<T> Shared<T> {
-    fn new(outcome: Option<Result<T>>, driver: Option<Arc<dyn Driver>>) -> Arc<Self> {
-        Shared::with_tail(outcome, driver, ())
-    }
-}
+// SAFETY: the cells are only accessed as the protocol above allows, which
+// gives each access to one thread at a time, ordered by acquire/release
+// operations on `state`. The outcome moves between threads (`T: Send`); the
+// tail is shared as it is (`C: Sync`).
+unsafe impl<T: Send, C: ?Sized + Sync> Sync for Shared<T, C> {}
 
 impl<T, C> Shared<T, C> {
-    fn with_tail(
-        outcome: Option<Result<T>>,
-        driver: Option<Arc<dyn Driver>>,
-        tail: C,
-    ) -> Arc<Self> {
-        let state = if outcome.is_some() { DONE } else { PENDING };
+    fn with_tail(outcome: Option<Result<T>>, tail: C) -> Arc<Self> {
+        let state = if outcome.is_some() { DONE } else { 0 };
         Arc::new(Shared {
             state: AtomicU8::new(state),
-            slot: Mutex::new(Slot {
-                outcome: outcome.map(store),
-                waiter: Waiter::None,
-                abandoned: false,
-            }),
+            outcome: UnsafeCell::new(outcome.map(store)),
+            waiter: UnsafeCell::new(None),
             token: OnceLock::new(),
-            driver,
             tail,
         })
     }
 }
 
 impl<T, C: ?Sized> Shared<T, C> {
-    fn lock(&self) -> MutexGuard<'_, Slot<T>> {
-        // No user code runs under this lock, so a poisoned lock still guards
-        // a consistent slot.
-        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+    fn is_done(&self) -> bool {
+        self.state.load(Ordering::Acquire) & DONE != 0
     }
 
-    fn is_done(&self) -> bool {
-        self.state.load(Ordering::Acquire) != PENDING
+    fn is_abandoned(&self) -> bool {
+        self.state.load(Ordering::Acquire) & ABANDONED != 0
     }
 
     fn token(&self) -> &CancelToken {
@@ -146,28 +166,133 @@ impl<T, C: ?Sized> Shared<T, C> {
     }
 
     /// Stores the outcome and wakes whoever waits; if the task handle is
-    /// gone, drops the outcome instead (reporting an error).
+    /// gone, drops the outcome instead (reporting an error). The completing
+    /// side calls it once.
     ///
-    /// Nothing of the user's runs under the lock. The outcome of an
-    /// abandoned task is dropped after the lock is released, and a panic
-    /// there (a value whose `Drop` panics) is caught and reported: it must
-    /// not unwind into whatever completes tasks.
+    /// A panic of the user's code here (a value whose `Drop` panics, a
+    /// waker that panics) is caught and reported: it must not unwind into
+    /// whatever completes tasks.
     fn deliver(&self, outcome: Result<T>) {
-        let mut slot = self.lock();
-        if slot.abandoned {
-            self.state.store(DONE, Ordering::Release);
-            drop(slot);
-            if let Err(error) = &outcome {
+        // SAFETY: `DONE` is not set (only this call, made once, sets it):
+        // the outcome cell belongs to this side.
+        unsafe { *self.outcome.get() = Some(store(outcome)) };
+        let previous = self.state.fetch_or(DONE, Ordering::AcqRel);
+        if previous & ABANDONED != 0 {
+            // SAFETY: the task side abandoned the block before `DONE`: it
+            // never reads the outcome; the cell still belongs to this side.
+            let outcome = unsafe { (*self.outcome.get()).take() };
+            if let Some(Err(error)) = &outcome {
                 report_uncollected(error);
             }
             discard(outcome);
             return;
         }
-        slot.outcome = Some(store(outcome));
-        self.state.store(DONE, Ordering::Release);
-        let waiter = std::mem::replace(&mut slot.waiter, Waiter::None);
-        drop(slot);
-        waiter.wake();
+        if previous & WAITER != 0 {
+            // SAFETY: `WAITER` was set when `DONE` came: the waiter belongs
+            // to this side, and the task side can no longer clear the bit.
+            let waiter = unsafe { (*self.waiter.get()).take() };
+            if let Some(waiter) = waiter {
+                waiter.wake();
+            }
+        }
+    }
+
+    /// Task side: puts `waiter` in the block, unless the outcome is there;
+    /// whether it did. Replaces the waiter put before.
+    fn set_waiter(&self, waiter: Waiter) -> bool {
+        if !self.reclaim_waiter() {
+            return false;
+        }
+        // SAFETY: `WAITER` is clear: the cell belongs to the task side.
+        let previous = unsafe { (*self.waiter.get()).replace(Box::new(waiter)) };
+        drop(previous);
+        let state = self.state.load(Ordering::Acquire);
+        if state & DONE == 0
+            && self
+                .state
+                .compare_exchange(state, state | WAITER, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            return true;
+        }
+        // `DONE` came: the waiter stays with the task side, unused.
+        // SAFETY: `WAITER` is still clear.
+        let unused = unsafe { (*self.waiter.get()).take() };
+        drop(unused);
+        false
+    }
+
+    /// Task side: takes the waiter back from the block (clears `WAITER`)
+    /// while the outcome is not there; `false` once it is (the completing
+    /// side then owns the waiter, if one was set, and wakes it).
+    fn reclaim_waiter(&self) -> bool {
+        let mut state = self.state.load(Ordering::Acquire);
+        loop {
+            if state & DONE != 0 {
+                return false;
+            }
+            if state & WAITER == 0 {
+                return true;
+            }
+            match self.state.compare_exchange_weak(
+                state,
+                state & !WAITER,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => state = actual,
+            }
+        }
+    }
+
+    /// Task side: takes the outcome of a finished task (`DONE` seen);
+    /// `None` if it was already taken.
+    fn take_outcome(&self) -> Option<Result<T>> {
+        let state = self.state.load(Ordering::Acquire);
+        debug_assert!(state & DONE != 0);
+        if state & TAKEN != 0 {
+            return None;
+        }
+        // SAFETY: `DONE` is set: the outcome belongs to the task side, and
+        // the completing side no longer writes `state`, so a plain store
+        // marks it taken.
+        let outcome = unsafe { (*self.outcome.get()).take() };
+        self.state.store(state | TAKEN, Ordering::Relaxed);
+        outcome.map(|outcome| outcome.map_err(|error| *error))
+    }
+
+    /// Task side, on drop: the outcome if it is there (to drop), else marks
+    /// the block abandoned, so that the completing side drops it.
+    fn abandon(&self) -> Option<Stored<T>> {
+        let mut state = self.state.load(Ordering::Acquire);
+        loop {
+            if state & DONE != 0 {
+                if state & TAKEN != 0 {
+                    return None;
+                }
+                // SAFETY: `DONE` is set: the outcome belongs to the task
+                // side.
+                return unsafe { (*self.outcome.get()).take() };
+            }
+            match self.state.compare_exchange_weak(
+                state,
+                (state & !WAITER) | ABANDONED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    if state & WAITER != 0 {
+                        // SAFETY: this exchange cleared `WAITER` before
+                        // `DONE`: the waiter is the task side's again.
+                        let waiter = unsafe { (*self.waiter.get()).take() };
+                        drop(waiter);
+                    }
+                    return None;
+                }
+                Err(actual) => state = actual,
+            }
+        }
     }
 }
 
@@ -229,7 +354,7 @@ impl<T> Task<T> {
     ///
     /// For runtimes: hand the completer to whatever runs the call.
     pub fn pending() -> (Task<T>, Completer<T>) {
-        let shared = Shared::new(None, None);
+        let shared: Arc<Shared<T, dyn Tail>> = Shared::with_tail(None, ());
         (
             Task {
                 shared: shared.clone(),
@@ -245,7 +370,7 @@ impl<T> Task<T> {
     /// polling, querying or dropping it unfinished calls
     /// `driver.ensure_progress`.
     pub fn pending_driven(driver: Arc<dyn Driver>) -> (Task<T>, Completer<T>) {
-        let shared = Shared::new(None, Some(driver));
+        let shared: Arc<Shared<T, dyn Tail>> = Shared::with_tail(None, Driven(driver));
         (
             Task {
                 shared: shared.clone(),
@@ -259,7 +384,7 @@ impl<T> Task<T> {
     /// A task that is already finished with `outcome`.
     pub fn ready(outcome: Result<T>) -> Task<T> {
         Task {
-            shared: Shared::new(Some(outcome), None),
+            shared: Shared::with_tail(Some(outcome), ()),
         }
     }
 
@@ -267,7 +392,7 @@ impl<T> Task<T> {
     pub fn is_finished(&self) -> bool {
         let done = self.shared.is_done();
         if !done {
-            if let Some(driver) = &self.shared.driver {
+            if let Some(driver) = self.shared.tail.driver() {
                 driver.ensure_progress();
             }
         }
@@ -290,7 +415,7 @@ impl<T> Task<T> {
     /// Blocks until the call finishes; returns its value or its error.
     pub fn wait(self) -> Result<T> {
         if !self.shared.is_done() {
-            match &self.shared.driver {
+            match self.shared.tail.driver() {
                 Some(driver) => {
                     let shared = &*self.shared;
                     while !shared.is_done() {
@@ -310,7 +435,7 @@ impl<T> Task<T> {
     pub fn wait_timeout(self, timeout: Duration) -> std::result::Result<Result<T>, Task<T>> {
         let deadline = Instant::now().checked_add(timeout);
         let finished = self.shared.is_done()
-            || match &self.shared.driver {
+            || match self.shared.tail.driver() {
                 Some(driver) => {
                     let shared = &*self.shared;
                     loop {
@@ -353,12 +478,8 @@ impl<T> Task<T> {
             }
             backoff.snooze();
         }
-        {
-            let mut slot = shared.lock();
-            if shared.is_done() {
-                return true;
-            }
-            slot.waiter = Waiter::Thread(thread::current());
+        if !shared.set_waiter(Waiter::Thread(thread::current())) {
+            return true;
         }
         loop {
             if shared.is_done() {
@@ -369,11 +490,8 @@ impl<T> Task<T> {
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
-                        let mut slot = shared.lock();
-                        if matches!(slot.waiter, Waiter::Thread(_)) {
-                            slot.waiter = Waiter::None;
-                        }
-                        return shared.is_done();
+                        // Either the waiter is back, or the outcome came.
+                        return !shared.reclaim_waiter();
                     }
                     thread::park_timeout(deadline - now);
                 }
@@ -383,16 +501,8 @@ impl<T> Task<T> {
 
     /// Takes the outcome of a finished task.
     fn take(&self) -> Result<T> {
-        let mut slot = self.shared.lock();
-        Self::take_locked(&self.shared, &mut slot)
-    }
-
-    fn take_locked(shared: &Shared<T, dyn Tail>, slot: &mut Slot<T>) -> Result<T> {
-        match slot.outcome.take() {
-            Some(outcome) => {
-                shared.state.store(TAKEN, Ordering::Release);
-                outcome.map_err(|error| *error)
-            }
+        match self.shared.take_outcome() {
+            Some(outcome) => outcome,
             None => panic!(
                 "the outcome of a processional Task was already taken (polled after completion)"
             ),
@@ -410,17 +520,10 @@ impl<T> Future for Task<T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
         let shared = &*self.shared;
-        {
-            let mut slot = shared.lock();
-            if shared.is_done() {
-                return Poll::Ready(Self::take_locked(shared, &mut slot));
-            }
-            match &slot.waiter {
-                Waiter::Waker(waker) if waker.will_wake(cx.waker()) => {}
-                _ => slot.waiter = Waiter::Waker(cx.waker().clone()),
-            }
+        if shared.is_done() || !shared.set_waiter(Waiter::Waker(cx.waker().clone())) {
+            return Poll::Ready(self.take());
         }
-        if let Some(driver) = &shared.driver {
+        if let Some(driver) = shared.tail.driver() {
             driver.ensure_progress();
         }
         Poll::Pending
@@ -430,22 +533,15 @@ impl<T> Future for Task<T> {
 impl<T> Drop for Task<T> {
     fn drop(&mut self) {
         let shared = &*self.shared;
-        if shared.state.load(Ordering::Acquire) == TAKEN {
+        if shared.state.load(Ordering::Acquire) & TAKEN != 0 {
             return;
         }
-        let (outcome, waiter) = {
-            let mut slot = shared.lock();
-            slot.abandoned = true;
-            let waiter = std::mem::replace(&mut slot.waiter, Waiter::None);
-            (slot.outcome.take(), waiter)
-        };
-        // Dropped outside the lock: a waker is the user's code.
-        drop(waiter);
+        let outcome = shared.abandon();
         match outcome {
             Some(Err(error)) => report_uncollected(&error),
             Some(Ok(_)) => {}
             None => {
-                if let Some(driver) = &shared.driver {
+                if let Some(driver) = shared.tail.driver() {
                     driver.ensure_progress();
                 }
             }
@@ -455,14 +551,17 @@ impl<T> Drop for Task<T> {
 
 impl<T> fmt::Debug for Task<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match self.shared.state.load(Ordering::Acquire) {
-            PENDING => "pending",
-            DONE => "finished",
-            _ => "collected",
+        let state = self.shared.state.load(Ordering::Acquire);
+        let state = if state & TAKEN != 0 {
+            "collected"
+        } else if state & DONE != 0 {
+            "finished"
+        } else {
+            "pending"
         };
         f.debug_struct("Task")
             .field("state", &state)
-            .field("driven", &self.shared.driver.is_some())
+            .field("driven", &self.shared.tail.driver().is_some())
             .field("cancelled", &self.shared.is_cancelled())
             .finish()
     }
@@ -474,7 +573,7 @@ impl<T> fmt::Debug for Task<T> {
 /// completes the task with [`Error::Stopped`]: a task never hangs because
 /// its call was lost.
 pub struct Completer<T> {
-    shared: Option<Arc<Shared<T>>>,
+    shared: Option<Arc<Shared<T, dyn Tail>>>,
 }
 
 impl<T> Completer<T> {
@@ -504,7 +603,7 @@ impl<T> Completer<T> {
     pub fn is_abandoned(&self) -> bool {
         self.shared
             .as_ref()
-            .is_none_or(|shared| shared.lock().abandoned)
+            .is_none_or(|shared| shared.is_abandoned())
     }
 }
 
@@ -551,9 +650,8 @@ impl<T: Send + 'static> Task<T> {
     {
         let block = Shared::with_tail(
             None,
-            None,
             CallCell {
-                f: Mutex::new(Some(f)),
+                f: UnsafeCell::new(Some(f)),
             },
         );
         (
@@ -568,22 +666,37 @@ impl<T: Send + 'static> Task<T> {
 /// The closure of a [`Call`], in its task's block; taken once, by the run
 /// or by the drop of the call.
 struct CallCell<F> {
-    f: Mutex<Option<F>>,
+    f: UnsafeCell<Option<F>>,
 }
+
+// SAFETY: only the block's `Call` touches `f` (through `Runnable`, whose
+// methods it calls at most once, from `run` or `drop`, both owning it), and
+// a `Call` is not `Clone`: one thread at a time. The closure moves to the
+// thread that runs it (`F: Send`).
+unsafe impl<F: Send> Sync for CallCell<F> {}
 
 impl<F: Send> Tail for CallCell<F> {}
 
 impl<F> CallCell<F> {
-    fn take(&self) -> Option<F> {
-        // Only `take` runs under this lock: a poisoned lock is consistent.
-        self.f.lock().unwrap_or_else(PoisonError::into_inner).take()
+    /// # Safety
+    ///
+    /// Only the block's [`Call`] may call it (see the `Sync` impl).
+    unsafe fn take(&self) -> Option<F> {
+        // SAFETY: the caller is the block's only `Call`: no other access.
+        unsafe { (*self.f.get()).take() }
     }
 }
 
 /// A block seen by its call: what runs or stops it, whatever its types.
 trait Runnable: TokenSource {
-    fn run(&self, before_complete: &mut dyn FnMut());
-    fn stop(&self);
+    /// # Safety
+    ///
+    /// Only the block's [`Call`] may call `run` or `stop`, once.
+    unsafe fn run(&self, before_complete: &mut dyn FnMut());
+    /// # Safety
+    ///
+    /// As for [`run`](Self::run).
+    unsafe fn stop(&self);
 }
 
 impl<T, F> Runnable for Shared<T, CallCell<F>>
@@ -591,8 +704,9 @@ where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    fn run(&self, before_complete: &mut dyn FnMut()) {
-        let Some(f) = self.tail.take() else {
+    unsafe fn run(&self, before_complete: &mut dyn FnMut()) {
+        // SAFETY: called by the block's `Call` (this method's contract).
+        let Some(f) = (unsafe { self.tail.take() }) else {
             return;
         };
         let outcome = if self.is_cancelled() {
@@ -605,8 +719,9 @@ where
         self.deliver(outcome);
     }
 
-    fn stop(&self) {
-        let Some(f) = self.tail.take() else {
+    unsafe fn stop(&self) {
+        // SAFETY: called by the block's `Call` (this method's contract).
+        let Some(f) = (unsafe { self.tail.take() }) else {
             return;
         };
         // The closure is dropped first (its captures are gone once the task
@@ -641,7 +756,9 @@ impl Call {
     /// skipped because it was cancelled).
     pub fn run_then(mut self, mut before_complete: impl FnMut()) {
         if let Some(block) = self.block.take() {
-            block.run(&mut before_complete);
+            // SAFETY: this is the block's only `Call`, and `take` leaves
+            // nothing for a second call of `run` or `stop`.
+            unsafe { block.run(&mut before_complete) };
         }
     }
 
@@ -661,7 +778,8 @@ impl Call {
 impl Drop for Call {
     fn drop(&mut self) {
         if let Some(block) = self.block.take() {
-            block.stop();
+            // SAFETY: as in `run_then`.
+            unsafe { block.stop() };
         }
     }
 }
@@ -705,6 +823,7 @@ impl fmt::Debug for Canceller {
 mod tests {
     use super::*;
     use crate::test_log;
+    use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, AtomicUsize};
 
     #[test]
@@ -894,5 +1013,13 @@ mod tests {
         let (task, driver) = driven();
         drop(task);
         assert_eq!(driver.progress_requests.load(Ordering::SeqCst), 1);
+    }
+}
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn sizes() {
+        use super::*;
+        eprintln!("SIZES block<i32,()> {} block<i32, CallCell<()>> {} waiter {}", std::mem::size_of::<Shared<i32>>(), std::mem::size_of::<Shared<i32, CallCell<fn()>>>(), std::mem::size_of::<UnsafeCell<Option<Box<Waiter>>>>());
     }
 }

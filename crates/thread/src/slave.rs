@@ -1014,3 +1014,10 @@ mod tests {
         assert_eq!(value, 21);
     }
 }
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn sizes() {
+        eprintln!("SIZES work {}", std::mem::size_of::<super::Work>());
+    }
+}
