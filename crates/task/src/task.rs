@@ -6,7 +6,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::cell::UnsafeCell;
-use std::sync::{Arc, OnceLock};
+use std::marker::PhantomData;
+use std::ptr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicPtr;
 use std::task::{Context, Poll, Waker};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
@@ -125,7 +128,7 @@ struct Shared<T, C: ?Sized = ()> {
     outcome: UnsafeCell<Option<Stored<T>>>,
     waiter: UnsafeCell<Option<Box<Waiter>>>,
     /// Made on demand: most calls are never cancelled, nor asked for it.
-    token: OnceLock<CancelToken>,
+    token: LazyBox<CancelToken>,
     tail: C,
 }
 
@@ -142,7 +145,7 @@ impl<T, C> Shared<T, C> {
             state: AtomicU8::new(state),
             outcome: UnsafeCell::new(outcome.map(store)),
             waiter: UnsafeCell::new(None),
-            token: OnceLock::new(),
+            token: LazyBox::new(),
             tail,
         })
     }
@@ -303,6 +306,64 @@ impl<T: Send, C: ?Sized + Send + Sync> TokenSource for Shared<T, C> {
 
     fn token(&self) -> &CancelToken {
         Shared::token(self)
+    }
+}
+
+/// A value made on first use, in a box of its own: one word in the block
+/// (a `OnceLock` takes two).
+struct LazyBox<V> {
+    /// Null, or from `Box::into_raw`, published once and then constant.
+    ptr: AtomicPtr<V>,
+    /// Owns a `V`: `Send` and `Sync` as a box of it is.
+    _owns: PhantomData<Box<V>>,
+}
+
+impl<V> LazyBox<V> {
+    fn new() -> Self {
+        LazyBox {
+            ptr: AtomicPtr::new(ptr::null_mut()),
+            _owns: PhantomData,
+        }
+    }
+
+    fn get(&self) -> Option<&V> {
+        let value = self.ptr.load(Ordering::Acquire);
+        // SAFETY: non-null, the pointer comes from `Box::into_raw` and was
+        // published with release ordering (the acquire load sees the value
+        // made); the box is freed only by `drop`, which borrows `self`
+        // mutably, so it outlives this borrow; nothing mutates it.
+        unsafe { value.as_ref() }
+    }
+
+    fn get_or_init(&self, make: impl FnOnce() -> V) -> &V {
+        if let Some(value) = self.get() {
+            return value;
+        }
+        let made = Box::into_raw(Box::new(make()));
+        match self
+            .ptr
+            .compare_exchange(ptr::null_mut(), made, Ordering::AcqRel, Ordering::Acquire)
+        {
+            // SAFETY: published just now; lives as long as `self` (see `get`).
+            Ok(_) => unsafe { &*made },
+            Err(first) => {
+                // SAFETY: `made` lost the race and was never published: this
+                // is its only owner.
+                drop(unsafe { Box::from_raw(made) });
+                // SAFETY: `first` was published (see `get`).
+                unsafe { &*first }
+            }
+        }
+    }
+}
+
+impl<V> Drop for LazyBox<V> {
+    fn drop(&mut self) {
+        let value = *self.ptr.get_mut();
+        if !value.is_null() {
+            // SAFETY: from `Box::into_raw`, published once, freed only here.
+            drop(unsafe { Box::from_raw(value) });
+        }
     }
 }
 
