@@ -1,15 +1,15 @@
 //! [`Task`], the handle to one call, and [`Completer`], the side that
 //! delivers its outcome.
 
+use std::cell::UnsafeCell;
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::cell::UnsafeCell;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::ptr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicPtr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
@@ -887,6 +887,207 @@ mod tests {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, AtomicUsize};
 
+    /// Panics when dropped (unless it is being dropped by an unwinding
+    /// panic), after counting the drop.
+    struct PanicsOnDrop(Arc<AtomicUsize>, &'static str);
+
+    impl Drop for PanicsOnDrop {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            if !thread::panicking() {
+                panic!("{}", self.1);
+            }
+        }
+    }
+
+    /// A waker that panics when woken.
+    struct PanickingWaker;
+
+    impl std::task::Wake for PanickingWaker {
+        fn wake(self: Arc<Self>) {
+            panic!("the waker failed 5be1");
+        }
+    }
+
+    const PATIENCE: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_call_dropped_unrun_stops_its_task_even_if_its_closure_panics_on_drop() {
+        test_log::install();
+        let drops = Arc::new(AtomicUsize::new(0));
+        let guard = PanicsOnDrop(drops.clone(), "closure drop failed 0c3a");
+        let (task, call) = Task::with_call(move || {
+            let _guard = &guard;
+            1
+        });
+        // Dropped on another thread, as a slave's queue is: that thread
+        // does not unwind, and the task is finished.
+        let dropper = thread::spawn(move || drop(call));
+        assert!(dropper.join().is_ok(), "dropping the call unwound");
+        match task.wait_timeout(PATIENCE) {
+            Ok(outcome) => assert!(matches!(outcome, Err(Error::Stopped))),
+            Err(_) => panic!("the task of a dropped call never finished"),
+        }
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        assert_eq!(test_log::count("closure drop failed 0c3a"), 1);
+    }
+
+    #[test]
+    fn a_panicking_waker_neither_unwinds_into_the_completer_nor_leaks_the_block() {
+        test_log::install();
+        let (task, completer) = Task::<u32>::pending();
+        let block = Arc::downgrade(&task.shared);
+        {
+            let mut task = std::pin::pin!(task);
+            let waker = Waker::from(Arc::new(PanickingWaker));
+            assert!(
+                task.as_mut()
+                    .poll(&mut Context::from_waker(&waker))
+                    .is_pending()
+            );
+            let completing = thread::spawn(move || completer.complete(Ok(3)));
+            assert!(completing.join().is_ok(), "the waker's panic unwound");
+            assert!(matches!(
+                task.as_mut().poll(&mut Context::from_waker(Waker::noop())),
+                Poll::Ready(Ok(3))
+            ));
+        }
+        assert!(block.upgrade().is_none(), "the block was leaked");
+        assert_eq!(test_log::count("the waker failed 5be1"), 1);
+    }
+
+    #[test]
+    fn an_uncollected_value_that_panics_on_drop_neither_unwinds_nor_leaks_the_block() {
+        test_log::install();
+        let drops = Arc::new(AtomicUsize::new(0));
+        let value = PanicsOnDrop(drops.clone(), "value drop failed 77d4");
+        let (task, call) = Task::with_call(move || value);
+        let block = Arc::downgrade(&task.shared);
+        drop(task);
+        let running = thread::spawn(move || call.run());
+        assert!(running.join().is_ok(), "dropping the value unwound");
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        assert!(block.upgrade().is_none(), "the block was leaked");
+        assert_eq!(test_log::count("value drop failed 77d4"), 1);
+    }
+
+    #[test]
+    fn a_call_runs_under_its_task_token_made_on_demand() {
+        let (task, call) = Task::with_call(|| {
+            let token = crate::current_token().expect("a call has a token");
+            (token.is_cancelled(), crate::checkpoint().is_ok())
+        });
+        assert!(task.shared.token.get().is_none(), "no token made yet");
+        call.run();
+        assert_eq!(task.wait().unwrap(), (false, true));
+
+        let (task, call) = Task::with_call(|| unreachable!("a cancelled call does not run"));
+        task.cancel();
+        call.run();
+        assert!(matches!(task.wait(), Err::<(), _>(Error::Cancelled)));
+
+        let (started, running) = std::sync::mpsc::sync_channel(0);
+        let (task, call) = Task::with_call(move || -> Result<()> {
+            started.send(()).unwrap();
+            loop {
+                crate::checkpoint()?;
+                thread::yield_now();
+            }
+        });
+        let canceller = call.canceller();
+        let runner = thread::spawn(move || call.run());
+        running.recv_timeout(PATIENCE).unwrap();
+        canceller.cancel();
+        assert!(task.cancel_token().is_cancelled());
+        assert!(matches!(task.wait(), Ok(Err(Error::Cancelled))));
+        runner.join().unwrap();
+    }
+
+    /// Many tasks completed on other threads while their handles wait,
+    /// poll, time out or are dropped at the same time: each value is seen or
+    /// dropped exactly once, and every block is freed.
+    #[test]
+    fn racing_completions_and_handles_lose_and_leak_nothing() {
+        const TASKS: usize = 4_000;
+        let drops = Arc::new(AtomicUsize::new(0));
+        struct Counted(Arc<AtomicUsize>, usize);
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let mut calls = Vec::new();
+        let mut handles = Vec::new();
+        let mut blocks = Vec::new();
+        for i in 0..TASKS {
+            let counter = drops.clone();
+            let (task, call) = Task::with_call(move || Counted(counter, i));
+            blocks.push(Arc::downgrade(&task.shared));
+            calls.push(call);
+            handles.push((i, task));
+        }
+        // Hand the calls out round-robin to four runner threads.
+        let mut parts: Vec<Vec<Call>> = (0..4).map(|_| Vec::new()).collect();
+        for (i, call) in calls.into_iter().enumerate() {
+            parts[i % 4].push(call);
+        }
+        let runners: Vec<_> = parts
+            .into_iter()
+            .enumerate()
+            .map(|(part, calls)| {
+                thread::spawn(move || {
+                    for (i, call) in calls.into_iter().enumerate() {
+                        // Some calls are dropped unrun.
+                        if (i + part) % 7 == 0 {
+                            drop(call);
+                        } else {
+                            call.run();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut seen = 0;
+        for (i, task) in handles {
+            match i % 4 {
+                0 => {
+                    if let Ok(value) = task.wait() {
+                        assert_eq!(value.1, i);
+                        seen += 1;
+                    }
+                }
+                1 => drop(task),
+                2 => match task.wait_timeout(Duration::from_micros(1)) {
+                    Ok(outcome) => seen += usize::from(outcome.is_ok()),
+                    Err(task) => drop(task),
+                },
+                _ => {
+                    let mut task = std::pin::pin!(task);
+                    let waker = Waker::noop();
+                    if let Poll::Ready(outcome) =
+                        task.as_mut().poll(&mut Context::from_waker(waker))
+                    {
+                        seen += usize::from(outcome.is_ok());
+                    }
+                }
+            }
+        }
+        for runner in runners {
+            runner.join().unwrap();
+        }
+        assert!(seen > 0);
+        let ran = (0..TASKS).filter(|i| (i / 4 + i % 4) % 7 != 0).count();
+        assert_eq!(
+            drops.load(Ordering::SeqCst),
+            ran,
+            "every value dropped once"
+        );
+        assert!(
+            blocks.iter().all(|block| block.upgrade().is_none()),
+            "a block leaked"
+        );
+    }
+
     #[test]
     fn completes_from_another_thread() {
         let (task, completer) = Task::pending();
@@ -1074,13 +1275,5 @@ mod tests {
         let (task, driver) = driven();
         drop(task);
         assert_eq!(driver.progress_requests.load(Ordering::SeqCst), 1);
-    }
-}
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn sizes() {
-        use super::*;
-        eprintln!("SIZES block<i32,()> {} block<i32, CallCell<()>> {} waiter {}", std::mem::size_of::<Shared<i32>>(), std::mem::size_of::<Shared<i32, CallCell<fn()>>>(), std::mem::size_of::<UnsafeCell<Option<Box<Waiter>>>>());
     }
 }

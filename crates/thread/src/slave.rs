@@ -1003,6 +1003,249 @@ mod tests {
         assert!(!slave.is_alive());
     }
 
+    /// Waits (boundedly) until `count` orders are queued behind the running
+    /// one.
+    fn wait_until_queued(slave: &SlaveThread, count: usize) {
+        let deadline = std::time::Instant::now() + LONG;
+        while slave.state().queue.len() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the order was never queued"
+            );
+            thread::yield_now();
+        }
+    }
+
+    /// Panics when dropped outside an unwinding panic.
+    struct PanicsOnDrop;
+
+    impl Drop for PanicsOnDrop {
+        fn drop(&mut self) {
+            if !thread::panicking() {
+                panic!("an order's closure failed to drop 3e9f");
+            }
+        }
+    }
+
+    #[test]
+    fn an_aborted_order_whose_closure_panics_on_drop_still_stops_its_task() {
+        let slave = SlaveThread::new();
+        let (started, running) = bounded(0);
+        let (release, gate) = bounded::<()>(0);
+        let first = slave.schedule(move || {
+            started.send(()).unwrap();
+            gate.recv().unwrap();
+        });
+        running.recv_timeout(LONG).unwrap();
+        let guard = PanicsOnDrop;
+        let queued = slave.schedule(move || {
+            let _guard = &guard;
+        });
+        let behind = slave.schedule(|| 2);
+        slave.abort();
+        match queued.wait_timeout(LONG) {
+            Ok(outcome) => assert!(matches!(outcome, Err(Error::Stopped))),
+            Err(_) => panic!("the task of an aborted order never finished"),
+        }
+        assert!(matches!(behind.wait(), Err(Error::Stopped)));
+        release.send(()).unwrap();
+        first.wait().unwrap();
+        slave.close().wait_timeout(LONG).unwrap().unwrap();
+    }
+
+    #[test]
+    fn terminate_cancels_the_token_of_the_running_task() {
+        let slave = SlaveThread::new();
+        let (started, running) = bounded(0);
+        let looping = slave.schedule(move || -> Result<()> {
+            started.send(()).unwrap();
+            loop {
+                crate::checkpoint()?;
+                thread::yield_now();
+            }
+        });
+        // Registered on the task's side, before terminate.
+        let (notified, notice) = bounded(1);
+        looping
+            .cancel_token()
+            .on_cancel(Box::new(move || notified.send(()).unwrap()));
+        running.recv_timeout(LONG).unwrap();
+        assert_eq!(
+            slave.terminate(LONG),
+            Termination::Graceful(ExitReason::Code(0))
+        );
+        assert!(looping.cancel_token().is_cancelled());
+        notice.recv_timeout(LONG).unwrap();
+        assert!(matches!(looping.wait(), Ok(Err(Error::Cancelled))));
+    }
+
+    #[test]
+    fn terminate_cancels_a_running_invoke() {
+        let slave = SlaveThread::new();
+        let (started, running) = bounded(0);
+        let invoking = {
+            let slave = slave.clone();
+            thread::spawn(move || {
+                slave.invoke(move || -> Result<()> {
+                    started.send(()).unwrap();
+                    loop {
+                        crate::checkpoint()?;
+                        thread::yield_now();
+                    }
+                })
+            })
+        };
+        running.recv_timeout(LONG).unwrap();
+        assert_eq!(
+            slave.terminate(LONG),
+            Termination::Graceful(ExitReason::Code(0))
+        );
+        assert!(matches!(
+            invoking.join().unwrap(),
+            Ok(Err(Error::Cancelled))
+        ));
+    }
+
+    #[test]
+    fn invoke_fails_when_the_slave_is_aborted_under_it() {
+        let slave = SlaveThread::new();
+        let (started, running) = bounded(0);
+        let (release, gate) = bounded::<()>(0);
+        let first = slave.schedule(move || {
+            started.send(()).unwrap();
+            gate.recv().unwrap();
+        });
+        running.recv_timeout(LONG).unwrap();
+        let invoking = {
+            let slave = slave.clone();
+            thread::spawn(move || slave.invoke(|| 1))
+        };
+        wait_until_queued(&slave, 1);
+        slave.abort();
+        assert!(matches!(invoking.join().unwrap(), Err(Error::Stopped)));
+        release.send(()).unwrap();
+        first.wait().unwrap();
+    }
+
+    /// Counts its drops.
+    struct Counted(Arc<AtomicUsize>);
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Many threads schedule on one slave, waiting for some tasks and
+    /// dropping the others unwaited: every order runs once, in each
+    /// thread's order, and every value and closure is dropped once.
+    #[test]
+    fn many_schedulers_and_detached_tasks_lose_nothing() {
+        const THREADS: usize = 8;
+        const ORDERS: usize = 2_000;
+        let slave = SlaveThread::new();
+        let values = Arc::new(AtomicUsize::new(0));
+        let closures = Arc::new(AtomicUsize::new(0));
+        let schedulers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let slave = slave.clone();
+                let values = values.clone();
+                let closures = closures.clone();
+                thread::spawn(move || {
+                    let last = Arc::new(Mutex::new(None::<usize>));
+                    let mut kept = Vec::new();
+                    for i in 0..ORDERS {
+                        let (values, captured, last) =
+                            (values.clone(), Counted(closures.clone()), last.clone());
+                        let task = slave.schedule(move || {
+                            let _captured = captured;
+                            let mut last = last.lock().unwrap();
+                            assert!(last.is_none_or(|last| last < i), "FIFO per scheduler");
+                            *last = Some(i);
+                            Counted(values)
+                        });
+                        if (i + t) % 3 == 0 {
+                            task.detach();
+                        } else {
+                            kept.push(task);
+                        }
+                    }
+                    for task in kept {
+                        drop(task.wait().expect("the order ran"));
+                    }
+                })
+            })
+            .collect();
+        for scheduler in schedulers {
+            scheduler.join().unwrap();
+        }
+        slave.close().wait_timeout(LONG).unwrap().unwrap();
+        assert_eq!(values.load(Ordering::SeqCst), THREADS * ORDERS);
+        assert_eq!(closures.load(Ordering::SeqCst), THREADS * ORDERS);
+    }
+
+    /// `terminate` races with threads that keep scheduling: every task
+    /// finishes (with its value, `Stopped` or `Cancelled`), every closure
+    /// is dropped once, and the slave stops.
+    #[test]
+    fn terminate_racing_with_schedule_loses_nothing() {
+        const THREADS: usize = 6;
+        for _round in 0..20 {
+            let slave = SlaveThread::new();
+            let closures = Arc::new(AtomicUsize::new(0));
+            let scheduled = Arc::new(AtomicUsize::new(0));
+            let (ready, go) = bounded::<()>(0);
+            let schedulers: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let slave = slave.clone();
+                    let closures = closures.clone();
+                    let scheduled = scheduled.clone();
+                    let ready = ready.clone();
+                    thread::spawn(move || {
+                        drop(ready);
+                        let mut kept = Vec::new();
+                        for i in 0..500usize {
+                            let captured = Counted(closures.clone());
+                            let task = slave.schedule(move || -> Result<usize> {
+                                let _captured = captured;
+                                crate::checkpoint()?;
+                                Ok(i)
+                            });
+                            scheduled.fetch_add(1, Ordering::SeqCst);
+                            if (i + t) % 2 == 0 {
+                                task.detach();
+                            } else {
+                                kept.push(task);
+                            }
+                        }
+                        for task in kept {
+                            match task.wait_timeout(LONG) {
+                                Ok(Ok(Ok(_) | Err(Error::Cancelled))) => {}
+                                Ok(Err(Error::Stopped | Error::Cancelled)) => {}
+                                Ok(other) => panic!("unexpected outcome {other:?}"),
+                                Err(_) => panic!("a task never finished"),
+                            }
+                        }
+                    })
+                })
+                .collect();
+            drop(ready);
+            // Every scheduler has started once the channel disconnects.
+            assert!(go.recv_timeout(LONG).is_err());
+            let ending = slave.terminate(LONG);
+            assert_eq!(ending, Termination::Graceful(ExitReason::Code(0)));
+            for scheduler in schedulers {
+                scheduler.join().unwrap();
+            }
+            assert!(!slave.is_alive());
+            assert_eq!(
+                closures.load(Ordering::SeqCst),
+                scheduled.load(Ordering::SeqCst),
+                "every closure dropped once"
+            );
+        }
+    }
+
     #[test]
     fn tasks_of_a_slave_can_be_awaited() {
         let slave = SlaveThread::new();
@@ -1012,12 +1255,5 @@ mod tests {
         });
         let value = pollster::block_on(async move { task.await.unwrap() + 1 });
         assert_eq!(value, 21);
-    }
-}
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn sizes() {
-        eprintln!("SIZES work {}", std::mem::size_of::<super::Work>());
     }
 }
