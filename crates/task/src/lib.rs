@@ -119,7 +119,9 @@
 //!
 //! [`Task::pending`] gives a task and its [`Completer`];
 //! [`Task::pending_driven`] lets the waiting thread make progress itself
-//! through a [`Driver`] (read a socket, say); [`with_token`] installs a
+//! through a [`Driver`] (read a socket, say); [`Task::with_call`] stores a
+//! queued call in its task's own allocation, as a [`Call`] to run or drop
+//! (its [`Canceller`] cancels it while it runs); [`with_token`] installs a
 //! call's token for [`checkpoint`]; [`catch_panic`] turns a panic into
 //! [`Error::Panicked`] without printing it; [`Backoff`] is the
 //! spin-then-yield schedule waiters use before they block.
