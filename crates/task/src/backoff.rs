@@ -4,7 +4,7 @@
 //! when that thread is still running than when it has to be woken by the
 //! kernel (a futex wake, and on virtual machines often an inter-processor
 //! interrupt: several microseconds, during which the other side may fall
-//! asleep too). Waiters therefore spin for a few microseconds, then yield
+//! asleep too). Waiters therefore spin for a microsecond or two, then yield
 //! the processor until [`SPIN_WINDOW`] has passed, and only then block.
 //! [`Task`](crate::Task) waits this way, and so do the runtimes' workers
 //! waiting for their next call.
@@ -13,10 +13,17 @@ use std::hint;
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// How many times a waiter spins before it starts yielding.
-const SPIN_ROUNDS: u32 = 32;
-/// Spin-loop hints per round: the flag is checked this often.
-const PAUSES_PER_ROUND: u32 = 8;
+/// How many spin-loop hints a waiter spends before it starts yielding: one
+/// to a few microseconds (a `pause` takes some 10 to 50 ns on current x86
+/// cores), several times a hand-off between two running cores (a few hundred
+/// nanoseconds for a round trip).
+///
+/// Not more: when the other side shares this core (a busy machine), every
+/// hint spent delays it, and the yields that follow let it run. The waiter
+/// checks its flag after every hint: a value handed over while it spins is
+/// seen within one hint, not a batch of them (which would add half a batch
+/// to each side of a round trip).
+const SPIN_ROUNDS: u32 = 64;
 
 /// How long a waiter keeps the processor (spinning, then yielding) before it
 /// blocks.
@@ -50,13 +57,12 @@ impl Backoff {
         Backoff::default()
     }
 
-    /// Waits a little longer than the previous call: spins, then yields the
-    /// processor.
+    /// Waits a little: one spin-loop hint (the caller checks its flag
+    /// between calls), then, once a microsecond or two of hints is spent,
+    /// yields the processor.
     pub fn snooze(&mut self) {
         if self.step < SPIN_ROUNDS {
-            for _ in 0..PAUSES_PER_ROUND {
-                hint::spin_loop();
-            }
+            hint::spin_loop();
             self.step += 1;
         } else {
             if self.yielding_since.is_none() {

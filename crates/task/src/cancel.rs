@@ -5,7 +5,7 @@
 //! *asks* it to stop; the call notices the request at its next
 //! [`checkpoint`] and returns [`Error::Cancelled`] from there.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -151,9 +151,52 @@ fn run_callback(callback: CancelCallback) {
     }
 }
 
+/// Where a call's token lives when it is made only on demand: a task's
+/// block, whose token exists once someone cancels the task or asks for it
+/// (most calls never do, and then never allocate one).
+pub(crate) trait TokenSource: Send + Sync {
+    /// The token, if it was made.
+    fn made(&self) -> Option<&CancelToken>;
+    /// The token, made now if need be.
+    fn token(&self) -> &CancelToken;
+}
+
+/// The token of the running call, as installed on its thread: borrowed for
+/// the time of [`with_token`] or [`with_token_source`], whose guard
+/// uninstalls it before they return or unwind (a scoped thread-local: no
+/// reference count to touch, no destructor to register, per call).
+#[derive(Clone, Copy)]
+enum Current {
+    Token(*const CancelToken),
+    Source(*const dyn TokenSource),
+}
+
+impl Current {
+    /// Runs `token_f` on the installed token, or `source_f` on the
+    /// installed source.
+    fn with<R>(
+        self,
+        token_f: impl FnOnce(&CancelToken) -> R,
+        source_f: impl FnOnce(&dyn TokenSource) -> R,
+    ) -> R {
+        // SAFETY: a pointer is installed only by `with_current`, from a
+        // reference that outlives that call, whose `Restore` guard
+        // uninstalls it before returning, also when unwinding; installs
+        // nest and are undone in reverse order. So while it is installed, it
+        // points to a live value, and only shared references are made from
+        // it, for the time of this call.
+        match self {
+            // SAFETY: see above.
+            Current::Token(token) => token_f(unsafe { &*token }),
+            // SAFETY: see above.
+            Current::Source(source) => source_f(unsafe { &*source }),
+        }
+    }
+}
+
 thread_local! {
     /// The token of the call running on this thread, if any.
-    static CURRENT: RefCell<Option<CancelToken>> = const { RefCell::new(None) };
+    static CURRENT: Cell<Option<Current>> = const { Cell::new(None) };
 }
 
 /// Returns `Err(Error::Cancelled)` if the call running on this thread was
@@ -189,10 +232,13 @@ thread_local! {
 /// assert!(call.join().unwrap().unwrap_err().is_cancelled());
 /// ```
 pub fn checkpoint() -> Result<()> {
-    CURRENT.with(|current| match &*current.borrow() {
-        Some(token) => token.check(),
+    match CURRENT.with(Cell::get) {
+        Some(current) => current.with(CancelToken::check, |source| {
+            // Not made: nobody cancelled it.
+            source.made().map_or(Ok(()), CancelToken::check)
+        }),
         None => Ok(()),
-    })
+    }
 }
 
 /// The token of the call running on this thread, if any.
@@ -205,7 +251,9 @@ pub fn checkpoint() -> Result<()> {
 /// with_token(&token, || assert!(current_token().unwrap().same_as(&token)));
 /// ```
 pub fn current_token() -> Option<CancelToken> {
-    CURRENT.with(|current| current.borrow().clone())
+    CURRENT
+        .with(Cell::get)
+        .map(|current| current.with(CancelToken::clone, |source| source.token().clone()))
 }
 
 /// Runs `f` with `token` as the current call's token, so that
@@ -213,15 +261,28 @@ pub fn current_token() -> Option<CancelToken> {
 /// restored afterwards, even if `f` panics. Runtimes call it around every
 /// call; see [`checkpoint`] for an example.
 pub fn with_token<R>(token: &CancelToken, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<CancelToken>);
+    with_current(Current::Token(token), f)
+}
+
+/// [`with_token`] for a token made on demand by `source`.
+pub(crate) fn with_token_source<R>(
+    source: &(dyn TokenSource + 'static),
+    f: impl FnOnce() -> R,
+) -> R {
+    with_current(Current::Source(source), f)
+}
+
+/// Installs `installed` for the time of `f`. `installed` must point to a
+/// value that outlives this call (both callers pass a reference).
+fn with_current<R>(installed: Current, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Current>);
     impl Drop for Restore {
         fn drop(&mut self) {
-            let previous = self.0.take();
             // `try_with`: during thread teardown there is nothing to restore.
-            let _ = CURRENT.try_with(|current| *current.borrow_mut() = previous);
+            let _ = CURRENT.try_with(|current| current.set(self.0));
         }
     }
-    let previous = CURRENT.with(|current| current.borrow_mut().replace(token.clone()));
+    let previous = CURRENT.with(|current| current.replace(Some(installed)));
     let _restore = Restore(previous);
     f()
 }

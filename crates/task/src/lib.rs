@@ -124,7 +124,9 @@
 //!
 //! [`Task::pending`] gives a task and its [`Completer`];
 //! [`Task::pending_driven`] lets the waiting thread make progress itself
-//! through a [`Driver`] (read a socket, say); [`with_token`] installs a
+//! through a [`Driver`] (read a socket, say); [`Task::with_call`] stores a
+//! queued call in its task's own allocation, as a [`Call`] to run or drop
+//! (its [`Canceller`] cancels it while it runs); [`with_token`] installs a
 //! call's token for [`checkpoint`]; [`catch_panic`] turns a panic into
 //! [`Error::Panicked`] without printing it; [`Backoff`] is the
 //! spin-then-yield schedule waiters use before they block.
@@ -150,4 +152,4 @@ pub use exit::{ExitReason, Termination};
 pub use panic::{catch_panic, set_capture_backtraces};
 pub use set::{TaskId, TaskSet};
 pub use shared::{SharedResult, SharedTask};
-pub use task::{Completer, Driver, Task};
+pub use task::{Call, Canceller, Completer, Driver, Task};

@@ -16,12 +16,11 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use processional_task::{
-    Backoff, CancelToken, Completer, ExitReason, PanicReport, Result, Task, Termination,
-    catch_panic,
+    Backoff, Call, CancelToken, Canceller, Completer, ExitReason, PanicReport, Result, Task,
+    Termination, catch_panic,
 };
 
 use crate::bound::Bound;
-use crate::call::run_call;
 use crate::identity;
 
 /// Identifies slaves and the objects bound to them.
@@ -31,7 +30,17 @@ pub(crate) fn next_id() -> u64 {
     NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Work for the slave: a call, or the creation or removal of a bound object.
+/// What the slave's queue holds.
+pub(crate) enum Work {
+    /// A call of [`SlaveThread::schedule`], in its task's block (one
+    /// allocation for both).
+    Call(Call),
+    /// Anything else.
+    Order(Order),
+}
+
+/// Work for the slave other than a plain call: a call on a bound object, or
+/// the creation or removal of one.
 pub(crate) struct Order {
     /// The token of the call, cancelled by [`SlaveThread::terminate`] while
     /// the order runs.
@@ -117,21 +126,53 @@ struct Exit {
     waiters: Vec<Completer<()>>,
 }
 
-/// What runs, for `terminate`.
+/// What runs, for `terminate`: written by the slave's thread for every
+/// order, read by `terminate`.
 struct Running {
     aborted: bool,
-    token: Option<CancelToken>,
+    cancel: Option<Cancel>,
+}
+
+/// Cancels the running order.
+enum Cancel {
+    Call(Canceller),
+    Token(CancelToken),
+}
+
+impl Cancel {
+    fn cancel(&self) {
+        match self {
+            Cancel::Call(canceller) => canceller.cancel(),
+            Cancel::Token(token) => token.cancel(),
+        }
+    }
 }
 
 /// The state shared by the handles and the thread of one slave.
 struct SlaveState {
     id: u64,
     /// `None` once closed: orders are refused from then on.
-    sender: RwLock<Option<Sender<Order>>>,
+    sender: RwLock<Option<Sender<Work>>>,
     /// A second receiver, for `abort` to drain the queue.
-    queue: Receiver<Order>,
-    running: Mutex<Running>,
+    queue: Receiver<Work>,
+    /// On cache lines of its own, away from `sender`, which every post
+    /// reads: the slave's thread locks it for every order.
+    running: CacheLines<Mutex<Running>>,
     exit: Mutex<Exit>,
+}
+
+/// Keeps a value on cache lines of its own (two 64-byte lines: adjacent
+/// lines are fetched together), so that threads writing other fields do not
+/// slow down the thread using it.
+#[repr(align(128))]
+struct CacheLines<T>(T);
+
+impl<T> std::ops::Deref for CacheLines<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 fn relock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -140,16 +181,16 @@ fn relock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl SlaveState {
-    fn new() -> (Arc<SlaveState>, Receiver<Order>) {
+    fn new() -> (Arc<SlaveState>, Receiver<Work>) {
         let (sender, receiver) = crossbeam_channel::unbounded();
         let state = Arc::new(SlaveState {
             id: next_id(),
             sender: RwLock::new(Some(sender)),
             queue: receiver.clone(),
-            running: Mutex::new(Running {
+            running: CacheLines(Mutex::new(Running {
                 aborted: false,
-                token: None,
-            }),
+                cancel: None,
+            })),
             exit: Mutex::new(Exit {
                 exited: false,
                 waiters: Vec::new(),
@@ -160,7 +201,7 @@ impl SlaveState {
 
     /// Queues an order; if the slave is closed, drops it (which fails its
     /// task with [`Error::Stopped`](crate::Error::Stopped)).
-    fn post(&self, order: Order) {
+    fn post(&self, order: Work) {
         let sender = self.sender.read().unwrap_or_else(PoisonError::into_inner);
         let refused = match &*sender {
             Some(sender) => sender.send(order).err().map(|error| error.into_inner()),
@@ -198,18 +239,31 @@ impl SlaveState {
     }
 
     /// Runs one order on the slave's thread.
-    fn execute(&self, objects: &Objects, order: Order) {
+    ///
+    /// The running order is recorded under the same lock that `terminate`
+    /// takes to set `aborted`: either the order does not start, or
+    /// `terminate` sees it and cancels it.
+    fn execute(&self, objects: &Objects, work: Work) {
         let previous = {
             let mut running = relock(&self.running);
             if running.aborted {
                 drop(running);
-                drop(order);
+                drop(work);
                 return;
             }
-            std::mem::replace(&mut running.token, order.token)
+            let cancel = match &work {
+                Work::Call(call) => Some(Cancel::Call(call.canceller())),
+                Work::Order(order) => order.token.clone().map(Cancel::Token),
+            };
+            std::mem::replace(&mut running.cancel, cancel)
         };
         drop(previous);
-        (order.run)(objects);
+        match work {
+            // Forgotten before the task completes, while its block is still
+            // in this thread's cache.
+            Work::Call(call) => call.run_then(|| drop(relock(&self.running).cancel.take())),
+            Work::Order(order) => (order.run)(objects),
+        }
     }
 
     /// Called by the slave's thread when it stops serving: drops the objects
@@ -221,7 +275,8 @@ impl SlaveState {
             drop(order);
         }
         objects.clear();
-        relock(&self.running).token = None;
+        let running = relock(&self.running).cancel.take();
+        drop(running);
         let waiters = {
             let mut exit = relock(&self.exit);
             exit.exited = true;
@@ -248,7 +303,7 @@ impl SlaveState {
 }
 
 /// The loop of a spawned slave thread.
-fn serve(state: Arc<SlaveState>, orders: Receiver<Order>) {
+fn serve(state: Arc<SlaveState>, orders: Receiver<Work>) {
     /// Stops the slave properly even if the loop unwinds (a panicking
     /// logger, say): its `close` tasks complete, its objects are dropped.
     struct Finish {
@@ -272,7 +327,7 @@ fn serve(state: Arc<SlaveState>, orders: Receiver<Order>) {
 
 /// The next order, waiting briefly without blocking first (orders often come
 /// in quick succession); `None` once the slave is closed and drained.
-fn receive(orders: &Receiver<Order>) -> Option<Order> {
+fn receive(orders: &Receiver<Work>) -> Option<Work> {
     let mut backoff = Backoff::new();
     loop {
         match orders.try_recv() {
@@ -383,7 +438,7 @@ impl SlaveThread {
     }
 
     pub(crate) fn post(&self, order: Order) {
-        self.state().post(order);
+        self.state().post(Work::Order(order));
     }
 
     /// Runs `f` on the slave thread after the orders queued before it, and
@@ -411,12 +466,8 @@ impl SlaveThread {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let (task, completer) = Task::pending();
-        let token = completer.token().clone();
-        self.post(Order {
-            token: Some(token),
-            run: Box::new(move |_: &Objects| run_call(completer, f, || {})),
-        });
+        let (task, call) = Task::with_call(f);
+        self.state().post(Work::Call(call));
         task
     }
 
@@ -462,11 +513,11 @@ impl SlaveThread {
         let running = {
             let mut running = relock(&state.running);
             running.aborted = true;
-            running.token.clone()
+            running.cancel.take()
         };
         state.abort();
-        if let Some(token) = running {
-            token.cancel();
+        if let Some(running) = running {
+            running.cancel();
         }
         match self.close().wait_timeout(timeout) {
             Ok(_) => Termination::Graceful(ExitReason::Code(0)),
@@ -609,7 +660,7 @@ impl SlaveBuilder {
 /// ```
 pub struct SlaveDriver {
     state: Arc<SlaveState>,
-    orders: Receiver<Order>,
+    orders: Receiver<Work>,
     objects: Rc<Objects>,
     finished: Cell<bool>,
     _not_send: PhantomData<*const ()>,
@@ -974,6 +1025,249 @@ mod tests {
         assert!(matches!(task.wait(), Err(Error::Stopped)));
         closed.wait().unwrap();
         assert!(!slave.is_alive());
+    }
+
+    /// Waits (boundedly) until `count` orders are queued behind the running
+    /// one.
+    fn wait_until_queued(slave: &SlaveThread, count: usize) {
+        let deadline = std::time::Instant::now() + LONG;
+        while slave.state().queue.len() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the order was never queued"
+            );
+            thread::yield_now();
+        }
+    }
+
+    /// Panics when dropped outside an unwinding panic.
+    struct PanicsOnDrop;
+
+    impl Drop for PanicsOnDrop {
+        fn drop(&mut self) {
+            if !thread::panicking() {
+                panic!("an order's closure failed to drop 3e9f");
+            }
+        }
+    }
+
+    #[test]
+    fn an_aborted_order_whose_closure_panics_on_drop_still_stops_its_task() {
+        let slave = SlaveThread::new();
+        let (started, running) = bounded(0);
+        let (release, gate) = bounded::<()>(0);
+        let first = slave.schedule(move || {
+            started.send(()).unwrap();
+            gate.recv().unwrap();
+        });
+        running.recv_timeout(LONG).unwrap();
+        let guard = PanicsOnDrop;
+        let queued = slave.schedule(move || {
+            let _guard = &guard;
+        });
+        let behind = slave.schedule(|| 2);
+        slave.abort();
+        match queued.wait_timeout(LONG) {
+            Ok(outcome) => assert!(matches!(outcome, Err(Error::Stopped))),
+            Err(_) => panic!("the task of an aborted order never finished"),
+        }
+        assert!(matches!(behind.wait(), Err(Error::Stopped)));
+        release.send(()).unwrap();
+        first.wait().unwrap();
+        slave.close().wait_timeout(LONG).unwrap().unwrap();
+    }
+
+    #[test]
+    fn terminate_cancels_the_token_of_the_running_task() {
+        let slave = SlaveThread::new();
+        let (started, running) = bounded(0);
+        let looping = slave.schedule(move || -> Result<()> {
+            started.send(()).unwrap();
+            loop {
+                crate::checkpoint()?;
+                thread::yield_now();
+            }
+        });
+        // Registered on the task's side, before terminate.
+        let (notified, notice) = bounded(1);
+        looping
+            .cancel_token()
+            .on_cancel(Box::new(move || notified.send(()).unwrap()));
+        running.recv_timeout(LONG).unwrap();
+        assert_eq!(
+            slave.terminate(LONG),
+            Termination::Graceful(ExitReason::Code(0))
+        );
+        assert!(looping.cancel_token().is_cancelled());
+        notice.recv_timeout(LONG).unwrap();
+        assert!(matches!(looping.wait(), Ok(Err(Error::Cancelled))));
+    }
+
+    #[test]
+    fn terminate_cancels_a_running_invoke() {
+        let slave = SlaveThread::new();
+        let (started, running) = bounded(0);
+        let invoking = {
+            let slave = slave.clone();
+            thread::spawn(move || {
+                slave.invoke(move || -> Result<()> {
+                    started.send(()).unwrap();
+                    loop {
+                        crate::checkpoint()?;
+                        thread::yield_now();
+                    }
+                })
+            })
+        };
+        running.recv_timeout(LONG).unwrap();
+        assert_eq!(
+            slave.terminate(LONG),
+            Termination::Graceful(ExitReason::Code(0))
+        );
+        assert!(matches!(
+            invoking.join().unwrap(),
+            Ok(Err(Error::Cancelled))
+        ));
+    }
+
+    #[test]
+    fn invoke_fails_when_the_slave_is_aborted_under_it() {
+        let slave = SlaveThread::new();
+        let (started, running) = bounded(0);
+        let (release, gate) = bounded::<()>(0);
+        let first = slave.schedule(move || {
+            started.send(()).unwrap();
+            gate.recv().unwrap();
+        });
+        running.recv_timeout(LONG).unwrap();
+        let invoking = {
+            let slave = slave.clone();
+            thread::spawn(move || slave.invoke(|| 1))
+        };
+        wait_until_queued(&slave, 1);
+        slave.abort();
+        assert!(matches!(invoking.join().unwrap(), Err(Error::Stopped)));
+        release.send(()).unwrap();
+        first.wait().unwrap();
+    }
+
+    /// Counts its drops.
+    struct Counted(Arc<AtomicUsize>);
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Many threads schedule on one slave, waiting for some tasks and
+    /// dropping the others unwaited: every order runs once, in each
+    /// thread's order, and every value and closure is dropped once.
+    #[test]
+    fn many_schedulers_and_detached_tasks_lose_nothing() {
+        const THREADS: usize = 8;
+        const ORDERS: usize = 2_000;
+        let slave = SlaveThread::new();
+        let values = Arc::new(AtomicUsize::new(0));
+        let closures = Arc::new(AtomicUsize::new(0));
+        let schedulers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let slave = slave.clone();
+                let values = values.clone();
+                let closures = closures.clone();
+                thread::spawn(move || {
+                    let last = Arc::new(Mutex::new(None::<usize>));
+                    let mut kept = Vec::new();
+                    for i in 0..ORDERS {
+                        let (values, captured, last) =
+                            (values.clone(), Counted(closures.clone()), last.clone());
+                        let task = slave.schedule(move || {
+                            let _captured = captured;
+                            let mut last = last.lock().unwrap();
+                            assert!(last.is_none_or(|last| last < i), "FIFO per scheduler");
+                            *last = Some(i);
+                            Counted(values)
+                        });
+                        if (i + t) % 3 == 0 {
+                            task.detach();
+                        } else {
+                            kept.push(task);
+                        }
+                    }
+                    for task in kept {
+                        drop(task.wait().expect("the order ran"));
+                    }
+                })
+            })
+            .collect();
+        for scheduler in schedulers {
+            scheduler.join().unwrap();
+        }
+        slave.close().wait_timeout(LONG).unwrap().unwrap();
+        assert_eq!(values.load(Ordering::SeqCst), THREADS * ORDERS);
+        assert_eq!(closures.load(Ordering::SeqCst), THREADS * ORDERS);
+    }
+
+    /// `terminate` races with threads that keep scheduling: every task
+    /// finishes (with its value, `Stopped` or `Cancelled`), every closure
+    /// is dropped once, and the slave stops.
+    #[test]
+    fn terminate_racing_with_schedule_loses_nothing() {
+        const THREADS: usize = 6;
+        for _round in 0..20 {
+            let slave = SlaveThread::new();
+            let closures = Arc::new(AtomicUsize::new(0));
+            let scheduled = Arc::new(AtomicUsize::new(0));
+            let (ready, go) = bounded::<()>(0);
+            let schedulers: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let slave = slave.clone();
+                    let closures = closures.clone();
+                    let scheduled = scheduled.clone();
+                    let ready = ready.clone();
+                    thread::spawn(move || {
+                        drop(ready);
+                        let mut kept = Vec::new();
+                        for i in 0..500usize {
+                            let captured = Counted(closures.clone());
+                            let task = slave.schedule(move || -> Result<usize> {
+                                let _captured = captured;
+                                crate::checkpoint()?;
+                                Ok(i)
+                            });
+                            scheduled.fetch_add(1, Ordering::SeqCst);
+                            if (i + t) % 2 == 0 {
+                                task.detach();
+                            } else {
+                                kept.push(task);
+                            }
+                        }
+                        for task in kept {
+                            match task.wait_timeout(LONG) {
+                                Ok(Ok(Ok(_) | Err(Error::Cancelled))) => {}
+                                Ok(Err(Error::Stopped | Error::Cancelled)) => {}
+                                Ok(other) => panic!("unexpected outcome {other:?}"),
+                                Err(_) => panic!("a task never finished"),
+                            }
+                        }
+                    })
+                })
+                .collect();
+            drop(ready);
+            // Every scheduler has started once the channel disconnects.
+            assert!(go.recv_timeout(LONG).is_err());
+            let ending = slave.terminate(LONG);
+            assert_eq!(ending, Termination::Graceful(ExitReason::Code(0)));
+            for scheduler in schedulers {
+                scheduler.join().unwrap();
+            }
+            assert!(!slave.is_alive());
+            assert_eq!(
+                closures.load(Ordering::SeqCst),
+                scheduled.load(Ordering::SeqCst),
+                "every closure dropped once"
+            );
+        }
     }
 
     #[test]
