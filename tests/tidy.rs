@@ -32,7 +32,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("processional-task", 3),
     ("processional-thread", 4),
     ("processional-process", 5),
-    ("processional", 6),
+    ("processional-worker", 6),
+    ("processional", 7),
 ];
 
 /// Crates whose dependencies on our crates are listed exactly, beyond the

@@ -69,6 +69,13 @@
 //! to processes on this host as file descriptors: the receiver maps the same
 //! pages, sealed read-only. Large encoded payloads (say a big `Vec<u8>`) go
 //! through a pooled shared-memory segment automatically.
+//!
+//! # Workers
+//! [`worker`] puts one API over threads, processes and remote processes
+//! (`Worker`), feeds a worker a stream of inputs (`PersistentWorker`), and
+//! spreads inputs over a pool of mixed workers that survives a worker's
+//! death (`Pool`); `worker::spawn_server` (or `PROCESSIONAL_SERVE=addr`)
+//! makes a remote-worker server.
 
 pub use processional_process as process;
 pub use processional_proto as proto;
@@ -76,6 +83,7 @@ pub use processional_shm as shm;
 pub use processional_task as task;
 pub use processional_thread as thread;
 pub use processional_transport as transport;
+pub use processional_worker as worker;
 
 pub use processional_process::{
     ClientBuilder, Func, ItemSink, ItemStream, Later, NobodyListening, Output, Remote, Reply,

@@ -1,0 +1,361 @@
+//! Remote workers: the server side ([`Hosted`], a child process the server
+//! starts for each worker, and the calls that forward a worker's work to
+//! it), the client side (`start_hosted`), and [`spawn_server`].
+//!
+//! A remote-worker server is any processional server: everything a worker
+//! needs there is shipped as functions of this crate, which the server has
+//! because it is the same build. The server starts one slave of its own per
+//! worker and keeps it in a `Remote<Hosted>`; forcing a worker terminates
+//! only that child, and the child dies with the server.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use processional_process::{
+    ClientBuilder, Func, Later, Remote, ServerBuilder, SlaveProcess, func, reply_later,
+};
+use processional_task::{ExitReason, Task, Termination};
+use processional_transport::{Address, Key};
+use serde::{Deserialize, Serialize};
+
+use crate::error::WorkerError;
+use crate::host::{AnySlot, Data, batch_func, shot_func, slot_func};
+use crate::job::{BatchOut, Failure, ShotOut, Slot};
+
+/// In a remote-worker server: the child process started for one worker,
+/// and the worker's kept state there.
+pub struct Hosted {
+    child: SlaveProcess,
+    slot: Option<AnySlot>,
+}
+
+impl std::fmt::Debug for Hosted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hosted")
+            .field("child", &self.child)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hosted {
+    /// In the server: starts the child.
+    fn start() -> Hosted {
+        match processional_process::slave() {
+            Ok(child) => Hosted { child, slot: None },
+            // Answered to the client as the failure of its `wrap`.
+            Err(error) => panic!("the server cannot start a worker process: {error}"),
+        }
+    }
+}
+
+/// The keys of the servers [`spawn_server`] started, by address, for the
+/// workers of this process that connect to them.
+static KEYS: Mutex<Vec<(String, Key)>> = Mutex::new(Vec::new());
+
+fn known_key(address: &str) -> Option<Key> {
+    KEYS.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|(known, _)| known == address)
+        .map(|(_, key)| key.clone())
+}
+
+/// Connects to the server at `address` and has it start this worker's
+/// child: the connection, the child's handle, its pid and its host.
+pub(crate) fn start_hosted(
+    address: &Address,
+) -> Result<(SlaveProcess, Remote<Hosted>, u32, String), WorkerError> {
+    let text = address.to_string();
+    let mut builder = ClientBuilder::new(&text)?;
+    if let Some(key) = known_key(&text) {
+        builder = builder.key(key);
+    }
+    let connection = builder.connect()?;
+    let hosted = connection.wrap(func!(Hosted::start))?;
+    let (pid, host) = hosted.invoke(func!(|h: &mut Hosted| (
+        h.child.pid(),
+        h.child.host().to_owned()
+    )))?;
+    Ok((connection, hosted, pid, host))
+}
+
+/// [`Termination`] as it crosses processes.
+#[derive(Serialize, Deserialize)]
+enum Ended {
+    Graceful(Reason),
+    Terminated(Reason),
+    Killed(Reason),
+    Unstoppable,
+    Unknown,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Reason {
+    Code(i32),
+    Signal(i32),
+    Unknown,
+}
+
+impl From<ExitReason> for Reason {
+    fn from(reason: ExitReason) -> Self {
+        match reason {
+            ExitReason::Code(code) => Reason::Code(code),
+            ExitReason::Signal(signal) => Reason::Signal(signal),
+            ExitReason::Unknown => Reason::Unknown,
+        }
+    }
+}
+
+impl From<Reason> for ExitReason {
+    fn from(reason: Reason) -> Self {
+        match reason {
+            Reason::Code(code) => ExitReason::Code(code),
+            Reason::Signal(signal) => ExitReason::Signal(signal),
+            Reason::Unknown => ExitReason::Unknown,
+        }
+    }
+}
+
+impl From<Termination> for Ended {
+    fn from(termination: Termination) -> Self {
+        match termination {
+            Termination::Graceful(r) => Ended::Graceful(r.into()),
+            Termination::Terminated(r) => Ended::Terminated(r.into()),
+            Termination::Killed(r) => Ended::Killed(r.into()),
+            Termination::Unstoppable => Ended::Unstoppable,
+            _ => Ended::Unknown,
+        }
+    }
+}
+
+impl From<Ended> for Termination {
+    fn from(ended: Ended) -> Self {
+        match ended {
+            Ended::Graceful(r) => Termination::Graceful(r.into()),
+            Ended::Terminated(r) => Termination::Terminated(r.into()),
+            Ended::Killed(r) => Termination::Killed(r.into()),
+            Ended::Unstoppable => Termination::Unstoppable,
+            Ended::Unknown => Termination::Unknown,
+        }
+    }
+}
+
+/// Has the server terminate this worker's child within `timeout`.
+pub(crate) fn terminate_hosted(hosted: &Remote<Hosted>, timeout: Duration) -> Termination {
+    let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    hosted
+        .invoke_with(
+            millis,
+            func!(|h: &mut Hosted, millis: u64| -> Ended {
+                h.child.terminate(Duration::from_millis(millis)).into()
+            }),
+        )
+        .map(Termination::from)
+        .unwrap_or(Termination::Unknown)
+}
+
+/// How often a server checks whether the caller of a forwarded call
+/// cancelled it (only while the call runs).
+const CANCEL_POLL: Duration = Duration::from_millis(20);
+
+/// In the server: answers the forwarded call with `task`'s outcome once the
+/// child answers, passing the caller's cancellation on.
+fn forward<T: Data>(task: Task<Result<T, Failure>>) -> Later<Result<T, Failure>> {
+    let (reply, later) = reply_later();
+    processional_thread::thread(move || {
+        let mut task = task;
+        loop {
+            match task.wait_timeout(CANCEL_POLL) {
+                Ok(outcome) => {
+                    let _ = reply.send(outcome.unwrap_or_else(|error| Err(Failure::of(&error))));
+                    return;
+                }
+                Err(pending) => {
+                    if reply.is_cancelled() || !reply.is_listening() {
+                        pending.cancel();
+                    }
+                    task = pending;
+                }
+            }
+        }
+    })
+    .detach();
+    later
+}
+
+/// Answers a forwarded call at once with `failure`.
+fn refuse<T: Data>(failure: Failure) -> Later<Result<T, Failure>> {
+    let (reply, later) = reply_later();
+    let _ = reply.send(Err(failure));
+    later
+}
+
+pub(crate) fn forward_shot<F, A, R, S>(
+    target: Func<F>,
+) -> Func<impl Fn(&mut Hosted, (S, A)) -> Later<ShotOut<R, S>> + Send + Sync + Copy + 'static>
+where
+    F: Fn(&mut S, A) -> R + Send + Sync + Copy + 'static,
+    A: Data,
+    R: Data,
+    S: Data,
+{
+    let f = *target.get();
+    // SAFETY: captures only an `F`, which the `Func` vouches any process of
+    // this program may make from nothing.
+    unsafe {
+        Func::new_unchecked(move |h: &mut Hosted, job: (S, A)| {
+            // SAFETY: as above: `f` is an `F`.
+            let target = Func::new_unchecked(f);
+            forward(h.child.schedule_with(job, shot_func(target)))
+        })
+    }
+}
+
+pub(crate) fn forward_open<S: Data>()
+-> Func<impl Fn(&mut Hosted, S) -> Result<(), Failure> + Send + Sync + Copy + 'static> {
+    // SAFETY: the closure captures nothing.
+    unsafe {
+        Func::new_unchecked(|h: &mut Hosted, state: S| {
+            let slot: Remote<Slot<S>> = h
+                .child
+                .wrap_with(state, slot_func::<S>())
+                .map_err(|e| Failure::of(&e))?;
+            h.slot = Some(Box::new(slot));
+            Ok(())
+        })
+    }
+}
+
+pub(crate) fn forward_batch<F, A, R, S>(
+    target: Func<F>,
+) -> Func<impl Fn(&mut Hosted, (bool, Vec<A>)) -> Later<BatchOut<R>> + Send + Sync + Copy + 'static>
+where
+    F: Fn(&mut S, A) -> R + Send + Sync + Copy + 'static,
+    A: Data,
+    R: Data,
+    S: Data,
+{
+    let f = *target.get();
+    // SAFETY: captures only an `F`, as in `forward_shot`.
+    unsafe {
+        Func::new_unchecked(move |h: &mut Hosted, job: (bool, Vec<A>)| {
+            match h
+                .slot
+                .as_ref()
+                .and_then(|slot| slot.downcast_ref::<Remote<Slot<S>>>())
+            {
+                Some(slot) => {
+                    // SAFETY: as above: `f` is an `F`.
+                    let target = Func::new_unchecked(f);
+                    forward(slot.schedule_with(job, batch_func(target)))
+                }
+                None => refuse(Failure::Lost("the worker's state is not set up".into())),
+            }
+        })
+    }
+}
+
+pub(crate) fn forward_fetch<S: Data>()
+-> Func<impl Fn(&mut Hosted) -> Option<S> + Send + Sync + Copy + 'static> {
+    // SAFETY: the closure captures nothing.
+    unsafe {
+        Func::new_unchecked(|h: &mut Hosted| {
+            let slot = h.slot.as_ref()?.downcast_ref::<Remote<Slot<S>>>()?;
+            slot.invoke(crate::host::fetch_func::<S>()).ok().flatten()
+        })
+    }
+}
+
+/// A remote-worker server that [`spawn_server`] started: a child process
+/// of this program serving remote workers.
+///
+/// Dropping it stops the server; its workers' processes die with it.
+#[derive(Debug)]
+pub struct RemoteServer {
+    process: SlaveProcess,
+    address: Address,
+}
+
+impl RemoteServer {
+    /// The address it listens on, with the real port for `tcp://…:0`.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Stops the server within `timeout` (asked, then SIGTERM, then
+    /// SIGKILL); every worker process it started dies with it.
+    pub fn terminate(&self, timeout: Duration) -> Termination {
+        self.process.terminate(timeout)
+    }
+}
+
+/// Servers started in this process by [`spawn_server`], kept running.
+static SERVING: Mutex<Vec<processional_process::ServerHandle>> = Mutex::new(Vec::new());
+
+/// Starts a remote-worker server on `address` (`unix:/path`,
+/// `tcp://host:port`; port 0 picks a free port) in a child process of this
+/// program, and returns once it listens.
+///
+/// A TCP server gets a fresh key, which the workers of this process use
+/// (another program needs it in `PROCESSIONAL_KEY`); a unix-socket server
+/// writes its key file beside the socket, as `server()` does.
+///
+/// ```
+/// use processional_worker::{Worker, spawn_server};
+/// use processional_process::func;
+///
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// # fn main() -> Result<(), processional_worker::WorkerError> {
+/// let server = spawn_server("tcp://127.0.0.1:0")?;
+/// let worker = Worker::remote(server.address(), func!(square), 3)?;
+/// worker.wait(None);
+/// assert_eq!(worker.result(), Some(&9));
+/// # Ok(())
+/// # }
+/// ```
+pub fn spawn_server(address: &str) -> Result<RemoteServer, WorkerError> {
+    let is_tcp = address.parse::<Address>().is_ok_and(|a| a.is_tcp());
+    let key = is_tcp.then(Key::generate);
+    let process = processional_process::slave()?;
+    let bound: String = process.invoke_with(
+        (address.to_owned(), key.as_ref().map(Key::to_hex)),
+        func!(|(address, key): (String, Option<String>)| -> String {
+            let mut builder = match ServerBuilder::new(&address) {
+                Ok(builder) => builder.persistent(true),
+                Err(error) => panic!("cannot serve on {address}: {error}"),
+            };
+            if let Some(key) = key {
+                builder = builder.key(Key::from_hex(&key).expect("a key we made"));
+            }
+            match builder.start() {
+                Ok(handle) => {
+                    let bound = handle.address().to_string();
+                    log::info!("processional: serving remote workers on {bound}");
+                    SERVING
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(handle);
+                    bound
+                }
+                Err(error) => panic!("cannot serve on {address}: {error}"),
+            }
+        }),
+    )?;
+    let address: Address = bound.parse().map_err(|_| WorkerError::Lost {
+        message: format!("the server reported an address that does not parse: {bound}"),
+    })?;
+    if let Some(key) = key {
+        KEYS.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((address.to_string(), key));
+    }
+    Ok(RemoteServer { process, address })
+}
