@@ -465,3 +465,52 @@ fn terminate_with_pending_inputs_keeps_the_results_so_far() {
         ));
     }
 }
+
+/// `PROCESSIONAL_SERVE` turns this very test binary into a remote-worker
+/// server before its `main`; it reports its port, serves workers, and its
+/// workers' processes end with it on SIGTERM.
+#[test]
+fn any_program_becomes_a_server_with_processional_serve() {
+    use std::io::BufRead;
+
+    let key = processional::Key::generate();
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(processional::process::SERVE_VAR, "tcp://127.0.0.1:0")
+        .env(processional::process::KEY_VAR, key.to_hex())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the server");
+    let mut server = processional_tests::KillOnDrop(child);
+    let mut line = String::new();
+    std::io::BufReader::new(server.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("the server reports its address");
+    let address: processional::Address = line
+        .trim()
+        .strip_prefix("processional: serving on ")
+        .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+        .parse()
+        .unwrap();
+    assert!(
+        !address.to_string().ends_with(":0"),
+        "the bound port: {address}"
+    );
+    processional::worker::remember_key(&address, key);
+
+    let worker = Worker::remote(&address, func!(square), 3).unwrap();
+    assert!(worker.wait(Some(PATIENCE)));
+    assert_eq!(worker.result(), Some(&9));
+
+    let running = Worker::remote(&address, func!(cooperative), 0).unwrap();
+    let child_pid = running.pid().unwrap();
+    kill("-TERM", server.0.id());
+    assert!(
+        running.wait(Some(PATIENCE)),
+        "the worker ends with its server"
+    );
+    assert!(running.has_error());
+    assert!(
+        wait_until(PATIENCE, || !process_exists(child_pid)),
+        "its process is gone"
+    );
+}

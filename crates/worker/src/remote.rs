@@ -52,6 +52,18 @@ impl Hosted {
 /// workers of this process that connect to them.
 static KEYS: Mutex<Vec<(String, Key)>> = Mutex::new(Vec::new());
 
+/// Makes the remote workers of this process use `key` for the server at
+/// `address` (one that [`spawn_server`] did not start, e.g. a program run
+/// with `PROCESSIONAL_SERVE`); without it they look for the key as
+/// `client()` does (`PROCESSIONAL_KEY`, `PROCESSIONAL_KEY_FILE`, a key file
+/// beside a unix socket).
+pub fn remember_key(address: &Address, key: Key) {
+    let address = address.to_string();
+    let mut keys = KEYS.lock().unwrap_or_else(|p| p.into_inner());
+    keys.retain(|(known, _)| *known != address);
+    keys.push((address, key));
+}
+
 fn known_key(address: &str) -> Option<Key> {
     KEYS.lock()
         .unwrap_or_else(|p| p.into_inner())
