@@ -53,9 +53,45 @@ impl Failure {
 /// The outcome of one input.
 pub(crate) type ItemOutcome<R> = Result<R, Failure>;
 
-/// What a batch call answers: each input's outcome, in order, or why the
-/// whole batch failed (a server lost the worker's process).
-pub(crate) type BatchOut<R> = Result<Vec<ItemOutcome<R>>, Failure>;
+/// What a batch call answers: its inputs' outcomes ([`BatchDone`]), or why
+/// the whole batch failed (a server lost the worker's process).
+pub(crate) type BatchOut<R> = Result<BatchDone<R>, Failure>;
+
+/// The outcomes of a batch, compact on the wire: the values in order, the
+/// few failures by position, and how many inputs ran (those after did not).
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct BatchDone<R> {
+    values: Vec<R>,
+    failures: Vec<(usize, Failure)>,
+    ran: usize,
+}
+
+impl<R> BatchDone<R> {
+    /// The values, if all `len` inputs ran and none failed.
+    pub(crate) fn complete(self, len: usize) -> Result<Vec<R>, Self> {
+        if self.failures.is_empty() && self.ran == len && self.values.len() == len {
+            Ok(self.values)
+        } else {
+            Err(self)
+        }
+    }
+
+    /// Each input's outcome, in order, for a batch of `len` inputs.
+    pub(crate) fn into_outcomes(self, len: usize) -> impl Iterator<Item = ItemOutcome<R>> {
+        let mut values = self.values.into_iter();
+        let mut failures = self.failures.into_iter().peekable();
+        let ran = self.ran;
+        (0..len).map(move |index| {
+            if index >= ran {
+                return Err(Failure::NotRun);
+            }
+            if failures.peek().is_some_and(|(at, _)| *at == index) {
+                return Err(failures.next().expect("peeked").1);
+            }
+            values.next().ok_or(Failure::NotRun)
+        })
+    }
+}
 
 /// What a one-shot call answers: the outcome and the final state.
 pub(crate) type ShotOut<R, S> = Result<(ItemOutcome<R>, Option<S>), Failure>;
@@ -139,32 +175,55 @@ pub(crate) fn run_one<S, A, R>(
 }
 
 /// Runs `f` on each input in order. After a failure, a worker that is not
-/// `resilient` stops: the inputs after it (and in later batches) are
-/// answered [`Failure::NotRun`]. A termination always stops it.
+/// `resilient` stops: the inputs after it (and in later batches) do not
+/// run. A termination always stops it.
+///
+/// Panics are caught once per run of successes, not once per input, and
+/// the call's token is read once: the loop costs an atomic load per input.
 pub(crate) fn run_batch<S, A, R>(
     f: &impl Fn(&mut S, A) -> R,
     slot: &mut Slot<S>,
     resilient: bool,
     inputs: Vec<A>,
-) -> Vec<ItemOutcome<R>> {
-    let mut outcomes = Vec::with_capacity(inputs.len());
-    for input in inputs {
-        let state = match (&mut slot.state, slot.stopped) {
-            (Some(state), false) => state,
-            _ => {
-                outcomes.push(Err(Failure::NotRun));
-                continue;
+) -> BatchDone<R> {
+    let mut done = BatchDone {
+        values: Vec::with_capacity(inputs.len()),
+        failures: Vec::new(),
+        ran: 0,
+    };
+    let token = processional_task::current_token();
+    let mut inputs = inputs.into_iter();
+    while let (Some(state), false) = (slot.state.as_mut(), slot.stopped) {
+        TERMINATING.with(|flag| flag.set(false));
+        let values = &mut done.values;
+        let rest = &mut inputs;
+        let token = token.as_ref();
+        let run = processional_task::catch_panic(move || {
+            for input in rest {
+                if token.is_some_and(|t| t.is_cancelled()) {
+                    return Some(Failure::Terminated);
+                }
+                values.push(f(state, input));
             }
+            None
+        });
+        let failure = match run {
+            Ok(None) => break,
+            Ok(Some(failure)) => failure,
+            Err(_) if TERMINATING.with(|flag| flag.replace(false)) => Failure::Terminated,
+            Err(error) => Failure::of(&error),
         };
-        let outcome = run_one(f, state, input);
-        match &outcome {
-            Err(Failure::Terminated) => slot.stopped = true,
-            Err(_) if !resilient => slot.stopped = true,
-            _ => {}
+        let at = done.values.len() + done.failures.len();
+        if failure == Failure::Terminated || !resilient {
+            slot.stopped = true;
         }
-        outcomes.push(outcome);
+        done.failures.push((at, failure));
+        if inputs.len() == 0 {
+            break;
+        }
     }
-    outcomes
+    done.ran = done.values.len() + done.failures.len();
+    done
 }
 
 /// Runs `f` once on `input` with `state`; the outcome and the final state.
@@ -188,21 +247,30 @@ mod tests {
 
     #[test]
     fn a_batch_stops_at_the_first_failure_unless_resilient() {
+        let outcomes = |slot: &mut Slot<()>, resilient, inputs: Vec<u64>| {
+            let len = inputs.len();
+            run_batch(&square_or_fail, slot, resilient, inputs)
+                .into_outcomes(len)
+                .collect::<Vec<_>>()
+        };
         let mut slot = Slot::new(());
-        let out = run_batch(&square_or_fail, &mut slot, false, vec![3, 4, 5, 1]);
+        let out = outcomes(&mut slot, false, vec![3, 4, 5, 1]);
         assert_eq!(out[..2], [Ok(9), Ok(16)]);
         assert!(matches!(&out[2], Err(Failure::Panicked(m)) if m.contains("too big: 5")));
         assert_eq!(out[3], Err(Failure::NotRun));
         assert!(slot.stopped);
-        assert_eq!(
-            run_batch(&square_or_fail, &mut slot, false, vec![1]),
-            [Err(Failure::NotRun)]
-        );
+        assert_eq!(outcomes(&mut slot, false, vec![1]), [Err(Failure::NotRun)]);
 
         let mut slot = Slot::new(());
-        let out = run_batch(&square_or_fail, &mut slot, true, vec![5, 2]);
+        let out = outcomes(&mut slot, true, vec![5, 2, 7, 6, 1]);
         assert!(matches!(out[0], Err(Failure::Panicked(_))));
         assert_eq!(out[1], Ok(4));
+        assert!(matches!(out[2], Err(Failure::Panicked(_))));
+        assert!(matches!(out[3], Err(Failure::Panicked(_))));
+        assert_eq!(out[4], Ok(1));
+        assert!(!slot.stopped);
+        let all = run_batch(&square_or_fail, &mut slot, true, vec![1, 2]);
+        assert_eq!(all.complete(2).ok(), Some(vec![1, 4]));
     }
 
     #[test]
@@ -212,10 +280,8 @@ mod tests {
             *s += x;
             *s
         };
-        assert_eq!(
-            run_batch(&add, &mut slot, false, vec![1, 2]),
-            [Ok(11), Ok(13)]
-        );
+        let done = run_batch(&add, &mut slot, false, vec![1, 2]);
+        assert_eq!(done.into_outcomes(2).collect::<Vec<_>>(), [Ok(11), Ok(13)]);
         assert_eq!(slot.state, Some(13));
         assert_eq!(run_shot(&add, 1, 2), Ok((Ok(3), Some(3))));
     }

@@ -14,7 +14,7 @@ use crate::engine::Engine;
 use crate::error::{EnqueueError, Stop, WorkerError};
 use crate::host::{Data, Naming, Ops, Program, stateless};
 use crate::identity::{Identity, WorkerId, WorkerKind};
-use crate::job::{BatchOut, Failure};
+use crate::job::{BatchOut, Failure, ItemOutcome};
 use crate::worker::WorkerBuilder;
 
 /// The most inputs one batch call carries.
@@ -252,7 +252,9 @@ impl<A: Data, R: Data, S: Data + Clone> Run<A, R, S> {
     fn collect(&self, landed: &Receiver<Flight<R>>) {
         let mut previous: Option<Instant> = None;
         for (task, count, sent) in landed {
-            let outcome = task.wait();
+            let outcome = task
+                .wait()
+                .map(|out| out.map(|done| done.into_outcomes(count)));
             let now = Instant::now();
             // The batch ran from when it was sent or the one before it
             // ended, whichever is later.
@@ -273,7 +275,10 @@ impl<A: Data, R: Data, S: Data + Clone> Run<A, R, S> {
         self.changed.notify_all();
     }
 
-    fn deliver(&self, outcome: processional_task::Result<BatchOut<R>>) {
+    fn deliver(
+        &self,
+        outcome: processional_task::Result<Result<impl Iterator<Item = ItemOutcome<R>>, Failure>>,
+    ) {
         let terminating = self.terminating.load(Ordering::Acquire);
         let forced = || WorkerError::Terminated {
             how: Stop::Forced(

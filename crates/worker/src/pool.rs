@@ -286,23 +286,46 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> Pool<A, R, S> {
     pub fn map(&mut self, inputs: impl IntoIterator<Item = A>) -> Result<Vec<R>, PoolError<R>> {
         let mut run = self.map_unordered(inputs);
         let count = run.inputs.len();
-        let mut values: Vec<Option<R>> = (0..count).map(|_| None).collect();
-        let mut failed = BTreeMap::new();
-        for (index, result) in run.by_ref() {
-            match result {
-                Ok(value) => values[index] = Some(value),
-                Err(error) => {
-                    failed.insert(index, error);
-                }
-            }
-        }
+        let mut collected = MapSink {
+            runs: Vec::new(),
+            singles: Vec::new(),
+            failed: BTreeMap::new(),
+        };
+        run.drive(&mut collected);
         let unconsumed = std::mem::take(&mut run.unconsumed);
         drop(run);
+        let MapSink {
+            mut runs,
+            mut singles,
+            failed,
+        } = collected;
+        runs.sort_unstable_by_key(|(start, _)| *start);
+        singles.sort_unstable_by_key(|(index, _)| *index);
         if failed.is_empty() && unconsumed.is_empty() {
-            return Ok(values
-                .into_iter()
-                .map(|v| v.expect("every input answered"))
-                .collect());
+            let mut values = Vec::with_capacity(count);
+            let mut runs = runs.into_iter().peekable();
+            let mut singles = singles.into_iter().peekable();
+            while values.len() < count {
+                let at = values.len();
+                if runs.peek().is_some_and(|(start, _)| *start == at) {
+                    values.extend(runs.next().expect("peeked").1);
+                } else if singles.peek().is_some_and(|(index, _)| *index == at) {
+                    values.push(singles.next().expect("peeked").1);
+                } else {
+                    unreachable!("input {at} answered neither in a run nor alone");
+                }
+            }
+            return Ok(values);
+        }
+        let mut values: Vec<Option<R>> = Vec::with_capacity(count);
+        values.resize_with(count, || None);
+        for (start, run) in runs {
+            for (offset, value) in run.into_iter().enumerate() {
+                values[start + offset] = Some(value);
+            }
+        }
+        for (index, value) in singles {
+            values[index] = Some(value);
         }
         Err(self.error(values, failed, unconsumed))
     }
@@ -315,10 +338,11 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> Pool<A, R, S> {
     ) -> Result<Vec<Result<R, WorkerError>>, PoolError<R>> {
         let mut run = self.map_unordered(inputs);
         let count = run.inputs.len();
-        let mut results: Vec<Option<Result<R, WorkerError>>> = (0..count).map(|_| None).collect();
-        for (index, result) in run.by_ref() {
-            results[index] = Some(result);
-        }
+        let mut results: Vec<Option<Result<R, WorkerError>>> = Vec::with_capacity(count);
+        results.resize_with(count, || None);
+        run.drive(&mut |index: usize, result: Result<R, WorkerError>| {
+            results[index] = Some(result)
+        });
         let unconsumed = std::mem::take(&mut run.unconsumed);
         drop(run);
         if unconsumed.is_empty() {
@@ -360,7 +384,7 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> Pool<A, R, S> {
         let mut start = 0;
         while start < inputs.len() {
             let end = (start + chunk).min(inputs.len());
-            queue.push_back((start..end).collect::<Vec<_>>());
+            queue.push_back(Indices::Range(start, end));
             start = end;
         }
         PoolRun {
@@ -549,11 +573,77 @@ impl<A, R, S> Drop for Pool<A, R, S> {
     }
 }
 
+/// Where a run's results go.
+trait Sink<R> {
+    /// One input's result.
+    fn one(&mut self, index: usize, result: Result<R, WorkerError>);
+
+    /// The values of inputs `start..start + values.len()`, all successful.
+    fn run(&mut self, start: usize, values: Vec<R>) {
+        for (offset, value) in values.into_iter().enumerate() {
+            self.one(start + offset, Ok(value));
+        }
+    }
+}
+
+impl<R, F: FnMut(usize, Result<R, WorkerError>)> Sink<R> for F {
+    fn one(&mut self, index: usize, result: Result<R, WorkerError>) {
+        self(index, result)
+    }
+}
+
+/// `map`'s sink: whole runs of values are kept as they came, to be joined
+/// at the end with one copy.
+struct MapSink<R> {
+    runs: Vec<(usize, Vec<R>)>,
+    singles: Vec<(usize, R)>,
+    failed: BTreeMap<usize, WorkerError>,
+}
+
+impl<R> Sink<R> for MapSink<R> {
+    fn one(&mut self, index: usize, result: Result<R, WorkerError>) {
+        match result {
+            Ok(value) => self.singles.push((index, value)),
+            Err(error) => {
+                self.failed.insert(index, error);
+            }
+        }
+    }
+
+    fn run(&mut self, start: usize, values: Vec<R>) {
+        self.runs.push((start, values));
+    }
+}
+
+/// The inputs of a batch: a first try is a range, retries a list.
+#[derive(Debug)]
+enum Indices {
+    Range(usize, usize),
+    List(Vec<usize>),
+}
+
+impl Indices {
+    fn len(&self) -> usize {
+        match self {
+            Indices::Range(start, end) => end - start,
+            Indices::List(list) => list.len(),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        let (range, list) = match self {
+            Indices::Range(start, end) => (*start..*end, &[][..]),
+            Indices::List(list) => (0..0, &list[..]),
+        };
+        range.chain(list.iter().copied())
+    }
+}
+
 struct Flight<A, R, S> {
     member: usize,
     generation: u64,
     worker: WorkerId,
-    indices: Vec<usize>,
+    indices: Indices,
     /// Keeps the engine alive while it answers (a dead one included).
     _engine: Arc<Engine<A, R, S>>,
 }
@@ -567,7 +657,7 @@ pub struct PoolRun<'p, A, R, S> {
     pool: &'p mut Pool<A, R, S>,
     inputs: Vec<A>,
     attempts: Vec<u32>,
-    queue: VecDeque<Vec<usize>>,
+    queue: VecDeque<Indices>,
     chunk: usize,
     set: TaskSet<BatchOut<R>>,
     flights: HashMap<TaskId, Flight<A, R, S>>,
@@ -605,12 +695,15 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> PoolRun<'_, A, R, S> {
                 let Some(indices) = self.queue.pop_front() else {
                     return;
                 };
-                let batch: Vec<A> = indices.iter().map(|&i| self.inputs[i].clone()).collect();
+                let batch: Vec<A> = match &indices {
+                    Indices::Range(start, end) => self.inputs[*start..*end].to_vec(),
+                    Indices::List(list) => list.iter().map(|&i| self.inputs[i].clone()).collect(),
+                };
                 let task = engine.batch(self.pool.resilient, batch);
                 member.in_flight += 1;
                 let (worker, generation) = (member.id, member.generation);
                 if self.pool.on_event.is_some() {
-                    for &input in &indices {
+                    for input in indices.iter() {
                         self.pool.emit(PoolEvent::Enqueued { input, worker });
                     }
                 }
@@ -629,7 +722,12 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> PoolRun<'_, A, R, S> {
         }
     }
 
-    fn handle(&mut self, id: TaskId, outcome: processional_task::Result<BatchOut<R>>) {
+    fn handle(
+        &mut self,
+        id: TaskId,
+        outcome: processional_task::Result<BatchOut<R>>,
+        sink: &mut dyn Sink<R>,
+    ) {
         let Some(flight) = self.flights.remove(&id) else {
             return;
         };
@@ -640,15 +738,33 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> PoolRun<'_, A, R, S> {
         let mut retry = Vec::new();
         let mut death = None;
         match outcome {
-            Ok(Ok(outcomes)) => {
-                for (input, outcome) in flight.indices.into_iter().zip(outcomes) {
+            Ok(Ok(done)) => {
+                let events = self.pool.on_event.is_some();
+                let done = match (&flight.indices, events) {
+                    (Indices::Range(start, _), false) => {
+                        match done.complete(flight.indices.len()) {
+                            Ok(values) => {
+                                sink.run(*start, values);
+                                Err(())
+                            }
+                            Err(done) => Ok(done),
+                        }
+                    }
+                    _ => Ok(done),
+                };
+                let outcomes = done
+                    .into_iter()
+                    .flat_map(|done| done.into_outcomes(flight.indices.len()));
+                for (input, outcome) in flight.indices.iter().zip(outcomes) {
                     match outcome {
                         Ok(value) => {
-                            self.pool.emit(PoolEvent::Finished {
-                                input,
-                                worker: flight.worker,
-                            });
-                            self.ready.push_back((input, Ok(value)));
+                            if events {
+                                self.pool.emit(PoolEvent::Finished {
+                                    input,
+                                    worker: flight.worker,
+                                });
+                            }
+                            sink.one(input, Ok(value));
                         }
                         Err(Failure::NotRun) => retry.push(input),
                         Err(failure) => {
@@ -656,7 +772,7 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> PoolRun<'_, A, R, S> {
                             if !self.pool.resilient && death.is_none() {
                                 death = Some(error.duplicate());
                             }
-                            self.charge(input, error, flight.worker, &mut retry);
+                            self.charge(input, error, flight.worker, &mut retry, sink);
                         }
                     }
                 }
@@ -667,8 +783,8 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> PoolRun<'_, A, R, S> {
                     Err(error) => WorkerError::from(error),
                     Ok(Ok(_)) => unreachable!("matched above"),
                 };
-                for input in flight.indices {
-                    self.charge(input, error.duplicate(), flight.worker, &mut retry);
+                for input in flight.indices.iter() {
+                    self.charge(input, error.duplicate(), flight.worker, &mut retry, sink);
                 }
                 death = Some(error);
             }
@@ -677,7 +793,7 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> PoolRun<'_, A, R, S> {
             self.kill(flight.member, error);
         }
         for indices in retry.chunks(self.chunk).rev() {
-            self.queue.push_front(indices.to_vec());
+            self.queue.push_front(Indices::List(indices.to_vec()));
         }
         let member = &self.pool.members[flight.member];
         if current && member.engine.is_some() && member.in_flight == 0 {
@@ -691,6 +807,7 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> PoolRun<'_, A, R, S> {
         error: WorkerError,
         worker: WorkerId,
         retry: &mut Vec<usize>,
+        sink: &mut dyn Sink<R>,
     ) {
         self.attempts[input] += 1;
         if self.attempts[input] <= self.pool.retries {
@@ -698,7 +815,7 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> PoolRun<'_, A, R, S> {
             retry.push(input);
         } else {
             self.pool.emit(PoolEvent::Finished { input, worker });
-            self.ready.push_back((input, Err(error)));
+            sink.one(input, Err(error));
         }
     }
 
@@ -721,6 +838,40 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> PoolRun<'_, A, R, S> {
     }
 }
 
+impl<A: Data + Clone, R: Data, S: Data + Clone> PoolRun<'_, A, R, S> {
+    /// Takes one step: sends what it can, waits for one batch and hands
+    /// its results to `sink`. `false` once the run is over.
+    fn step(&mut self, sink: &mut dyn Sink<R>) -> bool {
+        if self.done {
+            return false;
+        }
+        self.dispatch();
+        if self.flights.is_empty() {
+            self.unconsumed = self
+                .queue
+                .drain(..)
+                .flat_map(|i| i.iter().collect::<Vec<_>>())
+                .collect();
+            self.unconsumed.sort_unstable();
+            self.done = true;
+            return false;
+        }
+        match self.set.next() {
+            Some((id, outcome)) => self.handle(id, outcome, sink),
+            None => self.flights.clear(),
+        }
+        true
+    }
+
+    /// Runs to the end, handing every result to `sink`.
+    fn drive(&mut self, sink: &mut dyn Sink<R>) {
+        for (index, result) in self.ready.drain(..).collect::<Vec<_>>() {
+            sink.one(index, result);
+        }
+        while self.step(sink) {}
+    }
+}
+
 impl<A: Data + Clone, R: Data, S: Data + Clone> Iterator for PoolRun<'_, A, R, S> {
     type Item = (usize, Result<R, WorkerError>);
 
@@ -729,19 +880,13 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> Iterator for PoolRun<'_, A, R, S
             if let Some(item) = self.ready.pop_front() {
                 return Some(item);
             }
-            if self.done {
+            let mut ready = std::mem::take(&mut self.ready);
+            let more = self.step(&mut |index: usize, result: Result<R, WorkerError>| {
+                ready.push_back((index, result))
+            });
+            self.ready = ready;
+            if !more && self.ready.is_empty() {
                 return None;
-            }
-            self.dispatch();
-            if self.flights.is_empty() {
-                self.unconsumed = self.queue.drain(..).flatten().collect();
-                self.unconsumed.sort_unstable();
-                self.done = true;
-                continue;
-            }
-            match self.set.next() {
-                Some((id, outcome)) => self.handle(id, outcome),
-                None => self.flights.clear(),
             }
         }
     }
