@@ -9,6 +9,8 @@
 use processional::func;
 use std::time::Instant;
 
+mod worker;
+
 fn heavy_work(numbers: &[u64]) -> u64 {
     numbers.iter().sum()
 }
@@ -69,6 +71,7 @@ fn main() -> anyhow::Result<()> {
     client_and_server()?;
     shared_memory(&process)?;
     // Sections of the later ideas: one line each, one module each.
+    worker::run()?;
     Ok(())
 }
 
