@@ -146,12 +146,12 @@ fn run_killing_one(retries: u32, signal: &'static str) -> (Vec<Result<u64, Worke
         .retries(retries)
         .batch_size(2)
         .on_event(move |event| {
-            if let PoolEvent::Finished { .. } = event {
-                if f.fetch_add(1, Ordering::SeqCst) == 10 && !k.swap(true, Ordering::SeqCst) {
-                    if let Some(pid) = *v.lock().unwrap() {
-                        kill(signal, pid);
-                    }
-                }
+            let tenth = matches!(event, PoolEvent::Finished { .. })
+                && f.fetch_add(1, Ordering::SeqCst) == 10
+                && !k.swap(true, Ordering::SeqCst);
+            let victim = *v.lock().unwrap();
+            if let (true, Some(pid)) = (tenth, victim) {
+                kill(signal, pid);
             }
         })
         .spawn()

@@ -243,6 +243,8 @@ where
 }
 
 /// The batch call shipped to a process, on its kept [`Slot`].
+// The signature of a shipped function is its whole type.
+#[allow(clippy::type_complexity)]
 pub(crate) fn batch_func<F, A, R, S>(
     target: Func<F>,
 ) -> Func<impl Fn(&mut Slot<S>, (bool, Vec<A>)) -> BatchOut<R> + Send + Sync + Copy + 'static>

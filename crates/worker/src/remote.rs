@@ -202,6 +202,8 @@ fn refuse<T: Data>(failure: Failure) -> Later<Result<T, Failure>> {
     later
 }
 
+// The signature of a shipped function is its whole type.
+#[allow(clippy::type_complexity)]
 pub(crate) fn forward_shot<F, A, R, S>(
     target: Func<F>,
 ) -> Func<impl Fn(&mut Hosted, (S, A)) -> Later<ShotOut<R, S>> + Send + Sync + Copy + 'static>
@@ -238,6 +240,8 @@ pub(crate) fn forward_open<S: Data>()
     }
 }
 
+// The signature of a shipped function is its whole type.
+#[allow(clippy::type_complexity)]
 pub(crate) fn forward_batch<F, A, R, S>(
     target: Func<F>,
 ) -> Func<impl Fn(&mut Hosted, (bool, Vec<A>)) -> Later<BatchOut<R>> + Send + Sync + Copy + 'static>

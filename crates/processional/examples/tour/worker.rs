@@ -9,7 +9,7 @@ fn square(x: u64) -> u64 {
 }
 
 /// Runs the workers section.
-pub fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<()> {
     crate::section("workers: threads, processes and remote processes behind one API");
     let server = spawn_server("tcp://127.0.0.1:0")?; // a process worker running a remote-worker server
     let tw = Worker::thread(func!(square), 1)?;
