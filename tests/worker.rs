@@ -514,3 +514,24 @@ fn any_program_becomes_a_server_with_processional_serve() {
         "its process is gone"
     );
 }
+
+/// Stopping a remote-worker server stops its workers' processes first; the
+/// workers end with an error.
+#[test]
+fn stopping_the_server_ends_its_workers() {
+    let server = server();
+    let workers: Vec<_> = (0..2)
+        .map(|_| Worker::remote(server.address(), func!(cooperative), 0).unwrap())
+        .collect();
+    let pids: Vec<u32> = workers.iter().map(|w| w.pid().unwrap()).collect();
+    let termination = server.terminate(PATIENCE);
+    assert!(termination.exit_reason().is_some(), "{termination:?}");
+    for (worker, pid) in workers.iter().zip(pids) {
+        assert!(worker.wait(Some(PATIENCE)), "the worker ends");
+        assert!(worker.has_error());
+        assert!(
+            wait_until(PATIENCE, || !process_exists(pid)),
+            "its process is gone"
+        );
+    }
+}

@@ -41,11 +41,41 @@ impl Hosted {
     /// In the server: starts the child.
     fn start() -> Hosted {
         match processional_process::slave() {
-            Ok(child) => Hosted { child, slot: None },
+            Ok(child) => {
+                lock(&HOSTED).push(child.clone());
+                Hosted { child, slot: None }
+            }
             // Answered to the client as the failure of its `wrap`.
             Err(error) => panic!("the server cannot start a worker process: {error}"),
         }
     }
+}
+
+impl Drop for Hosted {
+    fn drop(&mut self) {
+        let pid = self.child.pid();
+        lock(&HOSTED).retain(|child| child.pid() != pid);
+    }
+}
+
+/// In a server: every worker process it runs, so that stopping the server
+/// stops them first.
+static HOSTED: Mutex<Vec<SlaveProcess>> = Mutex::new(Vec::new());
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// In a server: terminates every worker process, in parallel, within
+/// `timeout` each (asked, then SIGTERM, then SIGKILL).
+fn stop_hosted(timeout: Duration) -> usize {
+    let children = std::mem::take(&mut *lock(&HOSTED));
+    std::thread::scope(|scope| {
+        for child in &children {
+            scope.spawn(move || child.terminate(timeout));
+        }
+    });
+    children.len()
 }
 
 /// The keys of the servers [`spawn_server`] started, by address, for the
@@ -65,8 +95,7 @@ pub fn remember_key(address: &Address, key: Key) {
 }
 
 fn known_key(address: &str) -> Option<Key> {
-    KEYS.lock()
-        .unwrap_or_else(|p| p.into_inner())
+    lock(&KEYS)
         .iter()
         .find(|(known, _)| known == address)
         .map(|(_, key)| key.clone())
@@ -303,10 +332,21 @@ impl RemoteServer {
         self.process.pid()
     }
 
-    /// Stops the server within `timeout` (asked, then SIGTERM, then
-    /// SIGKILL); every worker process it started dies with it.
+    /// Stops the server within `timeout`: first its workers' processes, in
+    /// parallel, within half of it (each asked, then SIGTERM, then SIGKILL),
+    /// then the server itself the same way. Workers it still ran end with
+    /// an error.
     pub fn terminate(&self, timeout: Duration) -> Termination {
-        self.process.terminate(timeout)
+        let start = std::time::Instant::now();
+        let millis = u64::try_from((timeout / 2).as_millis()).unwrap_or(u64::MAX);
+        let stopping = self.process.schedule_with(
+            millis,
+            func!(|millis: u64| stop_hosted(Duration::from_millis(millis))),
+        );
+        // Bounded even if the server does not answer.
+        let _ = stopping.wait_timeout(timeout / 2 + Duration::from_secs(1));
+        self.process
+            .terminate(timeout.saturating_sub(start.elapsed()))
     }
 }
 
