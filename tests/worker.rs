@@ -535,3 +535,57 @@ fn stopping_the_server_ends_its_workers() {
         );
     }
 }
+
+/// A remote context: a target registered on the server under an id with
+/// its default state; workers use it by that id, and terminating the
+/// context ends them.
+#[test]
+fn remote_context_workers_use_the_registered_target() {
+    use processional::worker::RemoteContext;
+
+    let server = server();
+    let context = RemoteContext::register_stateful(
+        server.address(),
+        "offset",
+        func!(|offset: &mut u64, x: u64| *offset + x),
+        100u64,
+    )
+    .unwrap();
+    // Another client finds it by id.
+    let found: RemoteContext<u64, u64, u64> =
+        RemoteContext::open(server.address(), "offset").unwrap();
+    assert_eq!(found.id(), "offset");
+    assert!(
+        RemoteContext::<String, u64, u64>::open(server.address(), "offset").is_err(),
+        "other types"
+    );
+    assert!(RemoteContext::<u64, u64, u64>::open(server.address(), "missing").is_err());
+
+    let worker = found.worker().unwrap();
+    for x in 0..3 {
+        worker.enqueue(x).unwrap();
+    }
+    worker.close();
+    assert!(worker.wait(Some(PATIENCE)));
+    assert_eq!(
+        worker.results().collect::<Result<Vec<_>, _>>().unwrap(),
+        [100, 101, 102]
+    );
+
+    let slow = RemoteContext::register(server.address(), "slow", func!(cooperative)).unwrap();
+    let running: Vec<_> = (0..2).map(|_| slow.worker().unwrap()).collect();
+    for worker in &running {
+        worker.enqueue(0).unwrap();
+    }
+    assert!(wait_until(PATIENCE, || running
+        .iter()
+        .all(|w| w.pid().is_some_and(process_exists))));
+    assert_eq!(slow.terminate(PATIENCE).unwrap(), 2);
+    for worker in &running {
+        assert!(worker.wait(Some(PATIENCE)), "ends with its context");
+        assert!(worker.results().last().is_some_and(|r| r.is_err()));
+        let pid = worker.pid().unwrap();
+        assert!(wait_until(PATIENCE, || !process_exists(pid)));
+    }
+    drop(context);
+}

@@ -40,6 +40,8 @@ pub(crate) enum Host {
 pub(crate) struct Naming {
     pub(crate) name: Option<String>,
     pub(crate) user_id: u64,
+    /// The remote context whose worker this is (remote kind only).
+    pub(crate) context: Option<String>,
 }
 
 impl Host {
@@ -69,7 +71,8 @@ impl Host {
                 (Host::Process(process), identity.0, identity.1, None)
             }
             WorkerKind::Remote(address) => {
-                let (connection, hosted, pid, host) = remote::start_hosted(address)?;
+                let (connection, hosted, pid, host) =
+                    remote::start_hosted(address, naming.context.as_deref())?;
                 (
                     Host::Remote {
                         _connection: connection,

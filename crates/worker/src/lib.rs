@@ -67,11 +67,16 @@
 //! then SIGKILL); a thread cannot be, and the outcome says so. A process
 //! killed by a signal from outside ends with [`WorkerError::Killed`].
 //!
+//! A [`RemoteContext`] registers a target on a server under an id, with
+//! the default state of its workers; persistent workers made from it run
+//! that target by id, and terminating the context ends them all.
+//!
 //! # Pools
 //! A [`Pool`] spreads the inputs of a run over its workers in batches,
 //! retries what a dead worker had in flight on the others, and fails with a
 //! [`PoolError`] holding the partial results when no worker is left.
 
+mod context;
 mod engine;
 mod error;
 mod host;
@@ -82,6 +87,7 @@ mod pool;
 mod remote;
 mod worker;
 
+pub use context::RemoteContext;
 pub use error::{EnqueueError, PoolError, Stop, WorkerError};
 pub use host::Data;
 pub use identity::{Identity, WorkerId, WorkerKind};

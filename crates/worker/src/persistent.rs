@@ -155,12 +155,20 @@ impl<S: Data + Clone> WorkerBuilder<S> {
         A: Data,
         R: Data,
     {
+        self.persistent_with(Arc::new(Program::new(target)))
+    }
+
+    /// Starts a [`PersistentWorker`] with these operations.
+    pub(crate) fn persistent_with<A: Data, R: Data>(
+        self,
+        ops: Arc<dyn Ops<A, R, S>>,
+    ) -> Result<PersistentWorker<A, R, S>, WorkerError> {
         let config = Config {
             kind: self.kind,
             naming: self.naming,
             initial: self.state,
             resilient: self.resilient,
-            ops: Arc::new(Program::new(target)),
+            ops,
         };
         let run = Run::start(&config, config.initial.clone())?;
         Ok(PersistentWorker {

@@ -38,8 +38,18 @@ impl std::fmt::Debug for Hosted {
 }
 
 impl Hosted {
+    /// The child's handle.
+    pub(crate) fn child(&self) -> &SlaveProcess {
+        &self.child
+    }
+
+    /// The kept state's handle, if it is a `Slot<S>`.
+    pub(crate) fn slot<S: 'static>(&self) -> Option<&Remote<Slot<S>>> {
+        self.slot.as_ref()?.downcast_ref()
+    }
+
     /// In the server: starts the child.
-    fn start() -> Hosted {
+    pub(crate) fn start() -> Hosted {
         match processional_process::slave() {
             Ok(child) => {
                 lock(&HOSTED).push(child.clone());
@@ -105,14 +115,13 @@ fn known_key(address: &str) -> Option<Key> {
 /// child: the connection, the child's handle, its pid and its host.
 pub(crate) fn start_hosted(
     address: &Address,
+    context: Option<&str>,
 ) -> Result<(SlaveProcess, Remote<Hosted>, u32, String), WorkerError> {
-    let text = address.to_string();
-    let mut builder = ClientBuilder::new(&text)?;
-    if let Some(key) = known_key(&text) {
-        builder = builder.key(key);
-    }
-    let connection = builder.connect()?;
-    let hosted = connection.wrap(func!(Hosted::start))?;
+    let connection = connect(address)?;
+    let hosted = match context {
+        None => connection.wrap(func!(Hosted::start))?,
+        Some(id) => connection.wrap_with(id.to_owned(), func!(crate::context::start_in_context))?,
+    };
     let (pid, host) = hosted.invoke(func!(|h: &mut Hosted| (
         h.child.pid(),
         h.child.host().to_owned()
@@ -181,6 +190,17 @@ impl From<Ended> for Termination {
     }
 }
 
+/// A connection to the server at `address`, with the key
+/// [`remember_key`] or [`spawn_server`] recorded for it, if any.
+pub(crate) fn connect(address: &Address) -> Result<SlaveProcess, WorkerError> {
+    let text = address.to_string();
+    let mut builder = ClientBuilder::new(&text)?;
+    if let Some(key) = known_key(&text) {
+        builder = builder.key(key);
+    }
+    Ok(builder.connect()?)
+}
+
 /// Has the server terminate this worker's child within `timeout`.
 pub(crate) fn terminate_hosted(hosted: &Remote<Hosted>, timeout: Duration) -> Termination {
     let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
@@ -201,7 +221,7 @@ const CANCEL_POLL: Duration = Duration::from_millis(20);
 
 /// In the server: answers the forwarded call with `task`'s outcome once the
 /// child answers, passing the caller's cancellation on.
-fn forward<T: Data>(task: Task<Result<T, Failure>>) -> Later<Result<T, Failure>> {
+pub(crate) fn forward<T: Data>(task: Task<Result<T, Failure>>) -> Later<Result<T, Failure>> {
     let (reply, later) = reply_later();
     processional_thread::thread(move || {
         let mut task = task;
@@ -225,7 +245,7 @@ fn forward<T: Data>(task: Task<Result<T, Failure>>) -> Later<Result<T, Failure>>
 }
 
 /// Answers a forwarded call at once with `failure`.
-fn refuse<T: Data>(failure: Failure) -> Later<Result<T, Failure>> {
+pub(crate) fn refuse<T: Data>(failure: Failure) -> Later<Result<T, Failure>> {
     let (reply, later) = reply_later();
     let _ = reply.send(Err(failure));
     later
