@@ -133,8 +133,14 @@ fn failing_from_5_keeps_exactly_the_squares_below() {
     assert_eq!(error.partial, expected, "{error:?}");
 }
 
-/// A pool run whose events kill one process worker after `after` results.
-fn run_killing_one(retries: u32, signal: &'static str) -> (Vec<Result<u64, WorkerError>>, usize) {
+/// A pool run whose events kill one process worker after ten results:
+/// its results, how many workers are left, and the run's events.
+fn run_killing_one(
+    retries: u32,
+    signal: &'static str,
+) -> (Vec<Result<u64, WorkerError>>, usize, Vec<PoolEvent>) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let recorded = events.clone();
     let killed = Arc::new(AtomicBool::new(false));
     let finished = Arc::new(AtomicUsize::new(0));
     let victim = Arc::new(Mutex::new(None::<u32>));
@@ -146,6 +152,7 @@ fn run_killing_one(retries: u32, signal: &'static str) -> (Vec<Result<u64, Worke
         .retries(retries)
         .batch_size(2)
         .on_event(move |event| {
+            recorded.lock().unwrap().push(event.clone());
             let tenth = matches!(event, PoolEvent::Finished { .. })
                 && f.fetch_add(1, Ordering::SeqCst) == 10
                 && !k.swap(true, Ordering::SeqCst);
@@ -162,16 +169,41 @@ fn run_killing_one(retries: u32, signal: &'static str) -> (Vec<Result<u64, Worke
         .expect("the other workers carry on");
     assert!(killed.load(Ordering::SeqCst), "the kill happened mid-run");
     let alive = pool.alive();
+    let events = events.lock().unwrap().clone();
     // A run after one worker died works too.
     assert_eq!(pool.map(0..20u64).unwrap(), squares(20));
-    (results, alive)
+    (results, alive, events)
 }
 
 #[test]
 fn a_worker_killed_mid_run_has_its_inputs_retried() {
     for signal in ["-KILL", "-TERM"] {
-        let (results, alive) = run_killing_one(2, signal);
+        let (results, alive, events) = run_killing_one(2, signal);
         assert_eq!(alive, 2, "{signal}: one worker died");
+        let died = events
+            .iter()
+            .filter(|e| matches!(e, PoolEvent::WorkerDied { .. }))
+            .count();
+        assert_eq!(died, 1, "{signal}: one WorkerDied event");
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, PoolEvent::Retried { .. })),
+            "{signal}: retries"
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, PoolEvent::WorkerIdle { .. }))
+        );
+        let enqueued = events
+            .iter()
+            .filter(|e| matches!(e, PoolEvent::Enqueued { .. }))
+            .count();
+        assert!(
+            enqueued > 200,
+            "retried inputs are enqueued again: {enqueued}"
+        );
         let values: Vec<u64> = results
             .into_iter()
             .map(|r| r.expect("every result arrives"))
@@ -182,7 +214,13 @@ fn a_worker_killed_mid_run_has_its_inputs_retried() {
 
 #[test]
 fn a_worker_killed_mid_run_without_retry_fails_its_inputs() {
-    let (results, alive) = run_killing_one(0, "-KILL");
+    let (results, alive, events) = run_killing_one(0, "-KILL");
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, PoolEvent::Retried { .. })),
+        "no retry"
+    );
     assert_eq!(alive, 2);
     let failed: Vec<usize> = results
         .iter()
