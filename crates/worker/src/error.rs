@@ -239,15 +239,10 @@ impl<R> fmt::Display for PoolError<R> {
 
 impl<R: fmt::Debug> std::error::Error for PoolError<R> {}
 
-impl<R> From<PoolError<R>> for Error {
-    fn from(error: PoolError<R>) -> Self {
-        Error::Io {
-            context: error.to_string(),
-            source: std::io::Error::other("pool run failed"),
-        }
-    }
-}
-
+/// For `?` in functions returning the library's one error: the
+/// variants with a counterpart map to it (a killed process is
+/// `Error::Exited`, a termination `Error::Cancelled`), a runtime error is
+/// itself, and the rest is described in an `Error::Io`.
 impl From<WorkerError> for Error {
     fn from(error: WorkerError) -> Self {
         match error {
