@@ -588,4 +588,13 @@ fn remote_context_workers_use_the_registered_target() {
         assert!(wait_until(PATIENCE, || !process_exists(pid)));
     }
     drop(context);
+    drop(found);
+    assert!(
+        wait_until(PATIENCE, || RemoteContext::<u64, u64, u64>::open(
+            server.address(),
+            "offset"
+        )
+        .is_err()),
+        "dropping the registering handle unregisters the context"
+    );
 }

@@ -104,7 +104,25 @@ pub struct RemoteContext<A, R, S = ()> {
     connection: SlaveProcess,
     address: Address,
     id: String,
+    /// Whether this handle registered the context (and unregisters it when
+    /// dropped; the workers it has go on until they end).
+    owner: bool,
     _types: PhantomData<fn(A, S) -> R>,
+}
+
+impl<A, R, S> Drop for RemoteContext<A, R, S> {
+    fn drop(&mut self) {
+        if self.owner {
+            self.connection
+                .schedule_with(
+                    self.id.clone(),
+                    func!(|id: String| {
+                        with_contexts(|contexts| contexts.remove(&id));
+                    }),
+                )
+                .detach();
+        }
+    }
 }
 
 impl<A, R, S> std::fmt::Debug for RemoteContext<A, R, S> {
@@ -118,7 +136,8 @@ impl<A, R, S> std::fmt::Debug for RemoteContext<A, R, S> {
 
 impl<A: Data + Clone, R: Data> RemoteContext<A, R> {
     /// Registers `target` on the server at `server` under `id` (replacing
-    /// a context of that id).
+    /// a context of that id). Dropping the handle unregisters it; the
+    /// workers made from it go on until they end.
     pub fn register<F>(server: &Address, id: &str, target: Func<F>) -> Result<Self, WorkerError>
     where
         F: Fn(A) -> R + Send + Sync + Copy + 'static,
@@ -148,6 +167,7 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> RemoteContext<A, R, S> {
             connection,
             address: server.clone(),
             id: id.to_owned(),
+            owner: true,
             _types: PhantomData,
         })
     }
@@ -163,6 +183,7 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> RemoteContext<A, R, S> {
             connection,
             address: server.clone(),
             id: id.to_owned(),
+            owner: false,
             _types: PhantomData,
         })
     }
