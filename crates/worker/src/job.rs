@@ -319,4 +319,56 @@ mod tests {
         );
         assert!(matches!(Failure::of(&Error::Stopped), Failure::Lost(_)));
     }
+
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A target that fails on odd inputs.
+        fn fail_odd(_: &mut (), x: u64) -> u64 {
+            assert!(x % 2 == 0, "odd");
+            x
+        }
+
+        proptest! {
+            /// A batch answers each input as running them one by one would:
+            /// a value, its failure, or (after the first failure of a worker
+            /// that is not resilient) not run.
+            #[test]
+            fn a_batch_matches_running_inputs_one_by_one(
+                inputs in proptest::collection::vec(0u64..8, 0..40),
+                resilient: bool,
+            ) {
+                let len = inputs.len();
+                let mut slot = Slot::new(());
+                let got: Vec<_> = run_batch(&fail_odd, &mut slot, resilient, inputs.clone())
+                    .into_outcomes(len)
+                    .collect();
+                let mut stopped = false;
+                let expected: Vec<_> = inputs
+                    .iter()
+                    .map(|&x| {
+                        if stopped {
+                            Err(Failure::NotRun)
+                        } else if x % 2 == 0 {
+                            Ok(x)
+                        } else {
+                            stopped = !resilient;
+                            Err(Failure::Panicked("odd".into()))
+                        }
+                    })
+                    .collect();
+                prop_assert_eq!(got.len(), expected.len());
+                for (got, expected) in got.iter().zip(&expected) {
+                    match (got, expected) {
+                        (Err(Failure::Panicked(message)), Err(Failure::Panicked(_))) => {
+                            prop_assert!(message.contains("odd"));
+                        }
+                        _ => prop_assert_eq!(got, expected),
+                    }
+                }
+                prop_assert_eq!(slot.stopped, stopped);
+            }
+        }
+    }
 }

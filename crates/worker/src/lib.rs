@@ -94,5 +94,5 @@ pub use identity::{Identity, WorkerId, WorkerKind};
 pub use job::checkpoint;
 pub use persistent::{PersistentWorker, Results};
 pub use pool::{Pool, PoolBuilder, PoolEvent, PoolRun};
-pub use remote::{Hosted, RemoteServer, remember_key, spawn_server};
+pub use remote::{RemoteServer, remember_key, spawn_server};
 pub use worker::{Worker, WorkerBuilder};

@@ -24,7 +24,7 @@ use crate::job::{BatchOut, Failure, ShotOut, Slot};
 
 /// In a remote-worker server: the child process started for one worker,
 /// and the worker's kept state there.
-pub struct Hosted {
+pub(crate) struct Hosted {
     child: SlaveProcess,
     slot: Option<AnySlot>,
 }
