@@ -598,3 +598,30 @@ fn remote_context_workers_use_the_registered_target() {
         "dropping the registering handle unregisters the context"
     );
 }
+
+/// A server that `spawn_server` started stops its workers' processes
+/// gracefully on SIGTERM (they exit when asked, not by a signal), then dies
+/// by SIGTERM.
+#[test]
+fn sigterm_stops_a_spawned_server_and_its_workers_gracefully() {
+    let server = server();
+    let worker = Worker::remote(server.address(), func!(cooperative), 0).unwrap();
+    let pid = worker.pid().unwrap();
+    kill("-TERM", server.pid());
+    assert!(worker.wait(Some(PATIENCE)), "the worker ends");
+    let error = worker.error().expect("an error");
+    // The server stopped the child and said so before it died (had it died
+    // first, the worker would only see its connection break).
+    assert!(
+        matches!(error, WorkerError::Exited { .. } | WorkerError::Lost { .. }),
+        "stopped by its server: {error:?}"
+    );
+    assert!(
+        wait_until(PATIENCE, || !process_exists(pid)),
+        "its process is gone"
+    );
+    assert!(
+        wait_until(PATIENCE, || !process_exists(server.pid())),
+        "the server is gone"
+    );
+}

@@ -85,6 +85,7 @@ mod job;
 mod persistent;
 mod pool;
 mod remote;
+mod sys;
 mod worker;
 
 pub use context::RemoteContext;

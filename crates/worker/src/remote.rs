@@ -370,6 +370,36 @@ impl RemoteServer {
     }
 }
 
+/// How long a server stopped by SIGTERM gives each of its workers' processes
+/// to stop (asked, then SIGTERM, then SIGKILL) before it dies.
+const SIGTERM_GRACE: Duration = Duration::from_secs(5);
+
+/// In a server that [`spawn_server`] started: on SIGTERM, stops the
+/// workers' processes (in parallel, gracefully then by force), then dies by
+/// SIGTERM.
+fn stop_workers_on_sigterm() {
+    use std::io::Read;
+    let mut pipe = match crate::sys::report_sigterm() {
+        Ok(pipe) => pipe,
+        Err(error) => {
+            log::warn!("processional: cannot take SIGTERM over: {error}");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("processional-sigterm".into())
+        .spawn(move || {
+            let mut byte = [0u8];
+            let _ = pipe.read_exact(&mut byte);
+            let stopped = stop_hosted(SIGTERM_GRACE);
+            log::info!("processional: SIGTERM: stopped {stopped} worker processes");
+            crate::sys::die_by_sigterm()
+        });
+    if let Err(error) = spawned {
+        log::warn!("processional: cannot start the SIGTERM thread: {error}");
+    }
+}
+
 /// Servers started in this process by [`spawn_server`], kept running.
 static SERVING: Mutex<Vec<processional_process::ServerHandle>> = Mutex::new(Vec::new());
 
@@ -415,10 +445,8 @@ pub fn spawn_server(address: &str) -> Result<RemoteServer, WorkerError> {
                 Ok(handle) => {
                     let bound = handle.address().to_string();
                     log::info!("processional: serving remote workers on {bound}");
-                    SERVING
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(handle);
+                    lock(&SERVING).push(handle);
+                    stop_workers_on_sigterm();
                     bound
                 }
                 Err(error) => panic!("cannot serve on {address}: {error}"),
