@@ -11,7 +11,8 @@ use std::io::Write;
 /// prints `processional: serving on <address>` (with the bound port for
 /// port 0) on standard output, and never returns to `main`. This is what a
 /// remote-worker server is (`processional::worker`): its workers' processes
-/// are its slaves, which die with it, on SIGTERM too.
+/// are its slaves, which the worker layer stops on SIGTERM before the server
+/// dies, and which die with it however it ends.
 pub const SERVE_VAR: &str = "PROCESSIONAL_SERVE";
 
 /// Turns this process into a slave if its master spawned it as one, or into

@@ -52,6 +52,7 @@ impl Hosted {
     pub(crate) fn start() -> Hosted {
         match processional_process::slave() {
             Ok(child) => {
+                stop_workers_on_sigterm();
                 lock(&HOSTED).push(child.clone());
                 Hosted { child, slot: None }
             }
@@ -374,13 +375,22 @@ impl RemoteServer {
 /// to stop (asked, then SIGTERM, then SIGKILL) before it dies.
 const SIGTERM_GRACE: Duration = Duration::from_secs(5);
 
-/// In a server that [`spawn_server`] started: on SIGTERM, stops the
-/// workers' processes (in parallel, gracefully then by force), then dies by
-/// SIGTERM.
+/// In a server that [`spawn_server`] started, or the first time any server
+/// starts a worker's process (one run with `PROCESSIONAL_SERVE`): on
+/// SIGTERM, stops the workers' processes (in parallel, gracefully then by
+/// force), then dies by SIGTERM. Once per process, and only where SIGTERM
+/// is still at its default action.
 fn stop_workers_on_sigterm() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(take_sigterm_over);
+}
+
+fn take_sigterm_over() {
     use std::io::Read;
     let mut pipe = match crate::sys::report_sigterm() {
-        Ok(pipe) => pipe,
+        Ok(Some(pipe)) => pipe,
+        // Someone else handles it (a spawned `server()`).
+        Ok(None) => return,
         Err(error) => {
             log::warn!("processional: cannot take SIGTERM over: {error}");
             return;

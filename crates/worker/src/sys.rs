@@ -46,7 +46,17 @@ extern "C" fn on_sigterm(_: libc::c_int) {
 /// Takes SIGTERM over for the rest of the process's life: each arrival
 /// writes a byte to the returned pipe, for a thread of ours to act on.
 /// Only once per process.
-pub(crate) fn report_sigterm() -> io::Result<std::fs::File> {
+///
+/// Leaves a SIGTERM that is not at its default action alone (a spawned
+/// `server()` removes its files on it): `Ok(None)` then.
+pub(crate) fn report_sigterm() -> io::Result<Option<std::fs::File>> {
+    // SAFETY: sigaction is plain old data; all-zero is a valid value.
+    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new action only queries; `current` is live and writable.
+    syscall!(unsafe { libc::sigaction(libc::SIGTERM, std::ptr::null(), &mut current) })?;
+    if current.sa_sigaction != libc::SIG_DFL {
+        return Ok(None);
+    }
     let mut fds: [libc::c_int; 2] = [-1, -1];
     // SAFETY: `fds` is a live, writable array of two ints, as pipe2 requires;
     // O_CLOEXEC is a valid flag.
@@ -77,7 +87,7 @@ pub(crate) fn report_sigterm() -> io::Result<std::fs::File> {
     // SAFETY: `action` is a live, fully initialized sigaction whose handler
     // makes only async-signal-safe calls; a null old action is allowed.
     syscall!(unsafe { libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut()) })?;
-    Ok(std::fs::File::from(read))
+    Ok(Some(std::fs::File::from(read)))
 }
 
 /// Ends the process as SIGTERM does by default (so its parent sees it
