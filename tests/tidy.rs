@@ -38,6 +38,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("processional-process", 5),
     ("processional-state", 6),
     ("processional-channel", 6),
+    ("processional-worker", 6),
     ("processional", 7),
 ];
 

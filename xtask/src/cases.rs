@@ -147,6 +147,26 @@ pub(crate) const CASES: &[Case] = &[
         baseline: "the same send and recv with an empty backlog",
         target: Some(2.0),
     },
+    Case {
+        name: "worker.process_ready",
+        baseline: "process.spawn_ready's baseline: bare spawn of the same executable until it answers a ping",
+        target: Some(1.2),
+    },
+    Case {
+        name: "pool.map_threads_1e5",
+        baseline: "rayon par_iter().map().collect() of the same inputs",
+        target: Some(10.0),
+    },
+    Case {
+        name: "pool.map_processes_1e5",
+        baseline: "raw pipelined frames, per frame",
+        target: Some(0.03),
+    },
+    Case {
+        name: "persistent.enqueue_throughput",
+        baseline: "raw pipelined frames, per frame",
+        target: Some(1.0),
+    },
 ];
 
 /// The case named `name`, if the table has it.

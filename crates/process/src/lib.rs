@@ -256,7 +256,7 @@ mod trust;
 
 pub use fingerprint::{fingerprint, program_name};
 pub use func::Func;
-pub use init::init;
+pub use init::{SERVE_VAR, init};
 pub use json::Json;
 pub use objects::live_objects;
 pub use payload::{INLINE_LIMIT, INLINE_LIMIT_VAR};

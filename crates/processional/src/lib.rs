@@ -80,6 +80,13 @@
 //! pages, sealed read-only. Large encoded payloads (say a big `Vec<u8>`) go
 //! through a pooled shared-memory segment automatically.
 //!
+//! # Workers
+//! [`worker`] puts one API over threads, processes and remote processes
+//! (`Worker`), feeds a worker a stream of inputs (`PersistentWorker`), and
+//! spreads inputs over a pool of mixed workers that survives a worker's
+//! death (`Pool`); `worker::spawn_server` (or `PROCESSIONAL_SERVE=addr`)
+//! makes a remote-worker server.
+//!
 //! # How it works and limitations
 //!
 //! A slave is this same program, started again from its executable
@@ -206,6 +213,7 @@ pub use processional_task as task;
 pub use processional_thread as thread;
 #[doc(inline)]
 pub use processional_transport as transport;
+pub use processional_worker as worker;
 
 pub use processional_process::{
     ClientBuilder, Func, ItemSink, ItemStream, Json, Later, NobodyListening, Output, Remote, Reply,

@@ -6,11 +6,13 @@
 //! Each idea of the library has its own section; the later ones live in
 //! the modules beside this file.
 
-mod state;
 mod channel;
+mod state;
 
 use processional::func;
 use std::time::Instant;
+
+mod worker;
 
 fn heavy_work(numbers: &[u64]) -> u64 {
     numbers.iter().sum()
@@ -74,6 +76,7 @@ fn main() -> anyhow::Result<()> {
     // Sections of the later ideas: one line each, one module each.
     state::run()?;
     channel::run()?;
+    worker::run()?;
     Ok(())
 }
 

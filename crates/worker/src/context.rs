@@ -1,0 +1,355 @@
+//! Remote contexts: a target registered on a remote-worker server under an
+//! id, with its default state, which persistent remote workers use by that
+//! id ([`RemoteContext`]); terminating the context ends its workers.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use processional_process::{Func, Later, SlaveProcess, func};
+use processional_task::Task;
+use processional_transport::Address;
+
+use crate::error::WorkerError;
+use crate::host::{Data, Host, Ops, Program, SlotHandle, stateless};
+use crate::identity::WorkerKind;
+use crate::job::{BatchOut, Failure, ShotOut};
+use crate::persistent::PersistentWorker;
+use crate::remote::{self, Hosted, forward, refuse};
+use crate::worker::WorkerBuilder;
+
+/// In a server: one registered context.
+struct Entry {
+    /// An `Arc<dyn Ops<A, R, S>>`.
+    ops: Box<dyn Any + Send>,
+    /// An `S`.
+    defaults: Box<dyn Any + Send>,
+    /// The processes of the workers that use it.
+    children: Vec<SlaveProcess>,
+}
+
+/// In a server: the contexts registered there, by id.
+static CONTEXTS: Mutex<Option<HashMap<String, Entry>>> = Mutex::new(None);
+
+fn with_contexts<T>(f: impl FnOnce(&mut HashMap<String, Entry>) -> T) -> T {
+    let mut contexts = CONTEXTS.lock().unwrap_or_else(|p| p.into_inner());
+    f(contexts.get_or_insert_with(HashMap::new))
+}
+
+/// A context's operations (its target, type erased) and default state.
+type Found<A, R, S> = (Arc<dyn Ops<A, R, S>>, S);
+
+/// In a server: the context's operations and defaults, if `id` is
+/// registered with these types.
+fn lookup<A: 'static, R: 'static, S: Clone + 'static>(id: &str) -> Result<Found<A, R, S>, Failure> {
+    with_contexts(|contexts| {
+        let entry = contexts
+            .get(id)
+            .ok_or_else(|| Failure::Lost(format!("no remote context {id:?} on this server")))?;
+        match (
+            entry.ops.downcast_ref::<Arc<dyn Ops<A, R, S>>>(),
+            entry.defaults.downcast_ref::<S>(),
+        ) {
+            (Some(ops), Some(defaults)) => Ok((ops.clone(), defaults.clone())),
+            _ => Err(Failure::Lost(format!(
+                "the remote context {id:?} has other input, value or state types"
+            ))),
+        }
+    })
+}
+
+/// In a server: starts a worker's child for the context `id`.
+pub(crate) fn start_in_context(id: String) -> Hosted {
+    let hosted = Hosted::start();
+    let known = with_contexts(|contexts| match contexts.get_mut(&id) {
+        Some(entry) => {
+            entry.children.push(hosted.child().clone());
+            true
+        }
+        None => false,
+    });
+    assert!(known, "no remote context {id:?} on this server");
+    hosted
+}
+
+/// A target registered on a remote-worker server under an id, with the
+/// default state its workers start with; persistent workers made from it
+/// ([`worker`](Self::worker)) run it there by that id, and
+/// [`terminate`](Self::terminate) ends them all.
+///
+/// ```
+/// use processional_worker::{RemoteContext, spawn_server};
+/// use processional_process::func;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let server = spawn_server("tcp://127.0.0.1:0")?;
+/// let context = RemoteContext::register_stateful(
+///     server.address(),
+///     "scaled",
+///     func!(|factor: &mut u64, x: u64| *factor * x),
+///     10u64, // the default state: the factor
+/// )?;
+/// let worker = context.worker()?;
+/// worker.enqueue(4)?;
+/// worker.close();
+/// worker.wait(None);
+/// assert_eq!(worker.results().collect::<Result<Vec<_>, _>>()?, [40]);
+/// assert_eq!(context.terminate(std::time::Duration::from_secs(10))?, 1);
+/// # Ok(())
+/// # }
+/// ```
+pub struct RemoteContext<A, R, S = ()> {
+    connection: SlaveProcess,
+    address: Address,
+    id: String,
+    /// Whether this handle registered the context (and unregisters it when
+    /// dropped; the workers it has go on until they end).
+    owner: bool,
+    _types: PhantomData<fn(A, S) -> R>,
+}
+
+impl<A, R, S> Drop for RemoteContext<A, R, S> {
+    fn drop(&mut self) {
+        if self.owner {
+            self.connection
+                .schedule_with(
+                    self.id.clone(),
+                    func!(|id: String| {
+                        with_contexts(|contexts| contexts.remove(&id));
+                    }),
+                )
+                .detach();
+        }
+    }
+}
+
+impl<A, R, S> std::fmt::Debug for RemoteContext<A, R, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteContext")
+            .field("address", &self.address)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: Data + Clone, R: Data> RemoteContext<A, R> {
+    /// Registers `target` on the server at `server` under `id` (replacing
+    /// a context of that id). Dropping the handle unregisters it; the
+    /// workers made from it go on until they end.
+    pub fn register<F>(server: &Address, id: &str, target: Func<F>) -> Result<Self, WorkerError>
+    where
+        F: Fn(A) -> R + Send + Sync + Copy + 'static,
+    {
+        RemoteContext::register_stateful(server, id, stateless(target), ())
+    }
+}
+
+impl<A: Data + Clone, R: Data, S: Data + Clone> RemoteContext<A, R, S> {
+    /// Registers `target` (`Fn(&mut S, A) -> R`) under `id`, its workers
+    /// starting with `defaults` for state.
+    pub fn register_stateful<F>(
+        server: &Address,
+        id: &str,
+        target: Func<F>,
+        defaults: S,
+    ) -> Result<Self, WorkerError>
+    where
+        F: Fn(&mut S, A) -> R + Send + Sync + Copy + 'static,
+    {
+        let connection = remote::connect(server)?;
+        connection.invoke_with(
+            (id.to_owned(), defaults),
+            register_func::<F, A, R, S>(target),
+        )?;
+        Ok(RemoteContext {
+            connection,
+            address: server.clone(),
+            id: id.to_owned(),
+            owner: true,
+            _types: PhantomData,
+        })
+    }
+
+    /// The context `id` registered on `server` by someone else (checked to
+    /// exist with these types).
+    pub fn open(server: &Address, id: &str) -> Result<Self, WorkerError> {
+        let connection = remote::connect(server)?;
+        connection
+            .invoke_with(id.to_owned(), check_func::<A, R, S>())?
+            .map_err(WorkerError::from_failure)?;
+        Ok(RemoteContext {
+            connection,
+            address: server.clone(),
+            id: id.to_owned(),
+            owner: false,
+            _types: PhantomData,
+        })
+    }
+
+    /// Its id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The server's address.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// A new persistent worker running the context's target, in a process
+    /// the server starts for it, with the context's default state.
+    pub fn worker(&self) -> Result<PersistentWorker<A, R, S>, WorkerError> {
+        let defaults: S = self
+            .connection
+            .invoke_with(self.id.clone(), defaults_func::<A, R, S>())?
+            .map_err(WorkerError::from_failure)?;
+        let mut builder =
+            WorkerBuilder::new(WorkerKind::Remote(self.address.clone())).state(defaults);
+        builder.naming.context = Some(self.id.clone());
+        builder.persistent_with(Arc::new(ContextOps::<A, R, S> {
+            id: self.id.clone(),
+            _types: PhantomData,
+        }))
+    }
+
+    /// Ends every worker that uses the context, in parallel, within
+    /// `timeout` each (asked, then SIGTERM, then SIGKILL); how many there
+    /// were. The context stays registered for new workers.
+    pub fn terminate(&self, timeout: Duration) -> Result<usize, WorkerError> {
+        let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        Ok(self.connection.invoke_with(
+            (self.id.clone(), millis),
+            func!(|(id, millis): (String, u64)| -> usize {
+                let children = with_contexts(|contexts| {
+                    contexts
+                        .get_mut(&id)
+                        .map(|e| std::mem::take(&mut e.children))
+                })
+                .unwrap_or_default();
+                std::thread::scope(|scope| {
+                    for child in &children {
+                        scope.spawn(move || child.terminate(Duration::from_millis(millis)));
+                    }
+                });
+                children.len()
+            }),
+        )?)
+    }
+}
+
+fn register_func<F, A, R, S>(
+    target: Func<F>,
+) -> Func<impl Fn((String, S)) + Send + Sync + Copy + 'static>
+where
+    F: Fn(&mut S, A) -> R + Send + Sync + Copy + 'static,
+    A: Data,
+    R: Data,
+    S: Data,
+{
+    let f = *target.get();
+    // SAFETY: captures only an `F`, which the `Func` vouches any process of
+    // this program may make from nothing.
+    unsafe {
+        Func::new_unchecked(move |(id, defaults): (String, S)| {
+            // SAFETY: as above: `f` is an `F`.
+            let ops: Arc<dyn Ops<A, R, S>> = Arc::new(Program::new(Func::new_unchecked(f)));
+            let entry = Entry {
+                ops: Box::new(ops),
+                defaults: Box::new(defaults),
+                children: Vec::new(),
+            };
+            with_contexts(|contexts| contexts.insert(id, entry));
+        })
+    }
+}
+
+fn check_func<A: Data, R: Data, S: Data + Clone>()
+-> Func<impl Fn(String) -> Result<(), Failure> + Send + Sync + Copy + 'static> {
+    // SAFETY: the closure captures nothing.
+    unsafe { Func::new_unchecked(|id: String| lookup::<A, R, S>(&id).map(drop)) }
+}
+
+fn defaults_func<A: Data, R: Data, S: Data + Clone>()
+-> Func<impl Fn(String) -> Result<S, Failure> + Send + Sync + Copy + 'static> {
+    // SAFETY: the closure captures nothing.
+    unsafe {
+        Func::new_unchecked(|id: String| lookup::<A, R, S>(&id).map(|(_, defaults)| defaults))
+    }
+}
+
+/// What a context's worker does: the context's operations, looked up by id
+/// on the server.
+struct ContextOps<A, R, S> {
+    id: String,
+    _types: PhantomData<fn(A, S) -> R>,
+}
+
+impl<A: Data + Clone, R: Data, S: Data + Clone> Ops<A, R, S> for ContextOps<A, R, S> {
+    fn shot(&self, _host: &Host, _state: S, _input: A) -> Task<ShotOut<R, S>> {
+        Task::ready(Ok(Err(Failure::Lost(
+            "a remote context runs persistent workers only".into(),
+        ))))
+    }
+
+    fn open(&self, host: &Host, state: S) -> Result<SlotHandle<S>, WorkerError> {
+        match host {
+            Host::Remote { hosted, .. } => {
+                hosted
+                    .invoke_with(state, remote::forward_open::<S>())?
+                    .map_err(WorkerError::from_failure)?;
+                Ok(SlotHandle::Remote)
+            }
+            _ => unreachable!("a context's workers are remote"),
+        }
+    }
+
+    fn batch(
+        &self,
+        host: &Host,
+        _slot: &SlotHandle<S>,
+        resilient: bool,
+        inputs: Vec<A>,
+    ) -> Task<BatchOut<R>> {
+        match host {
+            Host::Remote { hosted, .. } => hosted.schedule_later_with(
+                (self.id.clone(), resilient, inputs),
+                context_batch_func::<A, R, S>(),
+            ),
+            _ => unreachable!("a context's workers are remote"),
+        }
+    }
+
+    fn fetch(&self, host: &Host, _slot: &SlotHandle<S>) -> Option<S> {
+        match host {
+            Host::Remote { hosted, .. } => {
+                hosted.invoke(remote::forward_fetch::<S>()).ok().flatten()
+            }
+            _ => None,
+        }
+    }
+}
+
+// The signature of a shipped function is its whole type.
+#[allow(clippy::type_complexity)]
+fn context_batch_func<A: Data + Clone, R: Data, S: Data + Clone>() -> Func<
+    impl Fn(&mut Hosted, (String, bool, Vec<A>)) -> Later<BatchOut<R>> + Send + Sync + Copy + 'static,
+> {
+    // SAFETY: the closure captures nothing.
+    unsafe {
+        Func::new_unchecked(
+            |h: &mut Hosted, (id, resilient, inputs): (String, bool, Vec<A>)| {
+                let (ops, _) = match lookup::<A, R, S>(&id) {
+                    Ok(found) => found,
+                    Err(failure) => return refuse(failure),
+                };
+                let Some(slot) = h.slot::<S>().cloned() else {
+                    return refuse(Failure::Lost("the worker's state is not set up".into()));
+                };
+                let host = Host::Process(h.child().clone());
+                forward(ops.batch(&host, &SlotHandle::Process(slot), resilient, inputs))
+            },
+        )
+    }
+}
