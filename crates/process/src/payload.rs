@@ -16,6 +16,7 @@
 //! Values are handed over: the receiver's mapping is the last reference.
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use processional_proto::Payload;
@@ -120,6 +121,7 @@ pub(crate) fn wrap_encoded(encoded: Encoded, transfers: Vec<TransferFd>, unix: b
     if unix && bytes.len() > inline_limit() {
         if let Ok(mut segment) = Pool::global().take(bytes.len()) {
             segment.as_mut_slice().copy_from_slice(&bytes);
+            codec::recycle(bytes);
             return segmented(segment, transfers);
         }
     }
@@ -144,7 +146,9 @@ fn segmented(segment: PooledSegment, transfers: Vec<TransferFd>) -> Outgoing {
 
 /// A received payload, resolved to bytes.
 pub(crate) enum Incoming {
-    Inline(Vec<u8>),
+    /// The bytes of the frame; a `Vec<u8>` value takes them over when it is
+    /// decoded (see [`codec::decode_owned`]), so they are decoded once.
+    Inline(RefCell<Vec<u8>>),
     Mapped(SegmentView),
 }
 
@@ -157,7 +161,7 @@ impl Incoming {
     ) -> Result<(Incoming, Vec<OwnedFd>), CodecError> {
         let payload_error = |error| CodecError::Payload(Box::new(error));
         match payload {
-            Payload::Inline(bytes) => Ok((Incoming::Inline(bytes), fds)),
+            Payload::Inline(bytes) => Ok((Incoming::Inline(RefCell::new(bytes)), fds)),
             Payload::Segment { fd, len } => {
                 let index = fd as usize;
                 if index >= fds.len() {
@@ -176,12 +180,15 @@ impl Incoming {
         }
     }
 
-    /// Decodes a `T` from the payload. A mapped segment is copied out
-    /// before it is decoded, never read in place: its sender can still write
-    /// it, and a decoder must not hold a `&[u8]` that can change under it.
+    /// Decodes a `T` from the payload (once: inline bytes may become the
+    /// value). A mapped segment is copied out before it is decoded, never
+    /// read in place: its sender can still write it, and a decoder must not
+    /// hold a `&[u8]` that can change under it.
     pub(crate) fn decode<T: DeserializeOwned + Any>(&self) -> Result<T, Error> {
         match self {
-            Incoming::Inline(bytes) => codec::decode(bytes),
+            Incoming::Inline(bytes) => {
+                codec::decode_owned(std::mem::take(&mut *bytes.borrow_mut()))
+            }
             Incoming::Mapped(view) => codec::decode_mapped(view),
         }
     }
@@ -192,6 +199,11 @@ pub(crate) fn decode<T: DeserializeOwned + Any>(
     payload: Payload,
     fds: Vec<OwnedFd>,
 ) -> Result<T, Error> {
+    if fds.is_empty() {
+        if let Payload::Inline(bytes) = payload {
+            return codec::decode_owned(bytes);
+        }
+    }
     let (incoming, fds) = Incoming::resolve(payload, fds)
         .map_err(|source| Error::codec::<T>(CodecDirection::Decode, source))?;
     if fds.is_empty() {

@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use processional_proto::{
-    Call, Message, ObjectId, Outcome, RemoteError, RemoteErrorKind, Reply, RunMode, TaskId,
+    Call, Message, ObjectId, Outcome, Payload, RemoteError, RemoteErrorKind, Reply, RunMode, TaskId,
 };
 use processional_task::CancelToken;
 use processional_transport::{Connection, ConnectionReader, ConnectionWriter, Received};
@@ -203,7 +203,10 @@ impl Served {
             return false;
         }
         let (outcome, outgoing) = match outcome {
-            Ok(outgoing) => (Outcome::Value(outgoing.payload.clone()), Some(outgoing)),
+            Ok(mut outgoing) => {
+                let payload = std::mem::replace(&mut outgoing.payload, Payload::Inline(Vec::new()));
+                (Outcome::Value(payload), Some(outgoing))
+            }
             Err(error) => (Outcome::Error(error), None),
         };
         let message = Message::Reply(Reply { task, outcome });
@@ -211,6 +214,13 @@ impl Served {
             Some(outgoing) => self.send_with_fds(&message, &outgoing.fds()),
             None => self.send_with_fds(&message, &[]),
         };
+        if let Message::Reply(Reply {
+            outcome: Outcome::Value(Payload::Inline(bytes)),
+            ..
+        }) = message
+        {
+            codec::recycle(bytes);
+        }
         // A value's segment is handed over: dropping the loan here frees it
         // for good once the caller has read it, never reuses it.
         drop(outgoing);

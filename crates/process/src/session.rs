@@ -309,6 +309,13 @@ impl Session {
             );
             self.send_with_fds(&message, &fds)
         };
+        if let Message::Call(Call {
+            args: Payload::Inline(bytes),
+            ..
+        }) = message
+        {
+            crate::codec::recycle(bytes);
+        }
         if let Err(error) = sent {
             // The call never left: fail it here (the session is dead by now,
             // so the task's completion carries the reason).
