@@ -120,7 +120,7 @@ mod wire;
 
 pub use buf::ShmBuf;
 pub use error::{Result, ShmError};
-pub use pool::{Loan, Pool, PoolLimits, PooledSegment};
+pub use pool::{Loan, Pool, PoolLimits, PoolStats, PooledSegment};
 pub use seals::Seals;
 pub use segment::Segment;
 pub use shared_mut::SharedMutBuf;
