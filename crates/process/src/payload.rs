@@ -17,7 +17,7 @@
 
 use std::any::Any;
 use std::cell::RefCell;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use processional_proto::Payload;
 use processional_shm::transfer::{self, TransferFd};
@@ -57,18 +57,6 @@ pub(crate) struct Outgoing {
     pub(crate) transfers: Vec<TransferFd>,
     /// The segment holding the payload, lent until the reply.
     pub(crate) loan: Option<Loan>,
-}
-
-impl Outgoing {
-    /// The descriptors to attach to the frame, in the order the payload
-    /// names them.
-    pub(crate) fn fds(&self) -> Vec<BorrowedFd<'_>> {
-        let mut fds: Vec<BorrowedFd<'_>> = self.transfers.iter().map(|fd| fd.as_fd()).collect();
-        if let Some(loan) = &self.loan {
-            fds.push(loan.as_fd());
-        }
-        fds
-    }
 }
 
 impl Sink for PooledSegment {

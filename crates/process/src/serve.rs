@@ -10,7 +10,7 @@
 //! starts: an idle process does not wake up.
 
 use std::collections::VecDeque;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
@@ -27,11 +27,17 @@ use crate::function::{self, Answer, IdMap};
 use crate::objects::{ConnectionObjects, ObjectTable};
 use crate::payload::{self, Incoming, Outgoing};
 use crate::sink::Flow;
-use processional_shm::transfer;
+use processional_shm::{Loan, transfer};
 
 /// How often the watchdog looks for executors stuck in a long call, while
 /// calls run.
 const WATCHDOG_TICK: Duration = Duration::from_millis(10);
+
+/// How many value segments a connection keeps lent at most, waiting for
+/// their caller's [`Message::Reclaim`]; beyond that the oldest is freed
+/// instead of reused (a caller that never says it is done cannot make us
+/// hold more).
+const MAX_LENT_VALUES: usize = 64;
 
 /// How many ticks in a row without any call started or running the
 /// watchdog waits before it sleeps until a call starts (so that calls in
@@ -97,6 +103,9 @@ pub(crate) struct Served {
     flow_epoch: Mutex<u64>,
     flow_changed: Condvar,
     flow_waiters: AtomicUsize,
+    /// The segments of values sent in replies, until their caller says it
+    /// has read them ([`Message::Reclaim`]); then they return to the pool.
+    lent_values: Mutex<VecDeque<(TaskId, Loan)>>,
 }
 
 impl std::fmt::Debug for Served {
@@ -135,6 +144,7 @@ impl Served {
             flow_epoch: Mutex::new(0),
             flow_changed: Condvar::new(),
             flow_waiters: AtomicUsize::new(0),
+            lent_values: Mutex::new(VecDeque::new()),
         });
         Watchdog::global().watch(&served);
         served
@@ -210,9 +220,31 @@ impl Served {
             Err(error) => (Outcome::Error(error), None),
         };
         let message = Message::Reply(Reply { task, outcome });
-        let sent = match &outgoing {
-            Some(outgoing) => self.send_with_fds(&message, &outgoing.fds()),
-            None => self.send_with_fds(&message, &[]),
+        let Some(mut outgoing) = outgoing else {
+            return self.send_with_fds(&message, &[]);
+        };
+        // A value's segment is lent until the caller says it has read it
+        // (`Reclaim`), then reused. It is recorded before the reply leaves,
+        // so that the `Reclaim` cannot come first; the frame carries a
+        // duplicate of its descriptor. A segment that cannot be recorded is
+        // handed over: freed once the caller has read it, never reused.
+        let lent = match outgoing.loan.as_ref().map(|loan| loan.try_clone_fd()) {
+            Some(Ok(fd)) => outgoing.loan.take().map(|loan| (fd, loan)),
+            _ => None,
+        };
+        let mut fds: Vec<BorrowedFd<'_>> = outgoing.transfers.iter().map(|fd| fd.as_fd()).collect();
+        fds.extend(outgoing.loan.as_ref().map(|loan| loan.as_fd()));
+        let sent = match lent {
+            Some((fd, loan)) => {
+                self.keep_lent_value(task, loan);
+                fds.push(fd.as_fd());
+                let sent = self.send_with_fds(&message, &fds);
+                if !sent {
+                    self.forget_lent_value(task);
+                }
+                sent
+            }
+            None => self.send_with_fds(&message, &fds),
         };
         if let Message::Reply(Reply {
             outcome: Outcome::Value(Payload::Inline(bytes)),
@@ -221,10 +253,41 @@ impl Served {
         {
             codec::recycle(bytes);
         }
-        // A value's segment is handed over: dropping the loan here frees it
-        // for good once the caller has read it, never reuses it.
-        drop(outgoing);
         sent
+    }
+
+    /// Keeps the segment of `task`'s value until its caller has read it.
+    fn keep_lent_value(&self, task: TaskId, loan: Loan) {
+        let oldest = {
+            let mut lent = lock(&self.lent_values);
+            let oldest = (lent.len() >= MAX_LENT_VALUES)
+                .then(|| lent.pop_front())
+                .flatten();
+            lent.push_back((task, loan));
+            oldest
+        };
+        // Freed, not reused: its caller may still read it.
+        drop(oldest);
+    }
+
+    /// Drops the record of `task`'s value segment (freed, not reused).
+    fn forget_lent_value(&self, task: TaskId) {
+        let mut lent = lock(&self.lent_values);
+        if let Some(index) = lent.iter().position(|(id, _)| *id == task) {
+            let forgotten = lent.remove(index);
+            drop(lent);
+            drop(forgotten);
+        }
+    }
+
+    /// The caller has read `task`'s value segment: back to the pool.
+    fn reclaim_lent_value(&self, task: TaskId) {
+        let mut lent = lock(&self.lent_values);
+        if let Some(index) = lent.iter().position(|(id, _)| *id == task) {
+            let reclaimed = lent.remove(index).map(|(_, loan)| loan.reclaim());
+            drop(lent);
+            drop(reclaimed);
+        }
     }
 
     fn finish(&self, end: End) {
@@ -235,6 +298,9 @@ impl Served {
             // the objects it uses alive by itself).
             self.objects.release_all();
         }
+        // Nobody will reclaim these any more: free them.
+        let lent = std::mem::take(&mut *lock(&self.lent_values));
+        drop(lent);
         self.queue_changed.notify_all();
         self.notify_flows();
     }
@@ -426,6 +492,10 @@ impl Served {
                         std::thread::spawn(move || acknowledge(&served));
                     }
                 }
+                None
+            }
+            Message::Reclaim { task } => {
+                self.reclaim_lent_value(task);
                 None
             }
             Message::Pong(_) => None,

@@ -331,6 +331,13 @@ pub enum Message {
         /// How many more items the caller will take.
         items: u32,
     },
+    /// The caller has read the value of `task`'s [`Reply`], which came in a
+    /// segment ([`Payload::Segment`]): its sender may write the segment
+    /// again (it returns to the sender's pool instead of being freed).
+    Reclaim {
+        /// The call whose reply's segment was read.
+        task: TaskId,
+    },
 }
 
 impl Message {
@@ -353,6 +360,7 @@ impl Message {
             Message::Error(_) => "Error",
             Message::Item { .. } => "Item",
             Message::Credit { .. } => "Credit",
+            Message::Reclaim { .. } => "Reclaim",
         }
     }
 }

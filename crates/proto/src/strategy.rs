@@ -89,6 +89,7 @@ pub(crate) fn every_variant() -> Vec<Message> {
             task: u64::MAX,
             items: u32::MAX,
         },
+        Message::Reclaim { task: 5 },
     ];
     for role in [Role::Slave, Role::Client, Role::Server] {
         messages.push(Message::Hello(Hello {
@@ -237,6 +238,7 @@ pub(crate) fn message() -> impl Strategy<Value = Message> {
         1 => remote_error().prop_map(Message::Error),
         3 => (any::<u64>(), payload()).prop_map(|(task, payload)| Message::Item { task, payload }),
         1 => (any::<u64>(), any::<u32>()).prop_map(|(task, items)| Message::Credit { task, items }),
+        1 => any::<u64>().prop_map(|task| Message::Reclaim { task }),
     ]
 }
 

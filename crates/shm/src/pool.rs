@@ -216,7 +216,8 @@ impl Pool {
             let oversized = if keep { None } else { idle.oversized.take() };
             (idle.evict_to_fit(0), oversized)
         };
-        self.shared.count_freed(evicted.len() + usize::from(oversized.is_some()));
+        self.shared
+            .count_freed(evicted.len() + usize::from(oversized.is_some()));
         drop((evicted, oversized));
     }
 
@@ -333,7 +334,11 @@ impl PoolShared {
 impl IdleSet {
     /// The most recently returned idle segment of `class`.
     fn pop(&mut self, class: usize) -> Option<Slot> {
-        if self.oversized.as_ref().is_some_and(|slot| slot.map.len() == class) {
+        if self
+            .oversized
+            .as_ref()
+            .is_some_and(|slot| slot.map.len() == class)
+        {
             return self.oversized.take();
         }
         let queue = self.by_class.get_mut(&class)?;
@@ -724,13 +729,25 @@ mod tests {
         assert!(Pool::class_size(big).unwrap() > pool.limits().max_idle_bytes);
         drop(pool.take(big).unwrap());
         drop(pool.take(big).unwrap());
-        assert_eq!(pool.stats().created, 1, "the second take reused the first segment");
+        assert_eq!(
+            pool.stats().created,
+            1,
+            "the second take reused the first segment"
+        );
         assert_eq!(pool.stats().reused, 1);
         drop(pool.take(10).unwrap());
-        assert_eq!(pool.idle_segments(), 2, "an ordinary one beside the oversized one");
+        assert_eq!(
+            pool.idle_segments(),
+            2,
+            "an ordinary one beside the oversized one"
+        );
         let bigger = 4 * MIN_CLASS;
         drop(pool.take(bigger).unwrap());
-        assert_eq!(pool.idle_segments(), 2, "a newer oversized segment replaces the older");
+        assert_eq!(
+            pool.idle_segments(),
+            2,
+            "a newer oversized segment replaces the older"
+        );
         assert_eq!(pool.idle_bytes(), MIN_CLASS + bigger);
         assert_eq!(pool.stats().freed, 1);
         pool.set_limits(PoolLimits {

@@ -594,6 +594,20 @@ impl ConnectionWriter {
         self.write(fds, while_blocked, None)
     }
 
+    /// Like [`send_with`](Self::send_with), with the frames of `before`
+    /// written ahead of `message`, all in one write when the socket has room
+    /// (the descriptors belong to `message`).
+    pub fn send_after_with(
+        &mut self,
+        before: &[Message],
+        message: &Message,
+        fds: &[BorrowedFd<'_>],
+        while_blocked: &mut dyn FnMut(),
+    ) -> Result<(), Error> {
+        self.encode_after(before, message, fds.len())?;
+        self.write(fds, while_blocked, None)
+    }
+
     /// Shuts the socket down both ways; see [`Connection::shutdown`].
     pub fn shutdown(&self) -> Result<(), Error> {
         self.socket.shutdown()
@@ -605,6 +619,15 @@ impl ConnectionWriter {
     }
 
     fn encode(&mut self, message: &Message, fd_count: usize) -> Result<(), Error> {
+        self.encode_after(&[], message, fd_count)
+    }
+
+    fn encode_after(
+        &mut self,
+        before: &[Message],
+        message: &Message,
+        fd_count: usize,
+    ) -> Result<(), Error> {
         if fd_count > 0 && !self.socket.unix {
             return Err(Error::FdsOverTcp);
         }
@@ -616,6 +639,9 @@ impl ConnectionWriter {
             self.buf = Vec::new();
         }
         self.buf.clear();
+        for earlier in before {
+            encode_with_fds(earlier, 0, &mut self.buf)?;
+        }
         encode_with_fds(message, fd_count, &mut self.buf)?;
         Ok(())
     }
