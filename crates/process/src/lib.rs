@@ -227,6 +227,7 @@ mod sink;
 mod slave;
 mod stream;
 mod sys;
+mod thread_calls;
 mod trust;
 
 pub use fingerprint::{fingerprint, program_name};
@@ -247,3 +248,4 @@ pub use server::{
 pub use sink::{ItemSink, TrySendError};
 pub use slave::{Output, SlaveProcess, SlaveProcessBuilder, slave};
 pub use stream::{DEFAULT_STREAM_WINDOW, ItemStream};
+pub use thread_calls::{MAX_THREAD_CALLS, MAX_THREAD_CALLS_VAR};

@@ -435,13 +435,14 @@ impl Served {
                     RunMode::Thread => {
                         self.threads_running.fetch_add(1, Ordering::AcqRel);
                         let served = self.clone();
-                        processional_thread::thread(move || {
+                        // At most `MAX_THREAD_CALLS` at once in the process;
+                        // the others wait their turn, holding no thread.
+                        crate::thread_calls::Bounded::global().submit(Box::new(move || {
                             served.execute(call, received.fds);
                             let _guard = lock(&served.threads_lock);
                             served.threads_running.fetch_sub(1, Ordering::AcqRel);
                             served.threads_done.notify_all();
-                        })
-                        .detach();
+                        }));
                         None
                     }
                 }

@@ -22,6 +22,13 @@ use crate::sys;
 /// calls its `while_blocked` hook again.
 const BLOCKED_WAIT: Duration = Duration::from_millis(2);
 
+/// The send buffer asked for on unix sockets. A unix stream socket charges
+/// every queued write to its sender, at about 1 KiB per small frame, so the
+/// default buffer (208 KiB) holds only a couple of hundred calls queued
+/// behind a long one before the caller blocks until the peer reads again.
+/// Memory is used only by what is actually queued.
+const UNIX_SEND_BUFFER: usize = 1 << 20;
+
 /// A send buffer that grew past this for one big frame is released after it.
 const SHRINK_ABOVE: usize = 1 << 20;
 
@@ -51,7 +58,10 @@ impl Socket {
     /// Takes a connected stream socket, switched to blocking mode.
     fn new(fd: OwnedFd, unix: bool) -> io::Result<Arc<Socket>> {
         sys::set_nonblocking(fd.as_fd(), false)?;
-        if !unix {
+        if unix {
+            // Best effort: the kernel caps it (net.core.wmem_max).
+            let _ = sys::set_send_buffer(fd.as_fd(), UNIX_SEND_BUFFER);
+        } else {
             sys::set_nodelay(fd.as_fd())?;
         }
         Ok(Arc::new(Socket {
@@ -719,5 +729,22 @@ impl AsFd for ConnectionWriter {
 impl AsRawFd for ConnectionWriter {
     fn as_raw_fd(&self) -> RawFd {
         self.socket.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Unix connections ask for a larger send buffer than a bare socket
+    /// gets, so that a few hundred small calls queued behind a long one do
+    /// not block their caller.
+    #[test]
+    fn unix_connections_get_a_larger_send_buffer() {
+        let (bare, _other) = sys::socketpair().unwrap();
+        let (ours, _peer) = Connection::pair().unwrap();
+        let default = sys::send_buffer(bare.as_fd()).unwrap();
+        let granted = sys::send_buffer(ours.as_fd()).unwrap();
+        assert!(granted > default, "{granted} <= {default}");
     }
 }

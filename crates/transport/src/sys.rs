@@ -278,6 +278,19 @@ fn getsockopt<T: Copy>(fd: BorrowedFd<'_>, level: i32, name: i32, mut value: T) 
     Ok(value)
 }
 
+/// Asks for a send buffer of `bytes` (`SO_SNDBUF`; the kernel caps it at
+/// `net.core.wmem_max` and doubles it for its bookkeeping).
+pub(crate) fn set_send_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, &value)
+}
+
+/// The send buffer the kernel granted (`SO_SNDBUF`).
+pub(crate) fn send_buffer(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let value: libc::c_int = getsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, 0)?;
+    Ok(usize::try_from(value).unwrap_or(0))
+}
+
 /// Disables Nagle's algorithm on a TCP socket.
 pub(crate) fn set_nodelay(fd: BorrowedFd<'_>) -> io::Result<()> {
     setsockopt(
