@@ -286,6 +286,7 @@ pub(crate) fn set_send_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()
 }
 
 /// The send buffer the kernel granted (`SO_SNDBUF`).
+#[cfg(test)]
 pub(crate) fn send_buffer(fd: BorrowedFd<'_>) -> io::Result<usize> {
     let value: libc::c_int = getsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, 0)?;
     Ok(usize::try_from(value).unwrap_or(0))
