@@ -13,7 +13,14 @@
 //! call, never the receiver's memory safety. Call
 //! arguments are *lent*: the caller takes the segment back for reuse when the
 //! reply arrives, since the callee never reads its arguments after replying.
-//! Values are handed over: the receiver's mapping is the last reference.
+//! A reply's value is lent too: the server keeps its segment until the
+//! caller's `Reclaim` says it was read (sent ahead of the caller's next
+//! frame), then reuses it. Stream items are handed over: the receiver's
+//! mapping is the last reference.
+//!
+//! Inline, each side makes one buffer per transfer: the sender's encoding
+//! buffer is recycled, its bytes are written from where they are, and a
+//! received `Vec<u8>` is decoded in place (see `codec`).
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -32,7 +39,9 @@ use crate::error::PayloadError;
 /// Encoded payloads larger than this travel in a shared-memory segment (on
 /// unix sockets), unless `PROCESSIONAL_INLINE_LIMIT` (bytes) says otherwise.
 /// Below it, writing through the socket costs less than mapping a segment on
-/// the other side (measured: see `docs/ARCHITECTURE.md`).
+/// the other side; above it, a frame no longer fits the socket buffer in one
+/// write and the segment wins (measured: `benches/README.md`, "the inline
+/// limit").
 pub const INLINE_LIMIT: usize = 128 * 1024;
 
 /// The environment variable that overrides [`INLINE_LIMIT`].

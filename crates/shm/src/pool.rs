@@ -105,8 +105,8 @@ pub struct PoolStats {
 /// [`take`](Pool::take) hands out a segment of at least the requested size (sizes are rounded
 /// up to a class: 64 KiB, then four classes per doubling, so at most 25% larger), reusing an
 /// idle one of that class when there is one. Dropping the [`PooledSegment`] gives it back;
-/// the pool keeps the most recently returned ones within its [`PoolLimits`] and frees the
-/// others.
+/// the pool keeps the most recently returned ones within its [`PoolLimits`] (and the latest
+/// one too large for them, see [`PoolLimits`]) and frees the others.
 ///
 /// A `Pool` is a cheap handle ([`Clone`]); idle memory is freed when the last handle goes.
 #[derive(Clone)]
