@@ -34,13 +34,7 @@ use processional_benches::run_child_if_requested;
 
 /// Inline payload sizes of `process.payload_step`, 64 KiB up to the limit
 /// (the encoded payload carries a 3-byte length prefix).
-const INLINE_SIZES: &[usize] = &[
-    64 << 10,
-    80 << 10,
-    96 << 10,
-    112 << 10,
-    INLINE_LIMIT - 16,
-];
+const INLINE_SIZES: &[usize] = &[64 << 10, 80 << 10, 96 << 10, 112 << 10, INLINE_LIMIT - 16];
 
 /// The baseline size of `process.payload_step`: just past the inline limit.
 const PAST_LIMIT: usize = INLINE_LIMIT + (1 << 10);
