@@ -106,19 +106,21 @@ const SPARE_MAX: usize = 2 * crate::payload::INLINE_LIMIT;
 /// bytes): a written frame's payload comes back here for the next one.
 static SPARE: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
-/// An empty buffer for an encoding of about `capacity` bytes: the spare one
-/// when it is free and large enough.
-pub(crate) fn buffer(capacity: usize) -> Vec<u8> {
-    if (SPARE_MIN..=SPARE_MAX).contains(&capacity) {
+/// An empty buffer for an encoding of `capacity` bytes (`None`: of a size
+/// not known yet): the spare one when it is free and large enough, else a
+/// new one of that capacity.
+pub(crate) fn buffer(capacity: Option<usize>) -> Vec<u8> {
+    let wanted = capacity.unwrap_or(SPARE_MIN);
+    if (SPARE_MIN..=SPARE_MAX).contains(&wanted) {
         if let Ok(mut spare) = SPARE.try_lock() {
-            if spare.capacity() >= capacity {
+            if spare.capacity() >= wanted {
                 let mut bytes = std::mem::take(&mut *spare);
                 bytes.clear();
                 return bytes;
             }
         }
     }
-    Vec::with_capacity(capacity)
+    Vec::with_capacity(capacity.unwrap_or(0))
 }
 
 /// Gives an encoding buffer back once its bytes were written, for
@@ -156,13 +158,13 @@ pub(crate) fn encode_into<T: Serialize + Any>(
 /// [`buffer`]).
 pub(crate) fn encode<T: Serialize + Any>(value: &T) -> Result<Vec<u8>, Error> {
     if let Some(len) = fast_len(value) {
-        let mut out = buffer(len);
+        let mut out = buffer(Some(len));
         encode_into(value, &mut out)?;
         return Ok(out);
     }
     // A message an earlier failure left is not this value's.
     custom::take_message();
-    let out = buffer(SPARE_MIN);
+    let out = buffer(None);
     postcard::to_extend(value, out).map_err(|error| encode_error::<T>(format_error(error)))
 }
 
@@ -443,6 +445,22 @@ mod tests {
             ),
             "{error:?}"
         );
+    }
+
+    #[test]
+    fn a_received_byte_vector_is_decoded_in_place() {
+        let value: Vec<u8> = (0..70_000).map(|i| i as u8).collect();
+        let encoded = encode(&value).unwrap();
+        let at = encoded.as_ptr();
+        let decoded: Vec<u8> = decode_owned(encoded).unwrap();
+        assert_eq!(decoded, value);
+        assert_eq!(decoded.as_ptr(), at, "the frame's buffer became the value");
+        let pair: (u32, String) = decode_owned(encode(&(3u32, "x".to_string())).unwrap()).unwrap();
+        assert_eq!(pair, (3, "x".to_string()));
+        let mut short = encode(&value).unwrap();
+        short.truncate(1000);
+        assert!(decode_owned::<Vec<u8>>(short).is_err());
+        assert!(decode_owned::<Vec<u8>>(vec![0xff; 12]).is_err());
     }
 
     #[test]
