@@ -30,8 +30,15 @@ use crate::sink::Flow;
 use processional_shm::{Loan, transfer};
 
 /// How often the watchdog looks for executors stuck in a long call, while
-/// calls run.
-const WATCHDOG_TICK: Duration = Duration::from_millis(10);
+/// calls run. A call seen running at two ticks in a row gets a reader, so a
+/// `thread` call, a `Cancel` or a `Ping` queued behind it waits two ticks at
+/// most (it used to be 10 ms, so up to 20 ms; the watchdog sleeps when no
+/// call runs, so a shorter tick costs nothing to an idle process).
+const WATCHDOG_TICK: Duration = Duration::from_millis(2);
+
+/// How long a lent reader (or an executor waiting for it) waits for input
+/// before it looks again whether the long call has ended.
+const READER_TICK: Duration = Duration::from_millis(10);
 
 /// How many value segments a connection keeps lent at most, waiting for
 /// their caller's [`Message::Reclaim`]; beyond that the oldest is freed
@@ -41,7 +48,7 @@ const MAX_LENT_VALUES: usize = 64;
 
 /// How many ticks in a row without any call started or running the
 /// watchdog waits before it sleeps until a call starts (so that calls in
-/// quick succession do not each have to wake it).
+/// quick succession do not each have to wake it): 10 ms.
 const WATCHDOG_LINGER_TICKS: u32 = 5;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -408,7 +415,7 @@ impl Served {
                     // queue something or give the socket back.
                     let queue = lock(&self.queue);
                     if queue.is_empty() && !self.ended() {
-                        let _ = self.queue_changed.wait_timeout(queue, WATCHDOG_TICK);
+                        let _ = self.queue_changed.wait_timeout(queue, READER_TICK);
                     }
                 }
             }
@@ -634,7 +641,7 @@ impl Served {
             let Ok(mut reader) = self.reader.try_lock() else {
                 break;
             };
-            let received = reader.recv_timeout(WATCHDOG_TICK);
+            let received = reader.recv_timeout(READER_TICK);
             match received {
                 // Queue the work before letting go of the socket (see
                 // `next_job`).
