@@ -40,11 +40,81 @@ const WATCHDOG_TICK: Duration = Duration::from_millis(2);
 /// before it looks again whether the long call has ended.
 const READER_TICK: Duration = Duration::from_millis(10);
 
-/// How many value segments a connection keeps lent at most, waiting for
-/// their caller's [`Message::Reclaim`]; beyond that the oldest is freed
-/// instead of reused (a caller that never says it is done cannot make us
-/// hold more).
-const MAX_LENT_VALUES: usize = 64;
+/// How many value segments this process keeps lent at most, over all its
+/// connections, waiting for their callers' [`Message::Reclaim`] (see
+/// [`LentValues`]).
+const MAX_LENT_VALUES: usize = 256;
+
+/// The value segments lent by every connection of this process, oldest
+/// first, until their caller's [`Message::Reclaim`] returns them to the pool.
+///
+/// A caller says it is done ahead of its next frame, so an idle caller keeps
+/// its last value's segment lent. What is kept is bounded like the pool's
+/// idle memory: at most [`MAX_LENT_VALUES`] segments and the pool's
+/// `max_idle_bytes` in all (the newest loan is kept whatever its size, as
+/// the pool keeps its latest oversized segment); beyond that the oldest are
+/// freed, not reused (their callers may still read them, from their own
+/// mappings). A connection that ends frees its own.
+#[derive(Default)]
+struct LentValues {
+    loans: VecDeque<LentValue>,
+    bytes: usize,
+}
+
+struct LentValue {
+    connection: u64,
+    task: TaskId,
+    loan: Loan,
+}
+
+impl LentValues {
+    fn global() -> MutexGuard<'static, LentValues> {
+        static LENT: OnceLock<Mutex<LentValues>> = OnceLock::new();
+        lock(LENT.get_or_init(Mutex::default))
+    }
+
+    /// Keeps `loan` (within `max_bytes` in all, the newest aside); returns
+    /// the loans it pushed out, to be freed.
+    fn keep(&mut self, connection: u64, task: TaskId, loan: Loan, max_bytes: usize) -> Vec<Loan> {
+        self.bytes += loan.len();
+        self.loans.push_back(LentValue {
+            connection,
+            task,
+            loan,
+        });
+        let mut evicted = Vec::new();
+        while self.loans.len() > 1 && (self.loans.len() > MAX_LENT_VALUES || self.bytes > max_bytes)
+        {
+            if let Some(oldest) = self.loans.pop_front() {
+                self.bytes -= oldest.loan.len();
+                evicted.push(oldest.loan);
+            }
+        }
+        evicted
+    }
+
+    /// Takes the loan of `task` on `connection` out, if it is kept.
+    fn take(&mut self, connection: u64, task: TaskId) -> Option<Loan> {
+        let index = self
+            .loans
+            .iter()
+            .position(|lent| lent.connection == connection && lent.task == task)?;
+        let lent = self.loans.remove(index)?;
+        self.bytes -= lent.loan.len();
+        Some(lent.loan)
+    }
+
+    /// Takes every loan of `connection` out.
+    fn take_all(&mut self, connection: u64) -> Vec<Loan> {
+        let (mine, others): (VecDeque<LentValue>, VecDeque<LentValue>) =
+            std::mem::take(&mut self.loans)
+                .into_iter()
+                .partition(|lent| lent.connection == connection);
+        self.loans = others;
+        self.bytes = self.loans.iter().map(|lent| lent.loan.len()).sum();
+        mine.into_iter().map(|lent| lent.loan).collect()
+    }
+}
 
 /// How many ticks in a row without any call started or running the
 /// watchdog waits before it sleeps until a call starts (so that calls in
@@ -110,9 +180,8 @@ pub(crate) struct Served {
     flow_epoch: Mutex<u64>,
     flow_changed: Condvar,
     flow_waiters: AtomicUsize,
-    /// The segments of values sent in replies, until their caller says it
-    /// has read them ([`Message::Reclaim`]); then they return to the pool.
-    lent_values: Mutex<VecDeque<(TaskId, Loan)>>,
+    /// This connection's number in the process, for [`LentValues`].
+    id: u64,
 }
 
 impl std::fmt::Debug for Served {
@@ -151,7 +220,10 @@ impl Served {
             flow_epoch: Mutex::new(0),
             flow_changed: Condvar::new(),
             flow_waiters: AtomicUsize::new(0),
-            lent_values: Mutex::new(VecDeque::new()),
+            id: {
+                static NEXT: AtomicU64 = AtomicU64::new(1);
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            },
         });
         Watchdog::global().watch(&served);
         served
@@ -265,36 +337,23 @@ impl Served {
 
     /// Keeps the segment of `task`'s value until its caller has read it.
     fn keep_lent_value(&self, task: TaskId, loan: Loan) {
-        let oldest = {
-            let mut lent = lock(&self.lent_values);
-            let oldest = (lent.len() >= MAX_LENT_VALUES)
-                .then(|| lent.pop_front())
-                .flatten();
-            lent.push_back((task, loan));
-            oldest
-        };
-        // Freed, not reused: its caller may still read it.
-        drop(oldest);
+        let max_bytes = processional_shm::Pool::global().limits().max_idle_bytes;
+        let evicted = LentValues::global().keep(self.id, task, loan, max_bytes);
+        // Freed (outside the lock), not reused: their callers may still
+        // read them.
+        drop(evicted);
     }
 
     /// Drops the record of `task`'s value segment (freed, not reused).
     fn forget_lent_value(&self, task: TaskId) {
-        let mut lent = lock(&self.lent_values);
-        if let Some(index) = lent.iter().position(|(id, _)| *id == task) {
-            let forgotten = lent.remove(index);
-            drop(lent);
-            drop(forgotten);
-        }
+        let forgotten = LentValues::global().take(self.id, task);
+        drop(forgotten);
     }
 
     /// The caller has read `task`'s value segment: back to the pool.
     fn reclaim_lent_value(&self, task: TaskId) {
-        let mut lent = lock(&self.lent_values);
-        if let Some(index) = lent.iter().position(|(id, _)| *id == task) {
-            let reclaimed = lent.remove(index).map(|(_, loan)| loan.reclaim());
-            drop(lent);
-            drop(reclaimed);
-        }
+        let reclaimed = LentValues::global().take(self.id, task).map(Loan::reclaim);
+        drop(reclaimed);
     }
 
     fn finish(&self, end: End) {
@@ -306,7 +365,7 @@ impl Served {
             self.objects.release_all();
         }
         // Nobody will reclaim these any more: free them.
-        let lent = std::mem::take(&mut *lock(&self.lent_values));
+        let lent = LentValues::global().take_all(self.id);
         drop(lent);
         self.queue_changed.notify_all();
         self.notify_flows();
@@ -796,5 +855,39 @@ impl Watchdog {
         while self.asleep.load(Ordering::SeqCst) {
             guard = self.woken.wait(guard).unwrap_or_else(|p| p.into_inner());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use processional_shm::{Pool, PoolLimits};
+
+    use super::*;
+
+    #[test]
+    fn lent_values_are_bounded_in_count_and_bytes() {
+        let pool = Pool::new(PoolLimits::default());
+        let loan = |len: usize| pool.take(len).unwrap().lend();
+        let mut lent = LentValues::default();
+        let mut evicted = 0;
+        for task in 0..(MAX_LENT_VALUES as u64 + 10) {
+            evicted += lent.keep(1, task, loan(100), usize::MAX).len();
+        }
+        assert_eq!((lent.loans.len(), evicted), (MAX_LENT_VALUES, 10));
+        assert!(lent.take(1, 0).is_none(), "the oldest went first");
+        assert!(lent.take(1, 10).is_some());
+        assert!(lent.take(2, 11).is_none(), "another connection's task");
+        let mine = lent.take_all(1);
+        assert_eq!(
+            (mine.len(), lent.loans.len(), lent.bytes),
+            (MAX_LENT_VALUES - 1, 0, 0)
+        );
+
+        // Bytes: the newest stays whatever its size, older ones make room.
+        assert!(lent.keep(1, 1, loan(1000), 1500).is_empty());
+        assert_eq!(lent.keep(2, 2, loan(1000), 1500).len(), 1);
+        assert_eq!(lent.keep(2, 3, loan(5000), 1500).len(), 1);
+        assert_eq!((lent.loans.len(), lent.bytes), (1, 5000));
+        assert!(lent.take(2, 3).is_some_and(|loan| loan.len() == 5000));
     }
 }
