@@ -6,9 +6,9 @@
 //!
 //! - `process.payload_step`: `invoke_with(v, |v: Vec<u8>| v.len())` on a warm
 //!   slave. `subject` sends inline payloads from 64 KiB up to the inline
-//!   limit ([`INLINE_SIZES`]) and reports the worst cost per byte, scaled to
-//!   the baseline's size; `baseline` sends [`PAST_LIMIT`] bytes, just past
-//!   the limit, through a pooled segment.
+//!   limit ([`INLINE_SIZES`], taking turns call by call) and reports the
+//!   worst cost per byte, scaled to the baseline's size; `baseline` sends
+//!   [`PAST_LIMIT`] bytes, just past the limit, through a pooled segment.
 //! - `process.send_257MiB`: the same call with a 257 MiB argument (scaled to
 //!   255 MiB, so the ratio compares costs per byte) against a 255 MiB one.
 //!   Cloning the argument is not timed.
@@ -112,11 +112,18 @@ fn payload_step(criterion: &mut Criterion, slave: &mut Option<SlaveGuard>) {
     group.bench_function("subject", |bencher| {
         let slave = warm(slave);
         bencher.iter_custom(|iters| {
+            // Sizes take turns call by call, so that a noisy moment of the
+            // machine does not land on one size alone and pass for its cost.
+            let mut spent = vec![Duration::ZERO; inline.len()];
+            for _ in 0..iters {
+                for (bytes, spent) in inline.iter().zip(&mut spent) {
+                    *spent += send_bytes(slave, bytes, 1);
+                }
+            }
             inline
                 .iter()
-                .map(|bytes| {
-                    per_reference(send_bytes(slave, bytes, iters), bytes.len(), PAST_LIMIT)
-                })
+                .zip(spent)
+                .map(|(bytes, spent)| per_reference(spent, bytes.len(), PAST_LIMIT))
                 .max()
                 .unwrap_or_default()
         });
