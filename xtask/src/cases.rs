@@ -167,6 +167,26 @@ pub(crate) const CASES: &[Case] = &[
         baseline: "raw pipelined frames, per frame",
         target: Some(1.0),
     },
+    Case {
+        name: "process.payload_step",
+        baseline: "ns/B of a shared-memory send just past the inline limit (subject: worst inline ns/B from 64 KiB up to the limit)",
+        target: Some(1.1),
+    },
+    Case {
+        name: "process.send_257MiB",
+        baseline: "ns/B of a 255 MiB argument (subject: a 257 MiB one, above the 320 MiB class)",
+        target: Some(1.1),
+    },
+    Case {
+        name: "process.return_1MiB",
+        baseline: "the same 1 MiB Vec<u8> sent to the slave (subject: returned from it)",
+        target: Some(1.2),
+    },
+    Case {
+        name: "server.throughput_256_clients",
+        baseline: "ns/call with 16 clients, 16 in flight each (subject: 256 clients)",
+        target: Some(1.2),
+    },
 ];
 
 /// The case named `name`, if the table has it.

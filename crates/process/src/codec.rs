@@ -4,9 +4,20 @@
 //! varint length followed by the bytes, so a `Vec<u8>` is written and read
 //! with one copy instead of one serializer call per byte. The bytes on the
 //! wire are exactly postcard's.
+//!
+//! Large inline payloads are the other thing this module is careful about.
+//! The encoding buffer of a payload is recycled once its frame is written
+//! ([`buffer`] / [`recycle`]), and a `Vec<u8>` received inline becomes the
+//! value itself ([`decode_owned`]): each inline transfer then allocates one
+//! buffer on each side, the value's own, as a plain socket transfer would.
+//! Each extra transient copy of 64 to 128 KiB used to leave enough free
+//! memory at the top of the heap for glibc to trim it (`brk`) after every
+//! call, and to fault it in again (zeroed) on the next: that doubled the
+//! cost per byte of inline payloads between 64 and 128 KiB.
 
 use std::any::{Any, TypeId};
 use std::fmt::Display;
+use std::sync::Mutex;
 
 use processional_proto::custom;
 use processional_proto::{RemoteError, RemoteErrorKind};
@@ -92,6 +103,46 @@ pub(crate) fn fast_len<T: Any>(value: &T) -> Option<usize> {
         .map(|bytes| bytes.len() + varint(bytes.len(), &mut [0; 10]).len())
 }
 
+/// Buffers smaller than this are not worth keeping.
+const SPARE_MIN: usize = 4 << 10;
+
+/// Buffers larger than this are not kept (payloads this large travel in
+/// shared memory on unix sockets).
+const SPARE_MAX: usize = 2 * crate::payload::INLINE_LIMIT;
+
+/// The process's spare encoding buffer (at most one, at most [`SPARE_MAX`]
+/// bytes): a written frame's payload comes back here for the next one.
+static SPARE: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+/// An empty buffer for an encoding of `capacity` bytes (`None`: of a size
+/// not known yet): the spare one when it is free and large enough, else a
+/// new one of that capacity.
+pub(crate) fn buffer(capacity: Option<usize>) -> Vec<u8> {
+    let wanted = capacity.unwrap_or(SPARE_MIN);
+    if (SPARE_MIN..=SPARE_MAX).contains(&wanted)
+        && let Ok(mut spare) = SPARE.try_lock()
+        && spare.capacity() >= wanted
+    {
+        let mut bytes = std::mem::take(&mut *spare);
+        bytes.clear();
+        return bytes;
+    }
+    Vec::with_capacity(capacity.unwrap_or(0))
+}
+
+/// Gives an encoding buffer back once its bytes were written, for
+/// [`buffer`] to hand out again.
+pub(crate) fn recycle(bytes: Vec<u8>) {
+    if !(SPARE_MIN..=SPARE_MAX).contains(&bytes.capacity()) {
+        return;
+    }
+    if let Ok(mut spare) = SPARE.try_lock()
+        && spare.capacity() < bytes.capacity()
+    {
+        *spare = bytes;
+    }
+}
+
 /// Encodes `value` into `sink`.
 pub(crate) fn encode_into<T: Serialize + Any>(
     value: &T,
@@ -110,11 +161,45 @@ pub(crate) fn encode_into<T: Serialize + Any>(
     sink.put(&bytes).map_err(encode_error::<T>)
 }
 
-/// Serializes `value`.
+/// Serializes `value` (into a recycled buffer when one is free: see
+/// [`buffer`]).
 pub(crate) fn encode<T: Serialize + Any>(value: &T) -> Result<Vec<u8>, Error> {
-    let mut out = Vec::with_capacity(fast_len(value).unwrap_or(0));
-    encode_into(value, &mut out)?;
-    Ok(out)
+    if let Some(len) = fast_len(value) {
+        let mut out = buffer(Some(len));
+        encode_into(value, &mut out)?;
+        return Ok(out);
+    }
+    // A message an earlier failure left is not this value's.
+    custom::take_message();
+    let out = buffer(None);
+    postcard::to_extend(value, out).map_err(|error| encode_error::<T>(format_error(error)))
+}
+
+/// Deserializes a `T` from `bytes`, like [`decode`]; a `Vec<u8>` is made of
+/// `bytes` itself (its length prefix moved out), without a second buffer.
+pub(crate) fn decode_owned<T: DeserializeOwned + Any>(mut bytes: Vec<u8>) -> Result<T, Error> {
+    if TypeId::of::<T>() != TypeId::of::<Vec<u8>>() {
+        let decoded = decode(&bytes);
+        recycle(bytes);
+        return decoded;
+    }
+    let prefix = match read_varint(&bytes) {
+        Some((len, rest)) if rest.len() == len => bytes.len() - rest.len(),
+        Some((announced, rest)) => {
+            let error = MalformedBytes::Mismatch {
+                announced,
+                following: rest.len(),
+            };
+            return Err(decode_error::<T>(CodecError::Format(Box::new(error))));
+        }
+        None => {
+            let error = MalformedBytes::Length;
+            return Err(decode_error::<T>(CodecError::Format(Box::new(error))));
+        }
+    };
+    bytes.drain(..prefix);
+    let boxed: Box<dyn Any> = Box::new(bytes);
+    Ok(*boxed.downcast::<T>().expect("T is Vec<u8>"))
 }
 
 /// Deserializes a `T` from `bytes`, which it must use up entirely.
@@ -367,6 +452,22 @@ mod tests {
             ),
             "{error:?}"
         );
+    }
+
+    #[test]
+    fn a_received_byte_vector_is_decoded_in_place() {
+        let value: Vec<u8> = (0..70_000).map(|i| i as u8).collect();
+        let encoded = encode(&value).unwrap();
+        let at = encoded.as_ptr();
+        let decoded: Vec<u8> = decode_owned(encoded).unwrap();
+        assert_eq!(decoded, value);
+        assert_eq!(decoded.as_ptr(), at, "the frame's buffer became the value");
+        let pair: (u32, String) = decode_owned(encode(&(3u32, "x".to_string())).unwrap()).unwrap();
+        assert_eq!(pair, (3, "x".to_string()));
+        let mut short = encode(&value).unwrap();
+        short.truncate(1000);
+        assert!(decode_owned::<Vec<u8>>(short).is_err());
+        assert!(decode_owned::<Vec<u8>>(vec![0xff; 12]).is_err());
     }
 
     #[test]

@@ -131,6 +131,37 @@
 //! and `ShmBuf` / `ShmVec` values travel as file descriptors on unix sockets
 //! (see `processional-shm`).
 //!
+//! # What grows with the work
+//!
+//! - An encoded payload up to [`INLINE_LIMIT`] (128 KiB) travels inline in
+//!   its frame, a larger one (on unix sockets) in a segment of the
+//!   shared-memory pool: below the limit the socket is cheaper, above it the
+//!   segment (measured: `benches/README.md`). Either way one buffer is made
+//!   per transfer on each side, so the cost per byte does not jump with size.
+//! - Segments are reused in both directions: an argument's segment comes
+//!   back when the reply arrives, a value's when its caller has read it
+//!   (the caller says so ahead of its next frame). The pool keeps the latest
+//!   segment larger than its idle limit too, so a payload of any size sent
+//!   again reuses its segment ([`processional_shm::PoolLimits`]).
+//! - `thread` calls run at most [`MAX_THREAD_CALLS`] at once in a serving
+//!   process; the others wait in FIFO order and hold no thread until they
+//!   start. A `thread` call that waits for a later `thread` call of the
+//!   same process beyond that bound waits forever: raise the bound
+//!   ([`MAX_THREAD_CALLS_VAR`] in the serving process's environment) or make
+//!   the later call a queued one.
+//!
+//! ```
+//! use processional_process::{MAX_THREAD_CALLS_VAR, SlaveProcessBuilder, func};
+//! # fn main() -> Result<(), processional_thread::Error> {
+//! // A slave that runs up to 1 000 `thread` calls at once.
+//! let process = SlaveProcessBuilder::new()
+//!     .env(MAX_THREAD_CALLS_VAR, "1000")
+//!     .spawn()?;
+//! assert_eq!(process.thread(func!(|| 7)).wait()?, 7);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Answering later
 //! A served function can keep the answer of its call and send it later, from
 //! any thread: shipped with a `*_later` method
@@ -251,6 +282,7 @@ mod sink;
 mod slave;
 mod stream;
 mod sys;
+mod thread_calls;
 mod title;
 mod trust;
 
@@ -277,3 +309,4 @@ pub use service::{
 pub use sink::{ItemSink, TrySendError};
 pub use slave::{Output, SlaveProcess, SlaveProcessBuilder, slave};
 pub use stream::{DEFAULT_STREAM_WINDOW, ItemStream};
+pub use thread_calls::{MAX_THREAD_CALLS, MAX_THREAD_CALLS_VAR};

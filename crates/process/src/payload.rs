@@ -13,10 +13,18 @@
 //! call, never the receiver's memory safety. Call
 //! arguments are *lent*: the caller takes the segment back for reuse when the
 //! reply arrives, since the callee never reads its arguments after replying.
-//! Values are handed over: the receiver's mapping is the last reference.
+//! A reply's value is lent too: the server keeps its segment until the
+//! caller's `Reclaim` says it was read (sent ahead of the caller's next
+//! frame), then reuses it. Stream items are handed over: the receiver's
+//! mapping is the last reference.
+//!
+//! Inline, each side makes one buffer per transfer: the sender's encoding
+//! buffer is recycled, its bytes are written from where they are, and a
+//! received `Vec<u8>` is decoded in place (see `codec`).
 
 use std::any::Any;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::cell::RefCell;
+use std::os::fd::OwnedFd;
 
 use processional_proto::Payload;
 use processional_shm::transfer::{self, TransferFd};
@@ -31,9 +39,9 @@ use crate::error::PayloadError;
 /// Encoded payloads larger than this travel in a shared-memory segment (on
 /// unix sockets), unless `PROCESSIONAL_INLINE_LIMIT` (bytes) says otherwise.
 /// Below it, writing through the socket costs less than mapping a segment on
-/// the other side: past the socket buffer, the reader and the writer take
-/// turns, while a segment costs one mapping whatever the size (measured on
-/// the project's benchmarks, not promised for every machine).
+/// the other side; above it, a frame no longer fits the socket buffer in one
+/// write and the segment wins (measured: `benches/README.md`, "the inline
+/// limit").
 pub const INLINE_LIMIT: usize = 128 * 1024;
 
 /// The environment variable that overrides [`INLINE_LIMIT`].
@@ -58,18 +66,6 @@ pub(crate) struct Outgoing {
     pub(crate) transfers: Vec<TransferFd>,
     /// The segment holding the payload, lent until the reply.
     pub(crate) loan: Option<Loan>,
-}
-
-impl Outgoing {
-    /// The descriptors to attach to the frame, in the order the payload
-    /// names them.
-    pub(crate) fn fds(&self) -> Vec<BorrowedFd<'_>> {
-        let mut fds: Vec<BorrowedFd<'_>> = self.transfers.iter().map(|fd| fd.as_fd()).collect();
-        if let Some(loan) = &self.loan {
-            fds.push(loan.as_fd());
-        }
-        fds
-    }
 }
 
 impl Sink for PooledSegment {
@@ -123,6 +119,7 @@ pub(crate) fn wrap_encoded(encoded: Encoded, transfers: Vec<TransferFd>, unix: b
         && let Ok(mut segment) = Pool::global().take(bytes.len())
     {
         segment.as_mut_slice().copy_from_slice(&bytes);
+        codec::recycle(bytes);
         return segmented(segment, transfers);
     }
     Outgoing {
@@ -146,7 +143,9 @@ fn segmented(segment: PooledSegment, transfers: Vec<TransferFd>) -> Outgoing {
 
 /// A received payload, resolved to bytes.
 pub(crate) enum Incoming {
-    Inline(Vec<u8>),
+    /// The bytes of the frame; a `Vec<u8>` value takes them over when it is
+    /// decoded (see [`codec::decode_owned`]), so they are decoded once.
+    Inline(RefCell<Vec<u8>>),
     Mapped(SegmentView),
 }
 
@@ -159,7 +158,7 @@ impl Incoming {
     ) -> Result<(Incoming, Vec<OwnedFd>), CodecError> {
         let payload_error = |error| CodecError::Payload(Box::new(error));
         match payload {
-            Payload::Inline(bytes) => Ok((Incoming::Inline(bytes), fds)),
+            Payload::Inline(bytes) => Ok((Incoming::Inline(RefCell::new(bytes)), fds)),
             Payload::Segment { fd, len } => {
                 let index = fd as usize;
                 if index >= fds.len() {
@@ -178,12 +177,15 @@ impl Incoming {
         }
     }
 
-    /// Decodes a `T` from the payload. A mapped segment is copied out
-    /// before it is decoded, never read in place: its sender can still write
-    /// it, and a decoder must not hold a `&[u8]` that can change under it.
+    /// Decodes a `T` from the payload (once: inline bytes may become the
+    /// value). A mapped segment is copied out before it is decoded, never
+    /// read in place: its sender can still write it, and a decoder must not
+    /// hold a `&[u8]` that can change under it.
     pub(crate) fn decode<T: DeserializeOwned + Any>(&self) -> Result<T, Error> {
         match self {
-            Incoming::Inline(bytes) => codec::decode(bytes),
+            Incoming::Inline(bytes) => {
+                codec::decode_owned(std::mem::take(&mut *bytes.borrow_mut()))
+            }
             Incoming::Mapped(view) => codec::decode_mapped(view),
         }
     }
@@ -194,6 +196,11 @@ pub(crate) fn decode<T: DeserializeOwned + Any>(
     payload: Payload,
     fds: Vec<OwnedFd>,
 ) -> Result<T, Error> {
+    if fds.is_empty()
+        && let Payload::Inline(bytes) = payload
+    {
+        return codec::decode_owned(bytes);
+    }
     let (incoming, fds) = Incoming::resolve(payload, fds)
         .map_err(|source| Error::codec::<T>(CodecDirection::Decode, source))?;
     if fds.is_empty() {

@@ -10,14 +10,14 @@
 //! starts: an idle process does not wake up.
 
 use std::collections::VecDeque;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use processional_proto::{
-    Call, Message, ObjectId, Outcome, RemoteError, RemoteErrorKind, Reply, RunMode, ServiceCall,
-    TaskId,
+    Call, Message, ObjectId, Outcome, Payload, RemoteError, RemoteErrorKind, Reply, RunMode,
+    ServiceCall, TaskId,
 };
 use processional_task::CancelToken;
 use processional_transport::{Connection, ConnectionReader, ConnectionWriter, Received};
@@ -29,15 +29,98 @@ use crate::objects::{ConnectionObjects, ObjectTable};
 use crate::payload::{self, Incoming, Outgoing};
 use crate::service;
 use crate::sink::Flow;
-use processional_shm::transfer;
+use processional_shm::{Loan, transfer};
 
 /// How often the watchdog looks for executors stuck in a long call, while
-/// calls run.
-const WATCHDOG_TICK: Duration = Duration::from_millis(10);
+/// calls run. A call seen running at two ticks in a row gets a reader, so a
+/// `thread` call, a `Cancel` or a `Ping` queued behind it waits two ticks at
+/// most (it used to be 10 ms, so up to 20 ms; the watchdog sleeps when no
+/// call runs, so a shorter tick costs nothing to an idle process).
+const WATCHDOG_TICK: Duration = Duration::from_millis(2);
+
+/// How long a lent reader (or an executor waiting for it) waits for input
+/// before it looks again whether the long call has ended.
+const READER_TICK: Duration = Duration::from_millis(10);
+
+/// How many value segments this process keeps lent at most, over all its
+/// connections, waiting for their callers' [`Message::Reclaim`] (see
+/// [`LentValues`]).
+const MAX_LENT_VALUES: usize = 256;
+
+/// The value segments lent by every connection of this process, oldest
+/// first, until their caller's [`Message::Reclaim`] returns them to the pool.
+///
+/// A caller says it is done ahead of its next frame, so an idle caller keeps
+/// its last value's segment lent. What is kept is bounded like the pool's
+/// idle memory: at most [`MAX_LENT_VALUES`] segments and the pool's
+/// `max_idle_bytes` in all (the newest loan is kept whatever its size, as
+/// the pool keeps its latest oversized segment); beyond that the oldest are
+/// freed, not reused (their callers may still read them, from their own
+/// mappings). A connection that ends frees its own.
+#[derive(Default)]
+struct LentValues {
+    loans: VecDeque<LentValue>,
+    bytes: usize,
+}
+
+struct LentValue {
+    connection: u64,
+    task: TaskId,
+    loan: Loan,
+}
+
+impl LentValues {
+    fn global() -> MutexGuard<'static, LentValues> {
+        static LENT: OnceLock<Mutex<LentValues>> = OnceLock::new();
+        lock(LENT.get_or_init(Mutex::default))
+    }
+
+    /// Keeps `loan` (within `max_bytes` in all, the newest aside); returns
+    /// the loans it pushed out, to be freed.
+    fn keep(&mut self, connection: u64, task: TaskId, loan: Loan, max_bytes: usize) -> Vec<Loan> {
+        self.bytes += loan.len();
+        self.loans.push_back(LentValue {
+            connection,
+            task,
+            loan,
+        });
+        let mut evicted = Vec::new();
+        while self.loans.len() > 1 && (self.loans.len() > MAX_LENT_VALUES || self.bytes > max_bytes)
+        {
+            if let Some(oldest) = self.loans.pop_front() {
+                self.bytes -= oldest.loan.len();
+                evicted.push(oldest.loan);
+            }
+        }
+        evicted
+    }
+
+    /// Takes the loan of `task` on `connection` out, if it is kept.
+    fn take(&mut self, connection: u64, task: TaskId) -> Option<Loan> {
+        let index = self
+            .loans
+            .iter()
+            .position(|lent| lent.connection == connection && lent.task == task)?;
+        let lent = self.loans.remove(index)?;
+        self.bytes -= lent.loan.len();
+        Some(lent.loan)
+    }
+
+    /// Takes every loan of `connection` out.
+    fn take_all(&mut self, connection: u64) -> Vec<Loan> {
+        let (mine, others): (VecDeque<LentValue>, VecDeque<LentValue>) =
+            std::mem::take(&mut self.loans)
+                .into_iter()
+                .partition(|lent| lent.connection == connection);
+        self.loans = others;
+        self.bytes = self.loans.iter().map(|lent| lent.loan.len()).sum();
+        mine.into_iter().map(|lent| lent.loan).collect()
+    }
+}
 
 /// How many ticks in a row without any call started or running the
 /// watchdog waits before it sleeps until a call starts (so that calls in
-/// quick succession do not each have to wake it).
+/// quick succession do not each have to wake it): 10 ms.
 const WATCHDOG_LINGER_TICKS: u32 = 5;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -104,6 +187,8 @@ pub(crate) struct Served {
     flow_epoch: Mutex<u64>,
     flow_changed: Condvar,
     flow_waiters: AtomicUsize,
+    /// This connection's number in the process, for [`LentValues`].
+    id: u64,
 }
 
 impl std::fmt::Debug for Served {
@@ -147,6 +232,10 @@ impl Served {
             flow_epoch: Mutex::new(0),
             flow_changed: Condvar::new(),
             flow_waiters: AtomicUsize::new(0),
+            id: {
+                static NEXT: AtomicU64 = AtomicU64::new(1);
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            },
         });
         Watchdog::global().watch(&served);
         served
@@ -218,18 +307,68 @@ impl Served {
             return false;
         }
         let (outcome, outgoing) = match outcome {
-            Ok(outgoing) => (Outcome::Value(outgoing.payload.clone()), Some(outgoing)),
+            Ok(mut outgoing) => {
+                let payload = std::mem::replace(&mut outgoing.payload, Payload::Inline(Vec::new()));
+                (Outcome::Value(payload), Some(outgoing))
+            }
             Err(error) => (Outcome::Error(error), None),
         };
         let message = Message::Reply(Reply { task, outcome });
-        let sent = match &outgoing {
-            Some(outgoing) => self.send_with_fds(&message, &outgoing.fds()),
-            None => self.send_with_fds(&message, &[]),
+        let Some(mut outgoing) = outgoing else {
+            return self.send_with_fds(&message, &[]);
         };
-        // A value's segment is handed over: dropping the loan here frees it
-        // for good once the caller has read it, never reuses it.
-        drop(outgoing);
+        // A value's segment is lent until the caller says it has read it
+        // (`Reclaim`), then reused. It is recorded before the reply leaves,
+        // so that the `Reclaim` cannot come first; the frame carries a
+        // duplicate of its descriptor. A segment that cannot be recorded is
+        // handed over: freed once the caller has read it, never reused.
+        let lent = match outgoing.loan.as_ref().map(|loan| loan.try_clone_fd()) {
+            Some(Ok(fd)) => outgoing.loan.take().map(|loan| (fd, loan)),
+            _ => None,
+        };
+        let mut fds: Vec<BorrowedFd<'_>> = outgoing.transfers.iter().map(|fd| fd.as_fd()).collect();
+        fds.extend(outgoing.loan.as_ref().map(|loan| loan.as_fd()));
+        let sent = match lent {
+            Some((fd, loan)) => {
+                self.keep_lent_value(task, loan);
+                fds.push(fd.as_fd());
+                let sent = self.send_with_fds(&message, &fds);
+                if !sent {
+                    self.forget_lent_value(task);
+                }
+                sent
+            }
+            None => self.send_with_fds(&message, &fds),
+        };
+        if let Message::Reply(Reply {
+            outcome: Outcome::Value(Payload::Inline(bytes)),
+            ..
+        }) = message
+        {
+            codec::recycle(bytes);
+        }
         sent
+    }
+
+    /// Keeps the segment of `task`'s value until its caller has read it.
+    fn keep_lent_value(&self, task: TaskId, loan: Loan) {
+        let max_bytes = processional_shm::Pool::global().limits().max_idle_bytes;
+        let evicted = LentValues::global().keep(self.id, task, loan, max_bytes);
+        // Freed (outside the lock), not reused: their callers may still
+        // read them.
+        drop(evicted);
+    }
+
+    /// Drops the record of `task`'s value segment (freed, not reused).
+    fn forget_lent_value(&self, task: TaskId) {
+        let forgotten = LentValues::global().take(self.id, task);
+        drop(forgotten);
+    }
+
+    /// The caller has read `task`'s value segment: back to the pool.
+    fn reclaim_lent_value(&self, task: TaskId) {
+        let reclaimed = LentValues::global().take(self.id, task).map(Loan::reclaim);
+        drop(reclaimed);
     }
 
     fn finish(&self, end: End) {
@@ -240,6 +379,9 @@ impl Served {
             // the objects it uses alive by itself).
             self.objects.release_all();
         }
+        // Nobody will reclaim these any more: free them.
+        let lent = LentValues::global().take_all(self.id);
+        drop(lent);
         self.queue_changed.notify_all();
         self.notify_flows();
     }
@@ -347,7 +489,7 @@ impl Served {
                     // queue something or give the socket back.
                     let queue = lock(&self.queue);
                     if queue.is_empty() && !self.ended() {
-                        let _ = self.queue_changed.wait_timeout(queue, WATCHDOG_TICK);
+                        let _ = self.queue_changed.wait_timeout(queue, READER_TICK);
                     }
                 }
             }
@@ -444,6 +586,10 @@ impl Served {
                 }
                 None
             }
+            Message::Reclaim { task } => {
+                self.reclaim_lent_value(task);
+                None
+            }
             Message::Pong(_) => None,
             other => {
                 let detail = format!("unexpected message from the peer: {}", other.name());
@@ -469,13 +615,14 @@ impl Served {
             RunMode::Thread => {
                 self.threads_running.fetch_add(1, Ordering::AcqRel);
                 let served = self.clone();
-                processional_thread::thread(move || {
+                // At most `MAX_THREAD_CALLS` at once in the process; the
+                // others wait their turn, holding no thread.
+                crate::thread_calls::Bounded::global().submit(Box::new(move || {
                     served.execute(call, fds);
                     let _guard = lock(&served.threads_lock);
                     served.threads_running.fetch_sub(1, Ordering::AcqRel);
                     served.threads_done.notify_all();
-                })
-                .detach();
+                }));
                 None
             }
         }
@@ -600,7 +747,7 @@ impl Served {
             let Ok(mut reader) = self.reader.try_lock() else {
                 break;
             };
-            let received = reader.recv_timeout(WATCHDOG_TICK);
+            let received = reader.recv_timeout(READER_TICK);
             match received {
                 // Queue the work before letting go of the socket (see
                 // `next_job`).
@@ -765,5 +912,39 @@ fn refusal(kind: RemoteErrorKind, message: String) -> RemoteError {
         message,
         location: None,
         backtrace: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use processional_shm::{Pool, PoolLimits};
+
+    use super::*;
+
+    #[test]
+    fn lent_values_are_bounded_in_count_and_bytes() {
+        let pool = Pool::new(PoolLimits::default());
+        let loan = |len: usize| pool.take(len).unwrap().lend();
+        let mut lent = LentValues::default();
+        let mut evicted = 0;
+        for task in 0..(MAX_LENT_VALUES as u64 + 10) {
+            evicted += lent.keep(1, task, loan(100), usize::MAX).len();
+        }
+        assert_eq!((lent.loans.len(), evicted), (MAX_LENT_VALUES, 10));
+        assert!(lent.take(1, 0).is_none(), "the oldest went first");
+        assert!(lent.take(1, 10).is_some());
+        assert!(lent.take(2, 11).is_none(), "another connection's task");
+        let mine = lent.take_all(1);
+        assert_eq!(
+            (mine.len(), lent.loans.len(), lent.bytes),
+            (MAX_LENT_VALUES - 1, 0, 0)
+        );
+
+        // Bytes: the newest stays whatever its size, older ones make room.
+        assert!(lent.keep(1, 1, loan(1000), 1500).is_empty());
+        assert_eq!(lent.keep(2, 2, loan(1000), 1500).len(), 1);
+        assert_eq!(lent.keep(2, 3, loan(5000), 1500).len(), 1);
+        assert_eq!((lent.loans.len(), lent.bytes), (1, 5000));
+        assert!(lent.take(2, 3).is_some_and(|loan| loan.len() == 5000));
     }
 }

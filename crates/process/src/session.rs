@@ -147,6 +147,10 @@ pub(crate) struct Session {
     followers: AtomicUsize,
     pump_running: AtomicBool,
     shutdown_acknowledged: AtomicBool,
+    /// Calls whose value came in a segment we have read: the server may
+    /// reuse those segments. Sent ([`Message::Reclaim`]) ahead of the next
+    /// frame, so no frame of its own wakes the server.
+    reclaims: Mutex<Vec<TaskId>>,
     unix: bool,
     exit_probe: OnceLock<Box<dyn ExitProbe>>,
     /// The address of the server at the other end, for handles that move to
@@ -184,6 +188,7 @@ impl Session {
             followers: AtomicUsize::new(0),
             pump_running: AtomicBool::new(false),
             shutdown_acknowledged: AtomicBool::new(false),
+            reclaims: Mutex::new(Vec::new()),
             unix,
             exit_probe: OnceLock::new(),
             origin: OnceLock::new(),
@@ -277,12 +282,24 @@ impl Session {
                 let _ = session.send(&Message::Cancel { task: task_id });
             }
         }));
+        let weak = self.me.clone();
         self.send_call(task_id, target, args, |lent| {
             Pending::Call(Box::new(move |outcome: RawOutcome| {
                 reclaim(lent, &outcome);
-                completer.complete(
-                    outcome.and_then(|(payload, fds)| payload::decode::<R>(payload, fds)),
-                );
+                let value = outcome.and_then(|(payload, fds)| {
+                    let in_segment = matches!(payload, Payload::Segment { .. });
+                    let value = payload::decode::<R>(payload, fds);
+                    if in_segment {
+                        // Read and unmapped: the server may reuse the
+                        // segment. It is told with the next frame we send,
+                        // which comes before any call that could need it.
+                        if let Some(session) = weak.upgrade() {
+                            lock(&session.reclaims).push(task_id);
+                        }
+                    }
+                    value
+                });
+                completer.complete(value);
             }))
         });
         Ok(task)
@@ -349,6 +366,13 @@ impl Session {
             );
             self.send_with_fds(&message, &fds)
         };
+        if let Message::Call(Call {
+            args: Payload::Inline(bytes),
+            ..
+        }) = message
+        {
+            crate::codec::recycle(bytes);
+        }
         if let Err(error) = sent {
             // The call never left: fail it here (the session is dead by now,
             // so the task's completion carries the reason).
@@ -374,7 +398,13 @@ impl Session {
         if let Some(error) = self.death_error() {
             return Err(error);
         }
-        let result = lock(&self.writer).send_with(message, fds, &mut || self.drain());
+        let mut writer = lock(&self.writer);
+        let reclaims: Vec<Message> = std::mem::take(&mut *lock(&self.reclaims))
+            .into_iter()
+            .map(|task| Message::Reclaim { task })
+            .collect();
+        let result = writer.send_after_with(&reclaims, message, fds, &mut || self.drain());
+        drop(writer);
         result.map_err(|error| {
             let death = self.die_from(error);
             death.error()

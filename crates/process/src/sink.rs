@@ -15,7 +15,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use processional_proto::{Message, RemoteError, TaskId};
+use processional_proto::{Message, Payload, RemoteError, TaskId};
 use processional_thread::CancelToken;
 use serde::Serialize;
 
@@ -307,7 +307,15 @@ impl<T: Serialize + Any> ItemSink<T> {
         };
         let mut fds: Vec<BorrowedFd<'_>> = transfers.iter().map(|fd| fd.as_fd()).collect();
         fds.extend(loan.as_ref().map(|loan| loan.as_fd()));
-        if !served.send_with_fds(&message, &fds) {
+        let sent = served.send_with_fds(&message, &fds);
+        if let Message::Item {
+            payload: Payload::Inline(bytes),
+            ..
+        } = message
+        {
+            codec::recycle(bytes);
+        }
+        if !sent {
             return Err(TrySendError::NobodyListening(item));
         }
         // An item's segment is handed over, like a value's.

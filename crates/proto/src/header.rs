@@ -7,7 +7,7 @@ pub const MAGIC: [u8; 4] = *b"PRCL";
 
 /// The protocol version this crate speaks, carried by every frame header and
 /// by [`Hello`](crate::Hello). Peers with different versions refuse each other.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The size of a [`FrameHeader`] on the wire, in bytes.
 pub const HEADER_LEN: usize = 12;

@@ -86,7 +86,7 @@ pub mod message;
 mod strategy;
 
 pub use decoder::{Decoder, Frame, READ_CHUNK};
-pub use encode::{encode, encode_with_fds};
+pub use encode::{encode, encode_split, encode_with_fds};
 pub use error::ProtoError;
 pub use header::{
     DEFAULT_MAX_FRAME, FLAG_FDS, FrameHeader, HEADER_LEN, MAGIC, MAX_FDS_PER_FRAME,

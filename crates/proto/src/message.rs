@@ -485,6 +485,13 @@ pub enum Message {
     },
     /// Run a named service of the receiver.
     ServiceCall(ServiceCall),
+    /// The caller has read the value of `task`'s [`Reply`], which came in a
+    /// segment ([`Payload::Segment`]): its sender may write the segment
+    /// again (it returns to the sender's pool instead of being freed).
+    Reclaim {
+        /// The call whose reply's segment was read.
+        task: TaskId,
+    },
 }
 
 impl Message {
@@ -508,6 +515,7 @@ impl Message {
             Message::Item { .. } => "Item",
             Message::Credit { .. } => "Credit",
             Message::ServiceCall(_) => "ServiceCall",
+            Message::Reclaim { .. } => "Reclaim",
         }
     }
 }

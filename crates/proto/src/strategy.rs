@@ -94,6 +94,7 @@ pub(crate) fn every_variant() -> Vec<Message> {
             service: "processional.example.v1.get".into(),
             args: Payload::Inline(vec![1, 2]),
         }),
+        Message::Reclaim { task: 5 },
     ];
     for role in [Role::Slave, Role::Client, Role::Server, Role::DataClient] {
         messages.push(Message::Hello(Hello {
@@ -250,6 +251,7 @@ pub(crate) fn message() -> impl Strategy<Value = Message> {
         1 => (any::<u64>(), any::<u32>()).prop_map(|(task, items)| Message::Credit { task, items }),
         2 => (any::<u64>(), text(), payload())
             .prop_map(|(task, service, args)| Message::ServiceCall(ServiceCall { task, service, args })),
+        1 => any::<u64>().prop_map(|task| Message::Reclaim { task }),
     ]
 }
 

@@ -45,6 +45,7 @@ use std::fmt;
 use std::io;
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 
 use crate::error::{Result, ShmError};
@@ -55,22 +56,48 @@ use crate::{Seals, Segment, sys};
 const MIN_CLASS: usize = 64 << 10;
 
 /// How much idle memory a pool may keep, and in how many segments.
+///
+/// Segments up to `max_idle_bytes` are kept within both limits, the least recently returned
+/// freed first. A segment larger than `max_idle_bytes` does not fit them; with
+/// `keep_oversized` the pool still keeps the most recently returned one of those (at most
+/// one, besides the others), so that a user who keeps sending payloads that large keeps
+/// reusing one segment instead of making and faulting in a fresh one every time. Idle memory
+/// is then at most `max_idle_bytes` plus that one segment; [`Pool::clear`] frees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolLimits {
-    /// Total size of the idle segments kept. A returned segment larger than this is freed.
+    /// Total size of the idle segments kept (the oversized one aside).
     pub max_idle_bytes: usize,
-    /// Number of idle segments kept (each holds a descriptor and a mapping).
+    /// Number of idle segments kept (each holds a descriptor and a mapping; the oversized one
+    /// aside). Zero keeps none at all, not even an oversized one.
     pub max_idle_segments: usize,
+    /// Whether the most recently returned segment larger than `max_idle_bytes` is kept.
+    pub keep_oversized: bool,
 }
 
 impl Default for PoolLimits {
-    /// 256 MiB in at most 64 segments: room for two 100 MiB payloads.
+    /// 256 MiB in at most 64 segments (room for two 100 MiB payloads), plus the last segment
+    /// larger than that.
     fn default() -> PoolLimits {
         PoolLimits {
             max_idle_bytes: 256 << 20,
             max_idle_segments: 64,
+            keep_oversized: true,
         }
     }
+}
+
+/// What a pool has done since it was made: counters that only grow.
+///
+/// `created` counts `memfd_create` calls: a workload that keeps reusing its segments keeps it
+/// still.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Fresh segments made (each one a `memfd_create`, a mapping, and page faults).
+    pub created: u64,
+    /// Requests served with an idle segment.
+    pub reused: u64,
+    /// Segments the pool freed: returned beyond its limits, evicted, or cleared.
+    pub freed: u64,
 }
 
 /// A pool of writable, mapped segments, sorted by size class.
@@ -78,8 +105,8 @@ impl Default for PoolLimits {
 /// [`take`](Pool::take) hands out a segment of at least the requested size (sizes are rounded
 /// up to a class: 64 KiB, then four classes per doubling, so at most 25% larger), reusing an
 /// idle one of that class when there is one. Dropping the [`PooledSegment`] gives it back;
-/// the pool keeps the most recently returned ones within its [`PoolLimits`] and frees the
-/// others.
+/// the pool keeps the most recently returned ones within its [`PoolLimits`] (and the latest
+/// one too large for them, see [`PoolLimits`]) and frees the others.
 ///
 /// A `Pool` is a cheap handle ([`Clone`]); idle memory is freed when the last handle goes.
 #[derive(Clone)]
@@ -89,6 +116,9 @@ pub struct Pool {
 
 struct PoolShared {
     idle: Mutex<IdleSet>,
+    created: AtomicU64,
+    reused: AtomicU64,
+    freed: AtomicU64,
 }
 
 /// The idle segments, by size class, oldest first within a class.
@@ -99,6 +129,9 @@ struct IdleSet {
     limits: PoolLimits,
     /// Counts returns, to find the least recently returned segment.
     clock: u64,
+    /// The most recently returned segment larger than `limits.max_idle_bytes`, kept beside
+    /// the others when `limits.keep_oversized` (not counted in `bytes` and `count`).
+    oversized: Option<Slot>,
 }
 
 struct Idle {
@@ -121,10 +154,14 @@ impl Pool {
             count: 0,
             limits,
             clock: 0,
+            oversized: None,
         };
         Pool {
             shared: Arc::new(PoolShared {
                 idle: Mutex::new(idle),
+                created: AtomicU64::new(0),
+                reused: AtomicU64::new(0),
+                freed: AtomicU64::new(0),
             }),
         }
     }
@@ -157,11 +194,7 @@ impl Pool {
     /// one fault per page).
     pub fn take(&self, len: usize) -> Result<PooledSegment> {
         let class = Pool::class_size(len)?;
-        let reused = self.shared.lock().pop(class);
-        let slot = match reused {
-            Some(slot) => slot,
-            None => Slot::create(class, len)?,
-        };
+        let slot = self.shared.take(class, len)?;
         Ok(PooledSegment {
             slot: Some(slot),
             len,
@@ -176,33 +209,64 @@ impl Pool {
 
     /// Changes the limits, freeing idle segments beyond the new ones.
     pub fn set_limits(&self, limits: PoolLimits) {
-        let evicted = {
+        let (evicted, oversized) = {
             let mut idle = self.shared.lock();
             idle.limits = limits;
-            idle.evict_to_fit(0)
+            let keep = limits.keep_oversized && limits.max_idle_segments > 0;
+            let oversized = if keep { None } else { idle.oversized.take() };
+            (idle.evict_to_fit(0), oversized)
         };
-        drop(evicted);
+        self.shared
+            .count_freed(evicted.len() + usize::from(oversized.is_some()));
+        drop((evicted, oversized));
     }
 
-    /// The total size of the idle segments.
+    /// The total size of the idle segments (the oversized one included).
     pub fn idle_bytes(&self) -> usize {
-        self.shared.lock().bytes
+        let idle = self.shared.lock();
+        idle.bytes + idle.oversized.as_ref().map_or(0, |slot| slot.map.len())
     }
 
-    /// The number of idle segments.
+    /// The number of idle segments (the oversized one included).
     pub fn idle_segments(&self) -> usize {
-        self.shared.lock().count
+        let idle = self.shared.lock();
+        idle.count + usize::from(idle.oversized.is_some())
+    }
+
+    /// What the pool has done so far: segments made, reused and freed.
+    ///
+    /// ```
+    /// use processional_shm::{Pool, PoolLimits};
+    ///
+    /// # fn main() -> Result<(), processional_shm::ShmError> {
+    /// let pool = Pool::new(PoolLimits::default());
+    /// drop(pool.take(1 << 20)?);
+    /// drop(pool.take(1 << 20)?);
+    /// let stats = pool.stats();
+    /// assert_eq!((stats.created, stats.reused), (1, 1));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn stats(&self) -> PoolStats {
+        PoolStats {
+            created: self.shared.created.load(Ordering::Relaxed),
+            reused: self.shared.reused.load(Ordering::Relaxed),
+            freed: self.shared.freed.load(Ordering::Relaxed),
+        }
     }
 
     /// Frees every idle segment.
     pub fn clear(&self) {
-        let evicted = {
+        let (evicted, oversized) = {
             let mut idle = self.shared.lock();
             idle.count = 0;
             idle.bytes = 0;
-            std::mem::take(&mut idle.by_class)
+            (std::mem::take(&mut idle.by_class), idle.oversized.take())
         };
-        drop(evicted);
+        let freed = evicted.values().map(VecDeque::len).sum::<usize>();
+        self.shared
+            .count_freed(freed + usize::from(oversized.is_some()));
+        drop((evicted, oversized));
     }
 }
 
@@ -212,12 +276,41 @@ impl PoolShared {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// An idle segment of `class` if there is one, else a fresh one with its first `populate`
+    /// bytes faulted in.
+    fn take(&self, class: usize, populate: usize) -> Result<Slot> {
+        let reused = self.lock().pop(class);
+        match reused {
+            Some(slot) => {
+                self.reused.fetch_add(1, Ordering::Relaxed);
+                Ok(slot)
+            }
+            None => {
+                let slot = Slot::create(class, populate)?;
+                self.created.fetch_add(1, Ordering::Relaxed);
+                Ok(slot)
+            }
+        }
+    }
+
+    fn count_freed(&self, count: usize) {
+        if count > 0 {
+            self.freed.fetch_add(count as u64, Ordering::Relaxed);
+        }
+    }
+
     /// Keeps a returned segment if the limits allow.
     fn give_back(&self, slot: Slot) {
         let class = slot.map.len();
-        let evicted = {
+        let evicted: Vec<Slot> = {
             let mut idle = self.lock();
-            if class > idle.limits.max_idle_bytes || idle.limits.max_idle_segments == 0 {
+            if class > idle.limits.max_idle_bytes
+                && idle.limits.keep_oversized
+                && idle.limits.max_idle_segments > 0
+            {
+                // The user's largest payloads: keep the latest one beside the others.
+                idle.oversized.replace(slot).into_iter().collect()
+            } else if class > idle.limits.max_idle_bytes || idle.limits.max_idle_segments == 0 {
                 vec![slot]
             } else {
                 let evicted = idle.evict_to_fit(class);
@@ -233,6 +326,7 @@ impl PoolShared {
             }
         };
         // Unmapping and closing happen outside the lock.
+        self.count_freed(evicted.len());
         drop(evicted);
     }
 }
@@ -240,6 +334,13 @@ impl PoolShared {
 impl IdleSet {
     /// The most recently returned idle segment of `class`.
     fn pop(&mut self, class: usize) -> Option<Slot> {
+        if self
+            .oversized
+            .as_ref()
+            .is_some_and(|slot| slot.map.len() == class)
+        {
+            return self.oversized.take();
+        }
         let queue = self.by_class.get_mut(&class)?;
         let idle = queue.pop_back()?;
         if queue.is_empty() {
@@ -358,9 +459,8 @@ impl PooledSegment {
             return Ok(());
         }
         let class = Pool::class_size(capacity.max(self.capacity().saturating_mul(2)))?;
-        let reused = self.pool.upgrade().and_then(|pool| pool.lock().pop(class));
-        let slot = match reused {
-            Some(slot) => slot,
+        let slot = match self.pool.upgrade() {
+            Some(pool) => pool.take(class, capacity)?,
             None => Slot::create(class, capacity)?,
         };
         // SAFETY: both mappings are valid for at least `len` bytes (`len <= old capacity <
@@ -596,6 +696,7 @@ mod tests {
         let pool = Pool::new(PoolLimits {
             max_idle_bytes: 3 * MIN_CLASS,
             max_idle_segments: 2,
+            keep_oversized: false,
         });
         let taken: Vec<_> = (0..4).map(|_| pool.take(10).unwrap()).collect();
         drop(taken);
@@ -606,11 +707,58 @@ mod tests {
         pool.set_limits(PoolLimits {
             max_idle_bytes: MIN_CLASS,
             max_idle_segments: 10,
+            keep_oversized: false,
         });
         assert_eq!(pool.idle_segments(), 1);
         assert_eq!(pool.idle_bytes(), MIN_CLASS);
         pool.clear();
         assert_eq!(pool.idle_segments(), 0);
+    }
+
+    /// A segment larger than the idle limit (a 257 MiB payload rounds up to a 320 MiB class,
+    /// above the default 256 MiB) is kept when it is the latest such one, so sending it again
+    /// makes no fresh segment.
+    #[test]
+    fn the_latest_oversized_segment_is_kept() {
+        let pool = Pool::new(PoolLimits {
+            max_idle_bytes: 2 * MIN_CLASS,
+            max_idle_segments: 4,
+            keep_oversized: true,
+        });
+        let big = 2 * MIN_CLASS + 1;
+        assert!(Pool::class_size(big).unwrap() > pool.limits().max_idle_bytes);
+        drop(pool.take(big).unwrap());
+        drop(pool.take(big).unwrap());
+        assert_eq!(
+            pool.stats().created,
+            1,
+            "the second take reused the first segment"
+        );
+        assert_eq!(pool.stats().reused, 1);
+        drop(pool.take(10).unwrap());
+        assert_eq!(
+            pool.idle_segments(),
+            2,
+            "an ordinary one beside the oversized one"
+        );
+        let bigger = 4 * MIN_CLASS;
+        drop(pool.take(bigger).unwrap());
+        assert_eq!(
+            pool.idle_segments(),
+            2,
+            "a newer oversized segment replaces the older"
+        );
+        assert_eq!(pool.idle_bytes(), MIN_CLASS + bigger);
+        assert_eq!(pool.stats().freed, 1);
+        pool.set_limits(PoolLimits {
+            keep_oversized: false,
+            ..pool.limits()
+        });
+        assert_eq!(pool.idle_segments(), 1);
+        pool.clear();
+        assert_eq!(pool.idle_segments(), 0);
+        assert_eq!(pool.stats().freed, 3);
+        assert_eq!(pool.stats().created, 3);
     }
 
     #[test]

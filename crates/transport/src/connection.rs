@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use processional_proto::{
-    DEFAULT_MAX_FRAME, MAX_FDS_PER_FRAME, Message, ProtoError, encode_with_fds,
+    DEFAULT_MAX_FRAME, MAX_FDS_PER_FRAME, Message, ProtoError, encode_split, encode_with_fds,
 };
 
 use crate::address::Address;
@@ -21,6 +21,18 @@ use crate::sys;
 /// How long a blocked sender waits for room in the socket buffer before it
 /// calls its `while_blocked` hook again.
 const BLOCKED_WAIT: Duration = Duration::from_millis(2);
+
+/// Inline payloads at least this large are written from where they are,
+/// after the rest of their frame (one vectored write), not copied into the
+/// frame buffer first.
+const SPLIT_ABOVE: usize = 16 << 10;
+
+/// The send buffer asked for on unix sockets. A unix stream socket charges
+/// every queued write to its sender, at about 1 KiB per small frame, so the
+/// default buffer (208 KiB) holds only a couple of hundred calls queued
+/// behind a long one before the caller blocks until the peer reads again.
+/// Memory is used only by what is actually queued.
+const UNIX_SEND_BUFFER: usize = 1 << 20;
 
 /// A send buffer that grew past this for one big frame is released after it.
 const SHRINK_ABOVE: usize = 1 << 20;
@@ -51,7 +63,10 @@ impl Socket {
     /// Takes a connected stream socket, switched to blocking mode.
     fn new(fd: OwnedFd, unix: bool) -> io::Result<Arc<Socket>> {
         sys::set_nonblocking(fd.as_fd(), false)?;
-        if !unix {
+        if unix {
+            // Best effort: the kernel caps it (net.core.wmem_max).
+            let _ = sys::set_send_buffer(fd.as_fd(), UNIX_SEND_BUFFER);
+        } else {
             sys::set_nodelay(fd.as_fd())?;
         }
         Ok(Arc::new(Socket {
@@ -650,8 +665,22 @@ impl ConnectionWriter {
         fds: &[BorrowedFd<'_>],
         while_blocked: &mut dyn FnMut(),
     ) -> Result<(), Error> {
-        self.encode(message, fds.len())?;
-        self.write(fds, while_blocked, None)
+        let tail = self.encode_after(&[], message, fds.len())?;
+        self.write(fds, tail, while_blocked, None)
+    }
+
+    /// Like [`send_with`](Self::send_with), with the frames of `before`
+    /// written ahead of `message`, all in one write when the socket has room
+    /// (the descriptors belong to `message`).
+    pub fn send_after_with(
+        &mut self,
+        before: &[Message],
+        message: &Message,
+        fds: &[BorrowedFd<'_>],
+        while_blocked: &mut dyn FnMut(),
+    ) -> Result<(), Error> {
+        let tail = self.encode_after(before, message, fds.len())?;
+        self.write(fds, tail, while_blocked, None)
     }
 
     /// Shuts the socket down both ways; see [`Connection::shutdown`].
@@ -660,11 +689,19 @@ impl ConnectionWriter {
     }
 
     fn send_until(&mut self, message: &Message, deadline: Option<Instant>) -> Result<(), Error> {
-        self.encode(message, 0)?;
-        self.write(&[], &mut || {}, deadline)
+        let tail = self.encode_after(&[], message, 0)?;
+        self.write(&[], tail, &mut || {}, deadline)
     }
 
-    fn encode(&mut self, message: &Message, fd_count: usize) -> Result<(), Error> {
+    /// Encodes the frames of `before` and `message` into the buffer, but
+    /// for the bytes of a large inline payload ending `message`, which are
+    /// returned, to be written from where they are.
+    fn encode_after<'m>(
+        &mut self,
+        before: &[Message],
+        message: &'m Message,
+        fd_count: usize,
+    ) -> Result<&'m [u8], Error> {
         if fd_count > 0 && !self.socket.unix {
             return Err(Error::FdsOverTcp);
         }
@@ -676,21 +713,32 @@ impl ConnectionWriter {
             self.buf = Vec::new();
         }
         self.buf.clear();
-        encode_with_fds(message, fd_count, &mut self.buf)?;
-        Ok(())
+        for earlier in before {
+            encode_with_fds(earlier, 0, &mut self.buf)?;
+        }
+        Ok(encode_split(message, fd_count, &mut self.buf, SPLIT_ABOVE)?)
     }
 
-    /// Writes the encoded frame; the descriptors ride on its first bytes.
+    /// Writes the encoded frame, then `tail` (the rest of it, see
+    /// [`encode_after`](Self::encode_after)); the descriptors ride on its
+    /// first bytes.
     fn write(
         &mut self,
         mut fds: &[BorrowedFd<'_>],
+        tail: &[u8],
         while_blocked: &mut dyn FnMut(),
         deadline: Option<Instant>,
     ) -> Result<(), Error> {
         let fd = self.socket.fd.as_fd();
+        let head_len = self.buf.len();
         let mut sent = 0;
-        while sent < self.buf.len() {
-            match sys::send_with_fds(fd, &self.buf[sent..], fds, sys::DONTWAIT) {
+        while sent < head_len + tail.len() {
+            let (head, rest) = if sent < head_len {
+                (&self.buf[sent..], tail)
+            } else {
+                (&[][..], &tail[sent - head_len..])
+            };
+            match sys::send_parts_with_fds(fd, head, rest, fds, sys::DONTWAIT) {
                 Ok(0) => return Err(Error::Io(io::ErrorKind::WriteZero.into())),
                 Ok(n) => {
                     sent += n;
@@ -753,5 +801,22 @@ impl AsFd for ConnectionWriter {
 impl AsRawFd for ConnectionWriter {
     fn as_raw_fd(&self) -> RawFd {
         self.socket.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Unix connections ask for a larger send buffer than a bare socket
+    /// gets, so that a few hundred small calls queued behind a long one do
+    /// not block their caller.
+    #[test]
+    fn unix_connections_get_a_larger_send_buffer() {
+        let (bare, _other) = sys::socketpair().unwrap();
+        let (ours, _peer) = Connection::pair().unwrap();
+        let default = sys::send_buffer(bare.as_fd()).unwrap();
+        let granted = sys::send_buffer(ours.as_fd()).unwrap();
+        assert!(granted > default, "{granted} <= {default}");
     }
 }

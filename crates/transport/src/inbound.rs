@@ -243,7 +243,9 @@ impl Inbound {
             return Ok(Fill::Eof);
         }
         self.apply_max_frame();
-        let want = self.cursor.as_ref().map_or(READ_CHUNK, FrameCursor::want);
+        // After the handshake, read as much as the buffer holds: a frame
+        // larger than a chunk then takes one read, not one per chunk.
+        let want = self.cursor.as_ref().map_or(usize::MAX, FrameCursor::want);
         let spare = self.decoder.spare_capacity(want.min(READ_CHUNK));
         let len = spare.len().min(want);
         if len == 0 {

@@ -278,6 +278,20 @@ fn getsockopt<T: Copy>(fd: BorrowedFd<'_>, level: i32, name: i32, mut value: T) 
     Ok(value)
 }
 
+/// Asks for a send buffer of `bytes` (`SO_SNDBUF`; the kernel caps it at
+/// `net.core.wmem_max` and doubles it for its bookkeeping).
+pub(crate) fn set_send_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, &value)
+}
+
+/// The send buffer the kernel granted (`SO_SNDBUF`).
+#[cfg(test)]
+pub(crate) fn send_buffer(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let value: libc::c_int = getsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, 0)?;
+    Ok(usize::try_from(value).unwrap_or(0))
+}
+
 /// Disables Nagle's algorithm on a TCP socket.
 pub(crate) fn set_nodelay(fd: BorrowedFd<'_>) -> io::Result<()> {
     setsockopt(
@@ -448,6 +462,68 @@ pub(crate) fn send_with_fds(
     retry(|| {
         // SAFETY: `msg` points to one iovec over the live `data` slice and to
         // the control buffer filled above; all of them outlive the call.
+        syscall!(unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, flags | libc::MSG_NOSIGNAL) })
+    })
+    .map(|sent| sent as usize)
+}
+
+/// Sends `head` then `tail` in one `sendmsg` (two iovecs), with file
+/// descriptors attached as `SCM_RIGHTS` if any (unix sockets only; they
+/// travel with the first byte sent). Returns how many bytes went out, from
+/// the start of `head`.
+pub(crate) fn send_parts_with_fds(
+    fd: BorrowedFd<'_>,
+    head: &[u8],
+    tail: &[u8],
+    fds: &[BorrowedFd<'_>],
+    flags: i32,
+) -> io::Result<usize> {
+    if head.is_empty() || tail.is_empty() {
+        let data = if head.is_empty() { tail } else { head };
+        return send_with_fds(fd, data, fds, flags);
+    }
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "at most 253 descriptors per message",
+        ));
+    }
+    let mut iov = [
+        libc::iovec {
+            iov_base: head.as_ptr().cast_mut().cast::<c_void>(),
+            iov_len: head.len(),
+        },
+        libc::iovec {
+            iov_base: tail.as_ptr().cast_mut().cast::<c_void>(),
+            iov_len: tail.len(),
+        },
+    ];
+    let mut msg = message_over(&mut iov[0]);
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = 2;
+    let mut control = [0u64; CMSG_WORDS];
+    if !fds.is_empty() {
+        let data_len = fds.len() * mem::size_of::<RawFd>();
+        msg.msg_control = control.as_mut_ptr().cast::<c_void>();
+        msg.msg_controllen = cmsg_space(data_len) as _;
+        // SAFETY: as in `send_with_fds`: the control buffer is 8-byte
+        // aligned and long enough for `fds.len() <= MAX_FDS` descriptors,
+        // so CMSG_FIRSTHDR and CMSG_DATA point into it.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(data_len as u32) as _;
+            let out = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+            for (index, fd) in fds.iter().enumerate() {
+                out.add(index).write_unaligned(fd.as_raw_fd());
+            }
+        }
+    }
+    retry(|| {
+        // SAFETY: `msg` points to two iovecs over the live `head` and `tail`
+        // slices and, if any, to the filled control buffer; all outlive the
+        // call.
         syscall!(unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, flags | libc::MSG_NOSIGNAL) })
     })
     .map(|sent| sent as usize)
@@ -663,6 +739,19 @@ mod tests {
         send(a.as_fd(), b"z", 0).unwrap();
         let got = recv_refusing_fds(b.as_fd(), &mut buf, 0).unwrap();
         assert_eq!((got.bytes, got.fds_truncated), (1, false));
+    }
+
+    #[test]
+    fn parts_arrive_in_order_with_their_descriptors() {
+        let (a, b) = socketpair().unwrap();
+        let (r, _w) = socketpair().unwrap();
+        let sent = send_parts_with_fds(a.as_fd(), b"head", b"tail", &[r.as_fd()], 0).unwrap();
+        assert_eq!(sent, 8);
+        let mut buf = [0u8; 16];
+        let mut fds = VecDeque::new();
+        let got = recv(b.as_fd(), &mut buf, Some(&mut fds), 0).unwrap();
+        assert_eq!(&buf[..got.bytes], b"headtail");
+        assert_eq!(fds.len(), 1);
     }
 
     #[test]
