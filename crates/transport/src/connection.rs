@@ -999,6 +999,51 @@ impl AsRawFd for ConnectionWriter {
 mod tests {
     use super::*;
 
+    /// A non-blocking send writes what fits and hands the rest back, with
+    /// duplicates of descriptors that did not go yet; written later, the
+    /// frames arrive whole, in order, descriptors included.
+    #[test]
+    fn try_send_hands_back_what_does_not_fit() {
+        use processional_proto::{Outcome, Payload, Reply, TaskId};
+        let (ours, theirs) = Connection::pair().unwrap();
+        let (_reader, mut writer) = ours.split();
+        let (mut peer, _peer_writer) = theirs.split();
+        let big = |task: TaskId, byte: u8| {
+            Message::Reply(Reply {
+                task,
+                outcome: Outcome::Value(Payload::Inline(vec![byte; 1 << 20])),
+            })
+        };
+        let mut pending = Vec::new();
+        let mut task = 0;
+        while pending.is_empty() {
+            task += 1;
+            if let Some(rest) = writer.try_send(&big(task, task as u8), &[]).unwrap() {
+                pending.push(rest);
+            }
+        }
+        // Someone must write the rest before anything else: here a frame
+        // with a descriptor, queued whole.
+        let (kept, _other) = sys::socketpair().unwrap();
+        let with_fd = PendingFrame::encode(&Message::Ping(7), &[kept.as_fd()], true).unwrap();
+        drop(kept);
+        pending.push(with_fd);
+        assert!(pending.iter().all(|frame| !frame.is_empty()));
+        let flusher = std::thread::spawn(move || {
+            for mut frame in pending {
+                writer.send_pending(&mut frame, &mut || {}).unwrap();
+                assert!(frame.is_empty());
+            }
+        });
+        for expected in 1..=task {
+            let received = peer.recv().unwrap();
+            assert_eq!(received.message, big(expected, expected as u8));
+        }
+        let last = peer.recv().unwrap();
+        assert_eq!((last.message, last.fds.len()), (Message::Ping(7), 1));
+        flusher.join().unwrap();
+    }
+
     /// Unix connections ask for a larger send buffer than a bare socket
     /// gets, so that a few hundred small calls queued behind a long one do
     /// not block their caller.
