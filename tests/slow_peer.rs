@@ -45,7 +45,7 @@ fn start_server(address: String) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     register_service(
         "slowpeer.v1.complete",
-        func!(|(): ()| -> (usize, usize) { complete_parked() }),
+        func!(|sizes: Vec<usize>| -> (usize, usize) { complete_parked(sizes) }),
     )
     .map_err(|e| e.to_string())?;
     let handle = ServerBuilder::new(&address)
@@ -56,18 +56,28 @@ fn start_server(address: String) -> Result<(), String> {
 }
 
 /// Answers every parked reply, in the order they were parked, the k-th with
-/// `VALUE` bytes of `k`, on this (the calling client's serving) thread;
-/// returns how many found somebody listening and how many did not.
-fn complete_parked() -> (usize, usize) {
+/// `sizes[k % sizes.len()]` bytes of `k`, on this (the calling client's
+/// serving) thread; returns how many found somebody listening and how many
+/// did not.
+fn complete_parked(sizes: Vec<usize>) -> (usize, usize) {
     let replies: Vec<Reply<Vec<u8>>> = PARKED.lock().unwrap().drain(..).collect();
     let (mut sent, mut nobody) = (0, 0);
     for (k, reply) in replies.into_iter().enumerate() {
-        match reply.send(vec![k as u8; VALUE]) {
+        match reply.send(vec![k as u8; sizes[k % sizes.len()]]) {
             Ok(()) => sent += 1,
             Err(_) => nobody += 1,
         }
     }
     (sent, nobody)
+}
+
+/// Checks what `complete_parked` answered the `k`-th call with.
+fn check(k: usize, value: &[u8], size: usize) {
+    assert_eq!(value.len(), size, "answer {k}");
+    assert!(
+        value.iter().all(|&byte| byte == k as u8),
+        "answer {k} out of order"
+    );
 }
 
 fn bounded<T>(task: Task<T>, what: &str) -> Result<T, Error> {
@@ -114,7 +124,7 @@ fn a_client_that_does_not_read_blocks_nobody_and_is_closed_past_its_budget() {
         .collect();
     assert!(parked(40), "A's 40 calls were not all parked");
     let (sent, nobody) = bounded(
-        serving.call_service::<_, (usize, usize)>("slowpeer.v1.complete", ()),
+        serving.call_service::<_, (usize, usize)>("slowpeer.v1.complete", vec![VALUE]),
         "B completing A's replies (blocked writing to A, who does not read?)",
     )
     .expect("B's call");
@@ -127,11 +137,7 @@ fn a_client_that_does_not_read_blocks_nobody_and_is_closed_past_its_budget() {
     // A reads at last: every answer, whole and in order.
     for (k, task) in first.into_iter().enumerate() {
         let value = bounded(task, "A's parked call").expect("A's answer");
-        assert_eq!(value.len(), VALUE);
-        assert!(
-            value.iter().all(|&byte| byte == k as u8),
-            "answer {k} out of order"
-        );
+        check(k, &value, VALUE);
     }
 
     // 2. 12 MB of answers: past the budget, so A is closed, and B never waits.
@@ -140,7 +146,7 @@ fn a_client_that_does_not_read_blocks_nobody_and_is_closed_past_its_budget() {
         .collect();
     assert!(parked(120), "A's 120 calls were not all parked");
     let (sent, nobody) = bounded(
-        serving.call_service::<_, (usize, usize)>("slowpeer.v1.complete", ()),
+        serving.call_service::<_, (usize, usize)>("slowpeer.v1.complete", vec![VALUE]),
         "B completing A's replies past the budget",
     )
     .expect("B's call");
@@ -171,4 +177,51 @@ fn a_client_that_does_not_read_blocks_nobody_and_is_closed_past_its_budget() {
         .unwrap(),
         0
     );
+}
+
+/// Answers queued for a peer that does not read keep their shared-memory
+/// segments (descriptors that travel with their frames) until written.
+#[test]
+fn queued_answers_keep_their_segments() {
+    let address = processional::Address::private_unix()
+        .expect("a private socket path")
+        .to_string();
+    let serving = SlaveProcessBuilder::new()
+        .env(OUTBOUND_BUDGET_VAR, BUDGET.to_string())
+        .spawn()
+        .expect("spawn the serving process");
+    serving
+        .invoke_with(address.clone(), func!(start_server))
+        .expect("reach the serving process")
+        .expect("start the server");
+    let lazy = ClientBuilder::new(&address)
+        .expect("an address")
+        .data_only(true)
+        .connect()
+        .expect("connect A");
+    let tasks: Vec<Task<Vec<u8>>> = (0..40)
+        .map(|_| lazy.call_service("slowpeer.v1.park", ()))
+        .collect();
+    assert!(
+        wait_until(PATIENCE, || {
+            serving
+                .call_service::<_, usize>("slowpeer.v1.parked", ())
+                .wait()
+                .is_ok_and(|count| count == 40)
+        }),
+        "A's 40 calls were not all parked"
+    );
+    // Inline values fill A's socket; values past the inline limit travel in
+    // segments, queued behind them with their descriptors.
+    let sizes = vec![VALUE, 3 * VALUE];
+    let (sent, nobody) = bounded(
+        serving.call_service::<_, (usize, usize)>("slowpeer.v1.complete", sizes.clone()),
+        "B completing A's replies (blocked writing to A, who does not read?)",
+    )
+    .expect("B's call");
+    assert_eq!((sent, nobody), (40, 0));
+    for (k, task) in tasks.into_iter().enumerate() {
+        let value = bounded(task, "A's parked call").expect("A's answer");
+        check(k, &value, sizes[k % sizes.len()]);
+    }
 }
