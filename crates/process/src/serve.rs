@@ -811,8 +811,9 @@ impl Served {
                 return false;
             }
             out.writing = true;
+            let backlog = !out.frames.is_empty();
             drop(out);
-            if !self.write_queued(false) {
+            if backlog && !self.write_queued(false) {
                 return false;
             }
             let result = lock(&self.writer).send_with(message, fds, &mut || self.drain());
