@@ -122,9 +122,11 @@ impl LentValues {
 }
 
 /// How many bytes of frames may wait, per connection, for a peer that does
-/// not read them (see [`Outbound`]), unless [`OUTBOUND_BUDGET_VAR`] says
-/// otherwise. A peer whose backlog would grow past it is a slow peer: its
-/// connection is closed.
+/// not read them (frames sent from threads that are not the connection's
+/// own, such as deferred replies and stream items, never wait for the
+/// socket), unless [`OUTBOUND_BUDGET_VAR`] says otherwise. A peer whose
+/// backlog would grow past it is a slow peer: its connection is closed, and
+/// whoever answers it then gets [`NobodyListening`](crate::NobodyListening).
 pub const OUTBOUND_BUDGET: usize = 64 << 20;
 
 /// The environment variable (of the serving process) that overrides
