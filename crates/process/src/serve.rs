@@ -174,6 +174,8 @@ pub(crate) struct Served {
     objects: Arc<ConnectionObjects>,
     end: Mutex<Option<End>>,
     taking_over: AtomicBool,
+    /// The peer asked for a shutdown (acknowledged once, however often it asks).
+    shutdown_asked: AtomicBool,
     unix: bool,
     /// The peer is a data-only client: it may call services only.
     data_only: bool,
@@ -226,6 +228,7 @@ impl Served {
             objects: Arc::new(table.connect()),
             end: Mutex::new(None),
             taking_over: AtomicBool::new(false),
+            shutdown_asked: AtomicBool::new(false),
             threads_running: AtomicUsize::new(0),
             threads_done: Condvar::new(),
             threads_lock: Mutex::new(()),
@@ -563,6 +566,7 @@ impl Served {
                 }
                 Err(_) => Some(Job::Pong(value)),
             },
+            Message::Shutdown if self.shutdown_asked.swap(true, Ordering::AcqRel) => None,
             Message::Shutdown => {
                 let acknowledge = |served: &Arc<Served>| {
                     served.send(&Message::ShutdownAck);
@@ -581,7 +585,18 @@ impl Served {
                     // is full): acknowledge once that send is done.
                     Err(_) => {
                         let served = self.clone();
-                        std::thread::spawn(move || acknowledge(&served));
+                        let spawned = std::thread::Builder::new()
+                            .name("processional-shutdown".into())
+                            .spawn(move || acknowledge(&served));
+                        if let Err(error) = spawned {
+                            // No thread to wait for the writer: end without
+                            // the acknowledgement (the peer sees the close).
+                            log::warn!("processional: cannot acknowledge a shutdown: {error}");
+                            self.finish(End::Shutdown);
+                            if let Some(on_shutdown) = &self.on_shutdown {
+                                on_shutdown();
+                            }
+                        }
                     }
                 }
                 None
