@@ -175,7 +175,10 @@ fn a_thousand_transfers_leak_nothing() {
             .unwrap();
     }
     let (fds_before, maps_before) = (open_fds(), mappings());
-    assert!(maps_before > 0, "the warm pool maps segments: the count must see them");
+    assert!(
+        maps_before > 0,
+        "the warm pool maps segments: the count must see them"
+    );
     let slave_before = slave_counts();
     for i in 0..1000 {
         let buf = ShmBuf::from_slice(&[i as u8; 8192]).unwrap();
