@@ -144,6 +144,19 @@ impl QueueBuilder {
 
     /// Whether [`Queue::join`] waits for every message to be acknowledged
     /// with [`Queue::task_done`] (explicit), rather than received.
+    ///
+    /// ```
+    /// use processional_channel::{Queue, QueueBuilder, Request};
+    /// # fn main() -> Result<(), processional_channel::Error> {
+    /// let queue: Queue<u32> = QueueBuilder::new().explicit_ack(true).build()?;
+    /// queue.send(Request::Do, Some(1))?;
+    /// let job = queue.recv()?;
+    /// assert_eq!(job.data, Some(1));
+    /// queue.task_done()?; // handled: now `join` returns
+    /// queue.join()?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn explicit_ack(mut self, explicit: bool) -> Self {
         self.explicit_ack = explicit;
         self
