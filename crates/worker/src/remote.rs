@@ -377,6 +377,26 @@ pub(crate) fn forward_fetch<S: Data>()
 /// of this program serving remote workers.
 ///
 /// Dropping it stops the server; its workers' processes die with it.
+///
+/// The server is this same program, so its workers run the targets of this
+/// build (see [both sides run the same build](https://docs.rs/processional/latest/processional/#both-sides-run-the-same-build)).
+///
+/// ```
+/// use std::time::Duration;
+/// use processional_worker::{Worker, spawn_server};
+/// use processional_process::func;
+///
+/// # fn main() -> Result<(), processional_worker::WorkerError> {
+/// let server = spawn_server("tcp://127.0.0.1:0")?;
+/// assert_ne!(server.pid(), std::process::id());
+/// let worker = Worker::remote(server.address(), func!(|x: u32| x + 1), 1)?;
+/// worker.wait(None);
+/// assert_eq!(worker.result(), Some(&2));
+/// let ended = server.terminate(Duration::from_secs(20)); // its workers' processes first
+/// assert!(ended.exit_reason().is_some());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct RemoteServer {
     process: SlaveProcess,
