@@ -308,7 +308,9 @@ impl<R> Process<R> {
         self.slot.pid.load(Ordering::Acquire)
     }
 
-    /// How many times it was started.
+    /// How many tries were started so far. Its supervisor thread counts a
+    /// try as it starts it, so right after [`Context::spawn`] returns this
+    /// may still be 0; once the process has finished it is final.
     pub fn tries(&self) -> u32 {
         self.slot.tries.load(Ordering::Acquire)
     }
