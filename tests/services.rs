@@ -159,3 +159,41 @@ fn a_program_of_another_build_reads_data_but_cannot_connect_as_a_client() {
         "code from a data-only client must be refused: {refused}"
     );
 }
+
+#[test]
+fn a_data_only_clients_shutdown_ends_its_connection_not_the_server() {
+    let address = processional::Address::private_unix()
+        .expect("a private socket path")
+        .to_string();
+    // A persistent server in this process: a stop could only come from
+    // the data-only client's Shutdown.
+    let handle = ServerBuilder::new(&address)
+        .unwrap()
+        .persistent(true)
+        .start()
+        .expect("start a server");
+    let _ = install();
+    let data = ClientBuilder::new(&address)
+        .unwrap()
+        .data_only(true)
+        .connect()
+        .expect("a data-only client");
+    // `terminate` asks the server to shut down (a `Shutdown` frame).
+    let _ = data.terminate(std::time::Duration::from_secs(5));
+    drop(data);
+    // The server counts the client out just before it would stop.
+    assert!(
+        wait_until(PATIENCE, || handle.clients() == 0),
+        "the data-only client was never counted out"
+    );
+    let other = ClientBuilder::new(&address)
+        .unwrap()
+        .connect()
+        .expect("the server must still accept clients");
+    let echoed: String = other
+        .call_service("processional.test.v1.echo", "still here".to_string())
+        .wait()
+        .unwrap();
+    assert_eq!(echoed, "echo still here");
+    handle.stop();
+}

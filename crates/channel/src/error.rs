@@ -7,6 +7,23 @@ use crate::core::NothingToAcknowledge;
 use crate::message::Message;
 
 /// A message that could not be sent; it comes back inside.
+///
+/// The message comes back inside, to send again or elsewhere:
+///
+/// ```
+/// use processional_channel::{Queue, Request, SendError, Message};
+/// # fn main() -> Result<(), processional_channel::Error> {
+/// let queue = Queue::<u32>::bounded(1)?;
+/// queue.try_send(Message::new(Request::Do, Some(1)))?;
+/// match queue.try_send(Message::new(Request::Do, Some(2))) {
+///     Err(SendError::Full(message)) => assert_eq!(message.data, Some(2)),
+///     other => panic!("{other:?}"),
+/// }
+/// queue.close()?;
+/// assert!(matches!(queue.send(Request::Do, Some(3)), Err(SendError::Closed(_))));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(thiserror::Error)]
 pub enum SendError<T> {
     /// A bounded queue stayed full (for `try_send`: is full now; for
@@ -64,6 +81,20 @@ impl<T> fmt::Debug for SendError<T> {
 ///
 /// `try_recv` answers `Ok(None)` for "nothing yet": emptiness is not a
 /// failure.
+///
+/// ```
+/// use std::time::Duration;
+/// use processional_channel::{Queue, RecvError, Request};
+/// # fn main() -> Result<(), processional_channel::Error> {
+/// let queue = Queue::<u32>::new()?;
+/// assert!(matches!(queue.recv_timeout(Duration::from_millis(20)), Err(RecvError::Timeout)));
+/// queue.send(Request::Do, Some(1))?;
+/// queue.close()?;
+/// assert_eq!(queue.recv()?.data, Some(1)); // what was sent is still there
+/// assert!(matches!(queue.recv(), Err(RecvError::Closed)));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum RecvError {
     /// The deadline passed (`recv_timeout`).

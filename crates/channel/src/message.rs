@@ -4,6 +4,19 @@ use serde::{Deserialize, Serialize};
 
 /// What a message asks for. `Do`, `Finished` and `Die` are pymulproc's
 /// kinds; `User(n)` is any kind of the program's own.
+///
+/// ```
+/// use processional_channel::{Queue, Request};
+/// # fn main() -> Result<(), processional_channel::Error> {
+/// const PING: Request = Request::User(1);
+/// let queue = Queue::<()>::new()?;
+/// queue.send(PING, None)?;
+/// queue.send(Request::Die, None)?;
+/// assert_eq!(queue.recv_kind(Request::Die)?.request, Request::Die); // skips the ping
+/// assert_eq!(queue.recv()?.request, PING);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Request {
     /// Do some work (the data says what).

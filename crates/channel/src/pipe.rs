@@ -116,6 +116,40 @@ struct Inner {
 /// slave on this host (the sending process's copy closes when the argument
 /// is dropped). Serialize an end before reading from it: bytes already read
 /// into its buffer stay behind.
+///
+/// **Limit:** one message is at most [`MAX_MESSAGE`] bytes encoded (64 MiB);
+/// for larger data, send a shared-memory buffer (`processional_shm`) inside it.
+///
+/// ```
+/// use std::time::Duration;
+/// use processional_channel::{PipeEnd, RecvError, Request, SendError, pipe};
+/// use processional_process::func;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let (here, there) = pipe::<String>()?;
+/// let child = processional_process::slave()?;
+/// // The end travels to the child as a file descriptor beside the call.
+/// let echo = child.schedule_with(there, func!(|end: PipeEnd<String>| {
+///     while let Ok(message) = end.recv() {
+///         let _ = end.send(Request::Finished, message.data.map(|s| s.to_uppercase()));
+///     }
+/// }));
+/// here.send(Request::Do, Some("hi".to_owned()))?;
+/// assert_eq!(here.recv()?.data.as_deref(), Some("HI"));
+/// assert!(here.try_recv()?.is_none()); // nothing more now
+/// assert!(matches!(here.recv_timeout(Duration::from_millis(20)), Err(RecvError::Timeout)));
+/// drop(child); // the child and its end go away
+/// echo.wait().ok();
+/// let refused = loop {
+///     match here.send(Request::Die, Some("bye".to_owned())) {
+///         Err(SendError::Disconnected(message)) => break message,
+///         _ => std::thread::sleep(Duration::from_millis(10)),
+///     }
+/// };
+/// assert_eq!(refused.data.as_deref(), Some("bye")); // the message comes back
+/// # Ok(())
+/// # }
+/// ```
 pub struct PipeEnd<T> {
     inner: Arc<Inner>,
     _messages: PhantomData<fn(T) -> T>,

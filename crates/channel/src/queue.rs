@@ -144,6 +144,19 @@ impl QueueBuilder {
 
     /// Whether [`Queue::join`] waits for every message to be acknowledged
     /// with [`Queue::task_done`] (explicit), rather than received.
+    ///
+    /// ```
+    /// use processional_channel::{Queue, QueueBuilder, Request};
+    /// # fn main() -> Result<(), processional_channel::Error> {
+    /// let queue: Queue<u32> = QueueBuilder::new().explicit_ack(true).build()?;
+    /// queue.send(Request::Do, Some(1))?;
+    /// let job = queue.recv()?;
+    /// assert_eq!(job.data, Some(1));
+    /// queue.task_done()?; // handled: now `join` returns
+    /// queue.join()?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn explicit_ack(mut self, explicit: bool) -> Self {
         self.explicit_ack = explicit;
         self
@@ -307,7 +320,21 @@ impl<T> Queue<T> {
     /// [`recv_where`](Self::recv_where), which ships code, works.
     ///
     /// The sending program tells the address and id, say with
-    /// [`host`](Self::host) and [`id`](Self::id).
+    /// [`host`](Self::host) and [`id`](Self::id). See [both sides run the
+    /// same build](https://docs.rs/processional/latest/processional/#both-sides-run-the-same-build)
+    /// for why only services cross builds.
+    ///
+    /// ```
+    /// use processional_channel::{Queue, Request};
+    /// # fn main() -> Result<(), processional_channel::Error> {
+    /// let queue = Queue::<u32>::new()?;
+    /// // In another program, given the address, the id and the key:
+    /// let there = Queue::<u32>::open_data_only(queue.host(), queue.id())?;
+    /// there.send(Request::Do, Some(5))?;
+    /// assert_eq!(queue.recv()?.data, Some(5));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn open_data_only(address: &str, id: u64) -> Result<Self, Error> {
         Ok(Queue {
             link: Link::to(address, true)?,
@@ -550,6 +577,25 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Waits for the next message addressed to this process or to nobody in
     /// particular.
+    ///
+    /// The filtered receives (`recv_for_me`, `recv_addressed_to`, `recv_from`,
+    /// `recv_kind`, `recv_by`) take the first message that matches and leave
+    /// the others in place, in order:
+    ///
+    /// ```
+    /// use processional_channel::{Message, Queue, Request};
+    /// # fn main() -> Result<(), processional_channel::Error> {
+    /// let me = std::process::id();
+    /// let queue = Queue::<u32>::new()?;
+    /// queue.send_to(me + 1, Request::Do, Some(1))?; // for another
+    /// queue.send_message(Message::new(Request::Finished, Some(2)).with_sender(7))?;
+    /// queue.send_to(me, Request::Do, Some(3))?;
+    /// assert_eq!(queue.recv_for_me()?.data, Some(2)); // to nobody in particular: mine too
+    /// assert_eq!(queue.recv_addressed_to(me)?.data, Some(3));
+    /// assert_eq!(queue.len()?, 1); // the other's message stayed
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn recv_for_me(&self) -> Result<Message<T>, RecvError> {
         self.recv_by(Pick::for_me())
     }
@@ -560,11 +606,35 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// Waits for the next message from `pid`.
+    ///
+    /// ```
+    /// use processional_channel::{Message, Queue, Request};
+    /// # fn main() -> Result<(), processional_channel::Error> {
+    /// let queue = Queue::<u32>::new()?;
+    /// queue.send(Request::Do, Some(1))?;
+    /// queue.send_message(Message::new(Request::Do, Some(2)).with_sender(7))?;
+    /// assert_eq!(queue.recv_from(7)?.data, Some(2));
+    /// assert_eq!(queue.recv_from(std::process::id())?.data, Some(1));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn recv_from(&self, pid: u32) -> Result<Message<T>, RecvError> {
         self.recv_by(Pick::From(pid))
     }
 
     /// Waits for the next message of this kind.
+    ///
+    /// ```
+    /// use processional_channel::{Queue, Request};
+    /// # fn main() -> Result<(), processional_channel::Error> {
+    /// let queue = Queue::<u32>::new()?;
+    /// queue.send(Request::Do, Some(1))?;
+    /// queue.send(Request::Finished, Some(2))?;
+    /// assert_eq!(queue.recv_kind(Request::Finished)?.data, Some(2));
+    /// assert_eq!(queue.recv()?.data, Some(1));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn recv_kind(&self, request: Request) -> Result<Message<T>, RecvError> {
         self.recv_by(Pick::Kind(request))
     }
@@ -636,6 +706,25 @@ impl<T: Serialize + DeserializeOwned + 'static> Queue<T> {
     ///
     /// Finding the message scans the queue in order, unlike the built-in
     /// filters ([`Pick`]), which find it at once.
+    ///
+    /// The predicate is shipped code: it captures nothing and needs the same
+    /// build (see [how it works and its limitations](https://docs.rs/processional/latest/processional/#how-it-works-and-limitations));
+    /// a [data-only](Self::open_data_only) handle cannot use it.
+    ///
+    /// ```
+    /// use processional_channel::{Message, Queue, Request};
+    /// use processional_process::func;
+    /// # fn main() -> Result<(), processional_channel::Error> {
+    /// let queue = Queue::<u32>::new()?;
+    /// for x in [3, 8, 5] {
+    ///     queue.send(Request::Do, Some(x))?;
+    /// }
+    /// let big = queue.recv_where(func!(|m: &Message<u32>| m.data.is_some_and(|x| x > 4)))?;
+    /// assert_eq!(big.data, Some(8));
+    /// assert_eq!(queue.recv()?.data, Some(3)); // the others stayed, in order
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn recv_where<F>(&self, predicate: Func<F>) -> Result<Message<T>, RecvError>
     where
         F: Fn(&Message<T>) -> bool + Copy + Send + Sync + 'static,

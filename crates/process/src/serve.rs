@@ -233,6 +233,8 @@ pub(crate) struct Served {
     objects: Arc<ConnectionObjects>,
     end: Mutex<Option<End>>,
     taking_over: AtomicBool,
+    /// The peer asked for a shutdown (acknowledged once, however often it asks).
+    shutdown_asked: AtomicBool,
     unix: bool,
     /// The peer is a data-only client: it may call services only.
     data_only: bool,
@@ -257,8 +259,6 @@ pub(crate) struct Served {
     budget: usize,
     /// Shuts the socket down while a writer may be blocked on it.
     closer: ShutdownHandle,
-    /// A `Shutdown` is being acknowledged on a thread of its own.
-    acknowledging: AtomicBool,
 }
 
 impl std::fmt::Debug for Served {
@@ -288,7 +288,6 @@ impl Served {
             outbound_changed: Condvar::new(),
             budget: outbound_budget(),
             closer,
-            acknowledging: AtomicBool::new(false),
             unix,
             data_only,
             on_shutdown,
@@ -302,6 +301,7 @@ impl Served {
             objects: Arc::new(table.connect()),
             end: Mutex::new(None),
             taking_over: AtomicBool::new(false),
+            shutdown_asked: AtomicBool::new(false),
             threads_running: AtomicUsize::new(0),
             threads_done: Condvar::new(),
             threads_lock: Mutex::new(()),
@@ -643,6 +643,7 @@ impl Served {
                 self.send_frame(&Message::Pong(value), &[], false);
                 None
             }
+            Message::Shutdown if self.shutdown_asked.swap(true, Ordering::AcqRel) => None,
             Message::Shutdown => {
                 let acknowledge = |served: &Arc<Served>| {
                     // After what is queued; blocking: the peer asked.
@@ -659,12 +660,24 @@ impl Served {
                 };
                 if idle {
                     acknowledge(self);
-                } else if !self.acknowledging.swap(true, Ordering::AcqRel) {
+                } else {
                     // We may be inside a send (draining while the socket
                     // buffer is full), or frames wait: acknowledge once they
-                    // are written, on a thread of its own (one at most).
+                    // are written, on a thread of its own (`shutdown_asked`
+                    // makes it one at most).
                     let served = self.clone();
-                    processional_thread::thread(move || acknowledge(&served)).detach();
+                    let spawned = std::thread::Builder::new()
+                        .name("processional-shutdown".into())
+                        .spawn(move || acknowledge(&served));
+                    if let Err(error) = spawned {
+                        // No thread to wait for the writer: end without
+                        // the acknowledgement (the peer sees the close).
+                        log::warn!("processional: cannot acknowledge a shutdown: {error}");
+                        self.finish(End::Shutdown);
+                        if let Some(on_shutdown) = &self.on_shutdown {
+                            on_shutdown();
+                        }
+                    }
                 }
                 None
             }

@@ -493,7 +493,8 @@ fn serve_counted(connection: Connection, data_only: bool, state: &Arc<ServerStat
     let served = Served::new(connection, &state.objects, Some(stop), data_only);
     let end = served.serve();
     drop(served);
-    state.client_left(end == End::Shutdown);
+    // A data-only client's shutdown ends only its own connection.
+    state.client_left(end == End::Shutdown && !data_only);
 }
 
 /// Runs a server on `address` in this process, blocking until it stops.

@@ -8,6 +8,12 @@
 //! that holds the key may call it. The request and reply types are the
 //! service's contract: name services with a version
 //! (`"myapp.inventory.v1.count"`) and register a new name when they change.
+//!
+//! Services belong to the process, not to one server: every connection the
+//! process serves (its master's, each client of each server it runs) may
+//! call every service it registered. A process that runs two servers with
+//! different keys therefore offers the same services to the clients of
+//! both; run such servers in separate processes if they must not share.
 
 use std::collections::BTreeMap;
 use std::sync::{PoisonError, RwLock};

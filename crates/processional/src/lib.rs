@@ -87,6 +87,67 @@
 //! death (`Pool`); `worker::spawn_server` (or `PROCESSIONAL_SERVE=addr`)
 //! makes a remote-worker server.
 //!
+//! ```
+//! use processional::func;
+//! use processional::worker::{PoolBuilder, WorkerKind};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut pool = PoolBuilder::new(func!(|x: u64| x * x))
+//!     .worker(WorkerKind::Thread)
+//!     .worker(WorkerKind::Process)
+//!     .spawn()?;
+//! assert_eq!(pool.map(0..4u64)?, [0, 1, 4, 9]);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # The state store
+//! [`state`] serves a map shared by many processes: a [`state::Context`]
+//! starts the server and spawns processes that each get a [`state::State`]
+//! handle (dict methods, one atomic request each, typed values, revisions),
+//! transactions, atomic updates that roll back on failure, waits
+//! (`when_equal`, `when_available`, …) that never poll, and watchers that
+//! never miss a change within the server's bounded history (past it, one
+//! [`state::StateError::Compacted`] with the state now). Atomic closures
+//! and predicate waits ship code: they need the same build; the data
+//! operations are services that another build may call (see [below](#both-sides-run-the-same-build)).
+//!
+//! ```
+//! use processional::func;
+//! use processional::state::{Context, State, StateError};
+//! # fn main() -> Result<(), StateError> {
+//! let context = Context::new()?;
+//! let state = context.state();
+//! let child = context.spawn(func!(|state: State, n: i64| state.increment("total", n)), 5)?;
+//! assert_eq!(child.wait(None)?, 5);
+//! state.when_equal("total", &5i64, None)?;
+//! assert_eq!(state.get::<i64>("total")?, Some(5));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Channels
+//! [`channel`] holds typed pipes ([`channel::pipe`], 1:1, at most
+//! [`channel::MAX_MESSAGE`] bytes a message) and hosted queues
+//! ([`channel::Queue`], 1:N, N:1, N:M) of [`channel::Message`]s: filtered
+//! receives (for me, from a pid, of a kind, any predicate) that leave the
+//! other messages in place and in order, bounded queues with a send
+//! timeout, join, poison pills. Handles travel to other processes as
+//! arguments; [`channel::Queue::recv_where`] ships its predicate (same
+//! build), the rest are services.
+//!
+//! ```
+//! use processional::channel::{Queue, Request};
+//! # fn main() -> Result<(), processional::channel::Error> {
+//! let queue = Queue::<u32>::new()?;
+//! queue.send(Request::Do, Some(1))?;
+//! queue.send(Request::Die, None)?;
+//! assert_eq!(queue.recv_kind(Request::Die)?.request, Request::Die);
+//! assert_eq!(queue.recv()?.data, Some(1));
+//! queue.join()?; // every message received
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # How it works and limitations
 //!
 //! A slave is this same program, started again from its executable

@@ -261,6 +261,27 @@ impl<R: Send> Supervised for Slot<R> {
 
 /// A process of a [`Context`]: wait for its value, stop it, see its pid
 /// and how many times it was started.
+///
+/// ```
+/// use processional_state::{Context, Failure, State, StateError, func};
+/// # fn main() -> Result<(), StateError> {
+/// let context = Context::new()?;
+/// let ok = context.spawn(func!(|_: State, x: u32| Ok::<_, StateError>(x * 2)), 21)?;
+/// assert_ne!(ok.pid(), std::process::id());
+/// assert_eq!(ok.wait(None)?, 42);
+///
+/// let failing = context.spawn(func!(|_: State, code: i32| -> Result<(), StateError> {
+///     std::process::exit(code)
+/// }), 3)?;
+/// match failing.wait(None) {
+///     Err(error @ StateError::Process { failure: Failure::Exit(3), .. }) => {
+///         assert_eq!(error.exit_code(), Some(3));
+///     }
+///     other => panic!("unexpected: {other:?}"),
+/// }
+/// # Ok(())
+/// # }
+/// ```
 pub struct Process<R> {
     slot: Arc<Slot<R>>,
     grace: Duration,
@@ -287,7 +308,9 @@ impl<R> Process<R> {
         self.slot.pid.load(Ordering::Acquire)
     }
 
-    /// How many times it was started.
+    /// How many tries were started so far. Its supervisor thread counts a
+    /// try as it starts it, so right after [`Context::spawn`] returns this
+    /// may still be 0; once the process has finished it is final.
     pub fn tries(&self) -> u32 {
         self.slot.tries.load(Ordering::Acquire)
     }
@@ -338,6 +361,33 @@ impl<R> Process<R> {
 }
 
 /// Options of a [`Context`].
+///
+/// **The history is bounded:** the server keeps the last
+/// [`history`](Self::history) changes of each namespace
+/// ([`DEFAULT_HISTORY`] unless told) for buffered [`Watcher`](crate::Watcher)s.
+/// A watcher further behind gets [`StateError::Compacted`] once, with the
+/// namespace as it is now, and goes on from there: never a silent gap.
+///
+/// ```
+/// use processional_state::{ContextBuilder, Read, StateError};
+/// # fn main() -> Result<(), StateError> {
+/// let context = ContextBuilder::new().history(4).start()?;
+/// let state = context.state();
+/// let mut watcher = state.watch()?;
+/// for n in 0..10u32 {
+///     state.set("n", &n)?; // more changes than the history keeps
+/// }
+/// match watcher.next() {
+///     Some(Err(StateError::Compacted(compacted))) => {
+///         assert_eq!(compacted.snapshot.get::<u32>("n")?, Some(9)); // the state now
+///     }
+///     other => panic!("expected Compacted, got {other:?}"),
+/// }
+/// state.set("n", &10u32)?;
+/// assert!(watcher.next().is_some_and(|change| change.is_ok())); // and on from there
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct ContextBuilder {
     address: Option<String>,

@@ -56,6 +56,19 @@ pub struct Compacted {
 }
 
 /// How a process of a context ended when it failed.
+///
+/// ```
+/// use processional_state::{Context, Failure, State, StateError, func};
+/// # fn main() -> Result<(), StateError> {
+/// let context = Context::new()?;
+/// let p = context.spawn(func!(|_: State, _: ()| Err::<(), _>("no input")), ())?;
+/// match p.wait(None) {
+///     Err(StateError::Process { failure: Failure::Error(message), .. }) => assert_eq!(message, "no input"),
+///     other => panic!("unexpected: {other:?}"),
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Failure {
     /// Its function returned an error with this message.
@@ -83,6 +96,20 @@ impl std::fmt::Display for Failure {
 }
 
 /// The error of a state operation.
+///
+/// ```
+/// use std::time::Duration;
+/// use processional_state::StateError;
+/// # fn main() -> Result<(), StateError> {
+/// # let context = processional_state::Context::new()?;
+/// let state = context.state();
+/// state.set("n", "not a number")?;
+/// assert!(matches!(state.get::<u32>("n"), Err(StateError::Value(_))));
+/// let waited = state.when_not_none("missing", Some(Duration::from_millis(20)));
+/// assert!(matches!(waited, Err(StateError::TimedOut { .. })));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// A value could not be encoded, or a key holds another type.

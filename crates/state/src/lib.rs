@@ -49,7 +49,11 @@
 //! the server on a [`View`] of the namespace, with exclusive access; if it
 //! fails or panics, nothing it did stays. [`txn::Txn`] is the code-free
 //! alternative, etcd-style: compare values, revisions or existence of
-//! several keys, then apply one set of writes or another.
+//! several keys, then apply one set of writes or another. The data
+//! operations, transactions and data waits are services, open to a
+//! [data-only](State::connect_data_only) handle of another build; what
+//! ships code (`atomic`, `when`, `Context::spawn`) needs the same build and
+//! a capture-free `func!` (see [how it works and its limitations](https://docs.rs/processional/latest/processional/#how-it-works-and-limitations)).
 //!
 //! # Watchers
 //! `when_change`, `when`, `when_equal`, `when_not_equal`, `when_none`,
@@ -70,6 +74,9 @@
 //!
 //! The layers: [`store`] is the pure core (no process, no I/O), the hub
 //! adds the waiters, and the server module serves them.
+
+// Examples are tested as code: a warning in one fails the build.
+#![doc(test(attr(deny(warnings))))]
 
 mod codec;
 mod context;

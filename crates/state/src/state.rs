@@ -196,6 +196,20 @@ impl State {
     /// operations, transactions, data-only waits and watchers work;
     /// [`atomic`](Self::atomic) and [`when`](Self::when) fail with the
     /// server's refusal of shipped code.
+    ///
+    /// See [both sides run the same build](https://docs.rs/processional/latest/processional/#both-sides-run-the-same-build):
+    /// the data operations are services, which is what lets another build in.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), processional_state::StateError> {
+    /// let context = processional_state::Context::new()?;
+    /// context.state().set("greeting", "hello")?;
+    /// // What another program holding the key would do:
+    /// let state = processional_state::State::connect_data_only(context.address())?;
+    /// assert_eq!(state.get::<String>("greeting")?.as_deref(), Some("hello"));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn connect_data_only(address: &str) -> Result<State, StateError> {
         let process = ClientBuilder::new(address)?
             .data_only(true)
@@ -245,6 +259,25 @@ impl State {
     }
 
     /// The value of `key` as a `T` (`None` if there is none).
+    ///
+    /// The dict methods (`get`, `get_or`, `set`, `remove`, `pop`, `setdefault`,
+    /// `update`, `contains`, `keys`, `items`, …) are one atomic request each:
+    ///
+    /// ```
+    /// # fn main() -> Result<(), processional_state::StateError> {
+    /// # let context = processional_state::Context::new()?;
+    /// let state = context.state();
+    /// state.set("name", "ada")?;
+    /// assert_eq!(state.get::<String>("name")?.as_deref(), Some("ada"));
+    /// assert_eq!(state.get_or("age", 36u32)?, 36); // missing: the default
+    /// assert!(state.get::<u32>("name").is_err()); // another type: a ValueError
+    /// state.update([("x", 1u8), ("y", 2u8)])?;
+    /// assert_eq!(state.keys()?, ["name", "x", "y"]); // in key order
+    /// assert_eq!(state.remove::<u8>("x")?, Some(1));
+    /// assert!(!state.contains("x")?);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StateError> {
         match self.entry(key)? {
             Some(entry) => Ok(Some(codec::decode(key, &entry.value)?)),
@@ -419,6 +452,21 @@ impl State {
     }
 
     /// Runs a transaction (see [`Txn`]) on this namespace.
+    ///
+    /// ```
+    /// use processional_state::txn::{Compare, Op, Txn};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let context = processional_state::Context::new()?;
+    /// # let state = context.state();
+    /// // Take the lock only if nobody holds it.
+    /// let take = Txn::new()
+    ///     .when(Compare::missing("lock"))
+    ///     .then(Op::set("lock", "me")?);
+    /// assert!(state.txn(take.clone())?.succeeded);
+    /// assert!(!state.txn(take)?.succeeded); // held now: nothing written
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn txn(&self, txn: Txn) -> Result<TxnOutcome, StateError> {
         match self.request(Request::Txn(self.namespace.clone(), txn))? {
             Response::Txn(outcome) => Ok(outcome),
@@ -428,6 +476,16 @@ impl State {
 
     /// Adds `by` to the `i64` under `key` (missing counts as 0), atomically;
     /// returns the sum.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), processional_state::StateError> {
+    /// # let context = processional_state::Context::new()?;
+    /// # let state = context.state();
+    /// assert_eq!(state.increment("hits", 5)?, 5);
+    /// assert_eq!(state.decrement("hits", 2)?, 3);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn increment(&self, key: &str, by: i64) -> Result<i64, StateError> {
         match self.request(Request::Increment(self.namespace.clone(), key.into(), by))? {
             Response::Int(value, _) => Ok(value),
@@ -555,6 +613,30 @@ impl State {
 
     /// Waits (without polling) for a change of one of `keys` (of any key
     /// if empty) after now; returns the namespace as that change left it.
+    ///
+    /// The `when_*` waits take an optional timeout (then
+    /// [`StateError::TimedOut`]); `when_change`, `when_equal`,
+    /// `when_not_equal`, `when_none`, `when_not_none` and `when_available` are
+    /// data operations, which a [data-only](Self::connect_data_only) handle of
+    /// another build may use; [`when`](Self::when) ships a predicate, so it
+    /// needs the same build.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use processional_state::{Context, State, StateError, func};
+    ///
+    /// # fn main() -> Result<(), StateError> {
+    /// let context = Context::new()?;
+    /// let state = context.state();
+    /// let setter = context.spawn(func!(|state: State, n: u32| state.set("ready", &n).map(|_| ())), 7)?;
+    /// let snapshot = state.when_equal("ready", &7u32, Some(Duration::from_secs(30)))?;
+    /// assert!(snapshot.revision > 0);
+    /// setter.wait(None)?;
+    /// let timed_out = state.when_none("ready", Some(Duration::from_millis(50)));
+    /// assert!(matches!(timed_out, Err(StateError::TimedOut { .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn when_change(
         &self,
         keys: &[&str],
@@ -640,6 +722,20 @@ impl State {
     /// Waits until `predicate` holds for the namespace (now or after a
     /// change). The predicate runs in the server, so it is shipped like a
     /// function given to a process (`func!`; same build).
+    /// See [how it works and its limitations](https://docs.rs/processional/latest/processional/#how-it-works-and-limitations).
+    ///
+    /// ```
+    /// use processional_state::{Peek, Read, func};
+    /// # fn main() -> Result<(), processional_state::StateError> {
+    /// # let context = processional_state::Context::new()?;
+    /// # let state = context.state();
+    /// state.set("a", &1u8)?;
+    /// // Holds now: returns at once with the snapshot that satisfied it.
+    /// let snapshot = state.when(func!(|s: &Peek<'_>| s.contains("a")), None)?;
+    /// assert!(snapshot.revision >= 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn when<F>(
         &self,
         predicate: Func<F>,
@@ -685,6 +781,7 @@ impl State {
 
     /// A watcher of this namespace yielding every change after now, in
     /// order ([buffered](Watcher)).
+    /// What a watcher gets past the server's bounded history: see [`Watcher`].
     pub fn watch(&self) -> Result<Watcher, StateError> {
         let after = self.revision()?;
         Ok(self.watch_after(after))

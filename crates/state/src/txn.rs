@@ -154,6 +154,30 @@ impl Op {
 /// A transaction: if every comparison holds, the `success` writes, else the
 /// `failure` writes; either way one change (a later write of the same key
 /// wins).
+///
+/// A comparison looks at a key's value, existence or revisions
+/// ([`Compare`]); the writes are [`Op`]s. Code-free, so it also works from
+/// a [data-only](crate::State::connect_data_only) handle of another build.
+///
+/// ```
+/// use processional_state::txn::{Compare, Op, Txn};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let context = processional_state::Context::new()?;
+/// # let state = context.state();
+/// state.set("stock", &1u32)?;
+/// // Sell the last item: if stock == 1, set it to 0 and record the sale,
+/// // else record a miss.
+/// let sell = Txn::new()
+///     .when(Compare::equal("stock", &1u32)?)
+///     .then(Op::set("stock", &0u32)?)
+///     .then(Op::set("sold", "yes")?)
+///     .or_else(Op::set("missed", "yes")?);
+/// assert!(state.txn(sell.clone())?.succeeded);
+/// assert!(!state.txn(sell)?.succeeded);
+/// assert_eq!(state.keys()?, ["missed", "sold", "stock"]);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Txn {
     /// What must hold, all of it.

@@ -34,6 +34,39 @@ impl fmt::Display for Stop {
 }
 
 /// Why a worker, or one input of it, has no value.
+///
+/// A worker's error never blocks to read ([`Worker::error`](crate::Worker::error)),
+/// and says whether the worker itself is gone
+/// ([`is_worker_lost`](Self::is_worker_lost)) or only one input failed:
+///
+/// ```
+/// use processional_worker::{Worker, WorkerError};
+/// use processional_process::func;
+///
+/// # fn main() -> Result<(), WorkerError> {
+/// let worker = Worker::process(func!(|x: u32| -> u32 { assert!(x > 0, "x is zero"); x }), 0)?;
+/// worker.wait(None);
+/// match worker.error() {
+///     Some(WorkerError::Panicked { message }) => assert!(message.contains("x is zero")),
+///     other => panic!("unexpected: {other:?}"),
+/// }
+/// assert!(!worker.error().is_some_and(WorkerError::is_worker_lost)); // the process survived
+///
+/// // Killed from outside: the signal is in the error.
+/// let worker = Worker::process(func!(|_: ()| loop {
+///     processional_worker::checkpoint();
+///     std::thread::sleep(std::time::Duration::from_millis(10));
+/// }), ())?;
+/// let pid = worker.pid().expect("a process worker has a pid");
+/// std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().expect("kill");
+/// worker.wait(None);
+/// let error = worker.error().expect("killed");
+/// assert_eq!(error.signal(), Some(9));
+/// assert!(error.is_worker_lost());
+/// # let _: Option<&()> = worker.result();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WorkerError {
@@ -181,6 +214,21 @@ impl WorkerError {
 
 /// `enqueue` on a persistent worker that takes no more inputs: the input
 /// comes back inside.
+///
+/// ```
+/// use processional_worker::{EnqueueError, PersistentWorker, WorkerKind};
+/// use processional_process::func;
+///
+/// # fn main() -> Result<(), processional_worker::WorkerError> {
+/// let worker = PersistentWorker::spawn(WorkerKind::Thread, func!(|x: u32| x))?;
+/// worker.close();
+/// match worker.enqueue(7) {
+///     Err(error @ EnqueueError::Closed(_)) => assert_eq!(error.into_inner(), 7),
+///     other => panic!("unexpected: {other:?}"),
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(thiserror::Error)]
 pub enum EnqueueError<T> {
     /// The worker was closed.
@@ -212,6 +260,26 @@ impl<T> fmt::Debug for EnqueueError<T> {
 /// A pool run that could not give every input a result: its workers all
 /// died (or the pool had none) before every input was consumed, or an input
 /// failed on every attempt.
+///
+/// ```
+/// use processional_worker::{PoolBuilder, WorkerKind};
+/// use processional_process::func;
+///
+/// # fn main() -> Result<(), processional_worker::WorkerError> {
+/// // One process worker, whose process exits at input 3; no retries.
+/// let mut pool = PoolBuilder::new(func!(|x: u32| -> u32 { if x == 3 { std::process::exit(3) } x }))
+///     .worker(WorkerKind::Process)
+///     .batch_size(1)
+///     .retries(0)
+///     .spawn()?;
+/// let error = pool.map(0..10).expect_err("the only worker died");
+/// assert_eq!(error.partial.into_iter().collect::<Vec<_>>(), [(0, 0), (1, 1), (2, 2)]);
+/// assert!(error.failed.contains_key(&3) || error.unconsumed.contains(&3));
+/// assert!(error.workers[0].1.is_worker_lost());
+/// assert_eq!(pool.alive(), 0);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct PoolError<R> {
     /// The results that arrived, by input index.

@@ -6,6 +6,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use processional_transport::Address;
 
 /// Where a worker runs.
+///
+/// The kind is a value: the same code spawns on any of them.
+///
+/// ```
+/// use processional_worker::{Worker, WorkerKind};
+/// use processional_process::func;
+///
+/// # fn main() -> Result<(), processional_worker::WorkerError> {
+/// for kind in [WorkerKind::Thread, WorkerKind::Process] {
+///     let worker = Worker::spawn(kind.clone(), func!(|x: u32| x + 1), 1)?;
+///     worker.wait(None);
+///     assert_eq!(worker.result(), Some(&2));
+///     assert_eq!(worker.kind(), &kind);
+/// }
+/// assert_eq!(WorkerKind::Process.to_string(), "process");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum WorkerKind {
     /// On a thread of this process (a `SlaveThread`).

@@ -54,7 +54,8 @@
 //! A target of one argument `Fn(A) -> R` is the common case; a stateful one
 //! `Fn(&mut S, A) -> R` gets the worker's user state
 //! ([`WorkerBuilder::state`]), whose final value comes back when the worker
-//! ends.
+//! ends. A target captures nothing and a remote worker's server runs this
+//! same build: see [how it works and its limitations](https://docs.rs/processional/latest/processional/#how-it-works-and-limitations).
 //!
 //! # Kinds
 //! [`WorkerKind::Thread`] runs on a slave thread of this process,
@@ -80,6 +81,9 @@
 //! A [`Pool`] spreads the inputs of a run over its workers in batches,
 //! retries what a dead worker had in flight on the others, and fails with a
 //! [`PoolError`] holding the partial results when no worker is left.
+
+// Examples are tested as code: a warning in one fails the build.
+#![doc(test(attr(deny(warnings))))]
 
 mod context;
 mod engine;

@@ -524,6 +524,29 @@ impl<A: Data, R: Data, S: Data + Clone> PersistentWorker<A, R, S> {
     /// ended): counts reset, a process or remote worker gets a new process
     /// (a new pid and id), and the user state carries over (the initial one
     /// if the old process died with it).
+    ///
+    /// ```
+    /// use processional_worker::{WorkerBuilder, WorkerKind};
+    /// use processional_process::func;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = WorkerBuilder::new(WorkerKind::Process)
+    ///     .state(0u64)
+    ///     .persistent_stateful(func!(|sum: &mut u64, x: u64| { *sum += x; *sum }))?;
+    /// let first = worker.pid();
+    /// worker.enqueue(5)?;
+    /// worker.close();
+    /// worker.wait(None);
+    /// assert_eq!(worker.state(), Some(5));
+    /// worker.restart()?; // a new process; the state carries over
+    /// assert_ne!(worker.pid(), first);
+    /// worker.enqueue(1)?;
+    /// worker.close();
+    /// worker.wait(None);
+    /// assert_eq!(worker.results().collect::<Result<Vec<_>, _>>()?, [6]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn restart(&self) -> Result<(), WorkerError> {
         let old = self.current();
         if !old.wait(Some(Duration::ZERO)) {

@@ -23,6 +23,30 @@ const DROP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What happens in a pool run, for a progress bar or a log: given to the
 /// callback of [`PoolBuilder::on_event`].
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use processional_worker::{PoolBuilder, PoolEvent, WorkerKind};
+/// use processional_process::func;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let finished = Arc::new(Mutex::new(Vec::new()));
+/// let log = finished.clone();
+/// let mut pool = PoolBuilder::new(func!(|x: u32| x * 2))
+///     .workers(WorkerKind::Thread, 2)
+///     .on_event(move |event| {
+///         if let PoolEvent::Finished { input, .. } = event {
+///             log.lock().unwrap().push(*input);
+///         }
+///     })
+///     .spawn()?;
+/// assert_eq!(pool.map(0..5)?, [0, 2, 4, 6, 8]);
+/// let mut done = finished.lock().unwrap().clone();
+/// done.sort();
+/// assert_eq!(done, [0, 1, 2, 3, 4]); // one Finished per input
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PoolEvent {
@@ -84,6 +108,32 @@ struct Member<A, R, S> {
 
 /// Options of a [`Pool`]: its workers (by kind), retries, replacement,
 /// events.
+///
+/// **Batching.** A run splits its inputs into batches, one call each: by
+/// default the inputs spread over four batches per live worker, at most
+/// 4096 inputs a batch, with two batches in flight on each worker. A slow
+/// target with few inputs wants [`batch_size(1)`](Self::batch_size), so that
+/// inputs spread one by one and a dead worker takes only its own input down.
+///
+/// ```
+/// use processional_worker::{PoolBuilder, WorkerKind};
+/// use processional_process::func;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // Each worker keeps a count of what it ran (its user state).
+/// let mut pool = PoolBuilder::stateful(func!(|ran: &mut u32, x: u64| { *ran += 1; x + 1 }), 0u32)
+///     .workers(WorkerKind::Thread, 2)
+///     .worker_with_state(WorkerKind::Process, 100)
+///     .retries(1)          // a failed input is tried once more, on another worker
+///     .replace_dead(true)  // a dead worker is replaced by a new one of its kind
+///     .resilient(true)     // a worker goes on after an input fails
+///     .batch_size(8)
+///     .spawn()?;
+/// assert_eq!(pool.map(0..100u64)?, (1..=100u64).collect::<Vec<_>>());
+/// assert_eq!(pool.alive(), 3);
+/// # Ok(())
+/// # }
+/// ```
 pub struct PoolBuilder<A, R, S = ()> {
     ops: Arc<dyn Ops<A, R, S>>,
     workers: Vec<(WorkerKind, S)>,
@@ -332,6 +382,23 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> Pool<A, R, S> {
 
     /// Runs the target on every input; each input's result in input order.
     /// Fails only if inputs were left with no worker to run them.
+    ///
+    /// ```
+    /// use processional_worker::{PoolBuilder, WorkerKind};
+    /// use processional_process::func;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut pool = PoolBuilder::new(func!(|x: u32| -> u32 { assert!(x != 2, "two"); x }))
+    ///     .worker(WorkerKind::Thread)
+    ///     .resilient(true)
+    ///     .retries(0)
+    ///     .spawn()?;
+    /// let results = pool.map_results(0..4)?;
+    /// assert!(results[2].is_err());
+    /// assert_eq!(results.iter().filter_map(|r| r.as_ref().ok()).collect::<Vec<_>>(), [&0, &1, &3]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn map_results(
         &mut self,
         inputs: impl IntoIterator<Item = A>,
@@ -369,6 +436,21 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> Pool<A, R, S> {
     /// Runs the target on every input, yielding `(input index, result)` as
     /// results arrive. Inputs left with no worker are not yielded; see
     /// [`PoolRun::unconsumed`].
+    ///
+    /// ```
+    /// use processional_worker::{PoolBuilder, WorkerKind};
+    /// use processional_process::func;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut pool = PoolBuilder::new(func!(|x: u32| x * 10)).workers(WorkerKind::Thread, 2).spawn()?;
+    /// let mut run = pool.map_unordered(0..5);
+    /// let mut got: Vec<(usize, u32)> = run.by_ref().map(|(i, r)| (i, r.expect("ran"))).collect();
+    /// assert!(run.unconsumed().is_empty());
+    /// got.sort();
+    /// assert_eq!(got, [(0, 0), (1, 10), (2, 20), (3, 30), (4, 40)]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn map_unordered(&mut self, inputs: impl IntoIterator<Item = A>) -> PoolRun<'_, A, R, S> {
         let inputs: Vec<A> = inputs.into_iter().collect();
         let alive = self
@@ -404,6 +486,19 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> Pool<A, R, S> {
     /// Runs the target on every input, yielding the results in input order
     /// as soon as each one and those before it arrived. An input left with
     /// no worker yields an error.
+    ///
+    /// ```
+    /// use processional_worker::{PoolBuilder, WorkerKind};
+    /// use processional_process::func;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut pool = PoolBuilder::new(func!(|x: u32| x + 1)).worker(WorkerKind::Process).spawn()?;
+    /// for (i, result) in pool.imap(0..3).enumerate() {
+    ///     assert_eq!(result?, i as u32 + 1); // in input order, as soon as each is in
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn imap(
         &mut self,
         inputs: impl IntoIterator<Item = A>,

@@ -8,7 +8,7 @@
 //! worker and keeps it in a `Remote<Hosted>`; forcing a worker terminates
 //! only that child, and the child dies with the server.
 
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use processional_process::{
@@ -224,7 +224,9 @@ const CANCEL_POLL: Duration = Duration::from_millis(20);
 /// child answers, passing the caller's cancellation on.
 pub(crate) fn forward<T: Data>(task: Task<Result<T, Failure>>) -> Later<Result<T, Failure>> {
     let (reply, later) = reply_later();
+    let answering = Answering::start();
     processional_thread::thread(move || {
+        let _answering = answering;
         let mut task = task;
         loop {
             match task.wait_timeout(CANCEL_POLL) {
@@ -243,6 +245,45 @@ pub(crate) fn forward<T: Data>(task: Task<Result<T, Failure>>) -> Later<Result<T
     })
     .detach();
     later
+}
+
+/// The forwarded calls not answered yet, in this process: a server that
+/// stops its workers on SIGTERM waits (a little) for their answers to leave
+/// before it dies, so that callers hear why their worker ended.
+static ANSWERING: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+/// One forwarded call being answered; counted in [`ANSWERING`] until dropped.
+struct Answering;
+
+impl Answering {
+    fn start() -> Answering {
+        *ANSWERING.0.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        Answering
+    }
+
+    /// Waits until no forwarded call is left unanswered, or `patience` ran out.
+    fn wait_for_all(patience: Duration) {
+        let deadline = std::time::Instant::now() + patience;
+        let mut count = ANSWERING.0.lock().unwrap_or_else(|p| p.into_inner());
+        while *count > 0 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            count = ANSWERING
+                .1
+                .wait_timeout(count, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        *ANSWERING.0.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        ANSWERING.1.notify_all();
+    }
 }
 
 /// Answers a forwarded call at once with `failure`.
@@ -336,6 +377,26 @@ pub(crate) fn forward_fetch<S: Data>()
 /// of this program serving remote workers.
 ///
 /// Dropping it stops the server; its workers' processes die with it.
+///
+/// The server is this same program, so its workers run the targets of this
+/// build (see [both sides run the same build](https://docs.rs/processional/latest/processional/#both-sides-run-the-same-build)).
+///
+/// ```
+/// use std::time::Duration;
+/// use processional_worker::{Worker, spawn_server};
+/// use processional_process::func;
+///
+/// # fn main() -> Result<(), processional_worker::WorkerError> {
+/// let server = spawn_server("tcp://127.0.0.1:0")?;
+/// assert_ne!(server.pid(), std::process::id());
+/// let worker = Worker::remote(server.address(), func!(|x: u32| x + 1), 1)?;
+/// worker.wait(None);
+/// assert_eq!(worker.result(), Some(&2));
+/// let ended = server.terminate(Duration::from_secs(20)); // its workers' processes first
+/// assert!(ended.exit_reason().is_some());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct RemoteServer {
     process: SlaveProcess,
@@ -375,6 +436,10 @@ impl RemoteServer {
 /// to stop (asked, then SIGTERM, then SIGKILL) before it dies.
 const SIGTERM_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a server stopped by SIGTERM then waits for the answers of the
+/// forwarded calls its stopped workers leave behind.
+const ANSWER_GRACE: Duration = Duration::from_secs(2);
+
 /// In a server that [`spawn_server`] started, or the first time any server
 /// starts a worker's process (one run with `PROCESSIONAL_SERVE`): on
 /// SIGTERM, stops the workers' processes (in parallel, gracefully then by
@@ -403,6 +468,8 @@ fn take_sigterm_over() {
             let _ = pipe.read_exact(&mut byte);
             let stopped = stop_hosted(SIGTERM_GRACE);
             log::info!("processional: SIGTERM: stopped {stopped} worker processes");
+            // Their callers hear why they ended before the server goes.
+            Answering::wait_for_all(ANSWER_GRACE);
             crate::sys::die_by_sigterm()
         });
     if let Err(error) = spawned {

@@ -411,6 +411,28 @@ impl<R, S> Worker<R, S> {
     /// `None` if it has not ended yet: `terminate(Duration::ZERO)` only
     /// asks and returns at once, and a later [`wait`](Self::wait) sees the
     /// end. Calling it again is fine.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use processional_worker::{Worker, checkpoint};
+    /// use processional_process::func;
+    ///
+    /// # fn main() -> Result<(), processional_worker::WorkerError> {
+    /// // A long job that checks for a stop request between steps.
+    /// let worker = Worker::process(func!(|steps: u64| -> u64 {
+    ///     for _ in 0..steps {
+    ///         checkpoint(); // ends the job here once terminate asked
+    ///         std::thread::sleep(Duration::from_millis(10));
+    ///     }
+    ///     steps
+    /// }), u64::MAX)?;
+    /// worker.terminate(Duration::from_secs(20));
+    /// assert!(worker.wait(None));
+    /// assert!(worker.error().is_some_and(|e| e.is_terminated()));
+    /// assert_eq!(worker.result(), None);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn terminate(&self, timeout: Duration) -> Option<Termination> {
         if let Some(termination) = self.termination.get() {
             return Some(*termination);
