@@ -297,6 +297,7 @@ pub use processional_task::{
 };
 pub use remote::Remote;
 pub use reply::{Later, NobodyListening, Reply, reply_later};
+pub use serve::{OUTBOUND_BUDGET, OUTBOUND_BUDGET_VAR};
 pub use server::{
     ClientBuilder, DEFAULT_CLIENT_TIMEOUT, DEFAULT_MAX_PENDING_HANDSHAKES,
     DEFAULT_SERVER_HANDSHAKE_TIMEOUT, KEY_FILE_VAR, KEY_VAR, ServerBuilder, ServerHandle, client,

@@ -9,6 +9,7 @@
 //! connection's FIFO. While no call runs, the watchdog sleeps until one
 //! starts: an idle process does not wake up.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -20,7 +21,9 @@ use processional_proto::{
     ServiceCall, TaskId,
 };
 use processional_task::CancelToken;
-use processional_transport::{Connection, ConnectionReader, ConnectionWriter, Received};
+use processional_transport::{
+    Connection, ConnectionReader, ConnectionWriter, PendingFrame, Received, ShutdownHandle,
+};
 
 use crate::codec;
 use crate::context::{self, CallContext};
@@ -118,6 +121,63 @@ impl LentValues {
     }
 }
 
+/// How many bytes of frames may wait, per connection, for a peer that does
+/// not read them (frames sent from threads that are not the connection's
+/// own, such as deferred replies and stream items, never wait for the
+/// socket), unless [`OUTBOUND_BUDGET_VAR`] says otherwise. A peer whose
+/// backlog would grow past it is a slow peer: its connection is closed, and
+/// whoever answers it then gets [`NobodyListening`](crate::NobodyListening).
+pub const OUTBOUND_BUDGET: usize = 64 << 20;
+
+/// The environment variable (of the serving process) that overrides
+/// [`OUTBOUND_BUDGET`] (bytes).
+pub const OUTBOUND_BUDGET_VAR: &str = "PROCESSIONAL_OUTBOUND_BUDGET";
+
+fn outbound_budget() -> usize {
+    static BUDGET: OnceLock<usize> = OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        std::env::var(OUTBOUND_BUDGET_VAR)
+            .ok()
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(OUTBOUND_BUDGET)
+    })
+}
+
+thread_local! {
+    /// The connection this thread serves (its executor, or a `thread` call
+    /// of it); 0 on any other thread.
+    static SERVING: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Runs `f` as a thread of connection `id` (see [`SERVING`]).
+fn serving<R>(id: u64, f: impl FnOnce() -> R) -> R {
+    let before = SERVING.with(|serving| serving.replace(id));
+    let result = f();
+    SERVING.with(|serving| serving.set(before));
+    result
+}
+
+/// The frames waiting to be written to a connection, oldest first, and
+/// whether someone holds the writer role.
+///
+/// Only the holder of the role writes to the socket, and it writes what is
+/// queued before anything else, so frames leave in the order they were
+/// sent. A thread of the connection itself (its executor, its `thread`
+/// calls) takes the role and may block on the socket; any other thread
+/// (one completing a deferred reply, a stream's producer) never does: it
+/// writes what the socket takes at once and queues the rest, or queues the
+/// whole frame when someone else writes, and a pooled flusher thread then
+/// holds the role until the queue is empty.
+#[derive(Default)]
+struct Outbound {
+    frames: VecDeque<PendingFrame>,
+    /// What is left to write of `frames`.
+    bytes: usize,
+    writing: bool,
+    /// How many threads wait for the role (on `outbound_changed`).
+    waiting: usize,
+}
+
 /// How many ticks in a row without any call started or running the
 /// watchdog waits before it sleeps until a call starts (so that calls in
 /// quick succession do not each have to wake it): 10 ms.
@@ -136,7 +196,6 @@ enum Job {
     /// executor: the reader may be inside a send).
     Refuse(TaskId, RemoteError),
     Release(ObjectId),
-    Pong(u64),
 }
 
 /// A call read from the peer and not yet answered.
@@ -191,6 +250,15 @@ pub(crate) struct Served {
     flow_waiters: AtomicUsize,
     /// This connection's number in the process, for [`LentValues`].
     id: u64,
+    /// Frames not yet written (see [`Outbound`]); never held across a
+    /// write.
+    outbound: Mutex<Outbound>,
+    /// Notified when the writer role is given up.
+    outbound_changed: Condvar,
+    /// How many bytes may wait in `outbound`.
+    budget: usize,
+    /// Shuts the socket down while a writer may be blocked on it.
+    closer: ShutdownHandle,
 }
 
 impl std::fmt::Debug for Served {
@@ -214,7 +282,12 @@ impl Served {
         let unix = connection.is_unix();
         let on_shutdown = on_shutdown.filter(|_| !data_only);
         let (reader, writer) = connection.split();
+        let closer = writer.shutdown_handle();
         let served = Arc::new(Served {
+            outbound: Mutex::default(),
+            outbound_changed: Condvar::new(),
+            budget: outbound_budget(),
+            closer,
             unix,
             data_only,
             on_shutdown,
@@ -248,6 +321,10 @@ impl Served {
     /// or asks for a shutdown. Queued calls not yet started when that happens
     /// are dropped (their caller is gone or asked for it).
     pub(crate) fn serve(self: &Arc<Self>) -> End {
+        serving(self.id, || self.serve_jobs())
+    }
+
+    fn serve_jobs(self: &Arc<Self>) -> End {
         loop {
             match self.next_job() {
                 Some(Job::Call(call, fds)) => {
@@ -263,7 +340,6 @@ impl Served {
                     self.send_reply(task, Err(error));
                 }
                 Some(Job::Release(object)) => self.objects.release(object),
-                Some(Job::Pong(value)) => self.send(&Message::Pong(value)),
                 None => break,
             }
         }
@@ -376,6 +452,9 @@ impl Served {
 
     fn finish(&self, end: End) {
         lock(&self.end).get_or_insert(end);
+        // Wakes a thread waiting for the writer role (it looks at `end`
+        // under this lock before it waits).
+        self.notify_outbound(lock(&self.outbound));
         if end == End::PeerClosed {
             // The peer's handles are gone with it: free what only it held,
             // even while a long call of its still runs (a running call keeps
@@ -559,43 +638,44 @@ impl Served {
                 self.notify_flows();
                 None
             }
-            Message::Ping(value) => match self.writer.try_lock() {
-                Ok(mut writer) => {
-                    let _ = writer.send(&Message::Pong(value));
-                    None
-                }
-                Err(_) => Some(Job::Pong(value)),
-            },
+            Message::Ping(value) => {
+                // Never waits: this may run inside a write (draining).
+                self.send_frame(&Message::Pong(value), &[], false);
+                None
+            }
             Message::Shutdown if self.shutdown_asked.swap(true, Ordering::AcqRel) => None,
             Message::Shutdown => {
                 let acknowledge = |served: &Arc<Served>| {
-                    served.send(&Message::ShutdownAck);
+                    // After what is queued; blocking: the peer asked.
+                    served.send_frame(&Message::ShutdownAck, &[], true);
                     served.finish(End::Shutdown);
                     // Even while a long call still runs on the executor.
                     if let Some(on_shutdown) = &served.on_shutdown {
                         on_shutdown();
                     }
                 };
-                match self.writer.try_lock() {
-                    Ok(writer) => {
-                        drop(writer);
-                        acknowledge(self);
-                    }
-                    // We are inside a send (draining while the socket buffer
-                    // is full): acknowledge once that send is done.
-                    Err(_) => {
-                        let served = self.clone();
-                        let spawned = std::thread::Builder::new()
-                            .name("processional-shutdown".into())
-                            .spawn(move || acknowledge(&served));
-                        if let Err(error) = spawned {
-                            // No thread to wait for the writer: end without
-                            // the acknowledgement (the peer sees the close).
-                            log::warn!("processional: cannot acknowledge a shutdown: {error}");
-                            self.finish(End::Shutdown);
-                            if let Some(on_shutdown) = &self.on_shutdown {
-                                on_shutdown();
-                            }
+                let idle = self.writer.try_lock().is_ok() && {
+                    let out = lock(&self.outbound);
+                    !out.writing && out.frames.is_empty()
+                };
+                if idle {
+                    acknowledge(self);
+                } else {
+                    // We may be inside a send (draining while the socket
+                    // buffer is full), or frames wait: acknowledge once they
+                    // are written, on a thread of its own (`shutdown_asked`
+                    // makes it one at most).
+                    let served = self.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("processional-shutdown".into())
+                        .spawn(move || acknowledge(&served));
+                    if let Err(error) = spawned {
+                        // No thread to wait for the writer: end without
+                        // the acknowledgement (the peer sees the close).
+                        log::warn!("processional: cannot acknowledge a shutdown: {error}");
+                        self.finish(End::Shutdown);
+                        if let Some(on_shutdown) = &self.on_shutdown {
+                            on_shutdown();
                         }
                     }
                 }
@@ -609,12 +689,14 @@ impl Served {
             other => {
                 let detail = format!("unexpected message from the peer: {}", other.name());
                 log::debug!("processional: {detail}");
-                self.send(&Message::Error(RemoteError {
+                let error = Message::Error(RemoteError {
                     kind: RemoteErrorKind::Other,
                     message: detail,
                     location: None,
                     backtrace: None,
-                }));
+                });
+                // Never waits: this may run inside a write (draining).
+                self.send_frame(&error, &[], false);
                 self.finish(End::PeerClosed);
                 None
             }
@@ -633,7 +715,7 @@ impl Served {
                 // At most `MAX_THREAD_CALLS` at once in the process; the
                 // others wait their turn, holding no thread.
                 crate::thread_calls::Bounded::global().submit(Box::new(move || {
-                    served.execute(call, fds);
+                    serving(served.id, || served.execute(call, fds));
                     let _guard = lock(&served.threads_lock);
                     served.threads_running.fetch_sub(1, Ordering::AcqRel);
                     served.threads_done.notify_all();
@@ -707,30 +789,217 @@ impl Served {
         }
     }
 
-    /// Sends `message`, reading (and queueing) incoming messages while the
-    /// socket buffer is full so that two peers writing big frames at each
-    /// other never block each other.
-    fn send(self: &Arc<Self>, message: &Message) {
-        self.send_with_fds(message, &[]);
-    }
-
-    /// Whether the message was written.
+    /// Sends `message` (with `fds`) after what is queued; whether it was
+    /// written or queued. A thread of this connection waits for room in
+    /// the socket buffer; any other thread never waits (see [`Outbound`]).
     pub(crate) fn send_with_fds(
         self: &Arc<Self>,
         message: &Message,
         fds: &[BorrowedFd<'_>],
     ) -> bool {
-        let mut writer = lock(&self.writer);
-        let result = writer.send_with(message, fds, &mut || self.drain());
+        let own = SERVING.with(Cell::get) == self.id;
+        self.send_frame(message, fds, own)
+    }
+
+    /// Sends `message` after what is queued, waiting for the socket when
+    /// `block`, else queueing what does not fit at once.
+    fn send_frame(
+        self: &Arc<Self>,
+        message: &Message,
+        fds: &[BorrowedFd<'_>],
+        block: bool,
+    ) -> bool {
+        if self.ended() {
+            return false;
+        }
+        let mut out = lock(&self.outbound);
+        if block {
+            while out.writing && !self.ended() {
+                out.waiting += 1;
+                out = self
+                    .outbound_changed
+                    .wait(out)
+                    .unwrap_or_else(|p| p.into_inner());
+                out.waiting -= 1;
+            }
+            if self.ended() {
+                return false;
+            }
+            out.writing = true;
+            let backlog = !out.frames.is_empty();
+            drop(out);
+            if backlog && !self.write_queued(false) {
+                return false;
+            }
+            let result = lock(&self.writer).send_with(message, fds, &mut || self.drain());
+            if let Err(error) = result {
+                self.write_failed(error);
+                return false;
+            }
+            return self.write_queued(true);
+        }
+        if out.writing || !out.frames.is_empty() {
+            return match PendingFrame::encode(message, fds, self.unix) {
+                Ok(frame) => self.enqueue(out, frame, false),
+                Err(error) => {
+                    log::debug!("processional: cannot answer the peer: {error}");
+                    false
+                }
+            };
+        }
+        out.writing = true;
+        drop(out);
+        // Nobody else writes now: the lock is free, the write never waits.
+        let result = lock(&self.writer).try_send(message, fds);
         match result {
-            Ok(()) => true,
+            Ok(None) => {
+                let out = lock(&self.outbound);
+                self.hand_off(out);
+                true
+            }
+            Ok(Some(rest)) => {
+                // The rest of this frame goes before anything queued since.
+                let out = lock(&self.outbound);
+                self.enqueue(out, rest, true)
+            }
             Err(error) => {
-                log::debug!("processional: cannot answer the peer: {error}");
-                drop(writer);
-                self.finish(End::PeerClosed);
+                self.write_failed(error);
                 false
             }
         }
+    }
+
+    /// Queues `frame` (first when `front`: the rest of a frame partly
+    /// written by the holder of the writer role), within the budget; the
+    /// caller holds the role when `front`. Whether it was queued: past the
+    /// budget the peer is too slow, and its connection is closed.
+    fn enqueue(
+        self: &Arc<Self>,
+        mut out: MutexGuard<'_, Outbound>,
+        frame: PendingFrame,
+        front: bool,
+    ) -> bool {
+        // One frame, however large, may wait alone.
+        if out.bytes > 0 && out.bytes + frame.len() > self.budget {
+            let queued = out.bytes;
+            if front {
+                out.writing = false;
+            }
+            drop(out);
+            self.close_slow_peer(queued);
+            return false;
+        }
+        out.bytes += frame.len();
+        if front {
+            out.frames.push_front(frame);
+            self.hand_off(out);
+        } else {
+            out.frames.push_back(frame);
+            if !out.writing {
+                // (Only after a failed flusher start.)
+                self.hand_off(out);
+            }
+        }
+        true
+    }
+
+    /// Gives the writer role up, or, when frames wait, to a new flusher
+    /// thread (which blocks on this connection's socket only).
+    fn hand_off(self: &Arc<Self>, mut out: MutexGuard<'_, Outbound>) {
+        if out.frames.is_empty() {
+            out.writing = false;
+            self.notify_outbound(out);
+            return;
+        }
+        out.writing = true;
+        drop(out);
+        let served = self.clone();
+        processional_thread::thread(move || {
+            served.write_queued(true);
+        })
+        .detach();
+    }
+
+    /// Writes the queued frames, in order, as the holder of the writer
+    /// role, until none is left; then gives the role up when `release`.
+    /// Whether the connection still works.
+    fn write_queued(self: &Arc<Self>, release: bool) -> bool {
+        loop {
+            let mut out = lock(&self.outbound);
+            if self.ended() {
+                let dropped = std::mem::take(&mut out.frames);
+                out.bytes = 0;
+                out.writing = false;
+                self.notify_outbound(out);
+                drop(dropped);
+                return false;
+            }
+            let Some(mut frame) = out.frames.pop_front() else {
+                if release {
+                    out.writing = false;
+                    self.notify_outbound(out);
+                }
+                return true;
+            };
+            let len = frame.len();
+            drop(out);
+            let result = lock(&self.writer).send_pending(&mut frame, &mut || self.drain());
+            {
+                let mut out = lock(&self.outbound);
+                out.bytes = out.bytes.saturating_sub(len);
+            }
+            if let Err(error) = result {
+                self.write_failed(error);
+                return false;
+            }
+        }
+    }
+
+    /// A write failed: the connection is over; gives the writer role up.
+    fn write_failed(&self, error: processional_transport::Error) {
+        log::debug!("processional: cannot answer the peer: {error}");
+        self.finish(End::PeerClosed);
+        let mut out = lock(&self.outbound);
+        out.bytes = 0;
+        out.writing = false;
+        let dropped = std::mem::take(&mut out.frames);
+        self.notify_outbound(out);
+        drop(dropped);
+    }
+
+    /// Wakes the threads waiting for the writer role, if any (no system
+    /// call when none waits, the common case).
+    fn notify_outbound(&self, out: MutexGuard<'_, Outbound>) {
+        let waiting = out.waiting > 0;
+        drop(out);
+        if waiting {
+            self.outbound_changed.notify_all();
+        }
+    }
+
+    /// The peer lets more than the budget wait unread: it is a slow peer
+    /// (stopped, or hostile). Its connection is closed, so that whoever
+    /// answers it never waits for it: its calls are cancelled, their
+    /// repliers and sinks find nobody listening.
+    fn close_slow_peer(&self, queued: usize) {
+        log::warn!(
+            "processional: closing the connection of a peer that does not read \
+             ({queued} bytes wait for it, over the budget of {} bytes)",
+            self.budget
+        );
+        self.finish(End::PeerClosed);
+        for call in lock(&self.calls).values() {
+            call.token.cancel();
+        }
+        let dropped = {
+            let mut out = lock(&self.outbound);
+            out.bytes = 0;
+            std::mem::take(&mut out.frames)
+        };
+        drop(dropped);
+        // Ends a write blocked on the socket (the role is given up then),
+        // and the reads.
+        let _ = self.closer.shutdown();
     }
 
     /// Reads what has arrived without blocking; queues the work.

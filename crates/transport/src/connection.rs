@@ -688,6 +688,92 @@ impl ConnectionWriter {
         self.socket.shutdown()
     }
 
+    /// A handle that shuts the socket down from any thread, without this
+    /// half (which may be blocked in a send, holding its lock).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            socket: Arc::clone(&self.socket),
+        }
+    }
+
+    /// Sends a message with file descriptors without ever blocking: writes
+    /// what the socket buffer takes now, and hands the rest back as a
+    /// [`PendingFrame`] (`None` when all of it went), to be written later
+    /// with [`send_pending`](Self::send_pending), before any other frame.
+    /// The frame keeps duplicates of the descriptors when none went yet.
+    pub fn try_send(
+        &mut self,
+        message: &Message,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Option<PendingFrame>, Error> {
+        let tail = self.encode_after(&[], message, fds.len())?;
+        let fd = self.socket.fd.as_fd();
+        let head = &self.buf[..];
+        let mut sent = 0;
+        if write_parts(fd, head, tail, fds, &mut sent, &mut || {}, Wait::Never)? {
+            return Ok(None);
+        }
+        let mut bytes = Vec::with_capacity(head.len() + tail.len() - sent);
+        if sent < head.len() {
+            bytes.extend_from_slice(&head[sent..]);
+            bytes.extend_from_slice(tail);
+        } else {
+            bytes.extend_from_slice(&tail[sent - head.len()..]);
+        }
+        let fds = if sent == 0 { own_fds(fds)? } else { Vec::new() };
+        Ok(Some(PendingFrame {
+            bytes,
+            sent: 0,
+            fds,
+        }))
+    }
+
+    /// Writes the rest of `frame`, blocking while the socket buffer is full
+    /// (calling `while_blocked` then, as [`send_with`](Self::send_with)).
+    pub fn send_pending(
+        &mut self,
+        frame: &mut PendingFrame,
+        while_blocked: &mut dyn FnMut(),
+    ) -> Result<(), Error> {
+        self.write_frame(frame, while_blocked, Wait::Block(None))
+            .map(drop)
+    }
+
+    /// Writes what the socket buffer takes of `frame` now, without
+    /// blocking; whether all of it has gone.
+    pub fn try_send_pending(&mut self, frame: &mut PendingFrame) -> Result<bool, Error> {
+        self.write_frame(frame, &mut || {}, Wait::Never)
+    }
+
+    fn write_frame(
+        &mut self,
+        frame: &mut PendingFrame,
+        while_blocked: &mut dyn FnMut(),
+        wait: Wait,
+    ) -> Result<bool, Error> {
+        if !frame.fds.is_empty() && !self.socket.unix {
+            return Err(Error::FdsOverTcp);
+        }
+        let fds: Vec<BorrowedFd<'_>> = frame.fds.iter().map(|fd| fd.as_fd()).collect();
+        let mut sent = frame.sent;
+        let result = write_parts(
+            self.socket.fd.as_fd(),
+            &frame.bytes,
+            &[],
+            &fds,
+            &mut sent,
+            while_blocked,
+            wait,
+        );
+        drop(fds);
+        if sent > frame.sent {
+            // The descriptors rode on the first bytes written.
+            frame.fds.clear();
+        }
+        frame.sent = sent;
+        result
+    }
+
     fn send_until(&mut self, message: &Message, deadline: Option<Instant>) -> Result<(), Error> {
         let tail = self.encode_after(&[], message, 0)?;
         self.write(&[], tail, &mut || {}, deadline)
@@ -724,47 +810,152 @@ impl ConnectionWriter {
     /// first bytes.
     fn write(
         &mut self,
-        mut fds: &[BorrowedFd<'_>],
+        fds: &[BorrowedFd<'_>],
         tail: &[u8],
         while_blocked: &mut dyn FnMut(),
         deadline: Option<Instant>,
     ) -> Result<(), Error> {
-        let fd = self.socket.fd.as_fd();
-        let head_len = self.buf.len();
         let mut sent = 0;
-        while sent < head_len + tail.len() {
-            let (head, rest) = if sent < head_len {
-                (&self.buf[sent..], tail)
-            } else {
-                (&[][..], &tail[sent - head_len..])
-            };
-            match sys::send_parts_with_fds(fd, head, rest, fds, sys::DONTWAIT) {
-                Ok(0) => return Err(Error::Io(io::ErrorKind::WriteZero.into())),
-                Ok(n) => {
-                    sent += n;
-                    fds = &[];
-                }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    while_blocked();
-                    let wait = match deadline {
-                        None => BLOCKED_WAIT,
-                        Some(deadline) => {
-                            let left = deadline.saturating_duration_since(Instant::now());
-                            if left.is_zero() {
-                                return Err(Error::TimedOut);
-                            }
-                            left.min(BLOCKED_WAIT)
-                        }
-                    };
-                    sys::poll(fd, sys::POLLOUT, Some(wait))?;
-                }
-                Err(error) if sys::is_broken_pipe(&error) => {
-                    return Err(Error::Closed);
-                }
-                Err(error) => return Err(Error::Io(error)),
+        let fd = self.socket.fd.as_fd();
+        write_parts(
+            fd,
+            &self.buf,
+            tail,
+            fds,
+            &mut sent,
+            while_blocked,
+            Wait::Block(deadline),
+        )
+        .map(drop)
+    }
+}
+
+/// Whether a write waits for room in the socket buffer.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// Until the deadline, if any.
+    Block(Option<Instant>),
+    /// Not at all: a full buffer ends the write (`Ok(false)`).
+    Never,
+}
+
+/// Writes `head` then `tail` from byte `sent` on (advanced as bytes go);
+/// the descriptors ride on the first bytes, so they go only when `sent`
+/// is 0. Whether all of it went (always, unless `wait` is `Never`).
+fn write_parts(
+    fd: BorrowedFd<'_>,
+    head: &[u8],
+    tail: &[u8],
+    mut fds: &[BorrowedFd<'_>],
+    sent: &mut usize,
+    while_blocked: &mut dyn FnMut(),
+    wait: Wait,
+) -> Result<bool, Error> {
+    let head_len = head.len();
+    if *sent > 0 {
+        fds = &[];
+    }
+    while *sent < head_len + tail.len() {
+        let (first, rest) = if *sent < head_len {
+            (&head[*sent..], tail)
+        } else {
+            (&[][..], &tail[*sent - head_len..])
+        };
+        match sys::send_parts_with_fds(fd, first, rest, fds, sys::DONTWAIT) {
+            Ok(0) => return Err(Error::Io(io::ErrorKind::WriteZero.into())),
+            Ok(n) => {
+                *sent += n;
+                fds = &[];
             }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                let deadline = match wait {
+                    Wait::Never => return Ok(false),
+                    Wait::Block(deadline) => deadline,
+                };
+                while_blocked();
+                let wait = match deadline {
+                    None => BLOCKED_WAIT,
+                    Some(deadline) => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            return Err(Error::TimedOut);
+                        }
+                        left.min(BLOCKED_WAIT)
+                    }
+                };
+                sys::poll(fd, sys::POLLOUT, Some(wait))?;
+            }
+            Err(error) if sys::is_broken_pipe(&error) => {
+                return Err(Error::Closed);
+            }
+            Err(error) => return Err(Error::Io(error)),
         }
-        Ok(())
+    }
+    Ok(true)
+}
+
+/// Duplicates descriptors, for a frame that must keep them until written.
+fn own_fds(fds: &[BorrowedFd<'_>]) -> Result<Vec<OwnedFd>, Error> {
+    fds.iter()
+        .map(|fd| fd.try_clone_to_owned().map_err(Error::Io))
+        .collect()
+}
+
+/// A frame encoded and not yet (fully) written, holding its descriptors
+/// until they go (see [`ConnectionWriter::try_send`]).
+#[derive(Debug)]
+pub struct PendingFrame {
+    bytes: Vec<u8>,
+    sent: usize,
+    fds: Vec<OwnedFd>,
+}
+
+impl PendingFrame {
+    /// Encodes `message` for a connection (`unix`: whether descriptors can
+    /// travel), keeping duplicates of `fds` to send with it.
+    pub fn encode(
+        message: &Message,
+        fds: &[BorrowedFd<'_>],
+        unix: bool,
+    ) -> Result<PendingFrame, Error> {
+        if !fds.is_empty() && !unix {
+            return Err(Error::FdsOverTcp);
+        }
+        let fd_count = u8::try_from(fds.len())
+            .ok()
+            .filter(|&count| count <= MAX_FDS_PER_FRAME)
+            .ok_or(Error::Proto(ProtoError::TooManyFds))?;
+        let mut bytes = Vec::new();
+        encode_with_fds(message, fd_count, &mut bytes)?;
+        Ok(PendingFrame {
+            bytes,
+            sent: 0,
+            fds: own_fds(fds)?,
+        })
+    }
+
+    /// How many bytes are left to write.
+    pub fn len(&self) -> usize {
+        self.bytes.len() - self.sent
+    }
+
+    /// Whether nothing is left to write.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Shuts a connection's socket down from any thread; see
+/// [`ConnectionWriter::shutdown_handle`].
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    socket: Arc<Socket>,
+}
+
+impl ShutdownHandle {
+    /// Shuts the socket down both ways; see [`Connection::shutdown`].
+    pub fn shutdown(&self) -> Result<(), Error> {
+        self.socket.shutdown()
     }
 }
 
@@ -807,6 +998,51 @@ impl AsRawFd for ConnectionWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A non-blocking send writes what fits and hands the rest back, with
+    /// duplicates of descriptors that did not go yet; written later, the
+    /// frames arrive whole, in order, descriptors included.
+    #[test]
+    fn try_send_hands_back_what_does_not_fit() {
+        use processional_proto::{Outcome, Payload, Reply, TaskId};
+        let (ours, theirs) = Connection::pair().unwrap();
+        let (_reader, mut writer) = ours.split();
+        let (mut peer, _peer_writer) = theirs.split();
+        let big = |task: TaskId, byte: u8| {
+            Message::Reply(Reply {
+                task,
+                outcome: Outcome::Value(Payload::Inline(vec![byte; 1 << 20])),
+            })
+        };
+        let mut pending = Vec::new();
+        let mut task = 0;
+        while pending.is_empty() {
+            task += 1;
+            if let Some(rest) = writer.try_send(&big(task, task as u8), &[]).unwrap() {
+                pending.push(rest);
+            }
+        }
+        // Someone must write the rest before anything else: here a frame
+        // with a descriptor, queued whole.
+        let (kept, _other) = sys::socketpair().unwrap();
+        let with_fd = PendingFrame::encode(&Message::Ping(7), &[kept.as_fd()], true).unwrap();
+        drop(kept);
+        pending.push(with_fd);
+        assert!(pending.iter().all(|frame| !frame.is_empty()));
+        let flusher = std::thread::spawn(move || {
+            for mut frame in pending {
+                writer.send_pending(&mut frame, &mut || {}).unwrap();
+                assert!(frame.is_empty());
+            }
+        });
+        for expected in 1..=task {
+            let received = peer.recv().unwrap();
+            assert_eq!(received.message, big(expected, expected as u8));
+        }
+        let last = peer.recv().unwrap();
+        assert_eq!((last.message, last.fds.len()), (Message::Ping(7), 1));
+        flusher.join().unwrap();
+    }
 
     /// Unix connections ask for a larger send buffer than a bare socket
     /// gets, so that a few hundred small calls queued behind a long one do

@@ -156,7 +156,9 @@ pub use address::{Address, AddressError, runtime_dir};
 pub use authenticating_listener::{
     AcceptStopper, AuthenticatingListener, DEFAULT_MAX_PENDING_HANDSHAKES,
 };
-pub use connection::{Connection, ConnectionReader, ConnectionWriter, Received};
+pub use connection::{
+    Connection, ConnectionReader, ConnectionWriter, PendingFrame, Received, ShutdownHandle,
+};
 pub use error::Error;
 pub use handshake::{AgreedNonces, DEFAULT_HANDSHAKE_TIMEOUT, Handshake, PeerInfo, Side};
 pub use key::{GENERATED_KEY_LEN, Key, KeyError, MIN_KEY_LEN, random_bytes};
