@@ -59,11 +59,16 @@ fn a_dropped_async_receive_does_not_lose_the_next_message() {
     queue.send(Request::Do, Some(7)).expect("send");
     let got = queue.recv_timeout(PATIENCE);
     assert_eq!(
-        got.expect("the message sent after a dropped async receive").data,
+        got.expect("the message sent after a dropped async receive")
+            .data,
         Some(7)
     );
     assert_eq!(queue.len().expect("len"), 0);
-    assert_eq!(queue.waiting().expect("waiting"), 0, "the dropped receive is forgotten");
+    assert_eq!(
+        queue.waiting().expect("waiting"),
+        0,
+        "the dropped receive is forgotten"
+    );
 }
 
 /// Review #5, across connections: the receive dropped on one connection,
@@ -119,14 +124,19 @@ fn a_stranger_cannot_guess_a_queue_id() {
         );
         assert_eq!(status, Status::NoQueue, "the guess {guess} named a queue");
     }
-    queue.send(Request::Do, Some(1)).expect("the queue is still open");
+    queue
+        .send(Request::Do, Some(1))
+        .expect("the queue is still open");
     // A second queue on the same host is no neighbour of the first.
     let second = processional::channel::QueueBuilder::new()
         .host(queue.host())
         .build::<u32>()
         .expect("a second queue on the same host");
     assert_ne!(second.id(), id.wrapping_add(1), "ids follow each other");
-    assert!(id > u32::MAX.into() && second.id() > u32::MAX.into(), "small ids");
+    assert!(
+        id > u32::MAX.into() && second.id() > u32::MAX.into(),
+        "small ids"
+    );
 }
 
 /// Review #2 (channel): closing a queue answers its waiting receivers. The
@@ -136,8 +146,10 @@ fn a_stranger_cannot_guess_a_queue_id() {
 /// stopped. Now the closer's call waits for that writer, and nobody else.
 #[test]
 fn a_receiver_that_does_not_read_does_not_hold_the_queue() {
-    const PARKED: usize = 24;
-    const SENT: usize = 16;
+    // Far more than a socket holds (its buffers are asked as large as the
+    // kernel allows: a few MiB), each message inline (under `INLINE_LIMIT`).
+    const PARKED: usize = 208;
+    const SENT: usize = 200;
     let queue = Queue::<Vec<u8>>::new().expect("queue");
     let host = queue.host().to_string();
     // Receives parked on their own connection, whose futures nobody polls:
@@ -155,24 +167,21 @@ fn a_receiver_that_does_not_read_does_not_hold_the_queue() {
         wait_until(PATIENCE, || waiting("waiting") == PARKED as u64),
         "the receives did not reach the host"
     );
-    // Big deliveries to the lazy connection, each from a connection (so a
-    // serving thread) of its own: they fill its socket, and the writer of
-    // one of them stays blocked there, holding the lazy connection's writer.
-    let senders: Vec<_> = (0..SENT).map(|_| connect(&host)).collect();
-    let sends: Vec<Task<SendReply>> = senders
-        .iter()
-        .map(|sender| {
-            let args = SendArgs {
-                queue: queue.id(),
-                messages: vec![Message::new(
-                    Request::Do,
-                    Some(serde_bytes::ByteBuf::from(encoded_bytes(&[7u8; 100_000]))),
-                )],
-                wait: Wait::Now,
-            };
-            sender.call_service(services::SEND, args)
-        })
-        .collect();
+    // Big deliveries to the lazy connection, in one batch: they fill its
+    // socket, and the writer of the batch's call stays blocked there,
+    // holding the lazy connection's writer.
+    let sender = connect(&host);
+    let message = Message::new(
+        Request::Do,
+        Some(serde_bytes::ByteBuf::from(encoded_bytes(&[7u8; 120_000]))),
+    );
+    let args = SendArgs {
+        queue: queue.id(),
+        messages: vec![message; SENT],
+        wait: Wait::Now,
+    };
+    let sends: Vec<Task<SendReply>> = vec![sender.call_service(services::SEND, args)];
+    let senders = vec![sender];
     // Every delivery left the queue (the messages are on their way).
     assert!(
         wait_until(PATIENCE, || waiting("waiting") == (PARKED - SENT) as u64),
@@ -229,7 +238,11 @@ fn a_batch_in_flight_when_the_host_goes_is_unknown_not_unsent() {
     let error = sender.flush().expect_err("the host is gone");
     let unknown: Vec<_> = error.unknown.iter().map(|m| m.data).collect();
     let unsent: Vec<_> = error.unsent.iter().map(|m| m.data).collect();
-    assert_eq!(unknown, [Some(0), Some(1)], "the batch in flight may have arrived");
+    assert_eq!(
+        unknown,
+        [Some(0), Some(1)],
+        "the batch in flight may have arrived"
+    );
     assert_eq!(unsent, [Some(2)], "only what never left is unsent");
     assert!(error.to_string().contains("may or may not"), "{error}");
     // The same for a batch sent at once.

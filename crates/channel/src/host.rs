@@ -120,8 +120,10 @@ fn register_services() {
             services::RECV,
             func!(|a: RecvArgs| -> Later<RecvReply> { recv(a) }),
         );
-        let _ =
-            register_deferred_service(services::JOIN, func!(|q: QueueId| -> Later<Status> { join(q) }));
+        let _ = register_deferred_service(
+            services::JOIN,
+            func!(|q: QueueId| -> Later<Status> { join(q) }),
+        );
         let _ = register_service(services::LEN, func!(|q: QueueId| len(q)));
         let _ = register_service(services::CLOSE, func!(|q: QueueId| close(q)));
         let _ = register_service(services::TASK_DONE, func!(|q: QueueId| task_done(q)));
@@ -206,6 +208,16 @@ fn settle_with(hosted: &Hosted, mut effects: Vec<Effect<ByteBuf, Waiter>>, mut g
             answer(other);
         }
         for (reply, batch) in deliveries {
+            if reply.is_cancelled() {
+                // Cancelled since the lock was released: checked again as
+                // late as can be, to keep the at-most-once window small.
+                let mut core = lock(&hosted.core);
+                for envelope in batch {
+                    core.restore(envelope, &mut undelivered);
+                }
+                gone.push(Waiter::Recv { reply, more: None });
+                continue;
+            }
             let seqs: Vec<u64> = batch.iter().map(|e| e.seq).collect();
             let messages: Vec<WireMessage> = batch.into_iter().map(|e| e.message).collect();
             if let Err(back) = reply.send(RecvReply::Got(messages)) {
@@ -353,9 +365,7 @@ fn recv_with(
             let waiter = Waiter::Recv { reply, more };
             match core.recv_or_wait(filter, waiter, due, &mut effects) {
                 RecvNow::Got(Waiter::Recv { reply, .. }, envelope) => Ok((reply, envelope)),
-                RecvNow::EndOfQueue(Waiter::Recv { reply, .. }) => {
-                    Err((reply, RecvReply::Closed))
-                }
+                RecvNow::EndOfQueue(Waiter::Recv { reply, .. }) => Err((reply, RecvReply::Closed)),
                 RecvNow::Waiting => {
                     if let Some(due) = due {
                         timer().schedule(due, queue);
