@@ -440,12 +440,40 @@ impl<T, W> QueueCore<T, W> {
         self.senders = kept;
     }
 
-    /// Forgets the waiting tokens `keep` refuses (their callers are gone);
-    /// a forgotten sender's message is dropped, never accepted.
-    pub fn forget(&mut self, mut keep: impl FnMut(&W) -> bool) {
-        self.receivers.retain(|r| keep(&r.token));
-        self.senders.retain(|s| keep(&s.token));
-        self.joiners.retain(|j| keep(j));
+    /// Forgets the waiting tokens `keep` refuses (their callers are gone)
+    /// and hands them back, for the caller to dispose of (a hosted queue
+    /// answers them once its lock is released); a forgotten sender's
+    /// message is dropped, never accepted.
+    pub fn forget(&mut self, mut keep: impl FnMut(&W) -> bool) -> Vec<W> {
+        let mut gone = Vec::new();
+        if self.waiting() == 0 {
+            return gone;
+        }
+        let receivers = std::mem::take(&mut self.receivers);
+        for receiver in receivers {
+            if keep(&receiver.token) {
+                self.receivers.push_back(receiver);
+            } else {
+                gone.push(receiver.token);
+            }
+        }
+        let senders = std::mem::take(&mut self.senders);
+        for sender in senders {
+            if keep(&sender.token) {
+                self.senders.push_back(sender);
+            } else {
+                gone.push(sender.token);
+            }
+        }
+        let joiners = std::mem::take(&mut self.joiners);
+        for joiner in joiners {
+            if keep(&joiner) {
+                self.joiners.push(joiner);
+            } else {
+                gone.push(joiner);
+            }
+        }
+        gone
     }
 
     fn accept(&mut self, message: Message<T>, effects: &mut Vec<Effect<T, W>>) {

@@ -157,11 +157,40 @@ impl<T> From<SendError<T>> for Error {
 }
 
 /// A batch send that stopped: the messages not accepted come back, in
-/// order.
+/// order, split by what is known of them.
+///
+/// - [`unsent`](Self::unsent): certainly not accepted (the host refused
+///   them, said it has no such queue, or they never left), so sending them
+///   again cannot duplicate anything.
+/// - [`unknown`](Self::unknown): on their way when the connection broke or
+///   the call failed: the host may have accepted some or all of them
+///   (receivers may have them already), or none. Sending them again may
+///   duplicate; dropping them may lose. Only the application can tell
+///   (say, with ids in the data).
+///
+/// In send order, `unknown` comes first, then `unsent`.
+///
+/// ```
+/// use processional_channel::{BatchSendError, Error, Message, Request};
+///
+/// let error = BatchSendError {
+///     unknown: vec![Message::new(Request::Do, Some(1))],
+///     unsent: vec![Message::new(Request::Do, Some(2))],
+///     reason: Error::Disconnected,
+/// };
+/// assert_eq!(
+///     error.to_string(),
+///     "1 messages were not sent and 1 may or may not have been: the other end is gone"
+/// );
+/// ```
 #[derive(thiserror::Error)]
-#[error("{} messages were not sent: {reason}", unsent.len())]
+#[error("{} messages were not sent and {} may or may not have been: {reason}", unsent.len(), unknown.len())]
 pub struct BatchSendError<T> {
-    /// The messages from the first refused one on.
+    /// Messages the host may or may not have accepted (in flight when the
+    /// connection broke or the call failed): resending may duplicate them.
+    pub unknown: Vec<Message<T>>,
+    /// Messages certainly not accepted: from the first refused one on (or
+    /// all of them, when none left or the queue is gone).
     pub unsent: Vec<Message<T>>,
     /// Why (its own message is empty: `Full(_)` and the like carry the
     /// first unsent message only when sent singly).
@@ -169,9 +198,20 @@ pub struct BatchSendError<T> {
     pub reason: Error,
 }
 
+impl<T> BatchSendError<T> {
+    /// Every message not known to be accepted, in send order: `unknown`,
+    /// then `unsent`.
+    pub fn into_messages(self) -> Vec<Message<T>> {
+        let mut all = self.unknown;
+        all.extend(self.unsent);
+        all
+    }
+}
+
 impl<T> fmt::Debug for BatchSendError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BatchSendError")
+            .field("unknown", &self.unknown.len())
             .field("unsent", &self.unsent.len())
             .field("reason", &self.reason)
             .finish()

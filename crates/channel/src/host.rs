@@ -8,10 +8,34 @@
 //! and a join keep their [`Reply`] in the queue's core and return, and the
 //! operation that unblocks them answers them. A delivery whose caller is
 //! gone (`NobodyListening`) is put back in place, as if never received.
+//!
+//! Lock discipline: no reply is ever sent with a queue's lock (or the
+//! table's, or the timer's) held. Operations collect what must be answered
+//! under the lock (effects, forgotten waiters, deliveries) and send it once
+//! the lock is released, so a peer that does not read its socket can hold
+//! up at most the thread that writes to it, never the queue. The timer
+//! thread holds nothing while it answers expired waits.
+//!
+//! Waiting receivers whose callers left or cancelled (an async receive
+//! dropped before it got a message cancels its call) are *gone*: they are
+//! forgotten, and a message is never handed to one; it stays in place for
+//! the next receiver. What remains is at most once: a message handed to a
+//! receiver whose cancel is still on its way to the host (the future was
+//! dropped after the host checked, and before the reply reached it) is
+//! received by nobody, exactly as one received by a consumer killed before
+//! it read the reply.
+//!
+//! Queue ids are 128 random bits drawn from the OS (as object tickets are),
+//! looked up in full: a handle is the capability to use a queue, and an id
+//! cannot be guessed from the ids of other queues. A queue hosted in a
+//! server started for it goes with that server (it stops once it serves
+//! nobody); a queue hosted in an existing server stays in its table until
+//! that process exits, because handles travel (serialized, or as an id to
+//! programs of other builds) and the host cannot know when the last one is
+//! gone. Closing such a queue releases its waiting calls, not its entry.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -35,14 +59,32 @@ enum Waiter {
 }
 
 impl Waiter {
-    fn is_listening(&self) -> bool {
+    /// Whether the call still wants its answer: its caller listens, and a
+    /// receiver's caller did not cancel it (a dropped async receive does).
+    /// Senders and joiners that cancel are still answered as usual.
+    fn is_live(&self) -> bool {
         match self {
-            Waiter::Recv { reply, .. } => reply.is_listening(),
+            Waiter::Recv { reply, .. } => reply.is_listening() && !reply.is_cancelled(),
             Waiter::Send(reply) => reply.is_listening(),
             Waiter::Join(reply) => reply.is_listening(),
         }
     }
+
+    /// Disposes of a forgotten waiter (no lock held): a cancelled receiver
+    /// still listening is told `TimedOut` (a value, so the caller's dropped
+    /// task reports no error); one nobody listens to is only marked
+    /// answered, nothing is written.
+    fn dismiss(self) {
+        match self {
+            Waiter::Recv { reply, .. } => drop(reply.send(RecvReply::TimedOut)),
+            Waiter::Send(reply) => drop(reply.send(SendReply::Full(Vec::new()))),
+            Waiter::Join(reply) => drop(reply.send(Status::Ok(0))),
+        }
+    }
 }
+
+/// A queue's id on its host: 128 random bits.
+pub(crate) type QueueId = u128;
 
 type Core = QueueCore<ByteBuf, Waiter>;
 
@@ -54,12 +96,12 @@ fn lock<X>(mutex: &Mutex<X>) -> MutexGuard<'_, X> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn queues() -> &'static Mutex<HashMap<u64, Arc<Hosted>>> {
-    static QUEUES: OnceLock<Mutex<HashMap<u64, Arc<Hosted>>>> = OnceLock::new();
+fn queues() -> &'static Mutex<HashMap<QueueId, Arc<Hosted>>> {
+    static QUEUES: OnceLock<Mutex<HashMap<QueueId, Arc<Hosted>>>> = OnceLock::new();
     QUEUES.get_or_init(Default::default)
 }
 
-fn find(queue: u64) -> Option<Arc<Hosted>> {
+fn find(queue: QueueId) -> Option<Arc<Hosted>> {
     lock(queues()).get(&queue).cloned()
 }
 
@@ -78,28 +120,39 @@ fn register_services() {
             services::RECV,
             func!(|a: RecvArgs| -> Later<RecvReply> { recv(a) }),
         );
-        let _ =
-            register_deferred_service(services::JOIN, func!(|q: u64| -> Later<Status> { join(q) }));
-        let _ = register_service(services::LEN, func!(|q: u64| len(q)));
-        let _ = register_service(services::CLOSE, func!(|q: u64| close(q)));
-        let _ = register_service(services::TASK_DONE, func!(|q: u64| task_done(q)));
-        let _ = register_service(services::WAITING, func!(|q: u64| waiting(q)));
+        let _ = register_deferred_service(
+            services::JOIN,
+            func!(|q: QueueId| -> Later<Status> { join(q) }),
+        );
+        let _ = register_service(services::LEN, func!(|q: QueueId| len(q)));
+        let _ = register_service(services::CLOSE, func!(|q: QueueId| close(q)));
+        let _ = register_service(services::TASK_DONE, func!(|q: QueueId| task_done(q)));
+        let _ = register_service(services::WAITING, func!(|q: QueueId| waiting(q)));
     });
 }
 
-/// Makes a queue here (registering the queue services first); its id.
-pub(crate) fn create(config: Config) -> u64 {
+/// Makes a queue here (registering the queue services first); its id, or
+/// `None` if the OS gave no random bytes for one.
+pub(crate) fn create(config: Config) -> Option<QueueId> {
     register_services();
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    let id = NEXT.fetch_add(1, Ordering::Relaxed);
     let capacity = config
         .capacity
         .map(|c| usize::try_from(c).unwrap_or(usize::MAX));
     let hosted = Arc::new(Hosted {
         core: Mutex::new(QueueCore::new(capacity, config.explicit_ack)),
     });
-    lock(queues()).insert(id, hosted);
-    id
+    let mut queues = lock(queues());
+    loop {
+        let mut bytes = [0u8; 16];
+        processional_transport::random_bytes(&mut bytes).ok()?;
+        let id = QueueId::from_le_bytes(bytes);
+        // A collision of 128 random bits does not happen; a draw that
+        // collides anyway is drawn again rather than sharing a queue.
+        if let std::collections::hash_map::Entry::Vacant(slot) = queues.entry(id) {
+            slot.insert(hosted);
+            return Some(id);
+        }
+    }
 }
 
 fn deadline(wait: Wait) -> Option<Instant> {
@@ -111,14 +164,32 @@ fn deadline(wait: Wait) -> Option<Instant> {
 
 /// Carries out effects: answers waiting calls; deliveries nobody takes any
 /// more go back into the queue (which may make more effects).
-fn settle(hosted: &Hosted, mut effects: Vec<Effect<ByteBuf, Waiter>>) {
-    while !effects.is_empty() {
+fn settle(hosted: &Hosted, effects: Vec<Effect<ByteBuf, Waiter>>) {
+    settle_with(hosted, effects, Vec::new());
+}
+
+/// [`settle`], with waiters forgotten under the lock to dismiss too.
+fn settle_with(hosted: &Hosted, mut effects: Vec<Effect<ByteBuf, Waiter>>, mut gone: Vec<Waiter>) {
+    loop {
+        for waiter in gone.drain(..) {
+            waiter.dismiss();
+        }
+        if effects.is_empty() {
+            return;
+        }
         let mut undelivered = Vec::new();
         let mut deliveries = Vec::new();
+        let mut answers = Vec::new();
         {
             let mut core = lock(&hosted.core);
             for effect in effects.drain(..) {
                 match effect {
+                    // A receiver that left or cancelled gets nothing: the
+                    // message goes back in place (to the next receiver).
+                    Effect::Deliver(waiter, first) if !waiter.is_live() => {
+                        core.restore(first, &mut undelivered);
+                        gone.push(waiter);
+                    }
                     Effect::Deliver(Waiter::Recv { reply, more }, first) => {
                         let mut batch = vec![first];
                         if let Some((pick, max)) = more {
@@ -128,11 +199,25 @@ fn settle(hosted: &Hosted, mut effects: Vec<Effect<ByteBuf, Waiter>>) {
                     }
                     // Only receivers receive.
                     Effect::Deliver(_, envelope) => core.restore(envelope, &mut undelivered),
-                    other => answer(other),
+                    other => answers.push(other),
                 }
             }
         }
+        // Every write happens here, with no lock held.
+        for other in answers {
+            answer(other);
+        }
         for (reply, batch) in deliveries {
+            if reply.is_cancelled() {
+                // Cancelled since the lock was released: checked again as
+                // late as can be, to keep the at-most-once window small.
+                let mut core = lock(&hosted.core);
+                for envelope in batch {
+                    core.restore(envelope, &mut undelivered);
+                }
+                gone.push(Waiter::Recv { reply, more: None });
+                continue;
+            }
             let seqs: Vec<u64> = batch.iter().map(|e| e.seq).collect();
             let messages: Vec<WireMessage> = batch.into_iter().map(|e| e.message).collect();
             if let Err(back) = reply.send(RecvReply::Got(messages)) {
@@ -190,9 +275,13 @@ pub(crate) fn send(args: SendArgs) -> Later<SendReply> {
         return later;
     };
     let mut effects = Vec::new();
+    let gone;
     let mut messages = args.messages.into_iter();
     let answer = {
         let mut core = lock(&hosted.core);
+        // Receivers that left or cancelled neither take the message nor
+        // make room for it in a full queue.
+        gone = core.forget(Waiter::is_live);
         if messages.len() == 1 && args.wait != Wait::Now {
             let message = messages.next().expect("one message");
             let due = deadline(args.wait);
@@ -223,7 +312,7 @@ pub(crate) fn send(args: SendArgs) -> Later<SendReply> {
     if let Some((Waiter::Send(reply), outcome)) = answer {
         let _ = reply.send(outcome);
     }
-    settle(&hosted, effects);
+    settle_with(&hosted, effects, gone);
     later
 }
 
@@ -242,12 +331,12 @@ pub(crate) fn recv(args: RecvArgs) -> Later<RecvReply> {
 }
 
 /// Receives the first message a shipped predicate accepts.
-pub(crate) fn recv_where(queue: u64, filter: Filter<ByteBuf>, wait: Wait) -> Later<RecvReply> {
+pub(crate) fn recv_where(queue: QueueId, filter: Filter<ByteBuf>, wait: Wait) -> Later<RecvReply> {
     recv_with(queue, filter, None, wait)
 }
 
 fn recv_with(
-    queue: u64,
+    queue: QueueId,
     filter: Filter<ByteBuf>,
     more: Option<(Pick, u32)>,
     wait: Wait,
@@ -258,58 +347,50 @@ fn recv_with(
         return later;
     };
     let mut effects = Vec::new();
+    let gone;
+    // What to answer at once, once the lock is released.
     let now = {
         let mut core = lock(&hosted.core);
+        // Receivers whose callers left (a consumer killed while it waited)
+        // or cancelled (an async receive dropped) go.
+        gone = core.forget(Waiter::is_live);
         if wait == Wait::Now {
             match core.recv(&filter, &mut effects) {
-                Ok(Some(envelope)) => Some((reply, envelope)),
-                Ok(None) => {
-                    drop(core);
-                    let _ = reply.send(RecvReply::Empty);
-                    settle(&hosted, effects);
-                    return later;
-                }
-                Err(_) => {
-                    drop(core);
-                    let _ = reply.send(RecvReply::Closed);
-                    settle(&hosted, effects);
-                    return later;
-                }
+                Ok(Some(envelope)) => Ok((reply, envelope)),
+                Ok(None) => Err((reply, RecvReply::Empty)),
+                Err(_) => Err((reply, RecvReply::Closed)),
             }
         } else {
             let due = deadline(wait);
             let waiter = Waiter::Recv { reply, more };
             match core.recv_or_wait(filter, waiter, due, &mut effects) {
-                RecvNow::Got(Waiter::Recv { reply, .. }, envelope) => Some((reply, envelope)),
-                RecvNow::EndOfQueue(Waiter::Recv { reply, .. }) => {
-                    drop(core);
-                    let _ = reply.send(RecvReply::Closed);
-                    settle(&hosted, effects);
-                    return later;
-                }
+                RecvNow::Got(Waiter::Recv { reply, .. }, envelope) => Ok((reply, envelope)),
+                RecvNow::EndOfQueue(Waiter::Recv { reply, .. }) => Err((reply, RecvReply::Closed)),
                 RecvNow::Waiting => {
-                    // Receivers whose callers left (a consumer killed while
-                    // it waited) go; their replies were never sent.
-                    core.forget(Waiter::is_listening);
                     if let Some(due) = due {
                         timer().schedule(due, queue);
                     }
-                    None
+                    drop(core);
+                    settle_with(&hosted, effects, gone);
+                    return later;
                 }
                 _ => unreachable!("the receiver's own token"),
             }
         }
     };
-    if let Some((reply, first)) = now {
-        // Hand it over through the same path as a waiting receiver.
-        effects.insert(0, Effect::Deliver(Waiter::Recv { reply, more }, first));
+    match now {
+        // Handed over through the same path as a waiting receiver.
+        Ok((reply, first)) => {
+            effects.insert(0, Effect::Deliver(Waiter::Recv { reply, more }, first))
+        }
+        Err((reply, nothing)) => drop(reply.send(nothing)),
     }
-    settle(&hosted, effects);
+    settle_with(&hosted, effects, gone);
     later
 }
 
 /// How many messages the queue holds.
-pub(crate) fn len(queue: u64) -> Status {
+pub(crate) fn len(queue: QueueId) -> Status {
     match find(queue) {
         Some(hosted) => Status::Ok(lock(&hosted.core).len() as u64),
         None => Status::NoQueue,
@@ -317,30 +398,37 @@ pub(crate) fn len(queue: u64) -> Status {
 }
 
 /// How many calls wait in the queue (receivers, senders, joiners), those
-/// whose callers left forgotten first.
-pub(crate) fn waiting(queue: u64) -> Status {
+/// whose callers left (or, receivers, cancelled) forgotten first.
+pub(crate) fn waiting(queue: QueueId) -> Status {
     match find(queue) {
         Some(hosted) => {
-            let mut core = lock(&hosted.core);
-            core.forget(Waiter::is_listening);
-            Status::Ok(core.waiting() as u64)
+            let (gone, waiting) = {
+                let mut core = lock(&hosted.core);
+                let gone = core.forget(Waiter::is_live);
+                (gone, core.waiting())
+            };
+            gone.into_iter().for_each(Waiter::dismiss);
+            Status::Ok(waiting as u64)
         }
         None => Status::NoQueue,
     }
 }
 
 /// Waits (deferred) until every message sent was handled.
-pub(crate) fn join(queue: u64) -> Later<Status> {
+pub(crate) fn join(queue: QueueId) -> Later<Status> {
     let (reply, later) = reply_later();
     let Some(hosted) = find(queue) else {
         let _ = reply.send(Status::NoQueue);
         return later;
     };
-    let mut core = lock(&hosted.core);
-    // Joiners whose callers left are dropped here, so they do not pile up.
-    core.forget(Waiter::is_listening);
-    if let Some(Waiter::Join(reply)) = core.join_or_wait(Waiter::Join(reply)) {
-        drop(core);
+    let (gone, now) = {
+        let mut core = lock(&hosted.core);
+        // Joiners whose callers left are dropped here, so they do not pile up.
+        let gone = core.forget(Waiter::is_live);
+        (gone, core.join_or_wait(Waiter::Join(reply)))
+    };
+    gone.into_iter().for_each(Waiter::dismiss);
+    if let Some(Waiter::Join(reply)) = now {
         let _ = reply.send(Status::Ok(0));
     }
     later
@@ -348,7 +436,7 @@ pub(crate) fn join(queue: u64) -> Later<Status> {
 
 /// Closes the queue: waiting receivers with nothing for them get the end
 /// of the queue, waiting senders their message back.
-pub(crate) fn close(queue: u64) -> Status {
+pub(crate) fn close(queue: QueueId) -> Status {
     let Some(hosted) = find(queue) else {
         return Status::NoQueue;
     };
@@ -359,7 +447,7 @@ pub(crate) fn close(queue: u64) -> Status {
 }
 
 /// Acknowledges one received message (explicit acknowledgement).
-pub(crate) fn task_done(queue: u64) -> Status {
+pub(crate) fn task_done(queue: QueueId) -> Status {
     let Some(hosted) = find(queue) else {
         return Status::NoQueue;
     };
@@ -375,7 +463,7 @@ pub(crate) fn task_done(queue: u64) -> Status {
 /// The deadlines of waiting calls, on one thread that sleeps until the
 /// earliest (it does not wake while nothing waits with a deadline).
 struct Timer {
-    due: Mutex<BinaryHeap<Reverse<(Instant, u64)>>>,
+    due: Mutex<BinaryHeap<Reverse<(Instant, QueueId)>>>,
     wake: Condvar,
 }
 
@@ -395,7 +483,7 @@ fn timer() -> &'static Timer {
 }
 
 impl Timer {
-    fn schedule(&self, at: Instant, queue: u64) {
+    fn schedule(&self, at: Instant, queue: QueueId) {
         let mut due = lock(&self.due);
         let earliest = due.peek().is_none_or(|Reverse((first, _))| at < *first);
         due.push(Reverse((at, queue)));

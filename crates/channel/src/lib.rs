@@ -47,10 +47,13 @@
 //!
 //! # Messages
 //! Every message is a [`Message<T>`]: a [`Request`] kind (`Do`, `Finished`,
-//! `Die`, or `User(n)` of the program's own), the **real** sender's pid,
-//! stamped by the sending handle in the process that sends, an optional
-//! recipient pid, and typed data (any serde type). An explicit sender may
-//! be given ([`Message::with_sender`]).
+//! `Die`, or `User(n)` of the program's own), a sender pid, an optional
+//! recipient pid, and typed data (any serde type). [`Message::new`] stamps
+//! the pid of the process that makes the message; the sender may claim
+//! another one ([`Message::with_sender`]), and nothing checks it, neither
+//! the handle nor the host: the sender pid is the sender's claim, fine for
+//! addressing and filtering among cooperating processes, not an identity to
+//! trust (anyone holding a queue's id and its host's key can send anything).
 //!
 //! # Pipes
 //! [`pipe()`] makes two connected [`PipeEnd`]s. An end is a call argument
@@ -84,15 +87,24 @@
 //!   [`QueueBuilder::explicit_ack`]). `Die` messages stop children;
 //!   [`Queue::close`] ends the queue: every receiver gets
 //!   [`RecvError::Closed`] once it drained what is meant for it.
-//! - **Losing nothing.** A message handed to a receiver that is gone (its
-//!   process killed while it waited) goes back to its place.
+//! - **Losing nothing.** A message for a receiver that is gone (its
+//!   process killed while it waited, its async receive dropped, which
+//!   cancels it) goes to the next receiver, or stays in its place. Delivery
+//!   is at most once in one window: a message already on its way to a
+//!   receiver when it went is received by nobody (see
+//!   [`Queue::recv_by_async`]).
+//! - **Ids are capabilities.** A queue's id is 128 random bits: a program
+//!   reaches the queue only if it was given the id (and holds the host's
+//!   key). A queue hosted in an existing server stays in its table until
+//!   that server's process exits.
 //! - **Other programs.** The data operations are services of the host
 //!   ([`wire::services`]): a program of another build holding the key
 //!   opens the queue with [`Queue::open_data_only`].
 //! - **Batches.** [`Queue::send_batch`] and [`Queue::recv_batch`] move many
 //!   messages in one round trip; a [`BufferedSender`] ([`Queue::buffered`])
 //!   takes one message at a time and sends batches, one in flight while the
-//!   next fills.
+//!   next fills. A batch that got no answer (the host went away) comes back
+//!   as [`BatchSendError::unknown`]: it may have been accepted.
 
 // Examples are tested as code: a warning in one fails the build.
 #![doc(test(attr(deny(warnings))))]

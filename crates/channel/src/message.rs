@@ -47,7 +47,9 @@ pub enum Request {
 pub struct Message<T> {
     /// What the message asks for.
     pub request: Request,
-    /// The pid of the process that sent it.
+    /// The sender's pid, as the sender claims it: [`Message::new`] stamps
+    /// the pid of the process making the message,
+    /// [`with_sender`](Self::with_sender) claims any, and nothing checks it.
     pub sender: u32,
     /// The pid it is addressed to; `None` for anyone.
     pub recipient: Option<u32>,
@@ -73,7 +75,11 @@ impl<T> Message<T> {
     }
 
     /// The same message with an explicit sender pid (pymulproc allows it;
-    /// the default is the real sender).
+    /// the default is the pid of the process that made the message).
+    ///
+    /// Neither the sending handle nor the host checks it: a receiver
+    /// filtering with [`Pick::From`](crate::Pick::From) gets what others
+    /// claim, so treat the sender pid as a claim, not an identity.
     pub fn with_sender(mut self, pid: u32) -> Self {
         self.sender = pid;
         self

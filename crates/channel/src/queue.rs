@@ -188,7 +188,11 @@ impl QueueBuilder {
         };
         let id = link
             .process
-            .invoke_with(config, func!(|config: Config| crate::host::create(config)))?;
+            .invoke_with(config, func!(|config: Config| crate::host::create(config)))?
+            .ok_or_else(|| Error::Io {
+                context: "the queue's host could not draw a random queue id",
+                source: std::io::Error::other("the OS gave no random bytes"),
+            })?;
         Ok(Queue {
             link,
             id,
@@ -239,7 +243,7 @@ impl QueueBuilder {
 /// ```
 pub struct Queue<T> {
     link: Arc<Link>,
-    id: u64,
+    id: u128,
     send_wait: Wait,
     _messages: PhantomData<fn(T) -> T>,
 }
@@ -294,6 +298,15 @@ fn from_wire<T: DeserializeOwned>(
     })
 }
 
+/// The error of a send call that got no answer.
+pub(crate) fn send_failure(error: processional_task::Error) -> Error {
+    if error.is_worker_lost() {
+        Error::Disconnected
+    } else {
+        Error::from(error)
+    }
+}
+
 fn recv_failure(error: processional_task::Error) -> RecvError {
     if error.is_worker_lost() {
         RecvError::Disconnected
@@ -335,7 +348,7 @@ impl<T> Queue<T> {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn open_data_only(address: &str, id: u64) -> Result<Self, Error> {
+    pub fn open_data_only(address: &str, id: u128) -> Result<Self, Error> {
         Ok(Queue {
             link: Link::to(address, true)?,
             id,
@@ -349,8 +362,14 @@ impl<T> Queue<T> {
         &self.link.address
     }
 
-    /// The queue's id on its host.
-    pub fn id(&self) -> u64 {
+    /// The queue's id on its host: 128 random bits, drawn by the host from
+    /// the OS when it made the queue.
+    ///
+    /// The id is what lets a program use the queue: anyone who holds the
+    /// host's key and the id can send, receive, close and join, so give it
+    /// only to those meant to. It cannot be guessed from the ids of other
+    /// queues, and the host looks it up in full.
+    pub fn id(&self) -> u128 {
         self.id
     }
 
@@ -481,7 +500,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Sends many messages in one round trip, in order, without waiting for
     /// room: on a full or closed queue the messages from the first refused
-    /// one on come back.
+    /// one on come back ([`BatchSendError::unsent`]). If the call gets no
+    /// answer (the host is gone, the call failed), the host may have
+    /// accepted any of them: they come back as [`BatchSendError::unknown`].
     pub fn send_batch(&self, messages: Vec<Message<T>>) -> Result<(), BatchSendError<T>> {
         let mut wire = Vec::with_capacity(messages.len());
         for message in &messages {
@@ -489,6 +510,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 Ok(w) => wire.push(w),
                 Err(source) => {
                     return Err(BatchSendError {
+                        unknown: Vec::new(),
                         unsent: messages,
                         reason: Error::from(source),
                     });
@@ -507,13 +529,23 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             Ok(SendReply::Full(back)) => (back.len(), Error::Full),
             Ok(SendReply::Closed(back)) => (back.len(), Error::Closed),
             Ok(SendReply::NoQueue(_)) => (total, Error::Disconnected),
-            Err(e) if e.is_worker_lost() => (total, Error::Disconnected),
-            Err(e) => (total, Error::from(e)),
+            // No answer: the host may have accepted any part of the batch.
+            Err(e) => {
+                return Err(BatchSendError {
+                    unknown: messages,
+                    unsent: Vec::new(),
+                    reason: send_failure(e),
+                });
+            }
         };
         let mut unsent = messages;
-        let sent = unsent.len() - back;
+        let sent = unsent.len().saturating_sub(back);
         unsent.drain(..sent);
-        Err(BatchSendError { unsent, reason })
+        Err(BatchSendError {
+            unknown: Vec::new(),
+            unsent,
+            reason,
+        })
     }
 
     fn receive(&self, pick: Pick, max: u32, wait: Wait) -> Result<Vec<Message<T>>, RecvError> {
@@ -658,7 +690,19 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 impl<T: DeserializeOwned + Send + 'static> Queue<T> {
     /// The next message `pick` takes, for async code: the receive waits in
     /// the host like [`recv_by`](Queue::recv_by), and the future is woken by
-    /// the connection's reader (any executor).
+    /// the connection's reader (any executor). The receive is sent at once,
+    /// when this is called, not at the first poll.
+    ///
+    /// Dropping the future before it is ready (a `select!` arm that lost, a
+    /// timeout) cancels the receive: the host forgets it and hands the next
+    /// message to another receiver, leaving it in place if there is none.
+    /// One window stays, at most once: if the host handed a message to this
+    /// receive before the cancel reached it (the future dropped while the
+    /// reply was already on its way), that message is received by nobody,
+    /// as one received by a consumer killed before it read the reply.
+    /// Where every message must be handled, drop no receive that may have
+    /// got one, or use a queue with explicit acknowledgement and check
+    /// [`join`](Queue::join).
     ///
     /// ```
     /// use processional_channel::{Pick, Queue, Request};
@@ -681,10 +725,13 @@ impl<T: DeserializeOwned + Send + 'static> Queue<T> {
             max: 1,
             wait: Wait::Forever,
         };
-        let task = self
-            .link
-            .process
-            .call_service::<_, RecvReply>(services::RECV, args);
+        let task = CancelOnDrop {
+            task: self
+                .link
+                .process
+                .call_service::<_, RecvReply>(services::RECV, args),
+            done: false,
+        };
         async move {
             match task.await.map_err(recv_failure)? {
                 RecvReply::Got(messages) => match messages.into_iter().next() {
@@ -695,6 +742,39 @@ impl<T: DeserializeOwned + Send + 'static> Queue<T> {
                 RecvReply::TimedOut => Err(RecvError::Timeout),
                 RecvReply::NoQueue => Err(RecvError::Disconnected),
             }
+        }
+    }
+}
+
+/// A call's task that cancels the call if it is dropped before it is
+/// ready: dropping a [`Task`](processional_task::Task) only detaches it, and
+/// a receive left waiting in the host would take the next message.
+struct CancelOnDrop<R> {
+    task: processional_task::Task<R>,
+    done: bool,
+}
+
+impl<R> std::future::Future for CancelOnDrop<R> {
+    type Output = Result<R, processional_task::Error>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let polled = std::pin::Pin::new(&mut self.task).poll(cx);
+        if polled.is_ready() {
+            self.done = true;
+        }
+        polled
+    }
+}
+
+impl<R> Drop for CancelOnDrop<R> {
+    fn drop(&mut self) {
+        if !self.done {
+            // Sends a `Cancel` for the call; the host counts a cancelled
+            // receiver as gone.
+            self.task.cancel();
         }
     }
 }
@@ -759,7 +839,7 @@ impl<T: Serialize + DeserializeOwned + 'static> Queue<T> {
         // `Func`: a value without state, which the host makes from its type
         // alone, exactly as it would make the `Func` itself.
         let shipped = unsafe {
-            Func::new_unchecked(move |(queue, wait): (u64, Wait)| -> Later<RecvReply> {
+            Func::new_unchecked(move |(queue, wait): (u128, Wait)| -> Later<RecvReply> {
                 let filter: Filter<ByteBuf> = Filter::Where(Box::new(move |m: &WireMessage| {
                     let data = match &m.data {
                         Some(bytes) => match codec::decode::<T>(bytes) {
@@ -798,7 +878,7 @@ impl Pick {
 #[serde(rename = "Queue")]
 struct Wire {
     host: String,
-    id: u64,
+    id: u128,
     send_wait: Wait,
 }
 

@@ -18,8 +18,13 @@ use crate::wire::SendReply;
 /// waits. The order is the order of `send`.
 ///
 /// A batch that a full or closed queue refused is reported by the next
-/// `send` or `flush`, with every message not accepted handed back. Dropping
-/// the sender flushes it; call `flush` to see that outcome.
+/// `send` or `flush`, with every message not accepted handed back. If the
+/// connection to the host breaks (or the call fails) while a batch is in
+/// flight, the host may have accepted any part of it: that batch comes back
+/// as [`BatchSendError::unknown`], apart from what was buffered since
+/// ([`BatchSendError::unsent`], never sent), so that a resend of `unsent`
+/// cannot duplicate anything. Dropping the sender flushes it; call `flush`
+/// to see that outcome.
 ///
 /// ```
 /// use processional_channel::{Pick, Queue, Request};
@@ -107,15 +112,24 @@ impl<T: Serialize + DeserializeOwned> BufferedSender<T> {
             Ok(SendReply::Full(back)) => (back.len(), Error::Full),
             Ok(SendReply::Closed(back)) => (back.len(), Error::Closed),
             Ok(SendReply::NoQueue(_)) => (sent.len(), Error::Disconnected),
-            Err(e) if e.is_worker_lost() => (sent.len(), Error::Disconnected),
-            Err(e) => (sent.len(), Error::from(e)),
+            // No answer: the host may have accepted any part of the batch.
+            Err(e) => {
+                return Err(BatchSendError {
+                    unknown: sent,
+                    unsent: std::mem::take(&mut self.buffer),
+                    reason: crate::queue::send_failure(e),
+                });
+            }
         };
-        let accepted = sent.len() - back;
+        // A host answering with more than it was sent is not trusted past
+        // the batch.
+        let accepted = sent.len().saturating_sub(back);
         sent.drain(..accepted);
         // Everything not accepted comes back, in order: the rest of that
         // batch, then what was buffered since.
         sent.append(&mut self.buffer);
         Err(BatchSendError {
+            unknown: Vec::new(),
             unsent: sent,
             reason,
         })
@@ -134,6 +148,7 @@ impl<T: Serialize + DeserializeOwned> BufferedSender<T> {
                 Ok(())
             }
             Err(source) => Err(BatchSendError {
+                unknown: Vec::new(),
                 unsent: messages,
                 reason: Error::from(source),
             }),

@@ -63,8 +63,8 @@ pub struct Config {
 /// Send messages, in order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendArgs {
-    /// The queue's id on its host.
-    pub queue: u64,
+    /// The queue's id on its host (128 random bits: see [`Queue::id`](crate::Queue::id)).
+    pub queue: u128,
     /// The messages.
     pub messages: Vec<WireMessage>,
     /// How long a full queue may make the (single) message wait.
@@ -88,8 +88,8 @@ pub enum SendReply {
 /// Receive messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecvArgs {
-    /// The queue's id on its host.
-    pub queue: u64,
+    /// The queue's id on its host (128 random bits: see [`Queue::id`](crate::Queue::id)).
+    pub queue: u128,
     /// Which messages.
     pub pick: Pick,
     /// At most this many (at least one; more only if they are there).
@@ -134,7 +134,7 @@ pub mod services {
     /// `RecvArgs` → `RecvReply` (deferred until a message, the deadline or
     /// the end of the queue).
     pub const RECV: &str = "processional.channel.v1.recv";
-    /// queue id (`u64`) → `Status::Ok(messages held)`.
+    /// queue id (`u128`) → `Status::Ok(messages held)`.
     pub const LEN: &str = "processional.channel.v1.len";
     /// queue id → `Status`, once every message sent was handled (deferred).
     pub const JOIN: &str = "processional.channel.v1.join";
