@@ -16,8 +16,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use processional_proto::{
-    Call, Message, ObjectId, Outcome, RemoteError, RemoteErrorKind, Reply, RunMode, ServiceCall,
-    TaskId,
+    Call, Message, ObjectId, Outcome, Payload, RemoteError, RemoteErrorKind, Reply, RunMode,
+    ServiceCall, TaskId,
 };
 use processional_task::CancelToken;
 use processional_transport::{Connection, ConnectionReader, ConnectionWriter, Received};
@@ -218,7 +218,12 @@ impl Served {
             return false;
         }
         let (outcome, outgoing) = match outcome {
-            Ok(outgoing) => (Outcome::Value(outgoing.payload.clone()), Some(outgoing)),
+            // The payload moves into the message (no copy); the rest (the
+            // descriptors, the loan) stays until the frame is written.
+            Ok(mut outgoing) => {
+                let payload = std::mem::replace(&mut outgoing.payload, Payload::Inline(Vec::new()));
+                (Outcome::Value(payload), Some(outgoing))
+            }
             Err(error) => (Outcome::Error(error), None),
         };
         let message = Message::Reply(Reply { task, outcome });
