@@ -386,6 +386,8 @@ impl Served {
             return false;
         }
         let (outcome, outgoing) = match outcome {
+            // The payload moves into the message (no copy); the rest (the
+            // descriptors, the loan) stays until the frame is written.
             Ok(mut outgoing) => {
                 let payload = std::mem::replace(&mut outgoing.payload, Payload::Inline(Vec::new()));
                 (Outcome::Value(payload), Some(outgoing))

@@ -159,13 +159,40 @@ pub fn has_service(name: &str) -> bool {
         .contains_key(name)
 }
 
+/// How many services each serving thread remembers (a connection's
+/// executor calls a few services, over and over).
+const CACHED: usize = 4;
+
+thread_local! {
+    /// The services this thread looked up last, newest first. A service is
+    /// never removed or replaced, so a remembered one stays true.
+    static RECENT: std::cell::RefCell<Vec<(Box<str>, FunctionRef)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// The function registered as `name`, if any.
 pub(crate) fn lookup(name: &str) -> Option<FunctionRef> {
-    SERVICES
+    let cached = RECENT.with(|recent| {
+        let recent = recent.borrow();
+        recent
+            .iter()
+            .find(|(known, _)| **known == *name)
+            .map(|(_, function)| *function)
+    });
+    if cached.is_some() {
+        return cached;
+    }
+    let found = SERVICES
         .read()
         .unwrap_or_else(PoisonError::into_inner)
         .get(name)
-        .copied()
+        .copied()?;
+    RECENT.with(|recent| {
+        let mut recent = recent.borrow_mut();
+        recent.truncate(CACHED - 1);
+        recent.insert(0, (name.into(), found));
+    });
+    Some(found)
 }
 
 fn insert(name: &str, function: FunctionRef) -> Result<(), ServiceExists> {

@@ -446,10 +446,7 @@ impl ContextBuilder {
             ),
         };
         let server = ServerBuilder::new(&address)?.persistent(true).spawn()?;
-        let link = Arc::new(Link {
-            address: address.clone(),
-            process: server.clone(),
-        });
+        let link = Arc::new(Link::new(address.clone(), server.clone()));
         remember(&link);
         let state = State::from_link(link, DEFAULT_NAMESPACE);
         state.register_services()?;

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -29,6 +30,90 @@ const POLL_BATCH: u32 = 4096;
 pub(crate) struct Link {
     pub(crate) address: String,
     pub(crate) process: SlaveProcess,
+    /// Watchers' next polls waiting to go with the next request on this
+    /// link (see [`NextPoll`]); `due` says whether there are any.
+    polls: Mutex<Vec<Weak<NextPoll>>>,
+    due: AtomicBool,
+}
+
+impl Link {
+    pub(crate) fn new(address: String, process: SlaveProcess) -> Link {
+        Link {
+            address,
+            process,
+            polls: Mutex::new(Vec::new()),
+            due: AtomicBool::new(false),
+        }
+    }
+
+    /// Sends the watchers' polls that wait for a request: before it, so
+    /// that the server takes them first (one connection's calls run in
+    /// order).
+    fn flush(&self) {
+        if !self.due.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let polls = std::mem::take(&mut *self.polls.lock().unwrap_or_else(|p| p.into_inner()));
+        for next in polls.iter().filter_map(Weak::upgrade) {
+            next.send(self);
+        }
+    }
+
+    fn defer(&self, next: &Arc<NextPoll>) {
+        self.polls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::downgrade(next));
+        self.due.store(true, Ordering::Release);
+    }
+}
+
+/// A buffered watcher's next poll once it yielded its last change: due
+/// (not sent yet, so that no request stands between a change and the
+/// code that waited for it), then sent with the next request of any
+/// handle on the link, or at the watcher's next call.
+struct NextPoll {
+    namespace: String,
+    state: Mutex<Next>,
+}
+
+enum Next {
+    Idle,
+    Due(Revision),
+    Sent(Task<PollAnswer>),
+}
+
+impl NextPoll {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Next> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends the poll if it is due.
+    fn send(&self, link: &Link) {
+        let mut state = self.lock();
+        if let Next::Due(after) = *state {
+            *state = Next::Sent(send_poll(link, &self.namespace, Some(after)));
+        }
+    }
+
+    /// The poll, sent now if it was only due; `None` if there is none.
+    fn take(&self, link: &Link) -> Option<Task<PollAnswer>> {
+        let mut state = self.lock();
+        match std::mem::replace(&mut *state, Next::Idle) {
+            Next::Idle => None,
+            Next::Due(after) => Some(send_poll(link, &self.namespace, Some(after))),
+            Next::Sent(task) => Some(task),
+        }
+    }
+}
+
+fn send_poll(link: &Link, namespace: &str, after: Option<Revision>) -> Task<PollAnswer> {
+    let poll = Poll {
+        namespace: namespace.to_owned(),
+        after,
+        max: POLL_BATCH,
+    };
+    link.process.call_service(server::POLL, poll)
 }
 
 /// The links of this process by address, so that handles that arrive as
@@ -58,10 +143,7 @@ pub(crate) fn link_to(address: &str) -> Result<Arc<Link>, StateError> {
     // services (a context's server has them already; one of another build
     // refuses this call, and has them or not).
     let _ = process.invoke(func!(server::register));
-    let link = Arc::new(Link {
-        address: address.to_owned(),
-        process,
-    });
+    let link = Arc::new(Link::new(address.to_owned(), process));
     links.insert(address.to_owned(), Arc::downgrade(&link));
     Ok(link)
 }
@@ -215,10 +297,7 @@ impl State {
             .data_only(true)
             .retry_for(Duration::from_secs(5))
             .connect()?;
-        let link = Arc::new(Link {
-            address: address.to_owned(),
-            process,
-        });
+        let link = Arc::new(Link::new(address.to_owned(), process));
         Ok(State::from_link(link, DEFAULT_NAMESPACE))
     }
 
@@ -243,6 +322,7 @@ impl State {
     }
 
     fn request(&self, request: Request) -> Result<Response, StateError> {
+        self.link.flush();
         Ok(self
             .link
             .process
@@ -571,6 +651,7 @@ impl State {
                 server::atomic(namespace, args, inner).map_err(AtomicFailed)
             })
         };
+        self.link.flush();
         self.link
             .process
             .schedule_with((self.namespace.clone(), args), shipped)
@@ -604,6 +685,7 @@ impl State {
         timeout: Option<Duration>,
         what: &str,
     ) -> Result<Snapshot, StateError> {
+        self.link.flush();
         let task = self
             .link
             .process
@@ -749,6 +831,7 @@ impl State {
         let shipped = unsafe {
             Func::new_unchecked(move |namespace: String| server::wait_predicate(namespace, inner))
         };
+        self.link.flush();
         let task = self
             .link
             .process
@@ -800,12 +883,8 @@ impl State {
     }
 
     fn poll(&self, after: Option<Revision>) -> Task<PollAnswer> {
-        let poll = Poll {
-            namespace: self.namespace.clone(),
-            after,
-            max: POLL_BATCH,
-        };
-        self.link.process.call_service(server::POLL, poll)
+        self.link.flush();
+        send_poll(&self.link, &self.namespace, after)
     }
 
     /// Registers the data services in the server (same build).
@@ -843,8 +922,11 @@ impl From<AtomicFailed> for StateError {
 /// - **Buffered** ([`State::watch`], [`State::watch_after`]): every change
 ///   after its start revision, those made before the first `next()`
 ///   included, however fast they come. They are fetched in batches from the
-///   server's history, and the next batch is asked for as soon as one
-///   arrives, so a request is always waiting on the server. A watcher
+///   server's history. The next batch is asked for with the next request
+///   any handle of this process makes on the same connection (the server
+///   then parks it first), or at the next `next()`, whichever comes first,
+///   so that nothing is sent between a change and the code that waited for
+///   it; a watcher behind the changes asks at once. A watcher
 ///   further behind than the history reaches yields
 ///   [`StateError::Compacted`], which holds the namespace now and its
 ///   revision; the watcher then goes on from that revision.
@@ -878,6 +960,9 @@ pub struct Watcher {
     buffer: VecDeque<Change>,
     /// The request for the changes after `fetched`, already sent.
     pending: Option<Task<PollAnswer>>,
+    /// The request for the changes after `fetched` once the buffer is
+    /// empty: due, or sent with another request on the link.
+    next: Arc<NextPoll>,
 }
 
 impl fmt::Debug for Watcher {
@@ -893,11 +978,16 @@ impl fmt::Debug for Watcher {
 
 impl Watcher {
     fn new(state: State, live: bool, after: Revision) -> Watcher {
+        let next = Arc::new(NextPoll {
+            namespace: state.namespace.clone(),
+            state: Mutex::new(Next::Idle),
+        });
         Watcher {
             state,
             live,
             after,
             fetched: after,
+            next,
             buffer: VecDeque::new(),
             pending: None,
         }
@@ -919,9 +1009,12 @@ impl Watcher {
         }
         let task = match self.pending.take() {
             Some(task) => task,
-            None => self
-                .state
-                .poll(if self.live { None } else { Some(self.fetched) }),
+            None => match self.next.take(&self.state.link) {
+                Some(task) => task,
+                None => self
+                    .state
+                    .poll(if self.live { None } else { Some(self.fetched) }),
+            },
         };
         let answer = match timeout {
             None => task.wait()?,
@@ -958,9 +1051,18 @@ impl Watcher {
                     .buffer
                     .back()
                     .map_or(change.revision, |last| last.revision);
-                // Ask for the next batch now: it waits on the server while
-                // this one is consumed.
-                self.pending = Some(self.state.poll(Some(self.fetched)));
+                if self.buffer.is_empty() {
+                    // The next request of the link takes the next poll
+                    // along (the server parks it before it runs that
+                    // request), or the next call sends it: nothing is sent
+                    // between the change and the code waiting for it.
+                    *self.next.lock() = Next::Due(self.fetched);
+                    self.state.link.defer(&self.next);
+                } else {
+                    // Behind: the next batch travels while this one is
+                    // consumed.
+                    self.pending = Some(self.state.poll(Some(self.fetched)));
+                }
                 self.after = change.revision;
                 Ok(change)
             }
@@ -995,9 +1097,12 @@ impl futures_core::Stream for Watcher {
         }
         let mut task = match this.pending.take() {
             Some(task) => task,
-            None => this
-                .state
-                .poll(if this.live { None } else { Some(this.fetched) }),
+            None => match this.next.take(&this.state.link) {
+                Some(task) => task,
+                None => this
+                    .state
+                    .poll(if this.live { None } else { Some(this.fetched) }),
+            },
         };
         match std::pin::Pin::new(&mut task).poll(cx) {
             Poll::Pending => {
@@ -1021,6 +1126,9 @@ impl Iterator for Watcher {
 impl Drop for Watcher {
     fn drop(&mut self) {
         if let Some(task) = self.pending.take() {
+            give_up(task);
+        }
+        if let Next::Sent(task) = std::mem::replace(&mut *self.next.lock(), Next::Idle) {
             give_up(task);
         }
     }
