@@ -138,3 +138,27 @@ fn a_stop_after_the_leader_was_reaped_signals_no_group() {
         .status();
     assert!(!hit, "stop signalled a group whose leader was reaped");
 }
+
+#[test]
+fn a_connection_past_its_wait_cap_is_told_so() {
+    let context = ContextBuilder::new().max_waits(2).start().unwrap();
+    let state = context.state();
+    // Two watchers whose polls stay parked (a buffered watcher that times
+    // out keeps its poll); calls on one connection are served in order.
+    let mut watchers = [state.watch_after(0), state.watch_after(0)];
+    for watcher in &mut watchers {
+        assert!(matches!(
+            watcher.next_timeout(Some(Duration::from_millis(1))),
+            Err(StateError::TimedOut { .. })
+        ));
+    }
+    match state.when_change(&["x"], Some(PATIENCE)) {
+        Err(StateError::TooManyWaits { limit: 2 }) => {}
+        other => panic!("{other:?}"),
+    }
+    // Answered polls make room again.
+    state.set("x", &1u32).unwrap();
+    for watcher in &mut watchers {
+        assert_eq!(watcher.next_timeout(Some(PATIENCE)).unwrap().revision, 1);
+    }
+}
