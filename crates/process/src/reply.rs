@@ -413,6 +413,17 @@ impl<T> Reply<T> {
             ReplyTo::Local(completer) => !completer.is_abandoned(),
         }
     }
+
+    /// The number of the connection the call came on, unique in this
+    /// process while the connection is served (`None` for a call of this
+    /// very process, or once the connection ended): what a service counts
+    /// per client, to bound what one client may keep waiting.
+    pub fn connection(&self) -> Option<u64> {
+        match &self.to {
+            ReplyTo::Served(replier, _) => replier.served().map(|served| served.id()),
+            ReplyTo::Local(_) => None,
+        }
+    }
 }
 
 /// Inside a function shipped with a `*_later` method: the [`Reply`] that

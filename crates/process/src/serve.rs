@@ -268,6 +268,11 @@ impl std::fmt::Debug for Served {
 }
 
 impl Served {
+    /// This connection's number in the process.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
     /// Serves `connection` (already authenticated) with the objects of
     /// `table`. `on_shutdown` runs once the peer's shutdown request has been
     /// acknowledged. A `data_only` peer may call services and nothing else

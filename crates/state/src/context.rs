@@ -2,6 +2,7 @@
 //! wait, retry, stop (the whole process tree), and a parallel map.
 
 use std::fmt;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -12,8 +13,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Failure, StateError};
+use crate::hub::{DEFAULT_MAX_WAITS, Limits};
 use crate::state::{DEFAULT_NAMESPACE, Link, State, remember};
-use crate::store::DEFAULT_HISTORY;
+use crate::store::{DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES};
 use crate::sys;
 
 /// The namespace where [`Context::map_keep`] keeps results.
@@ -146,6 +148,9 @@ enum Outcome<R> {
 struct Slot<R> {
     name: String,
     pid: AtomicU32,
+    /// A pidfd of the current try's process (`None` without pidfds): it
+    /// tells whether that very process is reaped yet.
+    leader: Mutex<Option<Arc<OwnedFd>>>,
     tries: AtomicU32,
     stopping: AtomicBool,
     outcome: Mutex<Option<Outcome<R>>>,
@@ -199,10 +204,16 @@ impl<R> Slot<R> {
 
     /// Stops the process and its tree: SIGTERM to its group, `grace`, then
     /// SIGKILL. The supervisor retries no more.
+    ///
+    /// The group is signalled only while it is known to be the process's:
+    /// while the process is not reaped (its pid, the group's id, is
+    /// reserved even for a zombie), and after that only while the group is
+    /// seen non-empty without a break (every few milliseconds: a pid is not
+    /// reused that fast). Once reaped with its group empty, the id may be a
+    /// stranger's: a process that ended before the stop has its group left
+    /// alone (what it left running there is not stopped).
     fn stop(&self, grace: Duration) {
         self.stopping.store(true, Ordering::Release);
-        // A process that ended may have left processes of its group; its
-        // own pid, reaped, may belong to someone else by now.
         let running = {
             let outcome = lock(&self.outcome);
             self.changed.notify_all();
@@ -212,20 +223,36 @@ impl<R> Slot<R> {
         if pid == 0 {
             return;
         }
-        // The process itself too, in case it has not made its group yet.
-        let _ = sys::signal_group(pid, sys::SIGTERM);
-        if running {
-            let _ = sys::signal_process(pid, sys::SIGTERM);
+        let leader = lock(&self.leader).clone();
+        // Whether the process is not reaped yet. Without a pidfd: while it
+        // runs (its pid, reaped, may be someone else's).
+        let unreaped = || match &leader {
+            Some(pidfd) => sys::pidfd_signal(pidfd.as_fd(), 0).unwrap_or(false),
+            None => running && lock(&self.outcome).is_none(),
+        };
+        let signal_leader = |signal| match &leader {
+            Some(pidfd) => drop(sys::pidfd_signal(pidfd.as_fd(), signal)),
+            None if unreaped() => drop(sys::signal_process(pid, signal)),
+            None => {}
+        };
+        let mut vouched = unreaped();
+        if vouched {
+            let _ = sys::signal_group(pid, sys::SIGTERM);
         }
+        // The process itself too, in case it has not made its group yet.
+        signal_leader(sys::SIGTERM);
         let deadline = Instant::now() + grace;
-        let alive = || sys::group_exists(pid) || (running && lock(&self.outcome).is_none());
-        while alive() && Instant::now() < deadline {
+        loop {
+            vouched = unreaped() || (vouched && sys::group_exists(pid));
+            if !vouched || Instant::now() >= deadline {
+                break;
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
-        let _ = sys::signal_group(pid, sys::SIGKILL);
-        if running && lock(&self.outcome).is_none() {
-            let _ = sys::signal_process(pid, sys::SIGKILL);
+        if vouched {
+            let _ = sys::signal_group(pid, sys::SIGKILL);
         }
+        signal_leader(sys::SIGKILL);
     }
 }
 
@@ -355,6 +382,9 @@ impl<R> Process<R> {
 
     /// Stops it and every process it started (SIGTERM to its process group,
     /// the context's grace period, then SIGKILL); it is not retried.
+    /// A process that already ended and was reaped has its group left
+    /// alone (the group's id may be a stranger's by then), so what it left
+    /// running is not stopped.
     pub fn stop(&self) {
         self.slot.stop(self.grace);
     }
@@ -391,7 +421,7 @@ impl<R> Process<R> {
 #[derive(Debug, Clone)]
 pub struct ContextBuilder {
     address: Option<String>,
-    history: usize,
+    limits: Limits,
     grace: Duration,
 }
 
@@ -399,7 +429,11 @@ impl Default for ContextBuilder {
     fn default() -> Self {
         ContextBuilder {
             address: None,
-            history: DEFAULT_HISTORY,
+            limits: Limits {
+                history: DEFAULT_HISTORY,
+                history_bytes: DEFAULT_HISTORY_BYTES,
+                max_waits: DEFAULT_MAX_WAITS,
+            },
             grace: DEFAULT_GRACE,
         }
     }
@@ -409,8 +443,9 @@ static SERVERS: AtomicU64 = AtomicU64::new(0);
 
 impl ContextBuilder {
     /// The options by default: a server on a fresh socket in this user's
-    /// runtime directory, [`DEFAULT_HISTORY`] changes kept, stops after
-    /// [`DEFAULT_GRACE`].
+    /// runtime directory, at most [`DEFAULT_HISTORY`] changes and
+    /// [`DEFAULT_HISTORY_BYTES`] of them kept, [`DEFAULT_MAX_WAITS`] waits
+    /// parked per connection, stops after [`DEFAULT_GRACE`].
     pub fn new() -> ContextBuilder {
         ContextBuilder::default()
     }
@@ -421,9 +456,29 @@ impl ContextBuilder {
         self
     }
 
-    /// How many changes the server keeps for watchers.
+    /// How many changes the server keeps for watchers (at least 1;
+    /// [`DEFAULT_HISTORY`] by default). A watcher further behind gets
+    /// [`StateError::Compacted`].
     pub fn history(mut self, changes: usize) -> ContextBuilder {
-        self.history = changes;
+        self.limits.history = changes;
+        self
+    }
+
+    /// How many bytes of changes ([`Change::size`](crate::Change::size):
+    /// namespace, keys and values) the server keeps for watchers
+    /// ([`DEFAULT_HISTORY_BYTES`] by default); the last change stays
+    /// whatever its size.
+    pub fn history_bytes(mut self, bytes: usize) -> ContextBuilder {
+        self.limits.history_bytes = bytes;
+        self
+    }
+
+    /// How many waits (`when_*`) and watcher polls one connection (one per
+    /// process) may have parked on the server at once
+    /// ([`DEFAULT_MAX_WAITS`] by default); past that, a wait or watcher
+    /// gets [`StateError::TooManyWaits`].
+    pub fn max_waits(mut self, waits: usize) -> ContextBuilder {
+        self.limits.max_waits = waits;
         self
     }
 
@@ -450,7 +505,7 @@ impl ContextBuilder {
         remember(&link);
         let state = State::from_link(link, DEFAULT_NAMESPACE);
         state.register_services()?;
-        state.configure(self.history)?;
+        state.configure(self.limits)?;
         Ok(Context {
             state,
             server: Some(server),
@@ -601,6 +656,7 @@ impl Context {
         let slot = Arc::new(Slot::<R> {
             name: name.clone(),
             pid: AtomicU32::new(0),
+            leader: Mutex::new(None),
             tries: AtomicU32::new(0),
             stopping: AtomicBool::new(false),
             outcome: Mutex::new(None),
@@ -623,6 +679,9 @@ impl Context {
                         .spawn()
                         .map_err(|error| failure_of(&error))
                         .and_then(|process| {
+                            // Opened while we hold its handle, before
+                            // anything waits for it: not reaped yet.
+                            *lock(&slot.leader) = sys::pidfd_open(process.pid()).ok().map(Arc::new);
                             slot.pid.store(process.pid(), Ordering::Release);
                             if slot.stopping.load(Ordering::Acquire) {
                                 process.terminate(Duration::ZERO);

@@ -154,6 +154,14 @@ pub enum StateError {
     /// The server, or the connection to it, failed.
     #[error(transparent)]
     Runtime(#[from] processional_task::Error),
+    /// A wait or watcher was refused: this connection (one per process and
+    /// server) already has as many waits and watch polls parked on the
+    /// server as it may ([`ContextBuilder::max_waits`](crate::ContextBuilder::max_waits)).
+    #[error("too many waits parked on the state server by this connection (at most {limit})")]
+    TooManyWaits {
+        /// How many one connection may park.
+        limit: usize,
+    },
     /// An operating-system call of the context failed.
     #[error("{what}: {source}")]
     Os {
@@ -193,6 +201,10 @@ pub(crate) enum WireError {
     Compacted(Box<Compacted>),
     /// The waiter was given up by its caller (who no longer listens).
     Cancelled,
+    /// Its connection has as many waits and polls parked as it may.
+    TooManyWaits {
+        limit: u64,
+    },
 }
 
 impl From<WireError> for StateError {
@@ -202,6 +214,9 @@ impl From<WireError> for StateError {
             WireError::Value(error) => StateError::Value(error),
             WireError::Aborted(error) => StateError::Aborted(error),
             WireError::Compacted(error) => StateError::Compacted(error),
+            WireError::TooManyWaits { limit } => StateError::TooManyWaits {
+                limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            },
         }
     }
 }

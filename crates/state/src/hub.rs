@@ -3,14 +3,48 @@
 //! server's are deferred replies, the tests' are channels.
 //!
 //! Every operation returns the answers it made due (a change satisfied a
-//! waiter), to be delivered after the hub's lock is released, so a slow
-//! client never holds the store.
+//! waiter, or a waiter was given up), to be delivered after the hub's lock
+//! is released, so a slow client never holds the store.
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::WireError;
 use crate::read::Read;
-use crate::store::{Change, Entry, Revision, Snapshot, Store};
+use crate::store::{
+    Change, DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, Entry, Revision, Snapshot, Store,
+};
+
+/// How many waits and watch polls one connection may have parked at once
+/// unless told otherwise.
+pub const DEFAULT_MAX_WAITS: usize = 1024;
+/// How many changes one watch poll is answered with at most.
+pub const MAX_POLL_CHANGES: usize = 4096;
+/// How many bytes of changes ([`Change::size`]) one watch poll is answered
+/// with at most (one change at least, whatever its size): 8 MiB.
+pub const MAX_POLL_BYTES: usize = 8 << 20;
+
+/// A state server's bounds, set by whoever starts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Limits {
+    /// How many changes the history keeps.
+    pub(crate) history: usize,
+    /// How many bytes of changes it keeps.
+    pub(crate) history_bytes: usize,
+    /// How many waits and polls one connection may park.
+    pub(crate) max_waits: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            history: DEFAULT_HISTORY,
+            history_bytes: DEFAULT_HISTORY_BYTES,
+            max_waits: DEFAULT_MAX_WAITS,
+        }
+    }
+}
 
 /// Something waiting for one answer (a deferred reply).
 pub(crate) trait Respond<T>: Send {
@@ -21,6 +55,11 @@ pub(crate) trait Respond<T>: Send {
     /// Answers a waiter nobody waits for any more (so that its caller's
     /// runtime, if it still listens, sees a value, not a failure).
     fn abandon(self: Box<Self>);
+    /// The connection it came on, whose parked waits are capped (`None`:
+    /// not capped).
+    fn connection(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A namespace as it is now, borrowed from the store: what predicates of
@@ -132,6 +171,7 @@ pub(crate) type Changes = Result<Vec<Change>, WireError>;
 struct Waiter {
     namespace: String,
     condition: Condition,
+    connection: Option<u64>,
     respond: Box<dyn Respond<Satisfied>>,
 }
 
@@ -139,6 +179,7 @@ struct Poll {
     namespace: String,
     after: Revision,
     max: usize,
+    connection: Option<u64>,
     respond: Box<dyn Respond<Changes>>,
 }
 
@@ -162,6 +203,7 @@ pub(crate) struct Hub {
     pub(crate) store: Store,
     waiters: Vec<Waiter>,
     polls: Vec<Poll>,
+    max_waits: usize,
 }
 
 impl std::fmt::Debug for Hub {
@@ -175,11 +217,54 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
+    #[cfg(test)]
     pub(crate) fn new(history: usize) -> Hub {
-        Hub {
-            store: Store::new(history),
+        Hub::with_limits(Limits {
+            history,
+            ..Limits::default()
+        })
+    }
+
+    pub(crate) fn with_limits(limits: Limits) -> Hub {
+        let mut hub = Hub {
+            store: Store::new(limits.history),
             waiters: Vec::new(),
             polls: Vec::new(),
+            max_waits: limits.max_waits,
+        };
+        hub.set_limits(limits);
+        hub
+    }
+
+    /// Applies `limits` in place: the history trimmed to them, parked
+    /// waiters kept.
+    pub(crate) fn set_limits(&mut self, limits: Limits) {
+        self.store
+            .set_history_limits(limits.history, limits.history_bytes);
+        self.max_waits = limits.max_waits;
+    }
+
+    /// Whether `connection` has as many waits and polls parked as it may.
+    fn full(&self, connection: Option<u64>) -> bool {
+        let Some(connection) = connection else {
+            return false;
+        };
+        let parked = self
+            .waiters
+            .iter()
+            .filter(|w| w.connection == Some(connection))
+            .count()
+            + self
+                .polls
+                .iter()
+                .filter(|p| p.connection == Some(connection))
+                .count();
+        parked >= self.max_waits
+    }
+
+    fn too_many(&self) -> WireError {
+        WireError::TooManyWaits {
+            limit: self.max_waits as u64,
         }
     }
 
@@ -207,22 +292,32 @@ impl Hub {
         condition: Condition,
         respond: Box<dyn Respond<Satisfied>>,
     ) -> Vec<Delivery> {
-        self.prune();
-        match Self::check(&self.store, namespace, &condition) {
-            Ok(true) => {
-                let snapshot = self.store.snapshot(namespace);
-                vec![Delivery(Box::new(move || respond.respond(Ok(snapshot))))]
-            }
+        let mut due = self.prune();
+        let connection = respond.connection();
+        let answer = match Self::check(&self.store, namespace, &condition) {
+            Ok(true) => Ok(self.store.snapshot(namespace)),
+            Ok(false) if self.full(connection) => Err(self.too_many()),
             Ok(false) => {
+                let condition = match condition {
+                    // Checked up to now: later checks look at newer changes.
+                    Condition::Changed { keys, after } => Condition::Changed {
+                        keys,
+                        after: after.max(self.store.revision()),
+                    },
+                    condition => condition,
+                };
                 self.waiters.push(Waiter {
                     namespace: namespace.to_owned(),
                     condition,
+                    connection,
                     respond,
                 });
-                Vec::new()
+                return due;
             }
-            Err(error) => vec![Delivery(Box::new(move || respond.respond(Err(error))))],
-        }
+            Err(error) => Err(error),
+        };
+        due.push(Delivery(Box::new(move || respond.respond(answer))));
+        due
     }
 
     /// The changes of `namespace` after `after` (at most `max`), answered
@@ -235,43 +330,59 @@ impl Hub {
         max: usize,
         respond: Box<dyn Respond<Changes>>,
     ) -> Vec<Delivery> {
-        self.prune();
+        let mut due = self.prune();
+        let connection = respond.connection();
         let after = after.unwrap_or(self.store.revision());
-        match self.store.changes_after(namespace, after, max.max(1)) {
+        let max = max.clamp(1, MAX_POLL_CHANGES);
+        let answer = match self
+            .store
+            .changes_within(namespace, after, max, MAX_POLL_BYTES)
+        {
+            Ok(changes) if changes.is_empty() && self.full(connection) => Err(self.too_many()),
             Ok(changes) if changes.is_empty() => {
                 self.polls.push(Poll {
                     namespace: namespace.to_owned(),
                     after,
-                    max: max.max(1),
+                    max,
+                    connection,
                     respond,
                 });
-                Vec::new()
+                return due;
             }
-            Ok(changes) => vec![Delivery(Box::new(move || respond.respond(Ok(changes))))],
-            Err(compacted) => vec![Delivery(Box::new(move || {
-                respond.respond(Err(WireError::Compacted(Box::new(compacted))))
-            }))],
-        }
+            Ok(changes) => Ok(changes),
+            Err(compacted) => Err(WireError::Compacted(Box::new(compacted))),
+        };
+        due.push(Delivery(Box::new(move || respond.respond(answer))));
+        due
     }
 
     /// Forgets waiters nobody waits for any more (their caller timed out,
-    /// cancelled or left).
-    fn prune(&mut self) {
+    /// cancelled or left); returns their last answers, to deliver after
+    /// the lock (a caller that does not read must not hold the hub).
+    fn prune(&mut self) -> Vec<Delivery> {
         let stale = self.waiters.iter().any(|w| !w.respond.is_waiting())
             || self.polls.iter().any(|p| !p.respond.is_waiting());
         if !stale {
-            return;
+            return Vec::new();
         }
+        let mut due = Vec::new();
         let (waiting, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
             .into_iter()
             .partition(|waiter| waiter.respond.is_waiting());
         self.waiters = waiting;
-        gone.into_iter().for_each(|waiter| waiter.respond.abandon());
+        for waiter in gone {
+            let respond = waiter.respond;
+            due.push(Delivery(Box::new(move || respond.abandon())));
+        }
         let (waiting, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.polls)
             .into_iter()
             .partition(|poll| poll.respond.is_waiting());
         self.polls = waiting;
-        gone.into_iter().for_each(|poll| poll.respond.abandon());
+        for poll in gone {
+            let respond = poll.respond;
+            due.push(Delivery(Box::new(move || respond.abandon())));
+        }
+        due
     }
 
     /// After a change of `namespace` (if the revision moved past `before`):
@@ -280,16 +391,25 @@ impl Hub {
         if self.store.revision() == before || (self.waiters.is_empty() && self.polls.is_empty()) {
             return Vec::new();
         }
-        self.prune();
-        let mut due = Vec::new();
+        let mut due = self.prune();
         let store = &self.store;
+        let now = store.revision();
         let mut kept = Vec::with_capacity(self.waiters.len());
-        for waiter in self.waiters.drain(..) {
+        for mut waiter in self.waiters.drain(..) {
             if waiter.namespace != namespace {
                 kept.push(waiter);
                 continue;
             }
-            match Self::check(store, namespace, &waiter.condition) {
+            // A parked change waiter was checked up to `before`: only the
+            // new change needs looking at, and it is checked up to now.
+            if let Condition::Changed { after, .. } = &mut waiter.condition {
+                *after = (*after).max(before);
+            }
+            let outcome = Self::check(store, namespace, &waiter.condition);
+            if let Condition::Changed { after, .. } = &mut waiter.condition {
+                *after = (*after).max(now);
+            }
+            match outcome {
                 Ok(false) => kept.push(waiter),
                 outcome => {
                     let answer = outcome.map(|_| store.snapshot(namespace));
@@ -306,7 +426,7 @@ impl Hub {
                 continue;
             }
             let answer = store
-                .changes_after(namespace, poll.after, poll.max)
+                .changes_within(namespace, poll.after, poll.max, MAX_POLL_BYTES)
                 .map_err(|c| WireError::Compacted(Box::new(c)));
             match answer {
                 Ok(changes) if changes.is_empty() => kept.push(poll),
@@ -473,5 +593,209 @@ mod tests {
         set(&mut hub, "b", 1);
         assert_eq!(predicate_answers.try_recv().unwrap().unwrap().revision, 2);
         assert_eq!(change_answers.try_recv().unwrap().unwrap().revision, 2);
+    }
+
+    fn rare(after: Revision) -> Condition {
+        Condition::Changed {
+            keys: vec!["rare".into()],
+            after,
+        }
+    }
+
+    #[test]
+    fn a_change_checks_each_parked_change_waiter_against_that_change_only() {
+        // A full history, and waiters parked on a key that never changes.
+        let mut hub = Hub::new(1000);
+        for i in 0..1000 {
+            set(&mut hub, "busy", i);
+        }
+        let mut answers = Vec::new();
+        for _ in 0..100 {
+            let (respond, answer) = channel();
+            answers.push(answer);
+            deliver(hub.wait("ns", rare(1), respond));
+        }
+        for i in 0..3 {
+            hub.store.examined.set(0);
+            set(&mut hub, "busy", i);
+            // The new change, once per waiter (not the history each time).
+            assert!(
+                hub.store.examined.get() <= 100,
+                "{} history entries looked at",
+                hub.store.examined.get()
+            );
+        }
+        assert!(answers.iter().all(|answer| answer.try_recv().is_err()));
+        set(&mut hub, "rare", 1);
+        assert!(answers.iter().all(|answer| answer.try_recv().is_ok()));
+    }
+
+    #[test]
+    fn a_poll_answer_is_capped_by_count_and_bytes() {
+        let mut hub = Hub::new(10_000);
+        for i in 0..5000 {
+            set(&mut hub, "k", i);
+        }
+        let (respond, answers) = channel();
+        deliver(hub.poll("ns", Some(0), u32::MAX as usize, respond));
+        let changes = answers.try_recv().unwrap().unwrap();
+        assert_eq!(changes.len(), 4096);
+        assert_eq!(changes[0].revision, 1);
+        // Big changes: a reply of at most 8 MiB (one change at least).
+        let before = hub.store.revision();
+        for _ in 0..20 {
+            let before = hub.store.revision();
+            hub.store.set("ns", "big", vec![1u8; 1 << 20]);
+            deliver(hub.changed("ns", before));
+        }
+        let (respond, answers) = channel();
+        deliver(hub.poll("ns", Some(before), 100, respond));
+        let changes = answers.try_recv().unwrap().unwrap();
+        let bytes: usize = changes
+            .iter()
+            .flat_map(|change| &change.events)
+            .map(|event| event.value.as_ref().map_or(0, Vec::len))
+            .sum();
+        assert!(
+            !changes.is_empty() && bytes <= 8 << 20,
+            "{bytes} bytes in one answer"
+        );
+    }
+
+    /// A waiter its caller gave up, answered (by abandon) only through the
+    /// deliveries, never inside a hub operation (under the lock).
+    struct GoneLater(mpsc::Sender<&'static str>);
+
+    impl<T: Send> Respond<T> for GoneLater {
+        fn respond(self: Box<Self>, _: T) {
+            let _ = self.0.send("answered");
+        }
+        fn is_waiting(&self) -> bool {
+            false
+        }
+        fn abandon(self: Box<Self>) {
+            let _ = self.0.send("abandoned");
+        }
+    }
+
+    #[test]
+    fn given_up_waiters_are_answered_after_the_hub_operation_not_inside() {
+        let mut hub = Hub::new(10);
+        let (sender, events) = mpsc::channel();
+        type Park = fn(&mut Hub, mpsc::Sender<&'static str>) -> Vec<Delivery>;
+        let parks: [Park; 2] = [
+            |hub, sender| hub.wait("ns", rare(0), Box::new(GoneLater(sender))),
+            |hub, sender| hub.poll("ns", None, 10, Box::new(GoneLater(sender))),
+        ];
+        let nexts: [fn(&mut Hub) -> Vec<Delivery>; 3] = [
+            |hub| {
+                let (respond, _) = channel();
+                hub.wait("ns", rare(0), respond)
+            },
+            |hub| {
+                let (respond, _) = channel();
+                hub.poll("ns", None, 10, respond)
+            },
+            |hub| {
+                let before = hub.store.revision();
+                hub.store.set("ns", "k", vec![0]);
+                hub.changed("ns", before)
+            },
+        ];
+        for park in parks {
+            for next in nexts {
+                deliver(park(&mut hub, sender.clone()));
+                let due = next(&mut hub);
+                assert!(events.try_recv().is_err(), "answered under the lock");
+                deliver(due);
+                assert_eq!(events.try_recv(), Ok("abandoned"));
+            }
+        }
+    }
+
+    /// A waiter on connection `.1`.
+    struct On<T>(mpsc::Sender<T>, u64);
+
+    impl<T: Send> Respond<T> for On<T> {
+        fn respond(self: Box<Self>, answer: T) {
+            let _ = self.0.send(answer);
+        }
+        fn is_waiting(&self) -> bool {
+            true
+        }
+        fn abandon(self: Box<Self>) {}
+        fn connection(&self) -> Option<u64> {
+            Some(self.1)
+        }
+    }
+
+    fn on<T: Send + 'static>(connection: u64) -> (Box<dyn Respond<T>>, mpsc::Receiver<T>) {
+        let (sender, receiver) = mpsc::channel();
+        (Box::new(On(sender, connection)), receiver)
+    }
+
+    #[test]
+    fn a_connection_parks_at_most_its_cap_of_waits_and_polls() {
+        let mut hub = Hub::with_limits(Limits {
+            max_waits: 2,
+            ..Limits::default()
+        });
+        let (respond, first) = on(1);
+        deliver(hub.wait("ns", rare(0), respond));
+        let (respond, poll) = on(1);
+        deliver(hub.poll("ns", None, 10, respond));
+        // A third wait or poll of connection 1 is refused, typed.
+        let (respond, refused) = on(1);
+        deliver(hub.wait("ns", rare(0), respond));
+        assert_eq!(
+            refused.try_recv().unwrap(),
+            Err(WireError::TooManyWaits { limit: 2 })
+        );
+        let (respond, refused) = on(1);
+        deliver(hub.poll("ns", None, 10, respond));
+        assert!(matches!(
+            refused.try_recv().unwrap(),
+            Err(WireError::TooManyWaits { limit: 2 })
+        ));
+        // One answered at once parks nothing, so it is not refused.
+        let condition = Condition::Key {
+            key: "k".into(),
+            test: KeyTest::Missing,
+        };
+        let (respond, at_once) = on(1);
+        deliver(hub.wait("ns", condition, respond));
+        assert!(at_once.try_recv().unwrap().is_ok());
+        // Another connection has a cap of its own.
+        let (respond, other) = on(2);
+        deliver(hub.wait("ns", rare(0), respond));
+        assert_eq!(hub.parked(), (2, 1));
+        // Answered waits make room again.
+        set(&mut hub, "rare", 1);
+        assert!(first.try_recv().unwrap().is_ok());
+        assert!(other.try_recv().unwrap().is_ok());
+        assert_eq!(poll.try_recv().unwrap().unwrap().len(), 1);
+        let (respond, again) = on(1);
+        deliver(hub.wait("ns", rare(1), respond));
+        assert!(again.try_recv().is_err());
+        assert_eq!(hub.parked(), (1, 0));
+    }
+
+    #[test]
+    fn a_change_waiter_from_the_past_is_answered_by_a_change_in_the_history() {
+        // Registered after the change it waits for: answered at once; one
+        // parked before it is answered by it, whatever changed meanwhile.
+        let mut hub = Hub::new(100);
+        let (respond, parked) = channel();
+        deliver(hub.wait("ns", rare(0), respond));
+        set(&mut hub, "busy", 1);
+        set(&mut hub, "rare", 1);
+        set(&mut hub, "busy", 2);
+        assert_eq!(parked.try_recv().unwrap().unwrap().revision, 2);
+        let (respond, late) = channel();
+        deliver(hub.wait("ns", rare(1), respond));
+        assert_eq!(late.try_recv().unwrap().unwrap().revision, 3);
+        let (respond, after) = channel();
+        deliver(hub.wait("ns", rare(2), respond));
+        assert!(after.try_recv().is_err());
     }
 }

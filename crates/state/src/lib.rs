@@ -66,6 +66,14 @@
 //! than the history gets [`StateError::Compacted`] with the state now,
 //! never a silent gap.
 //!
+//! The server's bounds are set by whoever starts it ([`ContextBuilder`]),
+//! never by a client's request: the history keeps at most
+//! [`store::DEFAULT_HISTORY`] changes and [`store::DEFAULT_HISTORY_BYTES`]
+//! (64 MiB) of them by default; one watcher poll brings at most
+//! [`MAX_POLL_CHANGES`] changes and [`MAX_POLL_BYTES`]; one connection (one
+//! per process) may park at most [`DEFAULT_MAX_WAITS`] waits and polls at
+//! once, and gets [`StateError::TooManyWaits`] past that.
+//!
 //! # The context
 //! A [`Context`] starts (or attaches to) the server, spawns processes that
 //! get a `State`, waits for them within one budget, retries them
@@ -92,7 +100,7 @@ mod wire;
 
 pub use context::{Context, ContextBuilder, DEFAULT_GRACE, MAP_NAMESPACE, Process, Retry};
 pub use error::{Aborted, Compacted, Direction, Failure, StateError, ValueError};
-pub use hub::Peek;
+pub use hub::{DEFAULT_MAX_WAITS, MAX_POLL_BYTES, MAX_POLL_CHANGES, Peek};
 pub use processional_process::func;
 pub use read::Read;
 pub use state::{AtomicFailed, DEFAULT_NAMESPACE, State, Watcher};

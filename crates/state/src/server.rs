@@ -12,8 +12,8 @@ use processional_process::{
 use serde::Serialize;
 
 use crate::error::{Aborted, WireError};
-use crate::hub::{Condition, Delivery, Hub, Peek, Respond};
-use crate::store::{DEFAULT_HISTORY, Revision, View};
+use crate::hub::{Condition, Delivery, Hub, Limits, Peek, Respond};
+use crate::store::{Revision, View};
 use crate::wire::{Poll, PollAnswer, Request, Response, Wait, WaitAnswer};
 
 /// The service answering [`Request`]s (data operations).
@@ -43,7 +43,8 @@ struct Locked(MutexGuard<'static, Option<Hub>>);
 
 impl Locked {
     fn hub(&mut self) -> &mut Hub {
-        self.0.get_or_insert_with(|| Hub::new(DEFAULT_HISTORY))
+        self.0
+            .get_or_insert_with(|| Hub::with_limits(Limits::default()))
     }
 }
 
@@ -174,18 +175,14 @@ pub(crate) fn handle(request: Request) -> Response {
                 Err(error) => Response::Error(error.into()),
             }
         }
-        Request::Configure { history } => {
-            let mut locked = lock();
-            let fresh = locked
-                .0
-                .as_ref()
-                .is_none_or(|hub| hub.store.revision() == 0);
-            if fresh {
-                *locked.0 = Some(Hub::new(history as usize));
-            }
-            Response::Bool(fresh)
-        }
     }
+}
+
+/// Sets the server's limits, in place (parked waiters stay). Shipped code
+/// (`func!`), so only a client of this build can call it, not a data-only
+/// one: the limits belong to whoever starts the server.
+pub(crate) fn configure(limits: Limits) {
+    lock().hub().set_limits(limits);
 }
 
 /// A deferred reply as a hub waiter.
@@ -205,6 +202,10 @@ impl<T: Serialize + Send + 'static> Respond<Result<T, WireError>>
 
     fn abandon(self: Box<Self>) {
         let _ = self.0.send(Err(WireError::Cancelled));
+    }
+
+    fn connection(&self) -> Option<u64> {
+        self.0.connection()
     }
 }
 

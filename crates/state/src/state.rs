@@ -892,14 +892,12 @@ impl State {
         Ok(self.link.process.invoke(func!(server::register))?)
     }
 
-    /// Asks the server to keep `history` changes (only before any change).
-    pub(crate) fn configure(&self, history: usize) -> Result<bool, StateError> {
-        match self.request(Request::Configure {
-            history: history as u64,
-        })? {
-            Response::Bool(fresh) => Ok(fresh),
-            other => Err(unexpected(other)),
-        }
+    /// Sets the server's limits (shipped code: same build only).
+    pub(crate) fn configure(&self, limits: crate::hub::Limits) -> Result<(), StateError> {
+        Ok(self
+            .link
+            .process
+            .invoke_with(limits, func!(server::configure))?)
     }
 }
 
@@ -933,8 +931,12 @@ impl From<AtomicFailed> for StateError {
 /// - **Live** ([`State::watch_live`]): each `next()` yields the latest change
 ///   made after the call.
 ///
-/// The history is bounded ([`ContextBuilder::history`](crate::ContextBuilder::history)),
-/// and counted per namespace: a busy namespace does not compact a quiet one.
+/// The history is bounded by count and by bytes
+/// ([`ContextBuilder::history`](crate::ContextBuilder::history),
+/// [`history_bytes`](crate::ContextBuilder::history_bytes)), and counted
+/// per namespace: a busy namespace does not compact a quiet one. A watcher
+/// with a poll waiting counts against its connection's
+/// [`max_waits`](crate::ContextBuilder::max_waits).
 ///
 /// ```
 /// # fn main() -> Result<(), processional_state::StateError> {

@@ -33,6 +33,10 @@ pub type Revision = u64;
 /// How many changes a server keeps for watchers unless told otherwise.
 pub const DEFAULT_HISTORY: usize = 10_000;
 
+/// How many bytes of changes (see [`Change::size`]) a server keeps for
+/// watchers unless told otherwise: 64 MiB.
+pub const DEFAULT_HISTORY_BYTES: usize = 64 << 20;
+
 /// One stored value: its encoded bytes, and the revisions that made it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -68,6 +72,17 @@ pub struct Change {
 }
 
 impl Change {
+    /// What it counts for in the history's byte budget: the bytes of its
+    /// namespace, keys and values.
+    pub fn size(&self) -> usize {
+        self.namespace.len()
+            + self
+                .events
+                .iter()
+                .map(|event| event.key.len() + event.value.as_ref().map_or(0, Vec::len))
+                .sum::<usize>()
+    }
+
     /// Whether it touched `key`.
     pub fn touches(&self, key: &str) -> bool {
         self.events.iter().any(|event| event.key == key)
@@ -99,31 +114,77 @@ impl Read for Snapshot {
 }
 
 /// The store: namespaces of maps from keys to encoded values, a server-wide
-/// revision, and the last changes (at most the history limit), from which
-/// watchers resume.
+/// revision, and the last changes, from which watchers resume. The history
+/// is bounded by count and by bytes ([`Change::size`]): the oldest changes
+/// leave it once either limit is passed, the last change always stays.
 #[derive(Debug, Clone)]
 pub struct Store {
     namespaces: BTreeMap<String, BTreeMap<String, Entry>>,
     revision: Revision,
     history: VecDeque<Change>,
     history_limit: usize,
+    /// The bytes of the history ([`Change::size`]), and their bound.
+    history_bytes: usize,
+    byte_limit: usize,
     /// Changes after this revision are all in `history`.
     oldest: Revision,
     /// Per namespace, the revision of its last change dropped from the
     /// history: its changes after that are all still there.
     dropped: BTreeMap<String, Revision>,
+    /// How many history entries were looked at (the tests count work).
+    #[cfg(test)]
+    pub(crate) examined: std::cell::Cell<usize>,
 }
 
 impl Store {
-    /// An empty store keeping the last `history_limit` changes (at least 1).
+    /// An empty store keeping the last `history_limit` changes (at least 1),
+    /// and at most [`DEFAULT_HISTORY_BYTES`] of them.
     pub fn new(history_limit: usize) -> Store {
         Store {
             namespaces: BTreeMap::new(),
             revision: 0,
             history: VecDeque::new(),
             history_limit: history_limit.max(1),
+            history_bytes: 0,
+            byte_limit: DEFAULT_HISTORY_BYTES,
             oldest: 0,
             dropped: BTreeMap::new(),
+            #[cfg(test)]
+            examined: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Bounds the history to `changes` changes (at least 1) and `bytes`
+    /// bytes of them (the last change stays whatever its size); the oldest
+    /// leave it now if it holds more.
+    ///
+    /// ```
+    /// use processional_state::store::Store;
+    ///
+    /// let mut store = Store::new(100);
+    /// store.set_history_limits(100, 10);
+    /// store.set("ns", "a", vec![0; 8]);
+    /// store.set("ns", "b", vec![0; 8]);
+    /// // Only the last change fits in 10 bytes.
+    /// assert_eq!(store.oldest_of("ns"), 1);
+    /// ```
+    pub fn set_history_limits(&mut self, changes: usize, bytes: usize) {
+        self.history_limit = changes.max(1);
+        self.byte_limit = bytes;
+        self.trim();
+    }
+
+    /// Drops the oldest changes while the history is over a limit.
+    fn trim(&mut self) {
+        while self.history.len() > self.history_limit
+            || (self.history_bytes > self.byte_limit && self.history.len() > 1)
+        {
+            let Some(dropped) = self.history.pop_front() else {
+                break;
+            };
+            self.history_bytes -= dropped.size();
+            self.oldest = dropped.revision;
+            self.dropped.insert(dropped.namespace, dropped.revision);
         }
     }
 
@@ -235,17 +296,14 @@ impl Store {
                 self.namespaces.remove(namespace);
             }
         }
-        self.history.push_back(Change {
+        let change = Change {
             revision,
             namespace: namespace.to_owned(),
             events,
-        });
-        while self.history.len() > self.history_limit {
-            if let Some(dropped) = self.history.pop_front() {
-                self.oldest = dropped.revision;
-                self.dropped.insert(dropped.namespace, dropped.revision);
-            }
-        }
+        };
+        self.history_bytes += change.size();
+        self.history.push_back(change);
+        self.trim();
         revision
     }
 
@@ -432,6 +490,38 @@ impl Store {
         after: Revision,
         max: usize,
     ) -> Result<Vec<Change>, Compacted> {
+        self.changes_within(namespace, after, max, usize::MAX)
+    }
+
+    /// [`changes_after`](Self::changes_after), also stopping before the
+    /// changes' [sizes](Change::size) pass `max_bytes` (one change at
+    /// least, whatever its size).
+    pub fn changes_within(
+        &self,
+        namespace: &str,
+        after: Revision,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Change>, Compacted> {
+        let mut bytes = 0usize;
+        Ok(self
+            .history_after(namespace, after)?
+            .take(max)
+            .take_while(|change| {
+                let first = bytes == 0;
+                bytes = bytes.saturating_add(change.size().max(1));
+                first || bytes <= max_bytes
+            })
+            .cloned()
+            .collect())
+    }
+
+    /// The changes of `namespace` after `after`, borrowed, or `Compacted`.
+    fn history_after(
+        &self,
+        namespace: &str,
+        after: Revision,
+    ) -> Result<impl Iterator<Item = &Change>, Compacted> {
         let oldest = self.oldest_of(namespace);
         if after < oldest {
             return Err(Compacted {
@@ -446,13 +536,18 @@ impl Store {
             .partition_point(|change| change.revision <= after);
         Ok(self
             .history
-            .iter()
-            .skip(skip)
-            .filter(|change| change.namespace == namespace)
-            .take(max)
-            .cloned()
-            .collect())
+            .range(skip..)
+            .inspect(|_| self.count_examined())
+            .filter(move |change| change.namespace == namespace))
     }
+
+    #[cfg(test)]
+    fn count_examined(&self) {
+        self.examined.set(self.examined.get() + 1);
+    }
+
+    #[cfg(not(test))]
+    fn count_examined(&self) {}
 
     /// Whether a change of `namespace` after `after` touched one of `keys`
     /// (any key if `keys` is empty).
@@ -463,8 +558,7 @@ impl Store {
         after: Revision,
     ) -> Result<bool, Compacted> {
         Ok(self
-            .changes_after(namespace, after, usize::MAX)?
-            .iter()
+            .history_after(namespace, after)?
             .any(|change| keys.is_empty() || keys.iter().any(|key| change.touches(key))))
     }
 }
@@ -917,5 +1011,27 @@ mod tests {
         assert_eq!(error.oldest, 7);
         assert_eq!(error.snapshot.revision, 10);
         assert_eq!(error.snapshot.get::<u8>("n").unwrap(), Some(9));
+    }
+
+    #[test]
+    fn the_history_is_bounded_by_bytes_too() {
+        // A 1 MiB value rewritten many times: the map holds 1 MiB, and
+        // the history no more than its byte budget (plus the last change).
+        const BUDGET: usize = 64 << 20; // the default
+        let mut store = Store::new(DEFAULT_HISTORY);
+        let value = vec![7u8; 1 << 20];
+        for _ in 0..(BUDGET >> 20) + 8 {
+            store.set("ns", "big", value.clone());
+        }
+        let kept: usize = store
+            .history
+            .iter()
+            .flat_map(|change| &change.events)
+            .map(|event| event.value.as_ref().map_or(0, Vec::len))
+            .sum();
+        assert!(kept <= BUDGET, "{kept} bytes kept");
+        // Asking from before what it keeps is refused, with the state now.
+        let error = store.changes_after("ns", 0, usize::MAX).unwrap_err();
+        assert_eq!(error.snapshot.revision, store.revision());
     }
 }

@@ -2,6 +2,7 @@
 //! context's process stops what it spawned too.
 
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Turns the `-1`-means-`errno` convention of a libc call into an
 /// `io::Result`. The argument is the (unsafe) call itself, so each call site
@@ -57,6 +58,42 @@ pub(crate) fn signal_process(pid: u32, signal: i32) -> io::Result<bool> {
     }
     // SAFETY: kill takes two integers.
     match syscall!(unsafe { libc::kill(pid, signal) }) {
+        Ok(_) => Ok(true),
+        Err(error) if error.raw_os_error() == Some(libc::ESRCH) => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// A process file descriptor for `pid` (Linux 5.3 and later): it names
+/// that very process, and no other once the number is reused. Only for a
+/// child of ours not reaped yet, so that the number still names it.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: pidfd_open takes a process id and flags (none), no pointers.
+    let fd = syscall!(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    let fd = RawFd::try_from(fd).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    // SAFETY: the kernel just returned this new descriptor; nothing else
+    // owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends `signal` (0: none, a check) to the process of `pidfd`. `Ok(false)`
+/// once it has been reaped; a zombie still counts (its pid, and so the
+/// process group it leads, is still reserved).
+pub(crate) fn pidfd_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<bool> {
+    // SAFETY: pidfd_send_signal takes a descriptor we hold, a signal, a null
+    // siginfo (the kernel fills in the usual one) and no flags.
+    let sent = syscall!(unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    });
+    match sent {
         Ok(_) => Ok(true),
         Err(error) if error.raw_os_error() == Some(libc::ESRCH) => Ok(false),
         Err(error) => Err(error),

@@ -29,11 +29,8 @@ pub(crate) enum Request {
     Increment(String, String, i64),
     /// Appends one encoded element to a `Vec` (missing is empty).
     Append(String, String, #[serde(with = "serde_bytes")] Vec<u8>),
-    /// Sets the history limit; the server starts over empty if nothing
-    /// changed yet.
-    Configure {
-        history: u64,
-    },
+    // No request sets the server's limits: whoever starts it does, with
+    // shipped code (`server::configure`).
 }
 
 /// The answer of a [`Request`].

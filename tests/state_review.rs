@@ -1,0 +1,164 @@
+//! The state crate after its security review: limits that belong to whoever
+//! starts the server (a data-only client cannot change them), and a stop
+//! that never signals a process group it cannot vouch for.
+
+use std::time::Duration;
+
+use processional::state::{Context, ContextBuilder, State, StateError, func};
+use processional_tests::{PATIENCE, process_exists, wait_until};
+use serde::{Deserialize, Serialize};
+
+/// The state server's request as a raw client of another build sends it:
+/// the variants in their wire order, the last one the old `Configure`.
+#[derive(Serialize)]
+#[allow(dead_code)]
+enum RawRequest {
+    Get,
+    Set,
+    Remove,
+    Contains,
+    Len,
+    Snapshot,
+    Clear,
+    Update,
+    SetDefault,
+    PopItem,
+    Txn,
+    Revision,
+    Namespaces,
+    Increment,
+    Append,
+    Configure { history: u64 },
+}
+
+/// Enough of the answer to see a `Bool`.
+#[derive(Debug, Deserialize)]
+#[allow(dead_code)]
+enum RawResponse {
+    Entry,
+    Revision,
+    Snapshot,
+    Bool(bool),
+}
+
+#[test]
+fn a_data_only_client_cannot_change_the_history_limit() {
+    let context = Context::new().unwrap();
+    let state = context.state();
+    let stranger = processional::ClientBuilder::new(state.address())
+        .unwrap()
+        .data_only(true)
+        .connect()
+        .unwrap();
+    // Before any change: the old door let anyone set a history of 1.
+    let answer = stranger
+        .call_service::<_, RawResponse>(
+            "processional.state.v1.request",
+            RawRequest::Configure { history: 1 },
+        )
+        .wait_timeout(PATIENCE)
+        .expect("the server answers");
+    assert!(!matches!(answer, Ok(RawResponse::Bool(true))), "{answer:?}");
+    state.set("a", &1u32).unwrap();
+    state.set("a", &2u32).unwrap();
+    let mut watcher = state.watch_after(0);
+    let first = watcher.next().expect("a change");
+    assert_eq!(
+        first
+            .expect("the history keeps more than one change")
+            .revision,
+        1
+    );
+}
+
+fn leave_a_child_and_end(state: State, (): ()) -> Result<(), StateError> {
+    let grandchild = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .map_err(|e| StateError::Os {
+            what: "spawn sleep",
+            source: e,
+        })?;
+    state.set("grandchild", &grandchild.id())?;
+    state.set("child", &std::process::id())?;
+    Ok(())
+}
+
+/// Whether `pid` is gone, ending, or has a signal pending (one was sent).
+fn signalled(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    status.lines().any(|line| {
+        let (name, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.trim();
+        match name {
+            "State" => value.starts_with('Z') || value.starts_with('X'),
+            "SigPnd" | "ShdPnd" => value.chars().any(|c| c != '0'),
+            _ => false,
+        }
+    })
+}
+
+fn process_wait_done<R>(process: &processional::state::Process<R>) {
+    assert!(
+        wait_until(PATIENCE, || process.is_finished()),
+        "the context's process did not finish"
+    );
+}
+
+#[test]
+fn a_stop_after_the_leader_was_reaped_signals_no_group() {
+    let context = ContextBuilder::new()
+        .grace(Duration::from_millis(200))
+        .start()
+        .unwrap();
+    let state = context.state();
+    let process = context.spawn(func!(leave_a_child_and_end), ()).unwrap();
+    let grandchild: u32 = {
+        state.when_available("grandchild", Some(PATIENCE)).unwrap();
+        state.get("grandchild").unwrap().unwrap()
+    };
+    let pid: u32 = state.get("child").unwrap().unwrap();
+    process_wait_done(&process);
+    assert_eq!(process.pid(), pid);
+    // Its leader ended and was reaped: its group id may now be anyone's
+    // (here it is still the orphan's, which stands in for a stranger).
+    assert!(
+        wait_until(PATIENCE, || !std::path::Path::new(&format!("/proc/{pid}"))
+            .exists()),
+        "the context's process was not reaped"
+    );
+    assert!(process_exists(grandchild));
+    process.stop();
+    let hit = signalled(grandchild);
+    // Teardown: the orphan is ours to end.
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &grandchild.to_string()])
+        .status();
+    assert!(!hit, "stop signalled a group whose leader was reaped");
+}
+
+#[test]
+fn a_connection_past_its_wait_cap_is_told_so() {
+    let context = ContextBuilder::new().max_waits(2).start().unwrap();
+    let state = context.state();
+    // Two watchers whose polls stay parked (a buffered watcher that times
+    // out keeps its poll); calls on one connection are served in order.
+    let mut watchers = [state.watch_after(0), state.watch_after(0)];
+    for watcher in &mut watchers {
+        assert!(matches!(
+            watcher.next_timeout(Some(Duration::from_millis(1))),
+            Err(StateError::TimedOut { .. })
+        ));
+    }
+    match state.when_change(&["x"], Some(PATIENCE)) {
+        Err(StateError::TooManyWaits { limit: 2 }) => {}
+        other => panic!("{other:?}"),
+    }
+    // Answered polls make room again.
+    state.set("x", &1u32).unwrap();
+    for watcher in &mut watchers {
+        assert_eq!(watcher.next_timeout(Some(PATIENCE)).unwrap().revision, 1);
+    }
+}
