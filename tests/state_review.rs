@@ -119,6 +119,14 @@ fn a_stop_after_the_leader_was_reaped_signals_no_group() {
         state.when_available("grandchild", Some(PATIENCE)).unwrap();
         state.get("grandchild").unwrap().unwrap()
     };
+    // Teardown, even if an assertion fails: the orphan is ours to end.
+    struct KillAtEnd(u32);
+    impl Drop for KillAtEnd {
+        fn drop(&mut self) {
+            processional_tests::kill_hard(self.0);
+        }
+    }
+    let _orphan = KillAtEnd(grandchild);
     let pid: u32 = state.get("child").unwrap().unwrap();
     process_wait_done(&process);
     assert_eq!(process.pid(), pid);
@@ -132,10 +140,6 @@ fn a_stop_after_the_leader_was_reaped_signals_no_group() {
     assert!(process_exists(grandchild));
     process.stop();
     let hit = signalled(grandchild);
-    // Teardown: the orphan is ours to end.
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", &grandchild.to_string()])
-        .status();
     assert!(!hit, "stop signalled a group whose leader was reaped");
 }
 
