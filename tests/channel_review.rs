@@ -251,3 +251,42 @@ fn a_batch_in_flight_when_the_host_goes_is_unknown_not_unsent() {
         .expect_err("the host is gone");
     assert_eq!(error.unknown.len() + error.unsent.len(), 1);
 }
+
+/// In a consumer slave: `count` messages received in batches; their sum and
+/// how many came.
+fn consume_batches(queue: Queue<u64>, count: u64) -> Result<(u64, u64), String> {
+    let (mut got, mut sum) = (0u64, 0u64);
+    while got < count {
+        let batch = queue
+            .recv_batch(Pick::Any, 4096)
+            .map_err(|e| e.to_string())?;
+        got += batch.len() as u64;
+        sum += batch.iter().map(|m| m.data.unwrap_or(0)).sum::<u64>();
+    }
+    Ok((got, sum))
+}
+
+#[test]
+fn batches_between_processes_lose_and_duplicate_nothing() {
+    let queue = Queue::<u64>::new().expect("queue");
+    let consumer = processional::slave().expect("a consumer");
+    for round in 0..5u64 {
+        let count = 30_000 + round * 1_000;
+        let consumed = consumer.schedule_with(
+            (queue.clone(), count),
+            processional::func!(|(q, n): (Queue<u64>, u64)| consume_batches(q, n)),
+        );
+        let mut sender = queue.buffered(4096);
+        for i in 0..count {
+            sender.send(Request::Do, Some(i)).expect("send");
+        }
+        sender.flush().expect("flush");
+        let (got, sum) = wait(consumed, "the consumer").expect("consumed");
+        assert_eq!(
+            (got, sum),
+            (count, count * (count - 1) / 2),
+            "round {round}"
+        );
+        assert_eq!(queue.len().expect("len"), 0, "round {round}");
+    }
+}

@@ -843,7 +843,11 @@ impl Served {
                 self.write_failed(error);
                 return false;
             }
-            return self.write_queued(true);
+            // Ours is written, whatever becomes of what others queued
+            // meanwhile: the answer is "written" (a caller told otherwise
+            // would, say, put a delivered message back in its queue).
+            self.write_queued(true);
+            return true;
         }
         if out.writing || !out.frames.is_empty() {
             return match PendingFrame::encode(message, fds, self.unix) {
