@@ -406,31 +406,13 @@ fn a_consumer_killed_with_sigkill_loses_nothing_unreceived() {
 
 /// Runs the data-only queue client (another program) and returns its line.
 fn queue_client(queue: &Queue<u64>, args: &[&str]) -> (u32, String) {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_queue_client"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_queue_client"));
+    command
         .arg(queue.host())
         .arg(queue.id().to_string())
         .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("run queue_client");
-    let pid = child.id();
-    let guard = processional_tests::KillOnDrop(child);
-    let output = {
-        let mut guard = guard;
-        let mut out = String::new();
-        use std::io::Read;
-        guard
-            .0
-            .stdout
-            .take()
-            .expect("stdout")
-            .read_to_string(&mut out)
-            .expect("read");
-        let status = guard.0.wait().expect("wait");
-        assert!(status.success(), "queue_client {args:?} failed: {out}");
-        out
-    };
+        .stderr(std::process::Stdio::inherit());
+    let (pid, output) = processional_tests::run_to_end(&mut command);
     (pid, output.trim().to_string())
 }
 

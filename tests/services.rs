@@ -2,14 +2,13 @@
 //! build and, as data-only clients, of another one; refused code from
 //! data-only clients; unknown names a typed remote error.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use processional::proto::RemoteErrorKind;
 use processional::{
     ClientBuilder, Error, ItemSink, ServerBuilder, func, register_service, register_stream_service,
 };
-use processional_tests::{KillOnDrop, PATIENCE, wait_until};
+use processional_tests::{PATIENCE, run_to_end, wait_until};
 
 /// Registers the services these tests call, in the serving process.
 fn install() -> Result<(), processional::ServiceExists> {
@@ -113,31 +112,9 @@ fn a_data_only_client_calls_services_but_ships_no_code() {
 /// Runs the `data_client` program (another build) and returns what it
 /// printed.
 fn data_client(address: &str, args: &[&str]) -> String {
-    let child = Command::new(env!("CARGO_BIN_EXE_data_client"))
-        .arg(address)
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start data_client");
-    let mut child = KillOnDrop(child);
-    let mut status = None;
-    assert!(
-        wait_until(PATIENCE, || {
-            status = child.0.try_wait().expect("wait for data_client");
-            status.is_some()
-        }),
-        "data_client did not finish"
-    );
-    let mut out = String::new();
-    child
-        .0
-        .stdout
-        .take()
-        .expect("piped")
-        .read_to_string(&mut out)
-        .unwrap();
-    assert!(status.unwrap().success(), "data_client failed: {out}");
-    out
+    let mut command = Command::new(env!("CARGO_BIN_EXE_data_client"));
+    command.arg(address).args(args);
+    run_to_end(&mut command).1
 }
 
 #[test]

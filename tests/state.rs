@@ -4,14 +4,13 @@
 //! and a data-only client built as another program.
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use processional::state::txn::{Compare, Op, Txn};
 use processional::state::{Context, ContextBuilder, Peek, Read, State, StateError, View, func};
-use processional_tests::{KillOnDrop, PATIENCE, kill_hard, wait_until};
+use processional_tests::{PATIENCE, kill_hard, wait_until};
 
 const SHORT: Duration = Duration::from_millis(50);
 
@@ -485,30 +484,9 @@ fn transactions_compare_several_keys_then_apply_one_branch() {
 /// Runs the `state_client` program (another build) against `address` and
 /// returns what it printed.
 fn state_client(address: &str) -> String {
-    let child = Command::new(env!("CARGO_BIN_EXE_state_client"))
-        .arg(address)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start state_client");
-    let mut child = KillOnDrop(child);
-    let mut status = None;
-    assert!(
-        wait_until(PATIENCE, || {
-            status = child.0.try_wait().expect("wait for state_client");
-            status.is_some()
-        }),
-        "state_client did not finish"
-    );
-    let mut out = String::new();
-    child
-        .0
-        .stdout
-        .take()
-        .expect("piped")
-        .read_to_string(&mut out)
-        .unwrap();
-    assert!(status.unwrap().success(), "state_client failed: {out}");
-    out
+    let mut command = Command::new(env!("CARGO_BIN_EXE_state_client"));
+    command.arg(address);
+    processional_tests::run_to_end(&mut command).1
 }
 
 #[test]

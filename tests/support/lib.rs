@@ -54,6 +54,38 @@ pub fn kill_hard(pid: u32) {
         .status();
 }
 
+/// Runs `command` (another program, its stdout piped here) to its end,
+/// within [`PATIENCE`], killed if the test fails first; returns its process
+/// id and what it printed, and fails the test if it did not succeed.
+pub fn run_to_end(command: &mut std::process::Command) -> (u32, String) {
+    use std::io::Read;
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot start {command:?}: {error}"));
+    let pid = child.id();
+    let mut child = KillOnDrop(child);
+    let mut status = None;
+    assert!(
+        wait_until(PATIENCE, || {
+            status = child.0.try_wait().expect("wait for the program");
+            status.is_some()
+        }),
+        "{command:?} did not finish"
+    );
+    let mut out = String::new();
+    child
+        .0
+        .stdout
+        .take()
+        .expect("piped")
+        .read_to_string(&mut out)
+        .expect("read what it printed");
+    let status = status.expect("it finished");
+    assert!(status.success(), "{command:?} failed ({status}): {out}");
+    (pid, out)
+}
+
 /// Runs the current test binary again, running only the test `name`, with
 /// `PROCESSIONAL_TEST_HELPER` set so that test knows it is the helper.
 pub fn spawn_helper(name: &str, extra_env: &[(&str, String)]) -> std::process::Child {

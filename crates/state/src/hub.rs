@@ -662,30 +662,14 @@ mod tests {
         );
     }
 
-    /// A waiter its caller gave up, answered (by abandon) only through the
-    /// deliveries, never inside a hub operation (under the lock).
-    struct GoneLater(mpsc::Sender<&'static str>);
-
-    impl<T: Send> Respond<T> for GoneLater {
-        fn respond(self: Box<Self>, _: T) {
-            let _ = self.0.send("answered");
-        }
-        fn is_waiting(&self) -> bool {
-            false
-        }
-        fn abandon(self: Box<Self>) {
-            let _ = self.0.send("abandoned");
-        }
-    }
-
     #[test]
     fn given_up_waiters_are_answered_after_the_hub_operation_not_inside() {
         let mut hub = Hub::new(10);
         let (sender, events) = mpsc::channel();
         type Park = fn(&mut Hub, mpsc::Sender<&'static str>) -> Vec<Delivery>;
         let parks: [Park; 2] = [
-            |hub, sender| hub.wait("ns", rare(0), Box::new(GoneLater(sender))),
-            |hub, sender| hub.poll("ns", None, 10, Box::new(GoneLater(sender))),
+            |hub, sender| hub.wait("ns", rare(0), Box::new(Gone(sender))),
+            |hub, sender| hub.poll("ns", None, 10, Box::new(Gone(sender))),
         ];
         let nexts: [fn(&mut Hub) -> Vec<Delivery>; 3] = [
             |hub| {

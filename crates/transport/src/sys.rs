@@ -435,36 +435,11 @@ pub(crate) fn send_with_fds(
             "descriptors must ride on at least one byte, at most 253 per message",
         ));
     }
-    let data_len = fds.len() * mem::size_of::<RawFd>();
-    let mut control = [0u64; CMSG_WORDS];
-    let mut iov = libc::iovec {
+    let mut iov = [libc::iovec {
         iov_base: data.as_ptr().cast_mut().cast::<c_void>(),
         iov_len: data.len(),
-    };
-    let mut msg = message_over(&mut iov);
-    msg.msg_control = control.as_mut_ptr().cast::<c_void>();
-    msg.msg_controllen = cmsg_space(data_len) as _;
-    // SAFETY: `msg.msg_control` points to `control`, which is 8-byte aligned
-    // and at least `msg_controllen` bytes long (CMSG_WORDS covers MAX_FDS and
-    // we checked `fds.len() <= MAX_FDS`), so CMSG_FIRSTHDR returns a pointer to
-    // a writable cmsghdr at its start, and CMSG_DATA to `data_len` writable
-    // bytes after it. The descriptors are written unaligned-safe.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(data_len as u32) as _;
-        let out = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-        for (index, fd) in fds.iter().enumerate() {
-            out.add(index).write_unaligned(fd.as_raw_fd());
-        }
-    }
-    retry(|| {
-        // SAFETY: `msg` points to one iovec over the live `data` slice and to
-        // the control buffer filled above; all of them outlive the call.
-        syscall!(unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, flags | libc::MSG_NOSIGNAL) })
-    })
-    .map(|sent| sent as usize)
+    }];
+    sendmsg_with_fds(fd, &mut iov, fds, flags)
 }
 
 /// Sends `head` then `tail` in one `sendmsg` (two iovecs), with file
@@ -498,17 +473,32 @@ pub(crate) fn send_parts_with_fds(
             iov_len: tail.len(),
         },
     ];
+    sendmsg_with_fds(fd, &mut iov, fds, flags)
+}
+
+/// One `sendmsg` of the bytes `iov` points to, with `fds` (at most
+/// [`MAX_FDS`], checked by the callers) attached as `SCM_RIGHTS` if any.
+fn sendmsg_with_fds(
+    fd: BorrowedFd<'_>,
+    iov: &mut [libc::iovec],
+    fds: &[BorrowedFd<'_>],
+    flags: i32,
+) -> io::Result<usize> {
+    debug_assert!(fds.len() <= MAX_FDS);
     let mut msg = message_over(&mut iov[0]);
     msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = 2;
+    msg.msg_iovlen = iov.len() as _;
     let mut control = [0u64; CMSG_WORDS];
     if !fds.is_empty() {
         let data_len = fds.len() * mem::size_of::<RawFd>();
         msg.msg_control = control.as_mut_ptr().cast::<c_void>();
         msg.msg_controllen = cmsg_space(data_len) as _;
-        // SAFETY: as in `send_with_fds`: the control buffer is 8-byte
-        // aligned and long enough for `fds.len() <= MAX_FDS` descriptors,
-        // so CMSG_FIRSTHDR and CMSG_DATA point into it.
+        // SAFETY: `msg.msg_control` points to `control`, which is 8-byte
+        // aligned and at least `msg_controllen` bytes long (CMSG_WORDS covers
+        // MAX_FDS and the callers checked `fds.len() <= MAX_FDS`), so
+        // CMSG_FIRSTHDR returns a pointer to a writable cmsghdr at its start,
+        // and CMSG_DATA to `data_len` writable bytes after it. The
+        // descriptors are written unaligned-safe.
         unsafe {
             let cmsg = libc::CMSG_FIRSTHDR(&msg);
             (*cmsg).cmsg_level = libc::SOL_SOCKET;
@@ -521,9 +511,8 @@ pub(crate) fn send_parts_with_fds(
         }
     }
     retry(|| {
-        // SAFETY: `msg` points to two iovecs over the live `head` and `tail`
-        // slices and, if any, to the filled control buffer; all outlive the
-        // call.
+        // SAFETY: `msg` points to the iovecs over live slices of the callers
+        // and, if any, to the filled control buffer; all outlive the call.
         syscall!(unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, flags | libc::MSG_NOSIGNAL) })
     })
     .map(|sent| sent as usize)
