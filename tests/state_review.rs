@@ -116,7 +116,8 @@ fn a_stop_after_the_leader_was_reaped_signals_no_group() {
     let state = context.state();
     let process = context.spawn(func!(leave_a_child_and_end), ()).unwrap();
     let grandchild: u32 = {
-        state.when_available("grandchild", Some(PATIENCE)).unwrap();
+        // "child" is set last: once it is there, both are.
+        state.when_available("child", Some(PATIENCE)).unwrap();
         state.get("grandchild").unwrap().unwrap()
     };
     // Teardown, even if an assertion fails: the orphan is ours to end.
