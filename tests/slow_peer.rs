@@ -87,12 +87,12 @@ fn bounded<T>(task: Task<T>, what: &str) -> Result<T, Error> {
     }
 }
 
-#[test]
-fn a_client_that_does_not_read_blocks_nobody_and_is_closed_past_its_budget() {
+/// A serving process with the small outbound budget, running a server on
+/// a fresh unix socket; the link to it and the server's address.
+fn serving_process() -> (processional::SlaveProcess, String) {
     let address = processional::Address::private_unix()
         .expect("a private socket path")
         .to_string();
-    // B: the master's link to the serving process (killed when dropped).
     let serving = SlaveProcessBuilder::new()
         .env(OUTBOUND_BUDGET_VAR, BUDGET.to_string())
         .spawn()
@@ -101,6 +101,13 @@ fn a_client_that_does_not_read_blocks_nobody_and_is_closed_past_its_budget() {
         .invoke_with(address.clone(), func!(start_server))
         .expect("reach the serving process")
         .expect("start the server");
+    (serving, address)
+}
+
+#[test]
+fn a_client_that_does_not_read_blocks_nobody_and_is_closed_past_its_budget() {
+    // B: the master's link to the serving process (killed when dropped).
+    let (serving, address) = serving_process();
     let parked = |n: usize| {
         wait_until(PATIENCE, || {
             serving
@@ -183,17 +190,7 @@ fn a_client_that_does_not_read_blocks_nobody_and_is_closed_past_its_budget() {
 /// segments (descriptors that travel with their frames) until written.
 #[test]
 fn queued_answers_keep_their_segments() {
-    let address = processional::Address::private_unix()
-        .expect("a private socket path")
-        .to_string();
-    let serving = SlaveProcessBuilder::new()
-        .env(OUTBOUND_BUDGET_VAR, BUDGET.to_string())
-        .spawn()
-        .expect("spawn the serving process");
-    serving
-        .invoke_with(address.clone(), func!(start_server))
-        .expect("reach the serving process")
-        .expect("start the server");
+    let (serving, address) = serving_process();
     let lazy = ClientBuilder::new(&address)
         .expect("an address")
         .data_only(true)
