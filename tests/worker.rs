@@ -605,6 +605,90 @@ fn remote_context_workers_use_the_registered_target() {
     );
 }
 
+/// Leaves `<path>.started`, then waits (bounded) for `<path>.go`; the
+/// length of `path`.
+fn gated(path: String) -> u64 {
+    std::fs::write(format!("{path}.started"), b"").expect("write the marker");
+    let go = format!("{path}.go");
+    assert!(
+        wait_until(PATIENCE, || std::path::Path::new(&go).exists()),
+        "never let go"
+    );
+    path.len() as u64
+}
+
+/// Waiting on a remote context lets the batches its workers sent finish,
+/// then ends their processes; a closed context takes no new workers and no
+/// new inputs.
+#[test]
+fn waiting_on_a_remote_context_ends_its_workers_after_their_work() {
+    use processional::worker::RemoteContext;
+
+    let server = server();
+    let context = RemoteContext::register(server.address(), "gated", func!(gated)).unwrap();
+    let paths: Vec<String> = (0..2)
+        .map(|i| marker(&format!("context-wait-{i}"), &WorkerKind::Thread))
+        .collect();
+    let workers: Vec<_> = paths
+        .iter()
+        .map(|path| {
+            let worker = context.worker().unwrap();
+            worker.enqueue(path.clone()).unwrap();
+            worker.close();
+            worker
+        })
+        .collect();
+    for path in &paths {
+        let started = format!("{path}.started");
+        assert!(wait_until(PATIENCE, || std::path::Path::new(&started).exists()));
+    }
+    let pids: Vec<u32> = workers.iter().map(|w| w.pid().unwrap()).collect();
+
+    // Their inputs are running: a wait that cannot wait says "not yet", and
+    // ends nothing.
+    assert!(!context.wait(Some(Duration::ZERO)).unwrap());
+    assert!(pids.iter().all(|&pid| process_exists(pid)));
+    assert!(context.worker().is_err(), "a closed context takes no workers");
+
+    for path in &paths {
+        std::fs::write(format!("{path}.go"), b"").unwrap();
+    }
+    assert!(context.wait(Some(PATIENCE)).unwrap());
+    for ((worker, path), &pid) in workers.iter().zip(&paths).zip(&pids) {
+        assert!(worker.wait(Some(PATIENCE)));
+        assert_eq!(
+            worker.results().collect::<Result<Vec<_>, _>>().unwrap(),
+            [path.len() as u64],
+            "its input ran to its end"
+        );
+        assert!(wait_until(PATIENCE, || !process_exists(pid)), "its process ended");
+        let _ = std::fs::remove_file(format!("{path}.started"));
+        let _ = std::fs::remove_file(format!("{path}.go"));
+    }
+}
+
+/// A context worker that ended and was dropped leaves no process behind,
+/// though its context stays registered.
+#[test]
+fn a_dropped_context_worker_leaves_no_process() {
+    use processional::worker::RemoteContext;
+
+    let server = server();
+    let context = RemoteContext::register(server.address(), "square", func!(square)).unwrap();
+    let worker = context.worker().unwrap();
+    worker.enqueue(3).unwrap();
+    worker.close();
+    assert!(worker.wait(Some(PATIENCE)));
+    assert_eq!(worker.results().collect::<Result<Vec<_>, _>>().unwrap(), [9]);
+    let pid = worker.pid().unwrap();
+    drop(worker);
+    assert!(
+        wait_until(PATIENCE, || !process_exists(pid)),
+        "the context kept the process of a worker nobody uses"
+    );
+    assert!(context.worker().is_ok(), "the context goes on");
+}
+
 /// A server that `spawn_server` started stops its workers' processes
 /// gracefully on SIGTERM (they exit when asked, not by a signal), then dies
 /// by SIGTERM.

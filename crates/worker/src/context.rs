@@ -1,12 +1,14 @@
 //! Remote contexts: a target registered on a remote-worker server under an
 //! id, with its default state, which persistent remote workers use by that
-//! id ([`RemoteContext`]); terminating the context ends its workers.
+//! id ([`RemoteContext`]); waiting on the context ends its workers once
+//! their work is done, terminating it ends them at once.
 
 use std::any::Any;
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use processional_process::{Func, Later, SlaveProcess, func};
 use processional_task::Task;
@@ -17,7 +19,7 @@ use crate::host::{Data, Host, Ops, Program, SlotHandle, stateless};
 use crate::identity::WorkerKind;
 use crate::job::{BatchOut, Failure, ShotOut};
 use crate::persistent::PersistentWorker;
-use crate::remote::{self, Hosted, forward, refuse};
+use crate::remote::{self, Hosted, forward_holding, refuse};
 use crate::worker::WorkerBuilder;
 
 /// In a server: one registered context.
@@ -28,14 +30,131 @@ struct Entry {
     defaults: Box<dyn Any + Send>,
     /// The processes of the workers that use it.
     children: Vec<SlaveProcess>,
+    /// Batches of its workers that the server forwarded and whose answers
+    /// have not left yet (shared with their [`InFlight`]s, so that a
+    /// re-registered id does not count another entry's batches).
+    in_flight: Arc<AtomicUsize>,
+    /// Closed by [`RemoteContext::wait`]: it takes no new workers and no new
+    /// batches.
+    closed: bool,
 }
 
 /// In a server: the contexts registered there, by id.
 static CONTEXTS: Mutex<Option<HashMap<String, Entry>>> = Mutex::new(None);
 
-fn with_contexts<T>(f: impl FnOnce(&mut HashMap<String, Entry>) -> T) -> T {
-    let mut contexts = CONTEXTS.lock().unwrap_or_else(|p| p.into_inner());
-    f(contexts.get_or_insert_with(HashMap::new))
+/// Notified when a context's last batch in flight has been answered.
+static DRAINED: Condvar = Condvar::new();
+
+type Contexts = HashMap<String, Entry>;
+
+fn contexts() -> MutexGuard<'static, Option<Contexts>> {
+    CONTEXTS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn with_contexts<T>(f: impl FnOnce(&mut Contexts) -> T) -> T {
+    f(contexts().get_or_insert_with(HashMap::new))
+}
+
+/// In a server: forgets the worker process `pid` in every context (its
+/// worker is gone), so that the process ends with its last handle.
+pub(crate) fn forget_child(pid: u32) {
+    let forgotten: Vec<SlaveProcess> = with_contexts(|contexts| {
+        let mut forgotten = Vec::new();
+        for entry in contexts.values_mut() {
+            let (gone, kept) = std::mem::take(&mut entry.children)
+                .into_iter()
+                .partition(|child| child.pid() == pid);
+            entry.children = kept;
+            forgotten.extend::<Vec<_>>(gone);
+        }
+        forgotten
+    });
+    // Dropped outside the lock.
+    drop(forgotten);
+}
+
+/// In a server: counts one forwarded batch of a context until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    /// Counts a batch of the context `id`, unless it is closed or unknown.
+    fn start(id: &str) -> Result<InFlight, Failure> {
+        with_contexts(|contexts| match contexts.get(id) {
+            Some(entry) if entry.closed => Err(Failure::Lost(closed(id))),
+            Some(entry) => {
+                entry.in_flight.fetch_add(1, Ordering::AcqRel);
+                Ok(InFlight(entry.in_flight.clone()))
+            }
+            None => Err(Failure::Lost(unknown(id))),
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // Under the lock, so that a drain between its look and its wait
+        // cannot miss the notification.
+        let _contexts = contexts();
+        if self.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+            DRAINED.notify_all();
+        }
+    }
+}
+
+fn closed(id: &str) -> String {
+    format!("the remote context {id:?} was closed (waited on)")
+}
+
+fn unknown(id: &str) -> String {
+    format!("no remote context {id:?} on this server")
+}
+
+/// In a server: closes the context `id`, waits until `deadline` for its
+/// batches in flight to be answered, then stops its workers' processes
+/// (asked, then forced, by the deadline); whether it drained.
+fn drain(id: &str, deadline: Option<Instant>) -> Result<bool, Failure> {
+    let mut guard = contexts();
+    let children = loop {
+        let entry = guard
+            .get_or_insert_with(HashMap::new)
+            .get_mut(id)
+            .ok_or_else(|| Failure::Lost(unknown(id)))?;
+        entry.closed = true;
+        if entry.in_flight.load(Ordering::Acquire) == 0 {
+            break std::mem::take(&mut entry.children);
+        }
+        guard = match deadline {
+            None => DRAINED.wait(guard).unwrap_or_else(|p| p.into_inner()),
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(false);
+                }
+                DRAINED
+                    .wait_timeout(guard, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+        };
+    };
+    drop(guard);
+    let left = deadline.map_or(STOP_WITHOUT_DEADLINE, |deadline| {
+        deadline.saturating_duration_since(Instant::now())
+    });
+    stop_all(&children, left);
+    Ok(true)
+}
+
+/// How long [`drain`] without a deadline gives the idle processes to stop.
+const STOP_WITHOUT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Stops `children` in parallel, within `timeout` each.
+fn stop_all(children: &[SlaveProcess], timeout: Duration) {
+    std::thread::scope(|scope| {
+        for child in children {
+            scope.spawn(move || child.terminate(timeout));
+        }
+    });
 }
 
 /// A context's operations (its target, type erased) and default state.
@@ -47,7 +166,7 @@ fn lookup<A: 'static, R: 'static, S: Clone + 'static>(id: &str) -> Result<Found<
     with_contexts(|contexts| {
         let entry = contexts
             .get(id)
-            .ok_or_else(|| Failure::Lost(format!("no remote context {id:?} on this server")))?;
+            .ok_or_else(|| Failure::Lost(unknown(id)))?;
         match (
             entry.ops.downcast_ref::<Arc<dyn Ops<A, R, S>>>(),
             entry.defaults.downcast_ref::<S>(),
@@ -62,22 +181,38 @@ fn lookup<A: 'static, R: 'static, S: Clone + 'static>(id: &str) -> Result<Found<
 
 /// In a server: starts a worker's child for the context `id`.
 pub(crate) fn start_in_context(id: String) -> Hosted {
-    let hosted = Hosted::start();
-    let known = with_contexts(|contexts| match contexts.get_mut(&id) {
-        Some(entry) => {
-            entry.children.push(hosted.child().clone());
-            true
-        }
-        None => false,
+    let refused = with_contexts(|contexts| match contexts.get(&id) {
+        Some(entry) if entry.closed => Some(closed(&id)),
+        Some(_) => None,
+        None => Some(unknown(&id)),
     });
-    assert!(known, "no remote context {id:?} on this server");
+    if let Some(why) = refused {
+        // Answered to the client as the failure of its `wrap`.
+        panic!("{why}");
+    }
+    let hosted = Hosted::start();
+    let child = hosted.child().clone();
+    let kept = with_contexts(|contexts| match contexts.get_mut(&id) {
+        Some(entry) if !entry.closed => {
+            entry.children.push(child);
+            None
+        }
+        // Closed (or gone) while the process started.
+        _ => Some(child),
+    });
+    if kept.is_some() {
+        drop(kept);
+        drop(hosted);
+        panic!("{}", closed(&id));
+    }
     hosted
 }
 
 /// A target registered on a remote-worker server under an id, with the
 /// default state its workers start with; persistent workers made from it
-/// ([`worker`](Self::worker)) run it there by that id, and
-/// [`terminate`](Self::terminate) ends them all.
+/// ([`worker`](Self::worker)) run it there by that id.
+/// [`wait`](Self::wait) ends them all once the work they sent is done;
+/// [`terminate`](Self::terminate) ends them at once.
 ///
 /// ```
 /// use processional_worker::{RemoteContext, spawn_server};
@@ -214,6 +349,49 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> RemoteContext<A, R, S> {
         }))
     }
 
+    /// Ends the context's workers once their work is done: closes the
+    /// context (it takes no new workers, and inputs that reach it after are
+    /// refused), waits until every batch its workers had already sent has
+    /// been answered, then stops their processes (each is idle, so it
+    /// exits when asked). `true` if all of this ended within `timeout`
+    /// (`None`: no limit); on `false` the workers still run what they had
+    /// and [`terminate`](Self::terminate) forces them.
+    ///
+    /// A worker learns that its process ended when it next needs it: its
+    /// later inputs fail with the *closed* error, and a closed worker has
+    /// ended already.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use processional_worker::{RemoteContext, spawn_server};
+    /// use processional_process::func;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = spawn_server("tcp://127.0.0.1:0")?;
+    /// let context = RemoteContext::register(server.address(), "double", func!(|x: u64| 2 * x))?;
+    /// let worker = context.worker()?;
+    /// worker.enqueue(21)?;
+    /// worker.close();
+    /// assert!(context.wait(Some(Duration::from_secs(30)))?);
+    /// assert_eq!(worker.results().collect::<Result<Vec<_>, _>>()?, [42]);
+    /// assert!(context.worker().is_err(), "closed");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<bool, WorkerError> {
+        let millis = timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+        let drained = self.connection.invoke_with(
+            (self.id.clone(), millis),
+            func!(
+                |(id, millis): (String, Option<u64>)| -> Result<bool, Failure> {
+                    let deadline = millis.map(|m| Instant::now() + Duration::from_millis(m));
+                    drain(&id, deadline)
+                }
+            ),
+        )?;
+        drained.map_err(WorkerError::from_failure)
+    }
+
     /// Ends every worker that uses the context, in parallel, within
     /// `timeout` each (asked, then SIGTERM, then SIGKILL); how many there
     /// were. The context stays registered for new workers.
@@ -228,11 +406,7 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> RemoteContext<A, R, S> {
                         .map(|e| std::mem::take(&mut e.children))
                 })
                 .unwrap_or_default();
-                std::thread::scope(|scope| {
-                    for child in &children {
-                        scope.spawn(move || child.terminate(Duration::from_millis(millis)));
-                    }
-                });
+                stop_all(&children, Duration::from_millis(millis));
                 children.len()
             }),
         )?)
@@ -259,6 +433,8 @@ where
                 ops: Box::new(ops),
                 defaults: Box::new(defaults),
                 children: Vec::new(),
+                in_flight: Arc::default(),
+                closed: false,
             };
             with_contexts(|contexts| contexts.insert(id, entry));
         })
@@ -347,8 +523,13 @@ fn context_batch_func<A: Data + Clone, R: Data, S: Data + Clone>() -> Func<
                 let Some(slot) = h.slot::<S>().cloned() else {
                     return refuse(Failure::Lost("the worker's state is not set up".into()));
                 };
+                let in_flight = match InFlight::start(&id) {
+                    Ok(in_flight) => in_flight,
+                    Err(failure) => return refuse(failure),
+                };
                 let host = Host::Process(h.child().clone());
-                forward(ops.batch(&host, &SlotHandle::Process(slot), resilient, inputs))
+                let batch = ops.batch(&host, &SlotHandle::Process(slot), resilient, inputs);
+                forward_holding(batch, in_flight)
             },
         )
     }

@@ -75,7 +75,8 @@
 //!
 //! A [`RemoteContext`] registers a target on a server under an id, with
 //! the default state of its workers; persistent workers made from it run
-//! that target by id, and terminating the context ends them all.
+//! that target by id. Waiting on the context ends them all once the work
+//! they sent is done (it is closed then); terminating it ends them at once.
 //!
 //! # Pools
 //! A [`Pool`] spreads the inputs of a run over its workers in batches,

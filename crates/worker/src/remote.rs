@@ -66,6 +66,8 @@ impl Drop for Hosted {
     fn drop(&mut self) {
         let pid = self.child.pid();
         lock(&HOSTED).retain(|child| child.pid() != pid);
+        // A context keeps its workers' processes only while they are used.
+        crate::context::forget_child(pid);
     }
 }
 
@@ -223,10 +225,19 @@ const CANCEL_POLL: Duration = Duration::from_millis(20);
 /// In the server: answers the forwarded call with `task`'s outcome once the
 /// child answers, passing the caller's cancellation on.
 pub(crate) fn forward<T: Data>(task: Task<Result<T, Failure>>) -> Later<Result<T, Failure>> {
+    forward_holding(task, ())
+}
+
+/// [`forward`], keeping `guard` until the answer has left.
+pub(crate) fn forward_holding<T: Data, G: Send + 'static>(
+    task: Task<Result<T, Failure>>,
+    guard: G,
+) -> Later<Result<T, Failure>> {
     let (reply, later) = reply_later();
     let answering = Answering::start();
     processional_thread::thread(move || {
         let _answering = answering;
+        let _guard = guard;
         let mut task = task;
         loop {
             match task.wait_timeout(CANCEL_POLL) {
