@@ -18,6 +18,9 @@ use crate::persistent::MAX_BATCH;
 /// How many batches a pool keeps in flight on each worker.
 const DEPTH: usize = 2;
 
+/// The default cap on a batch when every worker is a thread.
+const THREAD_MAX_BATCH: usize = 1 << 16;
+
 /// How long dropping a pool gives its workers to stop.
 const DROP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -111,7 +114,8 @@ struct Member<A, R, S> {
 ///
 /// **Batching.** A run splits its inputs into batches, one call each: by
 /// default the inputs spread over four batches per live worker, at most
-/// 4096 inputs a batch, with two batches in flight on each worker. A slow
+/// 4096 inputs a batch (65 536 when every worker is a thread), with two
+/// batches in flight on each worker. A slow
 /// target with few inputs wants [`batch_size(1)`](Self::batch_size), so that
 /// inputs spread one by one and a dead worker takes only its own input down.
 ///
@@ -459,9 +463,12 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> Pool<A, R, S> {
             .filter(|m| m.engine.is_some())
             .count()
             .max(1);
-        let chunk = self
-            .batch
-            .unwrap_or_else(|| inputs.len().div_ceil(alive * 2 * DEPTH).clamp(1, MAX_BATCH));
+        let chunk = self.batch.unwrap_or_else(|| {
+            inputs
+                .len()
+                .div_ceil(alive * 2 * DEPTH)
+                .clamp(1, self.largest_batch())
+        });
         let mut queue = VecDeque::new();
         let mut start = 0;
         while start < inputs.len() {
@@ -550,6 +557,22 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> Pool<A, R, S> {
                 .iter()
                 .filter_map(|m| m.error.as_ref().map(|e| (m.id, e.duplicate())))
                 .collect(),
+        }
+    }
+
+    /// The default cap on a batch: what one message should carry, unless
+    /// every live worker is a thread, whose batches cross no wire (there,
+    /// fewer batches mean fewer wake-ups).
+    fn largest_batch(&self) -> usize {
+        let threads_only = self
+            .members
+            .iter()
+            .filter(|m| m.engine.is_some())
+            .all(|m| m.kind == WorkerKind::Thread);
+        if threads_only {
+            THREAD_MAX_BATCH
+        } else {
+            MAX_BATCH
         }
     }
 
