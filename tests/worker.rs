@@ -648,7 +648,10 @@ fn waiting_on_a_remote_context_ends_its_workers_after_their_work() {
     // ends nothing.
     assert!(!context.wait(Some(Duration::ZERO)).unwrap());
     assert!(pids.iter().all(|&pid| process_exists(pid)));
-    assert!(context.worker().is_err(), "a closed context takes no workers");
+    assert!(
+        context.worker().is_err(),
+        "a closed context takes no workers"
+    );
 
     for path in &paths {
         std::fs::write(format!("{path}.go"), b"").unwrap();
@@ -661,7 +664,10 @@ fn waiting_on_a_remote_context_ends_its_workers_after_their_work() {
             [path.len() as u64],
             "its input ran to its end"
         );
-        assert!(wait_until(PATIENCE, || !process_exists(pid)), "its process ended");
+        assert!(
+            wait_until(PATIENCE, || !process_exists(pid)),
+            "its process ended"
+        );
         let _ = std::fs::remove_file(format!("{path}.started"));
         let _ = std::fs::remove_file(format!("{path}.go"));
     }
@@ -679,7 +685,10 @@ fn a_dropped_context_worker_leaves_no_process() {
     worker.enqueue(3).unwrap();
     worker.close();
     assert!(worker.wait(Some(PATIENCE)));
-    assert_eq!(worker.results().collect::<Result<Vec<_>, _>>().unwrap(), [9]);
+    assert_eq!(
+        worker.results().collect::<Result<Vec<_>, _>>().unwrap(),
+        [9]
+    );
     let pid = worker.pid().unwrap();
     drop(worker);
     assert!(

@@ -45,7 +45,7 @@ pub(crate) const CASES: &[Case] = &[
     Case {
         name: "slave_thread.schedule_throughput",
         baseline: "crossbeam send + recv per item",
-        target: None,
+        target: Some(3.0),
     },
     Case {
         name: "process.invoke_rtt",

@@ -834,30 +834,27 @@ impl<T: Serialize + DeserializeOwned + 'static> Queue<T> {
     where
         F: Fn(&Message<T>) -> bool + Copy + Send + Sync + 'static,
     {
-        let predicate = *predicate.get();
-        // SAFETY: the closure captures only `predicate`, the function of a
-        // `Func`: a value without state, which the host makes from its type
-        // alone, exactly as it would make the `Func` itself.
-        let shipped = unsafe {
-            Func::new_unchecked(move |(queue, wait): (u128, Wait)| -> Later<RecvReply> {
-                let filter: Filter<ByteBuf> = Filter::Where(Box::new(move |m: &WireMessage| {
-                    let data = match &m.data {
-                        Some(bytes) => match codec::decode::<T>(bytes) {
-                            Ok(data) => Some(data),
-                            Err(_) => return false,
-                        },
-                        None => None,
-                    };
-                    predicate(&Message {
-                        request: m.request,
-                        sender: m.sender,
-                        recipient: m.recipient,
-                        data,
-                    })
-                }));
-                crate::host::recv_where(queue, filter, wait)
-            })
-        };
+        let shipped = predicate.pass_to(func!(|predicate: Func<F>,
+                                               (queue, wait): (u128, Wait)|
+         -> Later<RecvReply> {
+            let predicate = *predicate.get();
+            let filter: Filter<ByteBuf> = Filter::Where(Box::new(move |m: &WireMessage| {
+                let data = match &m.data {
+                    Some(bytes) => match codec::decode::<T>(bytes) {
+                        Ok(data) => Some(data),
+                        Err(_) => return false,
+                    },
+                    None => None,
+                };
+                predicate(&Message {
+                    request: m.request,
+                    sender: m.sender,
+                    recipient: m.recipient,
+                    data,
+                })
+            }));
+            crate::host::recv_where(queue, filter, wait)
+        }));
         let reply = self
             .link
             .process

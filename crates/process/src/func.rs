@@ -103,6 +103,61 @@ impl<F> Func<F> {
     }
 }
 
+impl<F: Copy + Send + Sync + 'static> Func<F> {
+    /// A function of one argument that calls `outer` with this function and
+    /// the argument: how generic code builds a shipped function around a
+    /// `Func` it was given, without `unsafe` (both vouch for their types, so
+    /// a closure holding only the two may be made from nothing too).
+    ///
+    /// ```
+    /// use processional_process::{Func, func};
+    ///
+    /// /// The shipped function that runs `f` twice.
+    /// fn twice<F: Fn(u32) -> u32 + Send + Sync + Copy + 'static>(
+    ///     f: Func<F>,
+    /// ) -> Func<impl Fn(u32) -> u32 + Send + Sync + Copy + 'static> {
+    ///     f.pass_to(func!(|f: Func<F>, x: u32| (f.get())((f.get())(x))))
+    /// }
+    ///
+    /// # fn main() -> Result<(), processional_thread::Error> {
+    /// let process = processional_process::slave()?;
+    /// assert_eq!(process.invoke_with(3, twice(func!(|x: u32| x * 10)))?, 300);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn pass_to<G, A, R>(
+        self,
+        outer: Func<G>,
+    ) -> Func<impl Fn(A) -> R + Send + Sync + Copy + 'static>
+    where
+        G: Fn(Func<F>, A) -> R + Send + Sync + Copy + 'static,
+    {
+        let (inner, outer) = (self, outer.0);
+        // SAFETY: the closure captures a `Func<F>` and a `G`, each vouched
+        // for by its `Func`: its value may be made from nothing too.
+        unsafe { Func::new_unchecked(move |argument: A| outer(inner, argument)) }
+    }
+
+    /// [`pass_to`](Self::pass_to) for a method: a function of an object and
+    /// an argument that calls `outer` with this function, the object and the
+    /// argument.
+    pub fn pass_to_method<G, T, A, R>(
+        self,
+        outer: Func<G>,
+    ) -> Func<impl Fn(&mut T, A) -> R + Send + Sync + Copy + 'static>
+    where
+        G: Fn(Func<F>, &mut T, A) -> R + Send + Sync + Copy + 'static,
+        T: ?Sized,
+    {
+        let (inner, outer) = (self, outer.0);
+        // SAFETY: as in `pass_to`: the only captures are a `Func<F>` and a
+        // `G`.
+        unsafe {
+            Func::new_unchecked(move |object: &mut T, argument: A| outer(inner, object, argument))
+        }
+    }
+}
+
 impl<F> std::fmt::Debug for Func<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("Func")

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use processional_process::{Func, ServerBuilder, SlaveProcess, SlaveProcessBuilder};
+use processional_process::{Func, ServerBuilder, SlaveProcess, SlaveProcessBuilder, func};
 use processional_task::{Error, ExitReason};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -638,19 +638,16 @@ impl Context {
         E: fmt::Display,
         F: Fn(State, A) -> Result<R, E> + Copy + Send + Sync + 'static,
     {
-        let inner = *f.get();
-        // SAFETY: the closure captures only `inner`, an `F` that `f` (a
-        // `Func`) vouches any process of this program may make from nothing.
-        let shipped = unsafe {
-            Func::new_unchecked(move |(state, args): (State, A)| -> Result<R, String> {
-                // Its own process group, which the processes it starts join:
-                // stopping it stops them too.
-                if let Err(error) = sys::become_group_leader() {
-                    return Err(format!("cannot make a process group: {error}"));
-                }
-                inner(state, args).map_err(|error| error.to_string())
-            })
-        };
+        let shipped = f.pass_to(func!(|f: Func<F>,
+                                       (state, args): (State, A)|
+         -> Result<R, String> {
+            // Its own process group, which the processes it starts join:
+            // stopping it stops them too.
+            if let Err(error) = sys::become_group_leader() {
+                return Err(format!("cannot make a process group: {error}"));
+            }
+            (f.get())(state, args).map_err(|error| error.to_string())
+        }));
         let number = self.counter.fetch_add(1, Ordering::Relaxed);
         let name = format!("{}#{number}", short_type_name::<F>());
         let slot = Arc::new(Slot::<R> {
@@ -832,14 +829,9 @@ impl Context {
         F: Fn(T) -> R + Copy + Send + Sync + 'static,
     {
         let workers = self.workers(processes.max(1))?;
-        let inner = *f.get();
-        // SAFETY: the closure captures only `inner`, an `F` that `f` (a
-        // `Func`) vouches any process of this program may make from nothing.
-        let shipped = unsafe {
-            Func::new_unchecked(move |chunk: Vec<T>| {
-                chunk.into_iter().map(inner).collect::<Vec<R>>()
-            })
-        };
+        let shipped = f.pass_to(func!(|f: Func<F>, chunk: Vec<T>| {
+            chunk.into_iter().map(f.get()).collect::<Vec<R>>()
+        }));
         // A few chunks per worker, so that a slow one does not hold the rest.
         let chunks = (workers.len() * 4).max(1);
         let size = inputs.len().div_ceil(chunks).max(1);

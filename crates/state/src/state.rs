@@ -642,15 +642,9 @@ impl State {
         E: fmt::Display,
         F: Fn(&mut View<'_>, A) -> Result<R, E> + Copy + Send + Sync + 'static,
     {
-        let inner = *f.get();
-        // SAFETY: the closure captures only `inner`, an `F` that `f` (a
-        // `Func`) vouches any process of this program may make from
-        // nothing, so the closure's value may be made from nothing too.
-        let shipped = unsafe {
-            Func::new_unchecked(move |(namespace, args): (String, A)| {
-                server::atomic(namespace, args, inner).map_err(AtomicFailed)
-            })
-        };
+        let shipped = f.pass_to(func!(|f: Func<F>, (namespace, args): (String, A)| {
+            server::atomic(namespace, args, *f.get()).map_err(AtomicFailed)
+        }));
         self.link.flush();
         self.link
             .process
@@ -826,11 +820,9 @@ impl State {
     where
         F: Fn(&Peek<'_>) -> bool + Copy + Send + Sync + 'static,
     {
-        let inner = *predicate.get();
-        // SAFETY: as in `schedule_atomic`: the only capture is an `F`.
-        let shipped = unsafe {
-            Func::new_unchecked(move |namespace: String| server::wait_predicate(namespace, inner))
-        };
+        let shipped = predicate.pass_to(func!(|predicate: Func<F>, namespace: String| {
+            server::wait_predicate(namespace, *predicate.get())
+        }));
         self.link.flush();
         let task = self
             .link

@@ -164,9 +164,7 @@ type Found<A, R, S> = (Arc<dyn Ops<A, R, S>>, S);
 /// registered with these types.
 fn lookup<A: 'static, R: 'static, S: Clone + 'static>(id: &str) -> Result<Found<A, R, S>, Failure> {
     with_contexts(|contexts| {
-        let entry = contexts
-            .get(id)
-            .ok_or_else(|| Failure::Lost(unknown(id)))?;
+        let entry = contexts.get(id).ok_or_else(|| Failure::Lost(unknown(id)))?;
         match (
             entry.ops.downcast_ref::<Arc<dyn Ops<A, R, S>>>(),
             entry.defaults.downcast_ref::<S>(),
@@ -422,37 +420,27 @@ where
     R: Data,
     S: Data,
 {
-    let f = *target.get();
-    // SAFETY: captures only an `F`, which the `Func` vouches any process of
-    // this program may make from nothing.
-    unsafe {
-        Func::new_unchecked(move |(id, defaults): (String, S)| {
-            // SAFETY: as above: `f` is an `F`.
-            let ops: Arc<dyn Ops<A, R, S>> = Arc::new(Program::new(Func::new_unchecked(f)));
-            let entry = Entry {
-                ops: Box::new(ops),
-                defaults: Box::new(defaults),
-                children: Vec::new(),
-                in_flight: Arc::default(),
-                closed: false,
-            };
-            with_contexts(|contexts| contexts.insert(id, entry));
-        })
-    }
+    target.pass_to(func!(|target: Func<F>, (id, defaults): (String, S)| {
+        let ops: Arc<dyn Ops<A, R, S>> = Arc::new(Program::new(target));
+        let entry = Entry {
+            ops: Box::new(ops),
+            defaults: Box::new(defaults),
+            children: Vec::new(),
+            in_flight: Arc::default(),
+            closed: false,
+        };
+        with_contexts(|contexts| contexts.insert(id, entry));
+    }))
 }
 
 fn check_func<A: Data, R: Data, S: Data + Clone>()
 -> Func<impl Fn(String) -> Result<(), Failure> + Send + Sync + Copy + 'static> {
-    // SAFETY: the closure captures nothing.
-    unsafe { Func::new_unchecked(|id: String| lookup::<A, R, S>(&id).map(drop)) }
+    func!(|id: String| lookup::<A, R, S>(&id).map(drop))
 }
 
 fn defaults_func<A: Data, R: Data, S: Data + Clone>()
 -> Func<impl Fn(String) -> Result<S, Failure> + Send + Sync + Copy + 'static> {
-    // SAFETY: the closure captures nothing.
-    unsafe {
-        Func::new_unchecked(|id: String| lookup::<A, R, S>(&id).map(|(_, defaults)| defaults))
-    }
+    func!(|id: String| lookup::<A, R, S>(&id).map(|(_, defaults)| defaults))
 }
 
 /// What a context's worker does: the context's operations, looked up by id
@@ -512,25 +500,22 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> Ops<A, R, S> for ContextOps<A, R
 fn context_batch_func<A: Data + Clone, R: Data, S: Data + Clone>() -> Func<
     impl Fn(&mut Hosted, (String, bool, Vec<A>)) -> Later<BatchOut<R>> + Send + Sync + Copy + 'static,
 > {
-    // SAFETY: the closure captures nothing.
-    unsafe {
-        Func::new_unchecked(
-            |h: &mut Hosted, (id, resilient, inputs): (String, bool, Vec<A>)| {
-                let (ops, _) = match lookup::<A, R, S>(&id) {
-                    Ok(found) => found,
-                    Err(failure) => return refuse(failure),
-                };
-                let Some(slot) = h.slot::<S>().cloned() else {
-                    return refuse(Failure::Lost("the worker's state is not set up".into()));
-                };
-                let in_flight = match InFlight::start(&id) {
-                    Ok(in_flight) => in_flight,
-                    Err(failure) => return refuse(failure),
-                };
-                let host = Host::Process(h.child().clone());
-                let batch = ops.batch(&host, &SlotHandle::Process(slot), resilient, inputs);
-                forward_holding(batch, in_flight)
-            },
-        )
-    }
+    func!(
+        |h: &mut Hosted, (id, resilient, inputs): (String, bool, Vec<A>)| {
+            let (ops, _) = match lookup::<A, R, S>(&id) {
+                Ok(found) => found,
+                Err(failure) => return refuse(failure),
+            };
+            let Some(slot) = h.slot::<S>().cloned() else {
+                return refuse(Failure::Lost("the worker's state is not set up".into()));
+            };
+            let in_flight = match InFlight::start(&id) {
+                Ok(in_flight) => in_flight,
+                Err(failure) => return refuse(failure),
+            };
+            let host = Host::Process(h.child().clone());
+            let batch = ops.batch(&host, &SlotHandle::Process(slot), resilient, inputs);
+            forward_holding(batch, in_flight)
+        }
+    )
 }

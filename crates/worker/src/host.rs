@@ -7,7 +7,7 @@ use std::any::Any;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use processional_process::{Func, Remote, SlaveProcess};
+use processional_process::{Func, Remote, SlaveProcess, func};
 use processional_task::{Error, Task, Termination};
 use processional_thread::SlaveThread;
 use serde::Serialize;
@@ -227,10 +227,7 @@ pub(crate) fn stateless<F, A, R>(
 where
     F: Fn(A) -> R + Send + Sync + Copy + 'static,
 {
-    let f = *target.get();
-    // SAFETY: the closure captures only `f`, an `F`, which the `Func`
-    // vouches any process of this program may make from nothing.
-    unsafe { Func::new_unchecked(move |_: &mut (), input: A| f(input)) }
+    target.pass_to_method(func!(|f: Func<F>, _: &mut (), input: A| (f.get())(input)))
 }
 
 /// The one-shot call shipped to a process.
@@ -240,9 +237,11 @@ pub(crate) fn shot_func<F, A, R, S>(
 where
     F: Fn(&mut S, A) -> R + Send + Sync + Copy + 'static,
 {
-    let f = *target.get();
-    // SAFETY: captures only an `F`, as in `stateless`.
-    unsafe { Func::new_unchecked(move |(state, input): (S, A)| run_shot(&f, state, input)) }
+    target.pass_to(func!(|f: Func<F>, (state, input): (S, A)| run_shot(
+        f.get(),
+        state,
+        input
+    )))
 }
 
 /// The batch call shipped to a process, on its kept [`Slot`].
@@ -254,28 +253,22 @@ pub(crate) fn batch_func<F, A, R, S>(
 where
     F: Fn(&mut S, A) -> R + Send + Sync + Copy + 'static,
 {
-    let f = *target.get();
-    // SAFETY: captures only an `F`, as in `stateless`.
-    unsafe {
-        Func::new_unchecked(
-            move |slot: &mut Slot<S>, (resilient, inputs): (bool, Vec<A>)| {
-                Ok(run_batch(&f, slot, resilient, inputs))
-            },
-        )
-    }
+    target.pass_to_method(func!(
+        |f: Func<F>, slot: &mut Slot<S>, (resilient, inputs): (bool, Vec<A>)| {
+            Ok(run_batch(f.get(), slot, resilient, inputs))
+        }
+    ))
 }
 
 /// Makes the [`Slot`] of a persistent worker in its process.
 pub(crate) fn slot_func<S>() -> Func<impl Fn(S) -> Slot<S> + Send + Sync + Copy + 'static> {
-    // SAFETY: the closure captures nothing.
-    unsafe { Func::new_unchecked(|state: S| Slot::new(state)) }
+    func!(|state: S| Slot::new(state))
 }
 
 /// Takes the state out of a [`Slot`].
 pub(crate) fn fetch_func<S>()
 -> Func<impl Fn(&mut Slot<S>) -> Option<S> + Send + Sync + Copy + 'static> {
-    // SAFETY: the closure captures nothing.
-    unsafe { Func::new_unchecked(|slot: &mut Slot<S>| slot.state.take()) }
+    func!(|slot: &mut Slot<S>| slot.state.take())
 }
 
 /// Keeps a boxed value for the server's record of a child.

@@ -315,31 +315,21 @@ where
     R: Data,
     S: Data,
 {
-    let f = *target.get();
-    // SAFETY: captures only an `F`, which the `Func` vouches any process of
-    // this program may make from nothing.
-    unsafe {
-        Func::new_unchecked(move |h: &mut Hosted, job: (S, A)| {
-            // SAFETY: as above: `f` is an `F`.
-            let target = Func::new_unchecked(f);
-            forward(h.child.schedule_with(job, shot_func(target)))
-        })
-    }
+    target.pass_to_method(func!(|target: Func<F>, h: &mut Hosted, job: (S, A)| {
+        forward(h.child.schedule_with(job, shot_func(target)))
+    }))
 }
 
 pub(crate) fn forward_open<S: Data>()
 -> Func<impl Fn(&mut Hosted, S) -> Result<(), Failure> + Send + Sync + Copy + 'static> {
-    // SAFETY: the closure captures nothing.
-    unsafe {
-        Func::new_unchecked(|h: &mut Hosted, state: S| {
-            let slot: Remote<Slot<S>> = h
-                .child
-                .wrap_with(state, slot_func::<S>())
-                .map_err(|e| Failure::of(&e))?;
-            h.slot = Some(Box::new(slot));
-            Ok(())
-        })
-    }
+    func!(|h: &mut Hosted, state: S| {
+        let slot: Remote<Slot<S>> = h
+            .child
+            .wrap_with(state, slot_func::<S>())
+            .map_err(|e| Failure::of(&e))?;
+        h.slot = Some(Box::new(slot));
+        Ok(())
+    })
 }
 
 // The signature of a shipped function is its whole type.
@@ -353,35 +343,26 @@ where
     R: Data,
     S: Data,
 {
-    let f = *target.get();
-    // SAFETY: captures only an `F`, as in `forward_shot`.
-    unsafe {
-        Func::new_unchecked(move |h: &mut Hosted, job: (bool, Vec<A>)| {
+    target.pass_to_method(func!(
+        |target: Func<F>, h: &mut Hosted, job: (bool, Vec<A>)| {
             match h
                 .slot
                 .as_ref()
                 .and_then(|slot| slot.downcast_ref::<Remote<Slot<S>>>())
             {
-                Some(slot) => {
-                    // SAFETY: as above: `f` is an `F`.
-                    let target = Func::new_unchecked(f);
-                    forward(slot.schedule_with(job, batch_func(target)))
-                }
+                Some(slot) => forward(slot.schedule_with(job, batch_func(target))),
                 None => refuse(Failure::Lost("the worker's state is not set up".into())),
             }
-        })
-    }
+        }
+    ))
 }
 
 pub(crate) fn forward_fetch<S: Data>()
 -> Func<impl Fn(&mut Hosted) -> Option<S> + Send + Sync + Copy + 'static> {
-    // SAFETY: the closure captures nothing.
-    unsafe {
-        Func::new_unchecked(|h: &mut Hosted| {
-            let slot = h.slot.as_ref()?.downcast_ref::<Remote<Slot<S>>>()?;
-            slot.invoke(crate::host::fetch_func::<S>()).ok().flatten()
-        })
-    }
+    func!(|h: &mut Hosted| {
+        let slot = h.slot.as_ref()?.downcast_ref::<Remote<Slot<S>>>()?;
+        slot.invoke(crate::host::fetch_func::<S>()).ok().flatten()
+    })
 }
 
 /// A remote-worker server that [`spawn_server`] started: a child process
