@@ -14,10 +14,11 @@
 //!   (one way); one iteration is one wake.
 //! - `state.increments_8x10k`: 8 processes of the context incrementing one
 //!   key (each its share of the iterations; started before the clock and
-//!   released together), ns per increment, against 8 connections to one raw
-//!   echo child (a thread per connection there) each doing its share of
-//!   8-byte ping-pongs. Before measuring, 8 × 10 000 increments are checked
-//!   to end at exactly 80 000.
+//!   released together), ns per increment, against 8 raw client processes
+//!   connected to one echo process (a thread per connection there), each
+//!   doing its share of 8-byte ping-pongs: processes like the subject's, so
+//!   that both pay the same switches between address spaces. Before
+//!   measuring, 8 × 10 000 increments are checked to end at exactly 80 000.
 
 use std::hint::black_box;
 use std::os::unix::net::UnixStream;
@@ -25,12 +26,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use criterion::Criterion;
 use processional::state::{Context, Read, State, StateError, func};
+use processional_benches::pingers::{PingerCrew, RAW_UNIX_ECHO_SERVER, RAW_UNIX_PINGER};
 use processional_benches::process_peer::{
-    BenchDir, Crew, RAW_UNIX_PATH_ECHO, RawPeer, round_trips_windowed, spawn_raw_unix_path_echo,
+    BenchDir, RAW_UNIX_PATH_ECHO, RawPeer, spawn_raw_unix_path_echo,
 };
 use processional_benches::{ChildRole, round_trip_raw, run_child_if_requested};
 
-const ROLES: &[ChildRole] = &[RAW_UNIX_PATH_ECHO];
+const ROLES: &[ChildRole] = &[RAW_UNIX_PATH_ECHO, RAW_UNIX_ECHO_SERVER, RAW_UNIX_PINGER];
 
 /// Processes in `state.increments_8x10k`.
 const INCREMENTERS: usize = 8;
@@ -41,7 +43,6 @@ fn main() {
     let dir = BenchDir::new("state").expect("cannot make a directory for the sockets");
     let mut peers = Peers {
         crew: None,
-        raw_many: None,
         raw: None,
         context: None,
         dir,
@@ -56,8 +57,7 @@ fn main() {
 
 /// What the cases share, made on first use. Fields drop in order.
 struct Peers {
-    crew: Option<Crew>,
-    raw_many: Option<RawPeer<Vec<UnixStream>>>,
+    crew: Option<PingerCrew>,
     raw: Option<RawPeer<Vec<UnixStream>>>,
     context: Option<Context>,
     dir: BenchDir,
@@ -81,16 +81,10 @@ impl Peers {
         &mut raw.stream[0]
     }
 
-    fn crew(&mut self) -> &Crew {
+    fn crew(&mut self) -> &PingerCrew {
         if self.crew.is_none() {
-            let mut raw = spawn_raw_unix_path_echo(&self.dir.join("raw8.sock"), INCREMENTERS)
-                .expect("cannot start the raw echo child");
-            let streams = std::mem::take(&mut raw.stream);
-            self.raw_many = Some(raw);
-            let crew = Crew::new(streams, |stream, count| {
-                round_trips_windowed(stream, count, 1).map_err(|error| error.to_string())
-            })
-            .expect("cannot start connection threads");
+            let crew = PingerCrew::new(&self.dir.join("raw8.sock"), INCREMENTERS)
+                .expect("cannot start the raw pinger processes");
             self.crew = Some(crew);
         }
         self.crew.as_ref().expect("made just above")

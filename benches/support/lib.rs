@@ -24,6 +24,7 @@
 //! ```
 
 mod peer;
+pub mod pingers;
 pub mod process_peer;
 mod raw;
 mod sys;

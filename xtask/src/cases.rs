@@ -124,7 +124,7 @@ pub(crate) const CASES: &[Case] = &[
     },
     Case {
         name: "state.increments_8x10k",
-        baseline: "raw frames from 8 clients (ping-pong each)",
+        baseline: "raw frames from 8 client processes (ping-pong each)",
         target: Some(1.5),
     },
     Case {
