@@ -233,7 +233,8 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> PoolBuilder<A, R, S> {
     }
 
     /// How many inputs travel in one call (default: the run's inputs spread
-    /// over four batches per worker, at most 4096).
+    /// over four batches per worker, at most 4096, or 65 536 when every
+    /// worker is a thread).
     pub fn batch_size(mut self, size: usize) -> Self {
         self.batch = Some(size.max(1));
         self
