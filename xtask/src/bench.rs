@@ -35,6 +35,8 @@ const QUICK: &[&str] = &[
 pub(crate) struct Options {
     /// Short measurements; see [`QUICK`].
     pub(crate) quick: bool,
+    /// How many times to run the benches (0 counts as 1); see [`combine`].
+    pub(crate) passes: usize,
     /// Passed to criterion after ours, e.g. a filter such as `transport`.
     pub(crate) criterion_args: Vec<String>,
 }
@@ -54,36 +56,25 @@ pub(crate) fn run(workspace: &Workspace, options: &Options) -> Result<ExitCode> 
         .collect();
     cargo_args.extend(criterion_args);
     let cargo_line = format!("cargo {}", cargo_args.join(" "));
-    println!("==> {cargo_line}");
-
-    // Results older than this belong to an earlier run and are ignored, so
-    // that every ratio compares two numbers of this run.
-    let started = SystemTime::now();
-    let status = workspace
-        .cargo(&cargo_args)
-        .env("CRITERION_HOME", &criterion_dir)
-        .status()
-        .context("could not start `cargo bench`")?;
-    if !status.success() {
-        bail!("`{cargo_line}` failed ({status})");
+    let passes = options.passes.max(1);
+    let mut results = Vec::with_capacity(passes);
+    for pass in 1..=passes {
+        println!("==> pass {pass} of {passes}: {cargo_line}");
+        results.push(run_pass(
+            workspace,
+            &cargo_args,
+            &cargo_line,
+            &criterion_dir,
+        )?);
     }
-
-    let mut measurements = Vec::new();
-    for case in CASES {
-        if let Some(measurement) = measure(&criterion_dir, case, started)? {
-            measurements.push(measurement);
-        }
-    }
-    for group in unlisted_groups(&criterion_dir, started)? {
-        eprintln!(
-            "warning: criterion group `{group}` has fresh results but is not in CASES \
-             (xtask/src/cases.rs); add it there to report it"
-        );
-    }
+    let measurements = combine(results);
 
     let mut command = String::from("cargo xtask bench");
     if options.quick {
         command.push_str(" --quick");
+    }
+    if passes > 1 {
+        command.push_str(&format!(" --passes {passes}"));
     }
     if !options.criterion_args.is_empty() {
         command.push_str(" -- ");
@@ -113,6 +104,61 @@ pub(crate) fn run(workspace: &Workspace, options: &Options) -> Result<ExitCode> 
         write_chart(workspace, &report.json())?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the benches once; the cases this pass measured.
+fn run_pass(
+    workspace: &Workspace,
+    cargo_args: &[String],
+    cargo_line: &str,
+    criterion_dir: &Path,
+) -> Result<Vec<Measurement>> {
+    // Results older than this belong to an earlier pass and are ignored, so
+    // that every ratio compares two numbers of this pass.
+    let started = SystemTime::now();
+    let status = workspace
+        .cargo(cargo_args)
+        .env("CRITERION_HOME", criterion_dir)
+        .status()
+        .context("could not start `cargo bench`")?;
+    if !status.success() {
+        bail!("`{cargo_line}` failed ({status})");
+    }
+    let mut measurements = Vec::new();
+    for case in CASES {
+        if let Some(measurement) = measure(criterion_dir, case, started)? {
+            measurements.push(measurement);
+        }
+    }
+    for group in unlisted_groups(criterion_dir, started)? {
+        eprintln!(
+            "warning: criterion group `{group}` has fresh results but is not in CASES \
+             (xtask/src/cases.rs); add it there to report it"
+        );
+    }
+    Ok(measurements)
+}
+
+/// One measurement per case out of several passes: the pass whose ratio is
+/// the median (the upper one of an even count, so two passes report the
+/// worse), carrying every pass's ratio in pass order.
+fn combine(passes: Vec<Vec<Measurement>>) -> Vec<Measurement> {
+    let mut combined = Vec::new();
+    for case in CASES {
+        let mut found: Vec<Measurement> = passes
+            .iter()
+            .filter_map(|pass| pass.iter().find(|m| m.case.name == case.name).cloned())
+            .collect();
+        if found.is_empty() {
+            continue;
+        }
+        let ratios: Vec<f64> = found.iter().map(Measurement::ratio).collect();
+        found.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
+        let mut median = found.swap_remove(found.len() / 2);
+        median.pass_ratios = if ratios.len() > 1 { ratios } else { Vec::new() };
+        combined.push(median);
+    }
+    combined
 }
 
 /// `cargo xtask chart`: redraws `docs/benchmarks.svg` from the last run's
@@ -154,6 +200,7 @@ fn measure(
             case,
             ns,
             baseline_ns,
+            pass_ratios: Vec::new(),
         }),
         (Some(_), None) => {
             eprintln!(
@@ -247,6 +294,34 @@ fn write(path: &Path, contents: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn measured(name: &str, ns: f64) -> Measurement {
+        Measurement {
+            case: cases::find(name).expect("listed"),
+            ns,
+            baseline_ns: 100.0,
+            pass_ratios: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn passes_combine_into_the_median_pass_with_every_ratio() {
+        let rtt = "transport.unix_echo_rtt";
+        let tcp = "transport.tcp_echo_rtt";
+        let combined = combine(vec![
+            vec![measured(rtt, 130.0), measured(tcp, 90.0)],
+            vec![measured(rtt, 110.0)],
+            vec![measured(rtt, 120.0), measured(tcp, 150.0)],
+        ]);
+        assert_eq!(combined.len(), 2);
+        assert_eq!(combined[0].case.name, rtt);
+        assert_eq!(combined[0].ns, 120.0, "the middle of three");
+        assert_eq!(combined[0].pass_ratios, [1.3, 1.1, 1.2], "in pass order");
+        assert_eq!(combined[1].ns, 150.0, "the upper of two");
+        assert_eq!(combined[1].pass_ratios, [0.9, 1.5]);
+        let single = combine(vec![vec![measured(rtt, 130.0)]]);
+        assert!(single[0].pass_ratios.is_empty(), "one pass lists no passes");
+    }
 
     #[test]
     fn the_median_comes_from_criterion_estimates() {

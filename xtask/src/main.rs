@@ -9,13 +9,16 @@
 //!   `RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps` and
 //!   `cargo bench --workspace --benches --no-run`. It ends with the time of
 //!   each step.
-//! - `cargo xtask bench [--quick] [-- <criterion args>]` runs the criterion
-//!   benches of `processional-benches`, prints each case beside its baseline,
-//!   writes `<target dir>/processional-bench.json`, `docs/benchmarks.md` and
-//!   `docs/benchmarks.svg` (a bar chart of each ratio against its target).
+//! - `cargo xtask bench [--quick] [--passes N] [-- <criterion args>]` runs
+//!   the criterion benches of `processional-benches`, prints each case beside
+//!   its baseline, writes `<target dir>/processional-bench.json`,
+//!   `docs/benchmarks.md` and `docs/benchmarks.svg` (a bar chart of each
+//!   ratio against its target). `--quick` shortens every measurement so the
+//!   run takes a few minutes; `--passes N` runs the benches N times and
+//!   reports, for each case, the pass whose ratio is the median, beside the
+//!   ratio of every pass (each ratio still compares two numbers of one pass).
 //! - `cargo xtask chart` redraws `docs/benchmarks.svg` from the last run's
 //!   JSON, without running the benches.
-//!   `--quick` shortens every measurement so the run takes a few minutes.
 //!
 //! # The bench convention
 //!
@@ -55,10 +58,13 @@ Tasks:
   ci                          Run every check CI runs (rust-version = rustc,
                               fmt, clippy, test, doc, bench build), stopping at
                               the first failure.
-  bench [--quick] [-- ARGS]   Run the criterion benches, compare each case with
+  bench [--quick] [--passes N] [-- ARGS]
+                              Run the criterion benches, compare each case with
                               its baseline, write target/processional-bench.json
                               docs/benchmarks.md and docs/benchmarks.svg. --quick:
-                              short measurements (a few minutes in all). ARGS go
+                              short measurements (a few minutes in all). --passes N:
+                              run everything N times and report each case's
+                              median pass, with every pass's ratio. ARGS go
                               to criterion, e.g. a filter: cargo xtask bench -- transport
   chart                       Redraw docs/benchmarks.svg from the last bench run's
                               target/processional-bench.json.
@@ -102,13 +108,20 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
     }
 }
 
-/// Parses `[--quick] [-- <criterion args>]`.
+/// Parses `[--quick] [--passes N] [-- <criterion args>]`.
 fn bench_options(args: &[String]) -> Result<bench::Options> {
     let mut options = bench::Options::default();
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => options.quick = true,
+            "--passes" => {
+                let count = args.next().map(|n| n.parse::<usize>());
+                match count {
+                    Some(Ok(count)) if count >= 1 => options.passes = count,
+                    _ => bail!("`--passes` wants a number of passes, 1 or more"),
+                }
+            }
             "--" => {
                 options.criterion_args = args.cloned().collect();
                 break;
@@ -135,6 +148,10 @@ mod tests {
         assert_eq!(options.criterion_args, ["transport", "--quick"]);
         assert!(!bench_options(&[]).expect("valid").quick);
         assert!(bench_options(&strings(&["--slow"])).is_err());
+        let options = bench_options(&strings(&["--passes", "3", "--quick"])).expect("valid");
+        assert_eq!((options.passes, options.quick), (3, true));
+        assert!(bench_options(&strings(&["--passes", "0"])).is_err());
+        assert!(bench_options(&strings(&["--passes"])).is_err());
     }
 
     #[test]

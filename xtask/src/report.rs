@@ -18,6 +18,9 @@ pub(crate) struct Measurement {
     pub(crate) ns: f64,
     /// Median nanoseconds per operation of `baseline`.
     pub(crate) baseline_ns: f64,
+    /// With several passes, each pass's ratio, in pass order (this
+    /// measurement is the median pass); empty after one pass.
+    pub(crate) pass_ratios: Vec<f64>,
 }
 
 impl Measurement {
@@ -45,7 +48,8 @@ pub(crate) struct Report {
 /// One line of a table: measured or not.
 struct Row {
     case: &'static Case,
-    cells: [String; 6],
+    /// The cells of [`Report::header`].
+    cells: Vec<String>,
 }
 
 impl Report {
@@ -55,16 +59,32 @@ impl Report {
             .find(|measurement| measurement.case.name == case.name)
     }
 
-    /// Every case of [`CASES`]: name, ns, baseline, baseline ns, ratio, target.
+    /// Whether the report combines several passes (and lists their ratios).
+    fn has_passes(&self) -> bool {
+        self.measurements.iter().any(|m| !m.pass_ratios.is_empty())
+    }
+
+    /// The columns: name, ns, baseline, baseline ns, ratio, target, and the
+    /// ratio of each pass when there were several.
+    fn header(&self) -> Vec<&'static str> {
+        let mut header = vec!["case", "ns", "baseline", "baseline_ns", "ratio", "target"];
+        if self.has_passes() {
+            header.push("passes");
+        }
+        header
+    }
+
+    /// Every case of [`CASES`], one cell per column of [`header`](Self::header).
     fn rows(&self) -> Vec<Row> {
+        let passes = self.has_passes();
         CASES
             .iter()
             .map(|case| {
                 let target = case
                     .target
                     .map_or_else(|| "-".to_owned(), |target| format!("≤ {target:?}"));
-                let cells = match self.measurement(case) {
-                    Some(measurement) => [
+                let mut cells = match self.measurement(case) {
+                    Some(measurement) => vec![
                         case.name.to_owned(),
                         format_ns(measurement.ns),
                         case.baseline.to_owned(),
@@ -72,7 +92,7 @@ impl Report {
                         format!("{:.3}", measurement.ratio()),
                         target,
                     ],
-                    None => [
+                    None => vec![
                         case.name.to_owned(),
                         "-".to_owned(),
                         case.baseline.to_owned(),
@@ -81,6 +101,17 @@ impl Report {
                         target,
                     ],
                 };
+                if passes {
+                    let ratios: Vec<String> = self
+                        .measurement(case)
+                        .map(|m| m.pass_ratios.iter().map(|r| format!("{r:.3}")).collect())
+                        .unwrap_or_default();
+                    cells.push(if ratios.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        ratios.join(" / ")
+                    });
+                }
                 Row { case, cells }
             })
             .collect()
@@ -100,9 +131,9 @@ impl Report {
 
     /// An aligned table for the terminal.
     pub(crate) fn terminal(&self) -> String {
-        let header = ["case", "ns", "baseline", "baseline_ns", "ratio", "target"];
+        let header = self.header();
         let rows = self.rows();
-        let mut widths = header.map(str::len);
+        let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
         for row in &rows {
             for (width, cell) in widths.iter_mut().zip(&row.cells) {
                 *width = (*width).max(cell.chars().count());
@@ -111,7 +142,7 @@ impl Report {
         let mut out = String::new();
         let mut line = |cells: &[&str], status: &str| {
             let start = out.len();
-            for (index, (cell, width)) in cells.iter().zip(widths).enumerate() {
+            for (index, (cell, width)) in cells.iter().zip(&widths).enumerate() {
                 let pad = width - cell.chars().count();
                 // Numbers right-aligned, text left-aligned.
                 if matches!(index, 1 | 3 | 4) {
@@ -126,7 +157,7 @@ impl Report {
         };
         line(&header, "");
         for row in &rows {
-            let cells = row.cells.each_ref().map(String::as_str);
+            let cells: Vec<&str> = row.cells.iter().map(String::as_str).collect();
             line(&cells, self.status(row.case));
         }
         out
@@ -147,6 +178,7 @@ impl Report {
                     "ratio": measurement.ratio(),
                     "target": measurement.case.target,
                     "met": measurement.case.meets(measurement.ratio()),
+                    "pass_ratios": measurement.pass_ratios,
                 })
             })
             .collect();
@@ -187,20 +219,40 @@ impl Report {
              ns is the median nanoseconds per operation; ratio = ns / baseline ns; the target \
              is the largest acceptable ratio. See `benches/README.md`.\n"
         );
+        if self.has_passes() {
+            let _ = writeln!(
+                out,
+                "The benches ran several times (passes). Each row is the pass whose ratio is \
+                 the median for that case (the upper middle of an even count); `passes` lists \
+                 the ratio of every pass, in order, each from two numbers of that pass.\n"
+            );
+        }
         let _ = writeln!(
             out,
             "![Each case's ratio against its target](benchmarks.svg)\n"
         );
+        let passes = self.has_passes();
+        let (extra_header, extra_rule) = if passes {
+            (" passes |", "---:|")
+        } else {
+            ("", "")
+        };
         let _ = writeln!(
             out,
-            "| case | ns | baseline | baseline ns | ratio | target | status |"
+            "| case | ns | baseline | baseline ns | ratio | target | status |{extra_header}"
         );
-        let _ = writeln!(out, "|---|---:|---|---:|---:|---:|---|");
+        let _ = writeln!(out, "|---|---:|---|---:|---:|---:|---|{extra_rule}");
         for row in self.rows() {
-            let [name, ns, baseline, baseline_ns, ratio, target] = &row.cells;
+            let [name, ns, baseline, baseline_ns, ratio, target] = &row.cells[..6] else {
+                unreachable!("every row has the six cells of the header");
+            };
+            let extra = row
+                .cells
+                .get(6)
+                .map_or_else(String::new, |p| format!(" {p} |"));
             let _ = writeln!(
                 out,
-                "| `{name}` | {ns} | {baseline} | {baseline_ns} | {ratio} | {target} | {} |",
+                "| `{name}` | {ns} | {baseline} | {baseline_ns} | {ratio} | {target} | {} |{extra}",
                 self.status(row.case)
             );
         }
@@ -232,11 +284,13 @@ mod tests {
                     case: cases::find("transport.unix_echo_rtt").expect("listed"),
                     ns: 16_500.0,
                     baseline_ns: 15_000.0,
+                    pass_ratios: Vec::new(),
                 },
                 Measurement {
                     case: cases::find("transport.tcp_echo_rtt").expect("listed"),
                     ns: 30_000.0,
                     baseline_ns: 20_000.0,
+                    pass_ratios: Vec::new(),
                 },
             ],
             date: "2026-01-02 03:04 UTC".to_owned(),
@@ -280,6 +334,26 @@ mod tests {
         assert!(markdown.contains("| 1.500 | ≤ 1.2 | missed |"));
         assert!(markdown.contains("| `thread.spawn_wait` | - |"));
         assert_eq!(markdown.matches("not measured").count(), CASES.len() - 2);
+    }
+
+    #[test]
+    fn several_passes_add_a_column_of_their_ratios() {
+        let mut report = report();
+        report.measurements[0].pass_ratios = vec![1.2, 1.1, 0.9];
+        let markdown = report.markdown();
+        assert!(markdown.contains("| status | passes |"));
+        assert!(markdown.contains("| 1.100 | ≤ 1.2 | met | 1.200 / 1.100 / 0.900 |"));
+        assert!(markdown.contains("| 1.500 | ≤ 1.2 | missed | - |"));
+        assert!(
+            report
+                .terminal()
+                .lines()
+                .next()
+                .expect("header")
+                .ends_with("passes")
+        );
+        assert_eq!(report.json()["cases"][0]["pass_ratios"][2], 0.9);
+        assert!(!super::tests::report().markdown().contains("passes |"));
     }
 
     #[test]
