@@ -53,5 +53,26 @@ pub(crate) fn run() -> anyhow::Result<()> {
         .map(0..100_000u64)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("100 000 squares, the last one {}", squares[99_999]);
+
+    // A process worker dies (SIGKILL, from outside): the next run retries
+    // what it had on the others, and every square still arrives.
+    let victim = pool
+        .worker_pids()
+        .into_iter()
+        .flatten()
+        .find(|&pid| pid != std::process::id())
+        .ok_or_else(|| anyhow::anyhow!("no process worker"))?;
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -KILL {victim} failed");
+    let again = pool
+        .map(0..100_000u64)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    anyhow::ensure!(again == squares, "a run after a death lost results");
+    println!(
+        "after killing worker process {victim}: 100 000 squares again, {} of 4 workers alive",
+        pool.alive()
+    );
     Ok(())
 }
