@@ -135,9 +135,12 @@
 //!
 //! - An encoded payload up to [`INLINE_LIMIT`] (128 KiB) travels inline in
 //!   its frame, a larger one (on unix sockets) in a segment of the
-//!   shared-memory pool: below the limit the socket is cheaper, above it the
-//!   segment (measured: `benches/README.md`). Either way one buffer is made
-//!   per transfer on each side, so the cost per byte does not jump with size.
+//!   shared-memory pool. The limit was placed by measurement
+//!   (`benches/README.md`): the two cross at about 230 KiB on a quiet machine
+//!   and higher on a busy one, and up to 128 KiB inline costs 0.4–0.7× a
+//!   segment, so the limit keeps a margin below the crossing. Either way one
+//!   buffer is made per transfer on each side, so the cost per byte does not
+//!   jump with size.
 //! - Segments are reused in both directions: an argument's segment comes
 //!   back when the reply arrives, a value's when its caller has read it
 //!   (the caller says so ahead of its next frame). The pool keeps the latest

@@ -38,10 +38,15 @@ use crate::error::PayloadError;
 
 /// Encoded payloads larger than this travel in a shared-memory segment (on
 /// unix sockets), unless `PROCESSIONAL_INLINE_LIMIT` (bytes) says otherwise.
-/// Below it, writing through the socket costs less than mapping a segment on
-/// the other side; above it, a frame no longer fits the socket buffer in one
-/// write and the segment wins (measured: `benches/README.md`, "the inline
-/// limit").
+/// Placed by measurement (`benches/README.md`, "the inline limit"): an
+/// inline call costs a small fixed cost plus about twice a segment's cost
+/// per byte, a segment a mapping and its page-table setup first. The two
+/// cross at about 230 KiB on a quiet 2-core machine, above 256 KiB on a
+/// contended one; up to 128 KiB inline costs 0.4–0.7× a segment, so the
+/// limit keeps a margin below the crossing (lower, the payloads in between
+/// would cost more; higher, only quiet machines gain). Raised past 128 KiB,
+/// payloads over twice this limit lose the recycled encoding buffer (see
+/// `codec::SPARE_MAX`) and cost about 3× per byte.
 pub const INLINE_LIMIT: usize = 128 * 1024;
 
 /// The environment variable that overrides [`INLINE_LIMIT`].
