@@ -4,7 +4,7 @@
 //! their work is done, terminating it ends them at once.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -30,19 +30,24 @@ struct Entry {
     defaults: Box<dyn Any + Send>,
     /// The processes of the workers that use it.
     children: Vec<SlaveProcess>,
+    /// The pids of those whose workers may still send batches: not closed
+    /// (a worker says so after its last batch, on the same connection, so
+    /// that its batches are counted in `in_flight` first) and not dropped.
+    open: HashSet<u32>,
     /// Batches of its workers that the server forwarded and whose answers
     /// have not left yet (shared with their [`InFlight`]s, so that a
     /// re-registered id does not count another entry's batches).
     in_flight: Arc<AtomicUsize>,
-    /// Closed by [`RemoteContext::wait`]: it takes no new workers and no new
-    /// batches.
+    /// Closed by [`RemoteContext::wait`]: it takes no new workers, nor
+    /// batches of workers no longer open.
     closed: bool,
 }
 
 /// In a server: the contexts registered there, by id.
 static CONTEXTS: Mutex<Option<HashMap<String, Entry>>> = Mutex::new(None);
 
-/// Notified when a context's last batch in flight has been answered.
+/// Notified when a context's last batch in flight has been answered, or
+/// one of its workers closed or went away.
 static DRAINED: Condvar = Condvar::new();
 
 type Contexts = HashMap<String, Entry>;
@@ -65,8 +70,10 @@ pub(crate) fn forget_child(pid: u32) {
                 .into_iter()
                 .partition(|child| child.pid() == pid);
             entry.children = kept;
+            entry.open.remove(&pid);
             forgotten.extend::<Vec<_>>(gone);
         }
+        DRAINED.notify_all();
         forgotten
     });
     // Dropped outside the lock.
@@ -77,10 +84,15 @@ pub(crate) fn forget_child(pid: u32) {
 struct InFlight(Arc<AtomicUsize>);
 
 impl InFlight {
-    /// Counts a batch of the context `id`, unless it is closed or unknown.
-    fn start(id: &str) -> Result<InFlight, Failure> {
+    /// Counts a batch of the context `id` from the worker whose process is
+    /// `pid`, unless the context is unknown, or closed and that worker was
+    /// closed too (a worker still open when the context closed may send
+    /// what it was given).
+    fn start(id: &str, pid: u32) -> Result<InFlight, Failure> {
         with_contexts(|contexts| match contexts.get(id) {
-            Some(entry) if entry.closed => Err(Failure::Lost(closed(id))),
+            Some(entry) if entry.closed && !entry.open.contains(&pid) => {
+                Err(Failure::Lost(closed(id)))
+            }
             Some(entry) => {
                 entry.in_flight.fetch_add(1, Ordering::AcqRel);
                 Ok(InFlight(entry.in_flight.clone()))
@@ -110,8 +122,9 @@ fn unknown(id: &str) -> String {
 }
 
 /// In a server: closes the context `id`, waits until `deadline` for its
-/// batches in flight to be answered, then stops its workers' processes
-/// (asked, then forced, by the deadline); whether it drained.
+/// workers to be closed and their batches in flight answered, then stops
+/// their processes (asked, then forced, by the deadline); whether it
+/// drained.
 fn drain(id: &str, deadline: Option<Instant>) -> Result<bool, Failure> {
     let mut guard = contexts();
     let children = loop {
@@ -120,7 +133,7 @@ fn drain(id: &str, deadline: Option<Instant>) -> Result<bool, Failure> {
             .get_mut(id)
             .ok_or_else(|| Failure::Lost(unknown(id)))?;
         entry.closed = true;
-        if entry.in_flight.load(Ordering::Acquire) == 0 {
+        if entry.in_flight.load(Ordering::Acquire) == 0 && entry.open.is_empty() {
             break std::mem::take(&mut entry.children);
         }
         guard = match deadline {
@@ -164,9 +177,7 @@ type Found<A, R, S> = (Arc<dyn Ops<A, R, S>>, S);
 /// registered with these types.
 fn lookup<A: 'static, R: 'static, S: Clone + 'static>(id: &str) -> Result<Found<A, R, S>, Failure> {
     with_contexts(|contexts| {
-        let entry = contexts
-            .get(id)
-            .ok_or_else(|| Failure::Lost(unknown(id)))?;
+        let entry = contexts.get(id).ok_or_else(|| Failure::Lost(unknown(id)))?;
         match (
             entry.ops.downcast_ref::<Arc<dyn Ops<A, R, S>>>(),
             entry.defaults.downcast_ref::<S>(),
@@ -194,6 +205,7 @@ pub(crate) fn start_in_context(id: String) -> Hosted {
     let child = hosted.child().clone();
     let kept = with_contexts(|contexts| match contexts.get_mut(&id) {
         Some(entry) if !entry.closed => {
+            entry.open.insert(child.pid());
             entry.children.push(child);
             None
         }
@@ -350,16 +362,16 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> RemoteContext<A, R, S> {
     }
 
     /// Ends the context's workers once their work is done: closes the
-    /// context (it takes no new workers, and inputs that reach it after are
-    /// refused), waits until every batch its workers had already sent has
-    /// been answered, then stops their processes (each is idle, so it
-    /// exits when asked). `true` if all of this ended within `timeout`
-    /// (`None`: no limit); on `false` the workers still run what they had
-    /// and [`terminate`](Self::terminate) forces them.
+    /// context (it takes no new workers), waits until each of its workers
+    /// is closed ([`PersistentWorker::close`]) or dropped and every input
+    /// they were given has been answered, then stops their processes (each
+    /// is idle, so it exits when asked). `true` if all of this ended within
+    /// `timeout` (`None`: no limit, so a worker never closed keeps it
+    /// waiting); on `false` the workers still run what they had and
+    /// [`terminate`](Self::terminate) forces them.
     ///
-    /// A worker learns that its process ended when it next needs it: its
-    /// later inputs fail with the *closed* error, and a closed worker has
-    /// ended already.
+    /// The context stays closed after a `false` too: inputs that reach it
+    /// later fail with the *closed* error.
     ///
     /// ```
     /// use std::time::Duration;
@@ -401,9 +413,12 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> RemoteContext<A, R, S> {
             (self.id.clone(), millis),
             func!(|(id, millis): (String, u64)| -> usize {
                 let children = with_contexts(|contexts| {
-                    contexts
-                        .get_mut(&id)
-                        .map(|e| std::mem::take(&mut e.children))
+                    contexts.get_mut(&id).map(|e| {
+                        // Their workers send nothing that could still run.
+                        e.open.clear();
+                        DRAINED.notify_all();
+                        std::mem::take(&mut e.children)
+                    })
                 })
                 .unwrap_or_default();
                 stop_all(&children, Duration::from_millis(millis));
@@ -433,6 +448,7 @@ where
                 ops: Box::new(ops),
                 defaults: Box::new(defaults),
                 children: Vec::new(),
+                open: HashSet::new(),
                 in_flight: Arc::default(),
                 closed: false,
             };
@@ -505,6 +521,25 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> Ops<A, R, S> for ContextOps<A, R
             _ => None,
         }
     }
+
+    fn closed(&self, host: &Host) {
+        if let Host::Remote { hosted, .. } = host {
+            // Behind the worker's batches on its connection. A server that
+            // is gone has nothing to count.
+            let _ = hosted.invoke_with(
+                self.id.clone(),
+                func!(|h: &mut Hosted, id: String| {
+                    let pid = h.child().pid();
+                    with_contexts(|contexts| {
+                        if let Some(entry) = contexts.get_mut(&id) {
+                            entry.open.remove(&pid);
+                        }
+                        DRAINED.notify_all();
+                    });
+                }),
+            );
+        }
+    }
 }
 
 // The signature of a shipped function is its whole type.
@@ -523,7 +558,7 @@ fn context_batch_func<A: Data + Clone, R: Data, S: Data + Clone>() -> Func<
                 let Some(slot) = h.slot::<S>().cloned() else {
                     return refuse(Failure::Lost("the worker's state is not set up".into()));
                 };
-                let in_flight = match InFlight::start(&id) {
+                let in_flight = match InFlight::start(&id, h.child().pid()) {
                     Ok(in_flight) => in_flight,
                     Err(failure) => return refuse(failure),
                 };
