@@ -4,11 +4,16 @@
 //! Every wait is bounded by `PATIENCE`; servers and workers stop when their
 //! handles drop at the end of each test.
 
-use std::time::Duration;
 
 use processional::func;
+use processional::state::{Context, State, StateError};
 use processional::worker::{RemoteContext, spawn_server};
-use processional_tests::PATIENCE;
+use processional_tests::{KillOnDrop, PATIENCE, is_helper, spawn_helper, wait_until};
+
+/// The descriptors this process holds.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count())
+}
 
 /// `RemoteContext::wait` right after a worker's `enqueue` and `close` (its
 /// own doc example): the input was enqueued before the wait, so it must run
@@ -41,5 +46,52 @@ fn waiting_on_a_context_right_after_enqueue_loses_no_input() {
             "round {round}: the input enqueued before the wait ran: {results:?}"
         );
     }
-    let _ = Duration::ZERO;
+}
+
+/// In a helper process of its own (it counts descriptors): a context that
+/// spawns and waits for process after process keeps no descriptor for each
+/// one that finished.
+#[test]
+fn helper_spawns_processes_one_after_another() {
+    if !is_helper() {
+        return;
+    }
+    let context = Context::new().unwrap();
+    let run = |x: u32| {
+        let process = context
+            .spawn(func!(|_: State, x: u32| Ok::<_, StateError>(x + 1)), x)
+            .unwrap();
+        assert_eq!(process.wait(Some(PATIENCE)).unwrap(), x + 1);
+    };
+    run(0);
+    let before = open_fds();
+    for x in 1..=40 {
+        run(x);
+    }
+    assert!(
+        wait_until(PATIENCE, || open_fds() < before + 10),
+        "40 finished processes left {} more descriptors open",
+        open_fds() - before
+    );
+}
+
+#[test]
+fn a_context_keeps_no_descriptor_per_finished_process() {
+    if is_helper() {
+        return;
+    }
+    let mut helper = KillOnDrop(spawn_helper(
+        "helper_spawns_processes_one_after_another",
+        &[],
+    ));
+    let mut status = None;
+    assert!(
+        // Longer than the helper's own waits, so that it reports first.
+        wait_until(3 * PATIENCE, || {
+            status = helper.0.try_wait().unwrap();
+            status.is_some()
+        }),
+        "the helper did not end"
+    );
+    assert!(status.unwrap().success(), "the helper failed: {status:?}");
 }

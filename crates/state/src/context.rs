@@ -161,6 +161,10 @@ struct Slot<R> {
 
 impl<R> Slot<R> {
     fn finish(&self, outcome: Outcome<R>) {
+        // Its last try is over: a stop from now on leaves its group alone
+        // (see `stop`), so its pidfd has no use. Closed here, not when the
+        // context drops: a context keeps every slot it made.
+        drop(lock(&self.leader).take());
         *lock(&self.outcome) = Some(outcome);
         self.changed.notify_all();
     }
