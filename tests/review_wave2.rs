@@ -4,7 +4,6 @@
 //! Every wait is bounded by `PATIENCE`; servers and workers stop when their
 //! handles drop at the end of each test.
 
-
 use processional::func;
 use processional::state::{Context, State, StateError};
 use processional::worker::{RemoteContext, spawn_server};
@@ -94,4 +93,60 @@ fn a_context_keeps_no_descriptor_per_finished_process() {
         "the helper did not end"
     );
     assert!(status.unwrap().success(), "the helper failed: {status:?}");
+}
+
+/// Set by [`ignores_its_cancellation`] once it runs (a thread worker runs in
+/// this process).
+static STUBBORN_STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Never looks at its cancellation (for longer than any test waits).
+fn ignores_its_cancellation(_: u64) -> u64 {
+    STUBBORN_STARTED.store(true, std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(3 * PATIENCE);
+    0
+}
+
+/// Whether the thread `tid` of this process is asleep (blocked).
+fn is_asleep(tid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+            Some(state == 'S')
+        })
+        .unwrap_or(false)
+}
+
+/// A thread worker whose target ignores its cancellation ends when
+/// `terminate` gives up on it (`Unstoppable`); a thread that was already
+/// waiting for it with no timeout must see that end too.
+#[test]
+fn a_waiter_sees_the_end_terminate_gives_an_unstoppable_thread_worker() {
+    use processional::worker::Worker;
+
+    let worker = std::sync::Arc::new(Worker::thread(func!(ignores_its_cancellation), 0).unwrap());
+    assert!(wait_until(PATIENCE, || STUBBORN_STARTED
+        .load(std::sync::atomic::Ordering::SeqCst)));
+    let (tid_tx, tid) = std::sync::mpsc::channel();
+    let (ended_tx, ended) = std::sync::mpsc::channel();
+    let waiting = worker.clone();
+    std::thread::spawn(move || {
+        // `/proc/thread-self` names `<pid>/task/<tid>`.
+        let link = std::fs::read_link("/proc/thread-self").unwrap();
+        let tid: i32 = link.file_name().unwrap().to_str().unwrap().parse().unwrap();
+        tid_tx.send(tid).unwrap();
+        let _ = ended_tx.send(waiting.wait(None));
+    });
+    let tid = tid.recv_timeout(PATIENCE).unwrap();
+    assert!(wait_until(PATIENCE, || is_asleep(tid)), "the waiter blocks");
+
+    let termination = worker.terminate(std::time::Duration::from_millis(200));
+    assert_eq!(termination, Some(processional::Termination::Unstoppable));
+    assert!(worker.wait(Some(std::time::Duration::ZERO)), "ended");
+    assert!(worker.error().is_some_and(|e| e.is_terminated()));
+    assert_eq!(
+        ended.recv_timeout(PATIENCE),
+        Ok(true),
+        "the thread waiting with no timeout still waits"
+    );
 }
