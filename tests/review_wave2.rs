@@ -150,3 +150,25 @@ fn a_waiter_sees_the_end_terminate_gives_an_unstoppable_thread_worker() {
         "the thread waiting with no timeout still waits"
     );
 }
+
+/// A deferring function whose `Reply` is dropped by a panic it catches
+/// itself, then returns its `Later`: nobody will answer, so the call must
+/// end (with an error) rather than wait forever.
+#[test]
+fn a_reply_dropped_by_a_caught_panic_still_answers() {
+    use processional::{Later, reply_later};
+
+    let process = processional::slave().unwrap();
+    let task = process.schedule_later(func!(|| -> Later<u8> {
+        let (reply, later) = reply_later();
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _reply = reply;
+            panic!("dropped inside a caught panic");
+        }));
+        later
+    }));
+    match task.wait_timeout(PATIENCE) {
+        Ok(outcome) => assert!(outcome.is_err(), "answered with {outcome:?}"),
+        Err(_) => panic!("the call was never answered"),
+    }
+}
