@@ -172,3 +172,42 @@ fn a_reply_dropped_by_a_caught_panic_still_answers() {
         Err(_) => panic!("the call was never answered"),
     }
 }
+
+/// A pool run given up early (an `imap` or `map_unordered` dropped before
+/// its end) leaves the pool's workers as usable as before: a later run
+/// sends work to every worker again.
+#[test]
+fn a_pool_run_dropped_early_leaves_the_workers_usable() {
+    use processional::worker::{PoolBuilder, PoolEvent, WorkerKind};
+    use std::sync::{Arc, Mutex};
+
+    let enqueued = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+    let seen = enqueued.clone();
+    let mut pool = PoolBuilder::new(func!(|x: u64| x * x))
+        .workers(WorkerKind::Thread, 2)
+        .batch_size(1)
+        .on_event(move |event| {
+            if let PoolEvent::Enqueued { worker, .. } = event {
+                seen.lock().unwrap().insert(*worker);
+            }
+        })
+        .spawn()
+        .unwrap();
+    for _ in 0..3 {
+        let first = pool.imap(0..100u64).next();
+        assert!(matches!(first, Some(Ok(0))), "{first:?}");
+        let mut run = pool.map_unordered(0..100u64);
+        assert!(run.next().is_some_and(|(_, r)| r.is_ok()));
+    }
+    enqueued.lock().unwrap().clear();
+    let squares = pool.map(0..10u64);
+    assert_eq!(
+        squares.map_err(|e| e.to_string()),
+        Ok((0..10u64).map(|x| x * x).collect::<Vec<_>>())
+    );
+    assert_eq!(
+        enqueued.lock().unwrap().len(),
+        2,
+        "the last run sent work to both workers"
+    );
+}
