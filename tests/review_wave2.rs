@@ -211,3 +211,33 @@ fn a_pool_run_dropped_early_leaves_the_workers_usable() {
         "the last run sent work to both workers"
     );
 }
+
+/// A remote-worker server started again on the address of one that
+/// stopped (a fixed TCP port) gets a fresh key: this process's workers must
+/// use the new key, not the stopped server's.
+#[test]
+fn a_server_spawned_again_on_the_same_port_takes_workers() {
+    use processional::worker::Worker;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("tcp://127.0.0.1:{port}");
+    let first = spawn_server(&address).expect("the first server");
+    let worker = Worker::remote(first.address(), func!(|x: u64| x + 1), 1).unwrap();
+    assert!(worker.wait(Some(PATIENCE)));
+    assert_eq!(worker.result(), Some(&2));
+    drop(worker);
+    first.terminate(PATIENCE);
+    drop(first);
+
+    let second = spawn_server(&address).expect("the second server, same port");
+    let worker = Worker::remote(second.address(), func!(|x: u64| x + 1), 2);
+    let worker = worker
+        .map_err(|e| e.to_string())
+        .expect("a worker on the second server");
+    assert!(worker.wait(Some(PATIENCE)));
+    assert_eq!(worker.result(), Some(&3));
+}
