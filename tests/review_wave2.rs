@@ -241,3 +241,61 @@ fn a_server_spawned_again_on_the_same_port_takes_workers() {
     assert!(worker.wait(Some(PATIENCE)));
     assert_eq!(worker.result(), Some(&3));
 }
+
+/// In a helper process (it needs the server's key in its environment): a
+/// batch receive over TCP of more messages than one frame can carry.
+#[test]
+fn helper_receives_a_large_batch_over_tcp() {
+    use processional::channel::{Pick, QueueBuilder, Request};
+
+    if !is_helper() {
+        return;
+    }
+    let key = std::env::var("PROCESSIONAL_KEY").unwrap();
+    let _server = processional::ServerBuilder::new("tcp://127.0.0.1:0")
+        .unwrap()
+        .key(processional::Key::from_hex(&key).unwrap())
+        .persistent(true)
+        .start()
+        .unwrap();
+    let address = _server.address().to_string();
+    let queue = QueueBuilder::new()
+        .host(&address)
+        .build::<Vec<u8>>()
+        .unwrap();
+    // 72 MiB in all: more than a frame (64 MiB) carries.
+    const COUNT: usize = 72;
+    for i in 0..COUNT {
+        queue
+            .send(Request::Do, Some(vec![i as u8; 1 << 20]))
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < COUNT {
+        let batch = queue.recv_batch(Pick::Any, 1000);
+        let batch = batch.map_err(|e| e.to_string()).expect("a batch");
+        got.extend(batch.into_iter().map(|m| m.data.unwrap()[0]));
+    }
+    assert_eq!(got, (0..COUNT).map(|i| i as u8).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_batch_receive_larger_than_a_frame_loses_nothing() {
+    if is_helper() {
+        return;
+    }
+    let key = processional::Key::generate().to_hex();
+    let mut helper = KillOnDrop(spawn_helper(
+        "helper_receives_a_large_batch_over_tcp",
+        &[("PROCESSIONAL_KEY", key)],
+    ));
+    let mut status = None;
+    assert!(
+        wait_until(3 * PATIENCE, || {
+            status = helper.0.try_wait().unwrap();
+            status.is_some()
+        }),
+        "the helper did not end"
+    );
+    assert!(status.unwrap().success(), "the helper failed: {status:?}");
+}
