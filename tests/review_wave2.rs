@@ -299,3 +299,28 @@ fn a_batch_receive_larger_than_a_frame_loses_nothing() {
     );
     assert!(status.unwrap().success(), "the helper failed: {status:?}");
 }
+
+/// A timeout too long to be a deadline (`Duration::MAX`, "forever") waits
+/// as long as it takes rather than panicking.
+#[test]
+fn the_longest_timeouts_do_not_panic() {
+    use processional::channel::{Request, pipe};
+
+    let (here, there) = pipe::<u32>().unwrap();
+    there.send(Request::Do, Some(7)).unwrap();
+    let got = std::panic::catch_unwind(|| here.recv_timeout(std::time::Duration::MAX));
+    assert_eq!(got.expect("no panic").unwrap().data, Some(7));
+
+    let context = Context::new().unwrap();
+    let process = context
+        .spawn(func!(|_: State, x: u32| Ok::<_, StateError>(x + 1)), 1)
+        .unwrap();
+    let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        process.wait(Some(std::time::Duration::MAX))
+    }));
+    assert_eq!(got.expect("no panic").unwrap(), 2);
+    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        context.wait(Some(std::time::Duration::MAX))
+    }));
+    assert!(waited.expect("no panic").is_ok());
+}
