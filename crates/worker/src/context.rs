@@ -6,7 +6,7 @@
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,9 @@ struct Entry {
     /// have not left yet (shared with their [`InFlight`]s, so that a
     /// re-registered id does not count another entry's batches).
     in_flight: Arc<AtomicUsize>,
+    /// Which registration made it: the handle that registered it removes
+    /// it only if no other registration of the id replaced it since.
+    registration: u64,
     /// Closed by [`RemoteContext::wait`]: it takes no new workers, nor
     /// batches of workers no longer open.
     closed: bool,
@@ -251,25 +254,35 @@ pub struct RemoteContext<A, R, S = ()> {
     connection: SlaveProcess,
     address: Address,
     id: String,
-    /// Whether this handle registered the context (and unregisters it when
-    /// dropped; the workers it has go on until they end).
-    owner: bool,
+    /// The registration this handle made, if it registered the context
+    /// (it unregisters it when dropped, unless another registration
+    /// replaced it; the workers it has go on until they end).
+    registration: Option<u64>,
     _types: PhantomData<fn(A, S) -> R>,
 }
 
 impl<A, R, S> Drop for RemoteContext<A, R, S> {
     fn drop(&mut self) {
-        if self.owner {
+        if let Some(registration) = self.registration {
             self.connection
                 .schedule_with(
-                    self.id.clone(),
-                    func!(|id: String| {
-                        with_contexts(|contexts| contexts.remove(&id));
-                    }),
+                    (self.id.clone(), registration),
+                    func!(|(id, registration): (String, u64)| unregister(&id, registration)),
                 )
                 .detach();
         }
     }
+}
+
+/// In a server: removes the context `id` if `registration` made it (not a
+/// later registration of the same id, which another client may have made).
+fn unregister(id: &str, registration: u64) {
+    let removed = with_contexts(|contexts| match contexts.get(id) {
+        Some(entry) if entry.registration == registration => contexts.remove(id),
+        _ => None,
+    });
+    // Dropped outside the lock.
+    drop(removed);
 }
 
 impl<A, R, S> std::fmt::Debug for RemoteContext<A, R, S> {
@@ -283,8 +296,9 @@ impl<A, R, S> std::fmt::Debug for RemoteContext<A, R, S> {
 
 impl<A: Data + Clone, R: Data> RemoteContext<A, R> {
     /// Registers `target` on the server at `server` under `id` (replacing
-    /// a context of that id). Dropping the handle unregisters it; the
-    /// workers made from it go on until they end.
+    /// a context of that id). Dropping the handle unregisters it, unless a
+    /// later registration of `id` replaced it; the workers made from it go
+    /// on until they end.
     pub fn register<F>(server: &Address, id: &str, target: Func<F>) -> Result<Self, WorkerError>
     where
         F: Fn(A) -> R + Send + Sync + Copy + 'static,
@@ -306,7 +320,7 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> RemoteContext<A, R, S> {
         F: Fn(&mut S, A) -> R + Send + Sync + Copy + 'static,
     {
         let connection = remote::connect(server)?;
-        connection.invoke_with(
+        let registration = connection.invoke_with(
             (id.to_owned(), defaults),
             register_func::<F, A, R, S>(target),
         )?;
@@ -314,7 +328,7 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> RemoteContext<A, R, S> {
             connection,
             address: server.clone(),
             id: id.to_owned(),
-            owner: true,
+            registration: Some(registration),
             _types: PhantomData,
         })
     }
@@ -330,7 +344,7 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> RemoteContext<A, R, S> {
             connection,
             address: server.clone(),
             id: id.to_owned(),
-            owner: false,
+            registration: None,
             _types: PhantomData,
         })
     }
@@ -430,7 +444,7 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> RemoteContext<A, R, S> {
 
 fn register_func<F, A, R, S>(
     target: Func<F>,
-) -> Func<impl Fn((String, S)) + Send + Sync + Copy + 'static>
+) -> Func<impl Fn((String, S)) -> u64 + Send + Sync + Copy + 'static>
 where
     F: Fn(&mut S, A) -> R + Send + Sync + Copy + 'static,
     A: Data,
@@ -441,10 +455,13 @@ where
     // SAFETY: captures only an `F`, which the `Func` vouches any process of
     // this program may make from nothing.
     unsafe {
-        Func::new_unchecked(move |(id, defaults): (String, S)| {
+        Func::new_unchecked(move |(id, defaults): (String, S)| -> u64 {
+            static REGISTRATIONS: AtomicU64 = AtomicU64::new(1);
+            let registration = REGISTRATIONS.fetch_add(1, Ordering::Relaxed);
             // SAFETY: as above: `f` is an `F`.
             let ops: Arc<dyn Ops<A, R, S>> = Arc::new(Program::new(Func::new_unchecked(f)));
             let entry = Entry {
+                registration,
                 ops: Box::new(ops),
                 defaults: Box::new(defaults),
                 children: Vec::new(),
@@ -452,7 +469,10 @@ where
                 in_flight: Arc::default(),
                 closed: false,
             };
-            with_contexts(|contexts| contexts.insert(id, entry));
+            let replaced = with_contexts(|contexts| contexts.insert(id, entry));
+            // Dropped outside the lock.
+            drop(replaced);
+            registration
         })
     }
 }
@@ -567,5 +587,26 @@ fn context_batch_func<A: Data + Clone, R: Data, S: Data + Clone>() -> Func<
                 forward_holding(batch, in_flight)
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two registrations of one id (two clients, or one twice): the handle
+    /// of the first, dropped, must not remove the second's context.
+    #[test]
+    fn a_replaced_registration_does_not_unregister_its_successor() {
+        let register = register_func::<_, u64, u64, ()>(stateless(func!(|x: u64| x + 1)));
+        let first = (register.get())(("review.dup".to_owned(), ()));
+        let second = (register.get())(("review.dup".to_owned(), ()));
+        unregister("review.dup", first);
+        assert!(
+            lookup::<u64, u64, ()>("review.dup").is_ok(),
+            "the second registration stays"
+        );
+        unregister("review.dup", second);
+        assert!(lookup::<u64, u64, ()>("review.dup").is_err());
     }
 }
