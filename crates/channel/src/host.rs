@@ -234,14 +234,17 @@ fn settle_with(hosted: &Hosted, mut effects: Vec<Effect<ByteBuf, Waiter>>, mut g
     }
 }
 
-/// How many bytes of data one batch receive takes at most (one message at
+/// How many bytes of messages one batch receive takes at most (one message at
 /// least, whatever its size): an answer fits in a frame (64 MiB), which
 /// matters where it travels inline (TCP); a larger one would break the
 /// connection after its messages left the queue.
 const MAX_BATCH_BYTES: usize = 8 << 20;
 
+/// What a message weighs in a batch: its data, and its envelope (request,
+/// sender, recipient: at most about 16 bytes encoded), so that a batch of
+/// many empty messages is bounded too.
 fn data_len(message: &WireMessage) -> usize {
-    message.data.as_ref().map_or(0, |data| data.len())
+    16 + message.data.as_ref().map_or(0, |data| data.len())
 }
 
 fn take_more(

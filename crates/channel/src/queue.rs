@@ -672,9 +672,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// Waits for the next message `pick` takes, and takes up to `max` (at
-    /// least one) that are there, in one round trip: at most 8 MiB of
-    /// message data in all (the first message whatever its size), so that
-    /// the answer fits in one frame; the rest stays in place.
+    /// least one) that are there, in one round trip: about 8 MiB of
+    /// messages at most (the first message whatever its size), so that the
+    /// answer fits in one frame; the rest stays in place.
     ///
     /// A batch takes every message `pick` accepts, poison pills included:
     /// address each child's `Die` to it (and pick [`Pick::for_me`]) so that
