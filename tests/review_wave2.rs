@@ -324,3 +324,32 @@ fn the_longest_timeouts_do_not_panic() {
     }));
     assert!(waited.expect("no panic").is_ok());
 }
+
+/// A shipped receive predicate that panics (here on a message without
+/// data) is the bug of its receiver: other clients' sends still succeed,
+/// nothing they send is lost, and `join` still ends.
+#[test]
+fn a_panicking_receive_predicate_harms_no_other_client() {
+    use processional::channel::{Message, Queue, Request};
+
+    let queue = Queue::<u32>::new().unwrap();
+    let receiver = queue.clone();
+    let waiting = std::thread::spawn(move || {
+        receiver.recv_where_timeout(
+            func!(|m: &Message<u32>| m.data.expect("data") > 100),
+            PATIENCE,
+        )
+    });
+    assert!(
+        wait_until(PATIENCE, || queue.waiting().unwrap() == 1),
+        "the receive waits in the host"
+    );
+    let sent = queue.send(Request::Do, None);
+    assert!(sent.is_ok(), "a send of another client failed: {sent:?}");
+    assert_eq!(queue.len().unwrap(), 1, "the message stays in place");
+    queue.send(Request::Do, Some(101)).unwrap();
+    let got = waiting.join().unwrap().unwrap();
+    assert_eq!(got.data, Some(101));
+    assert_eq!(queue.recv().unwrap().data, None);
+    queue.join().unwrap();
+}

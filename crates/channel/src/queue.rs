@@ -785,6 +785,8 @@ impl<T: Serialize + DeserializeOwned + 'static> Queue<T> {
     /// Waits for the first message `predicate` accepts. The predicate runs
     /// next to the queue, in its host (so the host must be this same
     /// program); messages it refuses stay in place, unchanged, in order.
+    /// A message on which it panics counts as refused (and a message whose
+    /// data does not decode as a `T`).
     ///
     /// Finding the message scans the queue in order, unlike the built-in
     /// filters ([`Pick`]), which find it at once.
@@ -850,12 +852,19 @@ impl<T: Serialize + DeserializeOwned + 'static> Queue<T> {
                         },
                         None => None,
                     };
-                    predicate(&Message {
+                    let message = Message {
                         request: m.request,
                         sender: m.sender,
                         recipient: m.recipient,
                         data,
-                    })
+                    };
+                    // It runs under the queue's lock, also for other
+                    // clients' sends (a waiting receiver's filter is tried
+                    // on each new message): a panic is its receiver's bug,
+                    // answered `false`, never an unwinding send that loses
+                    // its message.
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| predicate(&message)))
+                        .unwrap_or(false)
                 }));
                 crate::host::recv_where(queue, filter, wait)
             })
