@@ -845,26 +845,28 @@ impl<T: Serialize + DeserializeOwned + 'static> Queue<T> {
         let shipped = unsafe {
             Func::new_unchecked(move |(queue, wait): (u128, Wait)| -> Later<RecvReply> {
                 let filter: Filter<ByteBuf> = Filter::Where(Box::new(move |m: &WireMessage| {
-                    let data = match &m.data {
-                        Some(bytes) => match codec::decode::<T>(bytes) {
-                            Ok(data) => Some(data),
-                            Err(_) => return false,
-                        },
-                        None => None,
-                    };
-                    let message = Message {
-                        request: m.request,
-                        sender: m.sender,
-                        recipient: m.recipient,
-                        data,
-                    };
                     // It runs under the queue's lock, also for other
                     // clients' sends (a waiting receiver's filter is tried
-                    // on each new message): a panic is its receiver's bug,
-                    // answered `false`, never an unwinding send that loses
-                    // its message.
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| predicate(&message)))
-                        .unwrap_or(false)
+                    // on each new message): a panic (of the predicate, or
+                    // of decoding a `T`) is its receiver's bug, answered
+                    // `false`, never an unwinding send that loses its
+                    // message.
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let data = match &m.data {
+                            Some(bytes) => match codec::decode::<T>(bytes) {
+                                Ok(data) => Some(data),
+                                Err(_) => return false,
+                            },
+                            None => None,
+                        };
+                        predicate(&Message {
+                            request: m.request,
+                            sender: m.sender,
+                            recipient: m.recipient,
+                            data,
+                        })
+                    }))
+                    .unwrap_or(false)
                 }));
                 crate::host::recv_where(queue, filter, wait)
             })
