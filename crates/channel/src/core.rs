@@ -332,6 +332,12 @@ impl<T, W> QueueCore<T, W> {
         }
     }
 
+    /// The first message `filter` accepts, left in place.
+    pub fn peek(&mut self, filter: &Filter<T>) -> Option<&Message<T>> {
+        let seq = self.find(filter)?;
+        self.messages.get(&seq)
+    }
+
     /// Takes the first message `filter` accepts, or keeps `token` waiting
     /// for one (an [`Effect::Deliver`]), for the deadline
     /// ([`Effect::TimedOut`]) or the end of the queue

@@ -234,6 +234,19 @@ fn settle_with(hosted: &Hosted, mut effects: Vec<Effect<ByteBuf, Waiter>>, mut g
     }
 }
 
+/// How many bytes of messages one batch receive takes at most (one message at
+/// least, whatever its size): an answer fits in a frame (64 MiB), which
+/// matters where it travels inline (TCP); a larger one would break the
+/// connection after its messages left the queue.
+const MAX_BATCH_BYTES: usize = 8 << 20;
+
+/// What a message weighs in a batch: its data, and its envelope (request,
+/// sender, recipient: at most about 16 bytes encoded), so that a batch of
+/// many empty messages is bounded too.
+fn data_len(message: &WireMessage) -> usize {
+    16 + message.data.as_ref().map_or(0, |data| data.len())
+}
+
 fn take_more(
     core: &mut Core,
     pick: Pick,
@@ -242,9 +255,18 @@ fn take_more(
     effects: &mut Vec<Effect<ByteBuf, Waiter>>,
 ) {
     let filter = pick.filter();
+    let mut bytes: usize = batch.iter().map(|e| data_len(&e.message)).sum();
     while batch.len() < max as usize {
+        // What does not fit stays in place, for the next receive.
+        match core.peek(&filter) {
+            Some(next) if bytes.saturating_add(data_len(next)) <= MAX_BATCH_BYTES => {}
+            _ => break,
+        }
         match core.recv(&filter, effects) {
-            Ok(Some(envelope)) => batch.push(envelope),
+            Ok(Some(envelope)) => {
+                bytes += data_len(&envelope.message);
+                batch.push(envelope);
+            }
             _ => break,
         }
     }

@@ -254,9 +254,9 @@ impl<T: DeserializeOwned> PipeEnd<T> {
     /// Waits at most `timeout` for the next message
     /// ([`RecvError::Timeout`] then).
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Message<T>, RecvError> {
-        let deadline = Instant::now() + timeout;
-        self.receive(Some(deadline), false)?
-            .ok_or(RecvError::Timeout)
+        // A timeout past any instant (`Duration::MAX`) is no deadline.
+        let deadline = Instant::now().checked_add(timeout);
+        self.receive(deadline, false)?.ok_or(RecvError::Timeout)
     }
 
     fn receive(

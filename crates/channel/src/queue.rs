@@ -672,7 +672,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// Waits for the next message `pick` takes, and takes up to `max` (at
-    /// least one) that are there, in one round trip.
+    /// least one) that are there, in one round trip: about 8 MiB of
+    /// messages at most (the first message whatever its size), so that the
+    /// answer fits in one frame; the rest stays in place.
     ///
     /// A batch takes every message `pick` accepts, poison pills included:
     /// address each child's `Die` to it (and pick [`Pick::for_me`]) so that
@@ -783,6 +785,8 @@ impl<T: Serialize + DeserializeOwned + 'static> Queue<T> {
     /// Waits for the first message `predicate` accepts. The predicate runs
     /// next to the queue, in its host (so the host must be this same
     /// program); messages it refuses stay in place, unchanged, in order.
+    /// A message on which it panics counts as refused (and a message whose
+    /// data does not decode as a `T`).
     ///
     /// Finding the message scans the queue in order, unlike the built-in
     /// filters ([`Pick`]), which find it at once.
@@ -839,19 +843,28 @@ impl<T: Serialize + DeserializeOwned + 'static> Queue<T> {
          -> Later<RecvReply> {
             let predicate = *predicate.get();
             let filter: Filter<ByteBuf> = Filter::Where(Box::new(move |m: &WireMessage| {
-                let data = match &m.data {
-                    Some(bytes) => match codec::decode::<T>(bytes) {
-                        Ok(data) => Some(data),
-                        Err(_) => return false,
-                    },
-                    None => None,
-                };
-                predicate(&Message {
-                    request: m.request,
-                    sender: m.sender,
-                    recipient: m.recipient,
-                    data,
-                })
+                // It runs under the queue's lock, also for other
+                // clients' sends (a waiting receiver's filter is tried
+                // on each new message): a panic (of the predicate, or
+                // of decoding a `T`) is its receiver's bug, answered
+                // `false`, never an unwinding send that loses its
+                // message.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let data = match &m.data {
+                        Some(bytes) => match codec::decode::<T>(bytes) {
+                            Ok(data) => Some(data),
+                            Err(_) => return false,
+                        },
+                        None => None,
+                    };
+                    predicate(&Message {
+                        request: m.request,
+                        sender: m.sender,
+                        recipient: m.recipient,
+                        data,
+                    })
+                }))
+                .unwrap_or(false)
             }));
             crate::host::recv_where(queue, filter, wait)
         }));

@@ -67,6 +67,10 @@ struct ReplyState {
     /// leaves the answer to the entry, which knows the panic.
     entry_thread: ThreadId,
     entry_running: AtomicBool,
+    /// A replier was dropped unanswered by a panic on the entry's thread,
+    /// leaving the answer to the entry: if the function caught that panic
+    /// and returned, the entry must still answer.
+    left_to_entry: AtomicBool,
 }
 
 /// Answers one served call later: its id and a handle to the connection's
@@ -104,6 +108,7 @@ impl Replier {
                 answered: AtomicBool::new(false),
                 entry_thread: std::thread::current().id(),
                 entry_running: AtomicBool::new(true),
+                left_to_entry: AtomicBool::new(false),
             }),
             armed: true,
         }
@@ -197,15 +202,22 @@ impl Drop for Replier {
             && state.entry_running.load(Ordering::Acquire)
             && std::thread::current().id() == state.entry_thread
         {
-            // The deferring function panics: its entry answers with the panic.
+            // The deferring function panics: its entry answers with the panic
+            // (or, if the function caught it, with `Stopped`).
+            state.left_to_entry.store(true, Ordering::Release);
             return;
         }
-        self.answer(Err(RemoteError {
-            kind: RemoteErrorKind::Stopped,
-            message: "the reply was dropped without an answer".into(),
-            location: None,
-            backtrace: None,
-        }));
+        self.answer(Err(dropped_unanswered()));
+    }
+}
+
+/// The answer of a call whose reply was dropped unsent.
+fn dropped_unanswered() -> RemoteError {
+    RemoteError {
+        kind: RemoteErrorKind::Stopped,
+        message: "the reply was dropped without an answer".into(),
+        location: None,
+        backtrace: None,
     }
 }
 
@@ -238,9 +250,21 @@ pub(crate) fn run_deferring<R>(
     f: impl FnOnce() -> Later<R>,
 ) -> Result<Answer, RemoteError> {
     let state = replier.state.clone();
+    let (served, task) = (replier.served.clone(), replier.task);
     let (outcome, left) = with_deferrable(Deferrable::Served(replier), || entry::catch(f));
     state.entry_running.store(false, Ordering::Release);
     match (outcome, left) {
+        // Its replier was dropped by a panic the function caught: nobody
+        // else will answer.
+        (Ok(_later), None)
+            if state.left_to_entry.load(Ordering::Acquire)
+                && !state.answered.swap(true, Ordering::AcqRel) =>
+        {
+            if let Some(served) = served.upgrade() {
+                served.send_reply(task, Err(dropped_unanswered()));
+            }
+            Ok(Answer::Later)
+        }
         (Ok(_later), None) => Ok(Answer::Later),
         // A `Later` of another call: this one would never be answered.
         (Ok(_later), Some(Deferrable::Served(replier))) => {

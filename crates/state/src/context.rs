@@ -161,6 +161,10 @@ struct Slot<R> {
 
 impl<R> Slot<R> {
     fn finish(&self, outcome: Outcome<R>) {
+        // Its last try is over: a stop from now on leaves its group alone
+        // (see `stop`), so its pidfd has no use. Closed here, not when the
+        // context drops: a context keeps every slot it made.
+        drop(lock(&self.leader).take());
         *lock(&self.outcome) = Some(outcome);
         self.changed.notify_all();
     }
@@ -241,10 +245,10 @@ impl<R> Slot<R> {
         }
         // The process itself too, in case it has not made its group yet.
         signal_leader(sys::SIGTERM);
-        let deadline = Instant::now() + grace;
+        let deadline = Instant::now().checked_add(grace);
         loop {
             vouched = unreaped() || (vouched && sys::group_exists(pid));
-            if !vouched || Instant::now() >= deadline {
+            if !vouched || deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -351,7 +355,8 @@ impl<R> Process<R> {
     /// takes). A failure (after the retries) is [`StateError::Process`],
     /// whose [`Failure`] carries the exit code, signal or error.
     pub fn wait(self, timeout: Option<Duration>) -> Result<R, StateError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout past any instant (`Duration::MAX`) is no deadline.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         if !self.slot.wait_until(deadline) {
             return Err(StateError::TimedOut {
                 operation: format!("waiting for process {}", self.slot.name),
@@ -748,7 +753,8 @@ impl Context {
     /// together (`None`: as long as it takes). The first failure (in spawn
     /// order) comes back; the others keep running.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<(), StateError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout past any instant (`Duration::MAX`) is no deadline.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let processes: Vec<_> = lock(&self.processes).clone();
         for process in &processes {
             if !process.wait_until(deadline) {

@@ -89,6 +89,10 @@ fn append_element(bytes: Option<&[u8]>, element: &[u8]) -> Result<Vec<u8>, Strin
                     return Err("not a sequence".into());
                 };
                 used += 1;
+                // The tenth byte may hold one bit only.
+                if shift == 63 && byte & 0x7e != 0 {
+                    return Err("not a sequence".into());
+                }
                 len |= u64::from(byte & 0x7f) << shift;
                 if byte & 0x80 == 0 {
                     break;
@@ -102,7 +106,8 @@ fn append_element(bytes: Option<&[u8]>, element: &[u8]) -> Result<Vec<u8>, Strin
         }
     };
     let mut out = Vec::with_capacity(rest.len() + element.len() + 10);
-    let mut n = len + 1;
+    // A length that cannot grow is no sequence this server made.
+    let mut n = len.checked_add(1).ok_or("not a sequence")?;
     loop {
         let byte = (n & 0x7f) as u8;
         n >>= 7;
@@ -281,6 +286,16 @@ where
 mod tests {
     use super::*;
     use crate::codec;
+
+    #[test]
+    fn appending_to_a_length_that_cannot_grow_is_refused() {
+        // A value a data-only client may have set: the varint of u64::MAX.
+        let most = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        assert!(append_element(Some(&most), &[7]).is_err());
+        // Bits past 64 are not dropped silently.
+        let too_long = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
+        assert!(append_element(Some(&too_long), &[7]).is_err());
+    }
 
     #[test]
     fn appending_extends_the_encoded_vec() {

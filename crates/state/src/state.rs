@@ -60,10 +60,13 @@ impl Link {
     }
 
     fn defer(&self, next: &Arc<NextPoll>) {
-        self.polls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Arc::downgrade(next));
+        let next = Arc::downgrade(next);
+        let mut polls = self.polls.lock().unwrap_or_else(|p| p.into_inner());
+        // A watcher that sends its polls itself (no other request on the
+        // link flushes them) defers again and again: keep it once, and
+        // forget dropped watchers, so that the list stays one per watcher.
+        polls.retain(|known| known.strong_count() > 0 && !known.ptr_eq(&next));
+        polls.push(next);
         self.due.store(true, Ordering::Release);
     }
 }
@@ -1125,5 +1128,31 @@ impl Drop for Watcher {
         if let Next::Sent(task) = std::mem::replace(&mut *self.next.lock(), Next::Idle) {
             give_up(task);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// A watcher whose process makes no other request on its link sends
+    /// each next poll itself: what it deferred must not pile up on the link.
+    #[test]
+    fn a_watcher_alone_on_its_link_leaves_no_pile_of_deferred_polls() {
+        let patience = Duration::from_secs(60);
+        let context = crate::Context::new().unwrap();
+        let watched = context.state();
+        let producer = super::State::connect_data_only(context.address()).unwrap();
+        let mut watcher = watched.watch().unwrap();
+        for i in 0..50u32 {
+            let revision = producer.set("n", &i).unwrap();
+            let change = watcher.next_timeout(Some(patience)).unwrap();
+            assert_eq!(change.revision, revision);
+        }
+        let deferred = watched.link.polls.lock().unwrap().len();
+        assert!(
+            deferred <= 1,
+            "{deferred} deferred polls kept for one watcher"
+        );
     }
 }

@@ -4,9 +4,9 @@
 //! their work is done, terminating it ends them at once.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -30,19 +30,27 @@ struct Entry {
     defaults: Box<dyn Any + Send>,
     /// The processes of the workers that use it.
     children: Vec<SlaveProcess>,
+    /// The pids of those whose workers may still send batches: not closed
+    /// (a worker says so after its last batch, on the same connection, so
+    /// that its batches are counted in `in_flight` first) and not dropped.
+    open: HashSet<u32>,
     /// Batches of its workers that the server forwarded and whose answers
     /// have not left yet (shared with their [`InFlight`]s, so that a
     /// re-registered id does not count another entry's batches).
     in_flight: Arc<AtomicUsize>,
-    /// Closed by [`RemoteContext::wait`]: it takes no new workers and no new
-    /// batches.
+    /// Which registration made it: the handle that registered it removes
+    /// it only if no other registration of the id replaced it since.
+    registration: u64,
+    /// Closed by [`RemoteContext::wait`]: it takes no new workers, nor
+    /// batches of workers no longer open.
     closed: bool,
 }
 
 /// In a server: the contexts registered there, by id.
 static CONTEXTS: Mutex<Option<HashMap<String, Entry>>> = Mutex::new(None);
 
-/// Notified when a context's last batch in flight has been answered.
+/// Notified when a context's last batch in flight has been answered, or
+/// one of its workers closed or went away.
 static DRAINED: Condvar = Condvar::new();
 
 type Contexts = HashMap<String, Entry>;
@@ -65,8 +73,10 @@ pub(crate) fn forget_child(pid: u32) {
                 .into_iter()
                 .partition(|child| child.pid() == pid);
             entry.children = kept;
+            entry.open.remove(&pid);
             forgotten.extend::<Vec<_>>(gone);
         }
+        DRAINED.notify_all();
         forgotten
     });
     // Dropped outside the lock.
@@ -77,10 +87,15 @@ pub(crate) fn forget_child(pid: u32) {
 struct InFlight(Arc<AtomicUsize>);
 
 impl InFlight {
-    /// Counts a batch of the context `id`, unless it is closed or unknown.
-    fn start(id: &str) -> Result<InFlight, Failure> {
+    /// Counts a batch of the context `id` from the worker whose process is
+    /// `pid`, unless the context is unknown, or closed and that worker was
+    /// closed too (a worker still open when the context closed may send
+    /// what it was given).
+    fn start(id: &str, pid: u32) -> Result<InFlight, Failure> {
         with_contexts(|contexts| match contexts.get(id) {
-            Some(entry) if entry.closed => Err(Failure::Lost(closed(id))),
+            Some(entry) if entry.closed && !entry.open.contains(&pid) => {
+                Err(Failure::Lost(closed(id)))
+            }
             Some(entry) => {
                 entry.in_flight.fetch_add(1, Ordering::AcqRel);
                 Ok(InFlight(entry.in_flight.clone()))
@@ -110,8 +125,9 @@ fn unknown(id: &str) -> String {
 }
 
 /// In a server: closes the context `id`, waits until `deadline` for its
-/// batches in flight to be answered, then stops its workers' processes
-/// (asked, then forced, by the deadline); whether it drained.
+/// workers to be closed and their batches in flight answered, then stops
+/// their processes (asked, then forced, by the deadline); whether it
+/// drained.
 fn drain(id: &str, deadline: Option<Instant>) -> Result<bool, Failure> {
     let mut guard = contexts();
     let children = loop {
@@ -120,7 +136,7 @@ fn drain(id: &str, deadline: Option<Instant>) -> Result<bool, Failure> {
             .get_mut(id)
             .ok_or_else(|| Failure::Lost(unknown(id)))?;
         entry.closed = true;
-        if entry.in_flight.load(Ordering::Acquire) == 0 {
+        if entry.in_flight.load(Ordering::Acquire) == 0 && entry.open.is_empty() {
             break std::mem::take(&mut entry.children);
         }
         guard = match deadline {
@@ -192,6 +208,7 @@ pub(crate) fn start_in_context(id: String) -> Hosted {
     let child = hosted.child().clone();
     let kept = with_contexts(|contexts| match contexts.get_mut(&id) {
         Some(entry) if !entry.closed => {
+            entry.open.insert(child.pid());
             entry.children.push(child);
             None
         }
@@ -237,25 +254,35 @@ pub struct RemoteContext<A, R, S = ()> {
     connection: SlaveProcess,
     address: Address,
     id: String,
-    /// Whether this handle registered the context (and unregisters it when
-    /// dropped; the workers it has go on until they end).
-    owner: bool,
+    /// The registration this handle made, if it registered the context
+    /// (it unregisters it when dropped, unless another registration
+    /// replaced it; the workers it has go on until they end).
+    registration: Option<u64>,
     _types: PhantomData<fn(A, S) -> R>,
 }
 
 impl<A, R, S> Drop for RemoteContext<A, R, S> {
     fn drop(&mut self) {
-        if self.owner {
+        if let Some(registration) = self.registration {
             self.connection
                 .schedule_with(
-                    self.id.clone(),
-                    func!(|id: String| {
-                        with_contexts(|contexts| contexts.remove(&id));
-                    }),
+                    (self.id.clone(), registration),
+                    func!(|(id, registration): (String, u64)| unregister(&id, registration)),
                 )
                 .detach();
         }
     }
+}
+
+/// In a server: removes the context `id` if `registration` made it (not a
+/// later registration of the same id, which another client may have made).
+fn unregister(id: &str, registration: u64) {
+    let removed = with_contexts(|contexts| match contexts.get(id) {
+        Some(entry) if entry.registration == registration => contexts.remove(id),
+        _ => None,
+    });
+    // Dropped outside the lock.
+    drop(removed);
 }
 
 impl<A, R, S> std::fmt::Debug for RemoteContext<A, R, S> {
@@ -269,8 +296,9 @@ impl<A, R, S> std::fmt::Debug for RemoteContext<A, R, S> {
 
 impl<A: Data + Clone, R: Data> RemoteContext<A, R> {
     /// Registers `target` on the server at `server` under `id` (replacing
-    /// a context of that id). Dropping the handle unregisters it; the
-    /// workers made from it go on until they end.
+    /// a context of that id). Dropping the handle unregisters it, unless a
+    /// later registration of `id` replaced it; the workers made from it go
+    /// on until they end.
     pub fn register<F>(server: &Address, id: &str, target: Func<F>) -> Result<Self, WorkerError>
     where
         F: Fn(A) -> R + Send + Sync + Copy + 'static,
@@ -292,7 +320,7 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> RemoteContext<A, R, S> {
         F: Fn(&mut S, A) -> R + Send + Sync + Copy + 'static,
     {
         let connection = remote::connect(server)?;
-        connection.invoke_with(
+        let registration = connection.invoke_with(
             (id.to_owned(), defaults),
             register_func::<F, A, R, S>(target),
         )?;
@@ -300,7 +328,7 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> RemoteContext<A, R, S> {
             connection,
             address: server.clone(),
             id: id.to_owned(),
-            owner: true,
+            registration: Some(registration),
             _types: PhantomData,
         })
     }
@@ -316,7 +344,7 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> RemoteContext<A, R, S> {
             connection,
             address: server.clone(),
             id: id.to_owned(),
-            owner: false,
+            registration: None,
             _types: PhantomData,
         })
     }
@@ -348,16 +376,16 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> RemoteContext<A, R, S> {
     }
 
     /// Ends the context's workers once their work is done: closes the
-    /// context (it takes no new workers, and inputs that reach it after are
-    /// refused), waits until every batch its workers had already sent has
-    /// been answered, then stops their processes (each is idle, so it
-    /// exits when asked). `true` if all of this ended within `timeout`
-    /// (`None`: no limit); on `false` the workers still run what they had
-    /// and [`terminate`](Self::terminate) forces them.
+    /// context (it takes no new workers), waits until each of its workers
+    /// is closed ([`PersistentWorker::close`]) or dropped and every input
+    /// they were given has been answered, then stops their processes (each
+    /// is idle, so it exits when asked). `true` if all of this ended within
+    /// `timeout` (`None`: no limit, so a worker never closed keeps it
+    /// waiting); on `false` the workers still run what they had and
+    /// [`terminate`](Self::terminate) forces them.
     ///
-    /// A worker learns that its process ended when it next needs it: its
-    /// later inputs fail with the *closed* error, and a closed worker has
-    /// ended already.
+    /// The context stays closed after a `false` too: inputs that reach it
+    /// later fail with the *closed* error.
     ///
     /// ```
     /// use std::time::Duration;
@@ -399,9 +427,12 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> RemoteContext<A, R, S> {
             (self.id.clone(), millis),
             func!(|(id, millis): (String, u64)| -> usize {
                 let children = with_contexts(|contexts| {
-                    contexts
-                        .get_mut(&id)
-                        .map(|e| std::mem::take(&mut e.children))
+                    contexts.get_mut(&id).map(|e| {
+                        // Their workers send nothing that could still run.
+                        e.open.clear();
+                        DRAINED.notify_all();
+                        std::mem::take(&mut e.children)
+                    })
                 })
                 .unwrap_or_default();
                 stop_all(&children, Duration::from_millis(millis));
@@ -413,23 +444,32 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> RemoteContext<A, R, S> {
 
 fn register_func<F, A, R, S>(
     target: Func<F>,
-) -> Func<impl Fn((String, S)) + Send + Sync + Copy + 'static>
+) -> Func<impl Fn((String, S)) -> u64 + Send + Sync + Copy + 'static>
 where
     F: Fn(&mut S, A) -> R + Send + Sync + Copy + 'static,
     A: Data,
     R: Data,
     S: Data,
 {
-    target.pass_to(func!(|target: Func<F>, (id, defaults): (String, S)| {
+    target.pass_to(func!(|target: Func<F>,
+                          (id, defaults): (String, S)|
+     -> u64 {
+        static REGISTRATIONS: AtomicU64 = AtomicU64::new(1);
+        let registration = REGISTRATIONS.fetch_add(1, Ordering::Relaxed);
         let ops: Arc<dyn Ops<A, R, S>> = Arc::new(Program::new(target));
         let entry = Entry {
+            registration,
             ops: Box::new(ops),
             defaults: Box::new(defaults),
             children: Vec::new(),
+            open: HashSet::new(),
             in_flight: Arc::default(),
             closed: false,
         };
-        with_contexts(|contexts| contexts.insert(id, entry));
+        let replaced = with_contexts(|contexts| contexts.insert(id, entry));
+        // Dropped outside the lock.
+        drop(replaced);
+        registration
     }))
 }
 
@@ -493,6 +533,25 @@ impl<A: Data + Clone, R: Data, S: Data + Clone> Ops<A, R, S> for ContextOps<A, R
             _ => None,
         }
     }
+
+    fn closed(&self, host: &Host) {
+        if let Host::Remote { hosted, .. } = host {
+            // Behind the worker's batches on its connection. A server that
+            // is gone has nothing to count.
+            let _ = hosted.invoke_with(
+                self.id.clone(),
+                func!(|h: &mut Hosted, id: String| {
+                    let pid = h.child().pid();
+                    with_contexts(|contexts| {
+                        if let Some(entry) = contexts.get_mut(&id) {
+                            entry.open.remove(&pid);
+                        }
+                        DRAINED.notify_all();
+                    });
+                }),
+            );
+        }
+    }
 }
 
 // The signature of a shipped function is its whole type.
@@ -509,7 +568,7 @@ fn context_batch_func<A: Data + Clone, R: Data, S: Data + Clone>() -> Func<
             let Some(slot) = h.slot::<S>().cloned() else {
                 return refuse(Failure::Lost("the worker's state is not set up".into()));
             };
-            let in_flight = match InFlight::start(&id) {
+            let in_flight = match InFlight::start(&id, h.child().pid()) {
                 Ok(in_flight) => in_flight,
                 Err(failure) => return refuse(failure),
             };
@@ -518,4 +577,25 @@ fn context_batch_func<A: Data + Clone, R: Data, S: Data + Clone>() -> Func<
             forward_holding(batch, in_flight)
         }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two registrations of one id (two clients, or one twice): the handle
+    /// of the first, dropped, must not remove the second's context.
+    #[test]
+    fn a_replaced_registration_does_not_unregister_its_successor() {
+        let register = register_func::<_, u64, u64, ()>(stateless(func!(|x: u64| x + 1)));
+        let first = (register.get())(("review.dup".to_owned(), ()));
+        let second = (register.get())(("review.dup".to_owned(), ()));
+        unregister("review.dup", first);
+        assert!(
+            lookup::<u64, u64, ()>("review.dup").is_ok(),
+            "the second registration stays"
+        );
+        unregister("review.dup", second);
+        assert!(lookup::<u64, u64, ()>("review.dup").is_err());
+    }
 }

@@ -46,6 +46,12 @@ impl<A: 'static, R: 'static, S: 'static> Engine<A, R, S> {
     pub(crate) fn fetch(&self) -> Option<S> {
         self.ops.fetch(&self.host, &self.slot)
     }
+
+    /// No batch follows those already sent (a remote context counts its
+    /// workers' work as done only then).
+    pub(crate) fn closed(&self) {
+        self.ops.closed(&self.host)
+    }
 }
 
 impl<A, R, S> Engine<A, R, S> {

@@ -141,6 +141,8 @@ pub(crate) trait Ops<A, R, S>: Send + Sync + 'static {
     ) -> Task<BatchOut<R>>;
     /// Takes the kept state back (`None` if it is lost).
     fn fetch(&self, host: &Host, slot: &SlotHandle<S>) -> Option<S>;
+    /// Tells the host that no batch will follow those already sent.
+    fn closed(&self, _host: &Host) {}
 }
 
 impl<F, A, R, S> Ops<A, R, S> for Program<F>

@@ -204,7 +204,7 @@ impl<A: Data, R: Data, S: Data + Clone> Run<A, R, S> {
         let feeder = run.clone();
         std::thread::Builder::new()
             .name(format!("{name}-feed"))
-            .spawn(move || feeder.feed(&queued, &flights))
+            .spawn(move || feeder.feed(&queued, flights))
             .map_err(|e| {
                 WorkerError::Runtime(processional_task::Error::io(
                     "cannot start a feeder thread",
@@ -226,7 +226,7 @@ impl<A: Data, R: Data, S: Data + Clone> Run<A, R, S> {
 
     /// Sends what queued as batches, keeping at most [`FLIGHTS`] waiting
     /// for the collector.
-    fn feed(&self, queued: &Receiver<A>, flights: &Sender<Flight<R>>) {
+    fn feed(&self, queued: &Receiver<A>, flights: Sender<Flight<R>>) {
         while let Ok(first) = queued.recv() {
             let limit = match self.per_input_ns.load(Ordering::Relaxed) {
                 0 => 1,
@@ -254,6 +254,10 @@ impl<A: Data, R: Data, S: Data + Clone> Run<A, R, S> {
                 break;
             }
         }
+        // Closed: every batch has been sent. The collector need not wait
+        // for the host to hear it.
+        drop(flights);
+        self.engine.closed();
     }
 
     /// Delivers each batch's results in order.

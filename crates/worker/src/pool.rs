@@ -794,6 +794,20 @@ impl<A, R, S> std::fmt::Debug for PoolRun<'_, A, R, S> {
     }
 }
 
+impl<A, R, S> Drop for PoolRun<'_, A, R, S> {
+    /// A run given up before its end (an `imap` or `map_unordered` dropped
+    /// early) gives its workers' room back: its batches still run there,
+    /// ahead of the next run's, but their answers are not waited for.
+    fn drop(&mut self) {
+        for flight in self.flights.values() {
+            let member = &mut self.pool.members[flight.member];
+            if member.generation == flight.generation {
+                member.in_flight = member.in_flight.saturating_sub(1);
+            }
+        }
+    }
+}
+
 impl<A: Data + Clone, R: Data, S: Data + Clone> PoolRun<'_, A, R, S> {
     /// The inputs that no worker was left to run (known once the iterator
     /// ended).

@@ -526,9 +526,8 @@ pub fn spawn_server(address: &str) -> Result<RemoteServer, WorkerError> {
         message: format!("the server reported an address that does not parse: {bound}"),
     })?;
     if let Some(key) = key {
-        KEYS.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((address.to_string(), key));
+        // Replacing the key of a server that used this address before.
+        remember_key(&address, key);
     }
     Ok(RemoteServer { process, address })
 }

@@ -61,7 +61,14 @@ pub struct Worker<R, S = ()> {
     state: Mutex<Option<S>>,
     terminating: AtomicBool,
     termination: OnceLock<Termination>,
+    /// The thread waiting on the task of a thread worker, if any: woken
+    /// when `terminate` ends a worker whose target ignores it (its task
+    /// would not end).
+    waiter: Mutex<Option<std::thread::Thread>>,
 }
+
+/// A wait on a worker's task: its outcome, or the task if it has not ended.
+type Waited<R, S> = Result<processional_task::Result<ShotOut<R, S>>, Task<ShotOut<R, S>>>;
 
 impl<R, S> std::fmt::Debug for Worker<R, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -255,6 +262,7 @@ impl<R: Data, S: Data> Worker<R, S> {
                 state: Mutex::new(Some(builder.state)),
                 terminating: AtomicBool::new(false),
                 termination: OnceLock::new(),
+                waiter: Mutex::new(None),
             });
         }
         let (host, identity) = Host::spawn(&builder.kind, &builder.naming)?;
@@ -269,6 +277,7 @@ impl<R: Data, S: Data> Worker<R, S> {
             state: Mutex::new(None),
             terminating: AtomicBool::new(false),
             termination: OnceLock::new(),
+            waiter: Mutex::new(None),
         })
     }
 }
@@ -316,9 +325,11 @@ impl<R, S> Worker<R, S> {
             match slot.take() {
                 Some(task) => {
                     drop(slot);
-                    let waited = match deadline {
-                        None => Ok(task.wait()),
-                        Some(deadline) => {
+                    let waited = match (&self.host, deadline) {
+                        // Its task may never end: `terminate` may end it.
+                        (Some(Host::Thread(_)), _) => self.wait_or_end(task, deadline),
+                        (_, None) => Ok(task.wait()),
+                        (_, Some(deadline)) => {
                             task.wait_timeout(deadline.saturating_duration_since(Instant::now()))
                         }
                     };
@@ -330,7 +341,7 @@ impl<R, S> Worker<R, S> {
                         Err(task) => {
                             *self.lock() = Some(task);
                             self.changed.notify_all();
-                            return false;
+                            return self.end.get().is_some();
                         }
                     }
                 }
@@ -463,8 +474,52 @@ impl<R, S> Worker<R, S> {
             }));
             drop(slot);
             self.changed.notify_all();
+            if let Some(waiter) = &*self.waiter.lock().unwrap_or_else(PoisonError::into_inner) {
+                waiter.unpark();
+            }
         }
         self.termination.get().copied()
+    }
+
+    /// Waits for `task` until `deadline`, or until the worker ended without
+    /// it (`terminate` gave up on a target that ignores it): the task back
+    /// if it did not end.
+    fn wait_or_end(
+        &self,
+        mut task: Task<ShotOut<R, S>>,
+        deadline: Option<Instant>,
+    ) -> Waited<R, S> {
+        struct Unpark(std::thread::Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: std::sync::Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let me = std::thread::current();
+        let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(me.clone())));
+        let mut cx = std::task::Context::from_waker(&waker);
+        // Before looking at `end`: `terminate` sets it, then wakes us.
+        *self.waiter.lock().unwrap_or_else(PoisonError::into_inner) = Some(me);
+        let waited = loop {
+            if let std::task::Poll::Ready(outcome) = std::pin::Pin::new(&mut task).poll(&mut cx) {
+                break Ok(outcome);
+            }
+            if self.end.get().is_some() {
+                break Err(task);
+            }
+            match deadline {
+                None => std::thread::park(),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break Err(task);
+                    }
+                    std::thread::park_timeout(deadline - now);
+                }
+            }
+        };
+        *self.waiter.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        waited
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Task<ShotOut<R, S>>>> {
