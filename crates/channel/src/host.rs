@@ -180,6 +180,7 @@ fn settle_with(hosted: &Hosted, mut effects: Vec<Effect<ByteBuf, Waiter>>, mut g
         let mut undelivered = Vec::new();
         let mut deliveries = Vec::new();
         let mut answers = Vec::new();
+        let mut joined = Vec::new();
         {
             let mut core = lock(&hosted.core);
             for effect in effects.drain(..) {
@@ -199,6 +200,7 @@ fn settle_with(hosted: &Hosted, mut effects: Vec<Effect<ByteBuf, Waiter>>, mut g
                     }
                     // Only receivers receive.
                     Effect::Deliver(_, envelope) => core.restore(envelope, &mut undelivered),
+                    Effect::Joined(joiner) => joined.push(joiner),
                     other => answers.push(other),
                 }
             }
@@ -228,6 +230,22 @@ fn settle_with(hosted: &Hosted, mut effects: Vec<Effect<ByteBuf, Waiter>>, mut g
                 for (seq, message) in seqs.into_iter().zip(messages) {
                     core.restore(Envelope { seq, message }, &mut undelivered);
                 }
+            }
+        }
+        // Joiners last: a delivery above that failed put its messages back,
+        // so "every message was handled" may no longer hold. Asked again
+        // under the lock, a joiner either is answered or waits again (and
+        // the restored messages' handling answers it later).
+        if !joined.is_empty() {
+            let ready: Vec<Waiter> = {
+                let mut core = lock(&hosted.core);
+                joined
+                    .into_iter()
+                    .filter_map(|joiner| core.join_or_wait(joiner))
+                    .collect()
+            };
+            for joiner in ready {
+                answer(Effect::Joined(joiner));
             }
         }
         effects = undelivered;
