@@ -276,6 +276,47 @@ fn a_tcp_server_in_this_process_serves_a_client() {
     handle.stop();
 }
 
+/// Over TCP every payload travels inline, in one frame: a value or an
+/// argument over what a frame carries fails alone, with a typed error, and
+/// the connection goes on (before, the receiving side closed it, failing
+/// every call and handle on it).
+#[test]
+fn a_payload_over_a_frame_fails_alone_over_tcp() {
+    let key = processional::Key::generate();
+    let handle = ServerBuilder::new("tcp://127.0.0.1:0")
+        .unwrap()
+        .key(key.clone())
+        .persistent(true)
+        .start()
+        .expect("start");
+    let c = ClientBuilder::new(&handle.address().to_string())
+        .unwrap()
+        .key(key)
+        .connect()
+        .unwrap();
+    const OVER: usize = 65 << 20;
+
+    let returned = c.invoke(func!(|| vec![7u8; 65 << 20]));
+    match returned {
+        Err(Error::Remote(remote)) => {
+            assert!(remote.message.contains("frame"), "{remote:?}");
+        }
+        other => panic!("a too large value: {:?}", other.map(|v| v.len())),
+    }
+    assert_eq!(c.invoke_with(1u32, func!(|x: u32| x + 1)).unwrap(), 2);
+
+    let sent = c.invoke_with(vec![0u8; OVER], func!(|v: Vec<u8>| v.len()));
+    match sent {
+        Err(error @ Error::Codec { .. }) => {
+            assert!(error.to_string().contains("frame"), "{error}");
+        }
+        other => panic!("a too large argument: {other:?}"),
+    }
+    assert_eq!(c.invoke_with(2u32, func!(|x: u32| x + 1)).unwrap(), 3);
+    drop(c);
+    handle.stop();
+}
+
 #[test]
 fn bad_peers_do_not_disturb_a_good_client() {
     let address = unix_address("bad-peers");

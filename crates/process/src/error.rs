@@ -141,6 +141,14 @@ pub(crate) enum PayloadError {
     /// A pooled segment could not take the encoded bytes.
     #[error("cannot fill a shared-memory segment: {0}")]
     Fill(#[source] ShmError),
+    /// An inline payload (on a connection without shared memory: TCP) over
+    /// what one frame carries; refused before it is sent, since the peer
+    /// would close the connection on it.
+    #[error(
+        "a payload of {len} bytes is over the {max} bytes one frame carries on a connection \
+         without shared memory (TCP): send it in parts, or over a unix socket"
+    )]
+    OverFrame { len: usize, max: usize },
 }
 
 /// A `Vec<u8>` whose encoding (a length, then the bytes) is malformed: the

@@ -109,8 +109,26 @@ pub(crate) fn encode_value<T: Serialize + Any>(value: &T, unix: bool) -> Result<
         codec::encode_into(value, &mut segment)?;
         return Ok(Encoded::Pooled(segment));
     }
-    codec::encode(value).map(Encoded::Inline)
+    let bytes = codec::encode(value)?;
+    if !unix && bytes.len() > MAX_INLINE_PAYLOAD {
+        let len = bytes.len();
+        codec::recycle(bytes);
+        let over = PayloadError::OverFrame {
+            len,
+            max: MAX_INLINE_PAYLOAD,
+        };
+        return Err(Error::codec::<T>(
+            CodecDirection::Encode,
+            CodecError::Payload(Box::new(over)),
+        ));
+    }
+    Ok(Encoded::Inline(bytes))
 }
+
+/// The largest inline payload a frame carries: the peer's frame limit, less
+/// room for the message around the payload (a call's function and object,
+/// a service's name).
+pub(crate) const MAX_INLINE_PAYLOAD: usize = processional_proto::DEFAULT_MAX_FRAME - (64 << 10);
 
 /// Wraps a value encoded inside an entry point, with the descriptors it
 /// collected, for sending.

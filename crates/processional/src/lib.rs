@@ -206,6 +206,16 @@
 //! data operations of the state store and the queues are services; what
 //! ships code (an atomic closure, a predicate) still needs the same build.
 //!
+//! ## Large values: shared memory on unix sockets, one frame over TCP
+//! On a unix socket (a slave, a `unix:` server) a payload past
+//! [`INLINE_LIMIT`](process::INLINE_LIMIT) travels in shared memory, whatever
+//! its size. Over TCP every payload travels inline, in one frame of at most
+//! 64 MiB (less a little room for the message around it): a larger argument
+//! fails its call with [`Error::Codec`] before anything is sent, and a
+//! larger value fails its call with an [`Error::Remote`] codec error; the
+//! connection goes on either way. Send such data in parts, or over a unix
+//! socket.
+//!
 //! ## `Send` bounds
 //! - [`thread()`] and [`SlaveThread::invoke`] need `F: Send + 'static` and
 //!   a value that is `Send`: both cross threads.
