@@ -253,3 +253,29 @@ fn waiting_for_a_process_then_for_the_context_is_no_failure() {
     assert_eq!(process.wait(Some(PATIENCE)).unwrap(), 2);
     context.wait(Some(PATIENCE)).unwrap();
 }
+
+/// Waits for `go`, then answers what it holds.
+fn answer_after_go(state: State, (): ()) -> Result<u32, StateError> {
+    state.when_available("go", Some(PATIENCE))?;
+    Ok(state.get::<u32>("go")?.unwrap_or(0))
+}
+
+/// A wait that timed out leaves the process to be waited for again; the
+/// value goes to the first wait that gets it.
+#[test]
+fn a_process_can_be_waited_for_again_after_a_timeout() {
+    let context = Context::new().unwrap();
+    let state = context.state();
+    let process = context.spawn(func!(answer_after_go), ()).unwrap();
+    // It cannot end before `go` is set.
+    assert!(matches!(
+        process.wait(Some(Duration::from_millis(1))),
+        Err(StateError::TimedOut { .. })
+    ));
+    state.set("go", &42u32).unwrap();
+    assert_eq!(process.wait(Some(PATIENCE)).unwrap(), 42);
+    assert!(matches!(
+        process.wait(Some(PATIENCE)),
+        Err(StateError::Stopped)
+    ));
+}

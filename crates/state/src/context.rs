@@ -354,7 +354,11 @@ impl<R> Process<R> {
     /// Waits for its value, at most `timeout` (`None`: as long as it
     /// takes). A failure (after the retries) is [`StateError::Process`],
     /// whose [`Failure`] carries the exit code, signal or error.
-    pub fn wait(self, timeout: Option<Duration>) -> Result<R, StateError> {
+    ///
+    /// After a [`StateError::TimedOut`] it can be waited for again. The
+    /// value goes to the first wait that gets it; a later one answers
+    /// [`StateError::Stopped`].
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<R, StateError> {
         // A timeout past any instant (`Duration::MAX`) is no deadline.
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         if !self.slot.wait_until(deadline) {
