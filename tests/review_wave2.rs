@@ -7,7 +7,7 @@
 use processional::func;
 use processional::state::{Context, State, StateError};
 use processional::worker::{RemoteContext, spawn_server};
-use processional_tests::{KillOnDrop, PATIENCE, is_helper, spawn_helper, wait_until};
+use processional_tests::{PATIENCE, is_helper, run_helper, wait_until};
 
 /// The descriptors this process holds.
 fn open_fds() -> usize {
@@ -79,20 +79,7 @@ fn a_context_keeps_no_descriptor_per_finished_process() {
     if is_helper() {
         return;
     }
-    let mut helper = KillOnDrop(spawn_helper(
-        "helper_spawns_processes_one_after_another",
-        &[],
-    ));
-    let mut status = None;
-    assert!(
-        // Longer than the helper's own waits, so that it reports first.
-        wait_until(3 * PATIENCE, || {
-            status = helper.0.try_wait().unwrap();
-            status.is_some()
-        }),
-        "the helper did not end"
-    );
-    assert!(status.unwrap().success(), "the helper failed: {status:?}");
+    run_helper("helper_spawns_processes_one_after_another", &[]);
 }
 
 /// Set by [`ignores_its_cancellation`] once it runs (a thread worker runs in
@@ -285,19 +272,10 @@ fn a_batch_receive_larger_than_a_frame_loses_nothing() {
         return;
     }
     let key = processional::Key::generate().to_hex();
-    let mut helper = KillOnDrop(spawn_helper(
+    run_helper(
         "helper_receives_a_large_batch_over_tcp",
         &[("PROCESSIONAL_KEY", key)],
-    ));
-    let mut status = None;
-    assert!(
-        wait_until(3 * PATIENCE, || {
-            status = helper.0.try_wait().unwrap();
-            status.is_some()
-        }),
-        "the helper did not end"
     );
-    assert!(status.unwrap().success(), "the helper failed: {status:?}");
 }
 
 /// A timeout too long to be a deadline (`Duration::MAX`, "forever") waits

@@ -255,33 +255,9 @@ fn a_client_with_the_wrong_key_is_refused() {
     assert_eq!(process.invoke(func!(|| 2u8)).unwrap(), 2);
 }
 
-#[test]
-fn a_tcp_server_in_this_process_serves_a_client() {
-    let key = processional::Key::generate();
-    let handle = ServerBuilder::new("tcp://127.0.0.1:0")
-        .unwrap()
-        .key(key.clone())
-        .persistent(true)
-        .start()
-        .expect("start");
-    let address = handle.address().to_string();
-    let c = ClientBuilder::new(&address)
-        .unwrap()
-        .key(key)
-        .connect()
-        .unwrap();
-    assert_eq!(c.pid(), std::process::id());
-    assert_eq!(c.invoke_with(20u32, func!(|x| x + 1)).unwrap(), 21);
-    drop(c);
-    handle.stop();
-}
-
-/// Over TCP every payload travels inline, in one frame: a value or an
-/// argument over what a frame carries fails alone, with a typed error, and
-/// the connection goes on (before, the receiving side closed it, failing
-/// every call and handle on it).
-#[test]
-fn a_payload_over_a_frame_fails_alone_over_tcp() {
+/// A persistent TCP server in this process, with a fresh key, and a client
+/// of it.
+fn tcp_server_and_client() -> (processional::ServerHandle, processional::SlaveProcess) {
     let key = processional::Key::generate();
     let handle = ServerBuilder::new("tcp://127.0.0.1:0")
         .unwrap()
@@ -294,6 +270,25 @@ fn a_payload_over_a_frame_fails_alone_over_tcp() {
         .key(key)
         .connect()
         .unwrap();
+    (handle, c)
+}
+
+#[test]
+fn a_tcp_server_in_this_process_serves_a_client() {
+    let (handle, c) = tcp_server_and_client();
+    assert_eq!(c.pid(), std::process::id());
+    assert_eq!(c.invoke_with(20u32, func!(|x| x + 1)).unwrap(), 21);
+    drop(c);
+    handle.stop();
+}
+
+/// Over TCP every payload travels inline, in one frame: a value or an
+/// argument over what a frame carries fails alone, with a typed error, and
+/// the connection goes on (before, the receiving side closed it, failing
+/// every call and handle on it).
+#[test]
+fn a_payload_over_a_frame_fails_alone_over_tcp() {
+    let (handle, c) = tcp_server_and_client();
     const OVER: usize = 65 << 20;
 
     let returned = c.invoke(func!(|| vec![7u8; 65 << 20]));

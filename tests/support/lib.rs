@@ -101,6 +101,26 @@ pub fn spawn_helper(name: &str, extra_env: &[(&str, String)]) -> std::process::C
     command.spawn().expect("spawn the helper")
 }
 
+/// Runs the test `name` as a helper ([`spawn_helper`]) to its end, within
+/// three times [`PATIENCE`] (longer than the helper's own waits, so that it
+/// reports its failure first), killed if this test fails first; fails the
+/// test unless the helper succeeded.
+pub fn run_helper(name: &str, extra_env: &[(&str, String)]) {
+    let mut helper = KillOnDrop(spawn_helper(name, extra_env));
+    let mut status = None;
+    assert!(
+        wait_until(3 * PATIENCE, || {
+            status = helper.0.try_wait().expect("wait for the helper");
+            status.is_some()
+        }),
+        "the helper {name} did not end"
+    );
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the helper {name} failed: {status:?}"
+    );
+}
+
 /// Whether this test process runs as a helper started by [`spawn_helper`].
 pub fn is_helper() -> bool {
     std::env::var_os("PROCESSIONAL_TEST_HELPER").is_some()
