@@ -502,3 +502,21 @@ fn terminate_is_graceful_even_while_a_long_task_runs() {
     assert!(!process_exists(pid));
     assert!(wait(running).is_err());
 }
+
+/// Calls answered before the slave dies keep their values: each reply is
+/// written before the next queued call starts, so a call that ends the
+/// process (here `exit`) cannot take the answers of those before it along.
+#[test]
+fn answers_before_an_exit_are_not_lost() {
+    for round in 0..20 {
+        let process = slave().unwrap();
+        let answered: Vec<_> = (0..8u64)
+            .map(|x| process.schedule_with(x, func!(|x: u64| x + 1)))
+            .collect();
+        let exiting = process.schedule(func!(|| -> u64 { std::process::exit(3) }));
+        for (x, task) in answered.into_iter().enumerate() {
+            assert_eq!(wait(task).unwrap(), x as u64 + 1, "round {round}, call {x}");
+        }
+        assert!(wait(exiting).is_err());
+    }
+}

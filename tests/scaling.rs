@@ -144,33 +144,3 @@ fn returned_values_reuse_the_slaves_segments() {
         "{made} segments made for {RETURNS} returns of 1 MiB"
     );
 }
-
-/// The answers to a burst of quick calls may leave together, but never wait
-/// for a long call queued after them: here the long call waits for a gate
-/// that this test opens only once every quick answer has arrived.
-#[test]
-fn quick_answers_do_not_wait_for_a_long_call_behind_them() {
-    const QUICK: usize = 64;
-    let process = slave();
-    let quick: Vec<Task<u64>> = (0..QUICK)
-        .map(|_| process.schedule(func!(|| 7u64)))
-        .collect();
-    let gated = process.schedule(func!(wait_open));
-    for task in quick {
-        let value = task
-            .wait_timeout(PATIENCE)
-            .unwrap_or_else(|_| panic!("a quick answer waited for the long call"))
-            .expect("a quick call");
-        assert_eq!(value, 7);
-    }
-    assert!(
-        !gated.is_finished(),
-        "the gated call ended before its gate opened"
-    );
-    process.thread(func!(open)).wait().expect("open the gate");
-    let opened = gated
-        .wait_timeout(PATIENCE)
-        .unwrap_or_else(|_| panic!("the gated call did not end within {PATIENCE:?}"))
-        .expect("the gated call");
-    assert!(opened, "the gated call ran out of patience");
-}

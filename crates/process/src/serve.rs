@@ -1,11 +1,7 @@
 //! The serving side of a connection: run the peer's calls, answer them.
 //!
 //! One executor thread per connection both reads the socket and runs queued
-//! calls, so a call costs no thread hand-off: read, run, write. The replies
-//! to a burst of quick calls already read leave together, in one write (one
-//! socket buffer for all, on both sides, rather than one each), before the
-//! executor waits for more input, or at the watchdog's next tick should a
-//! long call follow them. While a
+//! calls, so a call costs no thread hand-off: read, run, write. While a
 //! queued call runs long, the process-wide [watchdog](Watchdog) notices (it
 //! ticks every few milliseconds while calls run) and lends a pooled thread
 //! to keep reading that connection: cancellations, releases, pings and
@@ -18,7 +14,7 @@ use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use processional_proto::{
     Call, Message, ObjectId, Outcome, Payload, RemoteError, RemoteErrorKind, Reply, RunMode,
@@ -48,21 +44,6 @@ const WATCHDOG_TICK: Duration = Duration::from_millis(2);
 /// How long a lent reader (or an executor waiting for it) waits for input
 /// before it looks again whether the long call has ended.
 const READER_TICK: Duration = Duration::from_millis(10);
-
-/// A reply to a queued call that ran for less than this may be held back
-/// (see [`Served::hold`]) while more calls are already read and waiting:
-/// the replies to a burst of quick calls then leave in one write.
-const HOLD_AFTER_CALLS_UNDER: Duration = Duration::from_micros(50);
-
-/// The largest inline value of a reply that may be held back.
-const MAX_HELD_VALUE: usize = 4 << 10;
-
-/// How many frames an executor holds back at most.
-const MAX_HELD_FRAMES: usize = 16;
-
-/// Queued frames are written together, in one system call, up to this
-/// many bytes.
-const MERGED_WRITE_BYTES: usize = 64 << 10;
 
 /// How many value segments this process keeps lent at most, over all its
 /// connections, waiting for their callers' [`Message::Reclaim`] (see
@@ -357,11 +338,11 @@ impl Served {
                     // `Watchdog::call_started`).
                     self.busy.store(sequence, Ordering::SeqCst);
                     Watchdog::global().call_started();
-                    self.execute(call, fds, Some(Instant::now()));
+                    self.execute(call, fds);
                     self.busy.store(0, Ordering::Release);
                 }
                 Some(Job::Refuse(task, error)) => {
-                    self.reply(task, Err(error), true);
+                    self.send_reply(task, Err(error));
                 }
                 Some(Job::Release(object)) => self.objects.release(object),
                 None => break,
@@ -405,19 +386,6 @@ impl Served {
         task: TaskId,
         outcome: Result<Outgoing, RemoteError>,
     ) -> bool {
-        self.reply(task, outcome, false)
-    }
-
-    /// Answers call `task` with `outcome`, as [`send_reply`](Self::send_reply);
-    /// the executor passes `may_hold` for a quick call, whose reply then
-    /// waits for the next ones while more calls are ready (see
-    /// [`hold`](Self::hold)).
-    fn reply(
-        self: &Arc<Self>,
-        task: TaskId,
-        outcome: Result<Outgoing, RemoteError>,
-        may_hold: bool,
-    ) -> bool {
         self.forget_call(task);
         if self.ended() {
             return false;
@@ -432,9 +400,6 @@ impl Served {
             Err(error) => (Outcome::Error(error), None),
         };
         let message = Message::Reply(Reply { task, outcome });
-        if may_hold && is_small_plain(&message, outgoing.as_ref()) && self.hold(&message) {
-            return true;
-        }
         let Some(mut outgoing) = outgoing else {
             return self.send_with_fds(&message, &[]);
         };
@@ -469,55 +434,6 @@ impl Served {
             codec::recycle(bytes);
         }
         sent
-    }
-
-    /// On the executor, after a quick call: queues `message` (a frame
-    /// without descriptors) instead of writing it, when more calls are
-    /// ready to run and nobody writes; whether it was queued. The frames
-    /// held this way leave in one write (see [`write_queued`](Self::write_queued))
-    /// with the next frame the executor writes, before it waits for more
-    /// input ([`next_job`](Self::next_job)), or, should the next call run
-    /// long, at the watchdog's next tick.
-    fn hold(self: &Arc<Self>, message: &Message) -> bool {
-        let ready = !lock(&self.queue).is_empty()
-            || self
-                .reader
-                .try_lock()
-                .is_ok_and(|mut reader| reader.has_buffered_frame());
-        if !ready {
-            return false;
-        }
-        let Ok(frame) = PendingFrame::encode(message, &[], self.unix) else {
-            return false;
-        };
-        let mut out = lock(&self.outbound);
-        if out.writing || out.frames.len() >= MAX_HELD_FRAMES || self.ended() {
-            return false;
-        }
-        out.bytes += frame.len();
-        out.frames.push_back(frame);
-        true
-    }
-
-    /// Writes the frames the executor holds (see [`hold`](Self::hold)),
-    /// unless someone already writes; whether the connection still works.
-    fn flush_held(self: &Arc<Self>) -> bool {
-        let mut out = lock(&self.outbound);
-        if out.writing || out.frames.is_empty() {
-            return true;
-        }
-        out.writing = true;
-        drop(out);
-        self.write_queued(true)
-    }
-
-    /// From the watchdog: the executor is in a call; the frames it holds
-    /// (if any, and nobody writes) go now, from a flusher thread.
-    fn flush_held_in_background(self: &Arc<Self>) {
-        let out = lock(&self.outbound);
-        if !out.writing && !out.frames.is_empty() {
-            self.hand_off(out);
-        }
     }
 
     /// Keeps the segment of `task`'s value until its caller has read it.
@@ -646,13 +562,6 @@ impl Served {
                     if let Some(job) = lock(&self.queue).pop_front() {
                         return Some(job);
                     }
-                    if !reader.has_buffered_frame() && self.holds_frames() {
-                        // Not while holding the reader: a blocked write
-                        // reads (see `send_frame`).
-                        self.release_reader(reader);
-                        self.flush_held();
-                        continue;
-                    }
                     let received = reader.recv();
                     self.release_reader(reader);
                     match received {
@@ -665,7 +574,6 @@ impl Served {
                     }
                 }
                 Err(_) => {
-                    self.flush_held();
                     // The watchdog's reader holds the socket: wait for it to
                     // queue something or give the socket back.
                     let queue = lock(&self.queue);
@@ -675,13 +583,6 @@ impl Served {
                 }
             }
         }
-    }
-
-    /// Whether frames wait in the queue with nobody writing them: frames
-    /// the executor holds.
-    fn holds_frames(&self) -> bool {
-        let out = lock(&self.outbound);
-        !out.writing && !out.frames.is_empty()
     }
 
     fn on_read_error(&self, error: processional_transport::Error) {
@@ -821,7 +722,7 @@ impl Served {
                 // At most `MAX_THREAD_CALLS` at once in the process; the
                 // others wait their turn, holding no thread.
                 crate::thread_calls::Bounded::global().submit(Box::new(move || {
-                    serving(served.id, || served.execute(call, fds, None));
+                    serving(served.id, || served.execute(call, fds));
                     let _guard = lock(&served.threads_lock);
                     served.threads_running.fetch_sub(1, Ordering::AcqRel);
                     served.threads_done.notify_all();
@@ -831,9 +732,7 @@ impl Served {
         }
     }
 
-    /// Runs a call and answers it; `started` is when a queued call started
-    /// on the executor (`None` for a `thread` call, whose reply never waits).
-    fn execute(self: &Arc<Self>, call: Call, fds: Vec<OwnedFd>, started: Option<Instant>) {
+    fn execute(self: &Arc<Self>, call: Call, fds: Vec<OwnedFd>) {
         let task = call.task;
         let token = lock(&self.calls)
             .get(&call.task)
@@ -849,12 +748,11 @@ impl Served {
         } else {
             self.run(call, fds, &token)
         };
-        let quick = started.is_some_and(|started| started.elapsed() < HOLD_AFTER_CALLS_UNDER);
         match result {
-            Ok(Some(outgoing)) => self.reply(task, Ok(outgoing), quick),
+            Ok(Some(outgoing)) => self.send_reply(task, Ok(outgoing)),
             // Answered later, by whoever holds the call's replier.
             Ok(None) => true,
-            Err(error) => self.reply(task, Err(error), quick),
+            Err(error) => self.send_reply(task, Err(error)),
         };
     }
 
@@ -1054,19 +952,6 @@ impl Served {
                 }
                 return true;
             };
-            // Small frames queued together leave together.
-            while frame.len() < MERGED_WRITE_BYTES
-                && let Some(next) = out.frames.pop_front()
-            {
-                if next.len() > MERGED_WRITE_BYTES - frame.len() {
-                    out.frames.push_front(next);
-                    break;
-                }
-                if let Err(next) = frame.append(next) {
-                    out.frames.push_front(next);
-                    break;
-                }
-            }
             let len = frame.len();
             drop(out);
             let result = lock(&self.writer).send_pending(&mut frame, &mut || self.drain());
@@ -1279,9 +1164,6 @@ impl Watchdog {
             if busy != 0 || calls_run != watched.calls_run {
                 active = true;
             }
-            if busy != 0 {
-                served.flush_held_in_background();
-            }
             if busy != 0 && busy == watched.busy && !served.taking_over.swap(true, Ordering::AcqRel)
             {
                 stuck.push(served.clone());
@@ -1316,26 +1198,6 @@ impl Watchdog {
             guard = self.woken.wait(guard).unwrap_or_else(|p| p.into_inner());
         }
     }
-}
-
-/// Whether a reply may be held back (see [`Served::hold`]): no descriptors
-/// travel with it and its value is at most [`MAX_HELD_VALUE`] bytes inline
-/// (holding copies the frame once more).
-fn is_small_plain(message: &Message, outgoing: Option<&Outgoing>) -> bool {
-    let plain =
-        outgoing.is_none_or(|outgoing| outgoing.transfers.is_empty() && outgoing.loan.is_none());
-    let small = match message {
-        Message::Reply(Reply {
-            outcome: Outcome::Value(Payload::Inline(bytes)),
-            ..
-        }) => bytes.len() <= MAX_HELD_VALUE,
-        Message::Reply(Reply {
-            outcome: Outcome::Error(_),
-            ..
-        }) => true,
-        _ => false,
-    };
-    plain && small
 }
 
 /// An error answering a call that was not run.

@@ -158,17 +158,6 @@ impl Decoder {
         self.start == self.end
     }
 
-    /// Whether a whole frame is buffered, so that
-    /// [`next_frame`](Self::next_frame) yields it without reading more (a
-    /// frame with an invalid header counts as not buffered: `next_frame`
-    /// returns its error).
-    pub fn has_frame(&mut self) -> bool {
-        match self.parse_head() {
-            Ok(Some(header)) => self.buffered() - HEADER_LEN >= header.len as usize,
-            _ => false,
-        }
-    }
-
     /// The bytes currently allocated for the buffer.
     pub fn capacity(&self) -> usize {
         self.buf.capacity()
@@ -537,23 +526,6 @@ mod tests {
         assert!(read.spare_capacity(READ_CHUNK).is_empty());
         assert_eq!(read.capacity(), 0);
         assert_eq!(read.next_frame(), Err(expected));
-    }
-
-    /// `has_frame` says a frame is in only once its last byte is.
-    #[test]
-    fn has_frame_waits_for_the_last_byte() {
-        let wire = frames_of(&[small_call(1), small_call(2)]);
-        let first_len = frames_of(&[small_call(1)]).len();
-        let mut decoder = Decoder::new();
-        assert!(!decoder.has_frame());
-        decoder.feed(&wire[..first_len - 1]);
-        assert!(!decoder.has_frame());
-        decoder.feed(&wire[first_len - 1..first_len]);
-        assert!(decoder.has_frame());
-        assert!(decoder.next_frame().unwrap().is_some());
-        assert!(!decoder.has_frame());
-        decoder.feed(&wire[first_len..]);
-        assert!(decoder.has_frame());
     }
 
     #[test]

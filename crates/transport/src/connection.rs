@@ -590,12 +590,6 @@ impl ConnectionReader {
         }
     }
 
-    /// Whether a whole frame is buffered already, so that
-    /// [`recv`](Self::recv) returns it without reading the socket.
-    pub fn has_buffered_frame(&mut self) -> bool {
-        self.inbound.has_frame()
-    }
-
     /// Shuts the socket down both ways; see [`Connection::shutdown`].
     pub fn shutdown(&self) -> Result<(), Error> {
         self.socket.shutdown()
@@ -949,18 +943,6 @@ impl PendingFrame {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// Appends `next` to this frame, so that both go in one write, when
-    /// `next` carries no descriptors and none of it was written; otherwise
-    /// hands it back. (Descriptors ride on a frame's first bytes, so only
-    /// the first frame of a merged write may carry them.)
-    pub fn append(&mut self, next: PendingFrame) -> Result<(), PendingFrame> {
-        if !next.fds.is_empty() || next.sent != 0 {
-            return Err(next);
-        }
-        self.bytes.extend_from_slice(&next.bytes);
-        Ok(())
-    }
 }
 
 /// Shuts a connection's socket down from any thread; see
@@ -1016,29 +998,6 @@ impl AsRawFd for ConnectionWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Frames appended to one another leave in one write and arrive as the
-    /// frames they were; a frame with descriptors is handed back, and the
-    /// reader tells whether a whole frame is buffered.
-    #[test]
-    fn appended_frames_arrive_as_separate_frames() {
-        let (ours, theirs) = Connection::pair().unwrap();
-        let (_reader, mut writer) = ours.split();
-        let (mut peer, _peer_writer) = theirs.split();
-        let mut merged = PendingFrame::encode(&Message::Ping(1), &[], true).unwrap();
-        merged
-            .append(PendingFrame::encode(&Message::Ping(2), &[], true).unwrap())
-            .unwrap();
-        let (kept, _other) = sys::socketpair().unwrap();
-        let with_fd = PendingFrame::encode(&Message::Ping(3), &[kept.as_fd()], true).unwrap();
-        assert!(merged.append(with_fd).is_err());
-        assert!(!peer.has_buffered_frame());
-        writer.send_pending(&mut merged, &mut || {}).unwrap();
-        assert!(matches!(peer.recv().unwrap().message, Message::Ping(1)));
-        assert!(peer.has_buffered_frame());
-        assert!(matches!(peer.recv().unwrap().message, Message::Ping(2)));
-        assert!(!peer.has_buffered_frame());
-    }
 
     /// A non-blocking send writes what fits and hands the rest back, with
     /// duplicates of descriptors that did not go yet; written later, the

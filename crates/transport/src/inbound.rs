@@ -176,12 +176,6 @@ impl Inbound {
         self.verifying = Some(Box::new((machine, config)));
     }
 
-    /// Whether a whole frame is buffered after the handshake (see
-    /// [`Decoder::has_frame`]).
-    pub(crate) fn has_frame(&mut self) -> bool {
-        self.verifying.is_none() && !self.verdict_pending && self.decoder.has_frame()
-    }
-
     /// The next complete frame with its descriptors, if one is buffered.
     pub(crate) fn next(&mut self) -> Result<Option<Received>, Error> {
         let Some(mut frame) = self.decoder.next_frame()? else {
