@@ -43,8 +43,8 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion};
 use processional::{ItemSink, Remote, Task};
 use processional_benches::process_peer::{
-    PipelinedPings, RAW_SINK_FRESH, RAW_UNIX_ECHO, RawPeer, SlaveGuard, configure_slow_group,
-    send_bulk, spawn_raw_unix_echo, spawn_socketpair_peer,
+    PipelinedPings, RAW_SINK_FRESH, RAW_UNIX_ECHO, RawPeer, SlaveGuard, bare_spawns,
+    configure_slow_group, send_bulk, spawn_raw_unix_echo, spawn_socketpair_peer,
 };
 use processional_benches::{ChildRole, round_trip_raw, run_child_if_requested};
 
@@ -167,19 +167,7 @@ fn invoke_rtt(criterion: &mut Criterion, peers: &mut Peers) {
 fn spawn_ready(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("process.spawn_ready");
     configure_slow_group(&mut group);
-    group.bench_function("baseline", |bencher| {
-        bencher.iter_custom(|iters| {
-            let mut timed = Duration::ZERO;
-            for _ in 0..iters {
-                let start = Instant::now();
-                let mut child = spawn_raw_unix_echo().expect("cannot start a bare child");
-                round_trip_raw(&mut child.stream, 1).expect("the bare child answers");
-                timed += start.elapsed();
-                drop(child); // kills and reaps it
-            }
-            timed
-        });
-    });
+    group.bench_function("baseline", |bencher| bencher.iter_custom(bare_spawns));
     group.bench_function("subject", |bencher| {
         bencher.iter_custom(|iters| {
             let mut timed = Duration::ZERO;

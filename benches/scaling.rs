@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use processional::SlaveProcess;
 use processional::process::INLINE_LIMIT;
-use processional_benches::process_peer::{BenchDir, Crew, SlaveGuard, configure_slow_group};
+use processional_benches::process_peer::{
+    BenchDir, Crew, SlaveGuard, configure_slow_group, scheduled_calls,
+};
 use processional_benches::run_child_if_requested;
 
 /// Inline payload sizes of `process.payload_step`, 64 KiB up to the limit
@@ -175,21 +177,7 @@ fn return_1mib(criterion: &mut Criterion, slave: &mut Option<SlaveGuard>) {
 
 /// `count` trivial calls on `client`, [`WINDOW`] at a time.
 fn windowed_calls(client: &mut SlaveProcess, count: u64) -> Result<(), String> {
-    let mut tasks = Vec::with_capacity(WINDOW);
-    let mut done = 0;
-    while done < count {
-        let batch = (count - done).min(WINDOW as u64);
-        for _ in 0..batch {
-            tasks.push(client.schedule(func!(|| black_box(1u64))));
-        }
-        for task in tasks.drain(..) {
-            if task.wait().map_err(|error| error.to_string())? != 1 {
-                return Err("a call returned a wrong value".into());
-            }
-        }
-        done += batch;
-    }
-    Ok(())
+    scheduled_calls(client, count, WINDOW)
 }
 
 /// `clients` threads, each with its own client of the server at `address`.

@@ -30,7 +30,7 @@ use criterion::Criterion;
 use processional::{ClientBuilder, Key, ServerBuilder, SlaveProcess};
 use processional_benches::process_peer::{
     BenchDir, Crew, RAW_TCP_ECHO, RAW_UNIX_PATH_ECHO, RawPeer, SlaveGuard, round_trips_windowed,
-    spawn_raw_tcp_echo, spawn_raw_unix_path_echo,
+    scheduled_calls, spawn_raw_tcp_echo, spawn_raw_unix_path_echo,
 };
 use processional_benches::{ChildRole, round_trip_raw, run_child_if_requested};
 
@@ -150,7 +150,7 @@ impl Peers {
             let clients: Vec<SlaveProcess> = (0..CLIENTS)
                 .map(|_| processional::client(&address).expect("cannot connect a client"))
                 .collect();
-            let crew = Crew::new(clients, scheduled_calls).expect("cannot start client threads");
+            let crew = Crew::new(clients, windowed_calls).expect("cannot start client threads");
             self.clients = Some(crew);
         }
         self.clients.as_ref().expect("made just above")
@@ -190,22 +190,8 @@ fn spawn_tcp_server() -> Result<(SlaveGuard, SlaveProcess), Box<dyn std::error::
 }
 
 /// `count` trivial calls on `client`, [`WINDOW`] at a time.
-fn scheduled_calls(client: &mut SlaveProcess, count: u64) -> Result<(), String> {
-    let mut tasks = Vec::with_capacity(WINDOW);
-    let mut done = 0;
-    while done < count {
-        let batch = (count - done).min(WINDOW as u64);
-        for _ in 0..batch {
-            tasks.push(client.schedule(func!(|| black_box(1u64))));
-        }
-        for task in tasks.drain(..) {
-            if task.wait().map_err(|error| error.to_string())? != 1 {
-                return Err("a call returned a wrong value".into());
-            }
-        }
-        done += batch;
-    }
-    Ok(())
+fn windowed_calls(client: &mut SlaveProcess, count: u64) -> Result<(), String> {
+    scheduled_calls(client, count, WINDOW)
 }
 
 /// `server.invoke_rtt_unix`.

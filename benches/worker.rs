@@ -23,9 +23,9 @@ use criterion::Criterion;
 use processional::func;
 use processional::worker::{PersistentWorker, Pool, PoolBuilder, Worker, WorkerKind};
 use processional_benches::process_peer::{
-    PipelinedPings, RAW_UNIX_ECHO, RawPeer, configure_slow_group, spawn_raw_unix_echo,
+    PipelinedPings, RAW_UNIX_ECHO, RawPeer, bare_spawns, configure_slow_group, spawn_raw_unix_echo,
 };
-use processional_benches::{ChildRole, round_trip_raw, run_child_if_requested};
+use processional_benches::{ChildRole, run_child_if_requested};
 use rayon::prelude::*;
 
 const ROLES: &[ChildRole] = &[RAW_UNIX_ECHO];
@@ -85,19 +85,7 @@ fn per_input(iters: u64, mut run: impl FnMut(Vec<u64>)) -> Duration {
 fn process_ready(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("worker.process_ready");
     configure_slow_group(&mut group);
-    group.bench_function("baseline", |bencher| {
-        bencher.iter_custom(|iters| {
-            let mut timed = Duration::ZERO;
-            for _ in 0..iters {
-                let start = Instant::now();
-                let mut child = spawn_raw_unix_echo().expect("cannot start a bare child");
-                round_trip_raw(&mut child.stream, 1).expect("the bare child answers");
-                timed += start.elapsed();
-                drop(child);
-            }
-            timed
-        });
-    });
+    group.bench_function("baseline", |bencher| bencher.iter_custom(bare_spawns));
     group.bench_function("subject", |bencher| {
         bencher.iter_custom(|iters| {
             let mut timed = Duration::ZERO;

@@ -7,6 +7,7 @@
 //! [`run_child_if_requested`](crate::run_child_if_requested), e.g.
 //! `&[RAW_UNIX_ECHO, RAW_SINK_FRESH]`.
 
+use std::hint::black_box;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::ops::Deref;
@@ -15,7 +16,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, SamplingMode};
@@ -23,6 +24,7 @@ use processional::SlaveProcess;
 
 use crate::{
     CHILD_ADDR_ENV, ChildResult, ChildRole, PING_BYTES, PeerProcess, echo_raw, inherited_fd,
+    round_trip_raw,
 };
 
 /// How many connections a [`RAW_UNIX_PATH_ECHO`] child opens.
@@ -104,6 +106,41 @@ pub fn spawn_socketpair_peer(role: &ChildRole) -> io::Result<RawPeer<UnixStream>
         stream: near,
         process,
     })
+}
+
+/// The baseline of the spawn cases: `iters` bare spawns of this executable
+/// ([`RAW_UNIX_ECHO`]), each until it answered one 8-byte ping; the time.
+/// Killing and reaping each child is not timed.
+pub fn bare_spawns(iters: u64) -> Duration {
+    let mut timed = Duration::ZERO;
+    for _ in 0..iters {
+        let start = Instant::now();
+        let mut child = spawn_raw_unix_echo().expect("cannot start a bare child");
+        round_trip_raw(&mut child.stream, 1).expect("the bare child answers");
+        timed += start.elapsed();
+        drop(child);
+    }
+    timed
+}
+
+/// `count` trivial calls (`schedule(|| 1u64)`) on `client`, `window` in
+/// flight at a time: the work of a server throughput case's client.
+pub fn scheduled_calls(client: &SlaveProcess, count: u64, window: usize) -> Result<(), String> {
+    let mut tasks = Vec::with_capacity(window);
+    let mut done = 0;
+    while done < count {
+        let batch = (count - done).min(window as u64);
+        for _ in 0..batch {
+            tasks.push(client.schedule(processional::func!(|| black_box(1u64))));
+        }
+        for task in tasks.drain(..) {
+            if task.wait().map_err(|error| error.to_string())? != 1 {
+                return Err("a call returned a wrong value".into());
+            }
+        }
+        done += batch;
+    }
+    Ok(())
 }
 
 /// A child echoing 8-byte pings over a socketpair ([`RAW_UNIX_ECHO`]).
