@@ -68,15 +68,7 @@ fn an_exit_code_comes_back_typed_and_can_be_retried_on() {
 }
 
 fn start_a_tree(state: State, (): ()) -> Result<(), StateError> {
-    let grandchild = std::process::Command::new("sleep")
-        .arg("1000")
-        .spawn()
-        .map_err(|e| StateError::Os {
-            what: "spawn sleep",
-            source: e,
-        })?;
-    state.set("grandchild", &grandchild.id())?;
-    state.set("child", &std::process::id())?;
+    processional_tests::start_a_grandchild(&state)?;
     // Wait for a key nobody sets: the context must kill us.
     state.when_available("never", None)?;
     Ok(())

@@ -72,15 +72,7 @@ fn a_data_only_client_cannot_change_the_history_limit() {
 }
 
 fn leave_a_child_and_end(state: State, (): ()) -> Result<(), StateError> {
-    let grandchild = std::process::Command::new("sleep")
-        .arg("1000")
-        .spawn()
-        .map_err(|e| StateError::Os {
-            what: "spawn sleep",
-            source: e,
-        })?;
-    state.set("grandchild", &grandchild.id())?;
-    state.set("child", &std::process::id())?;
+    processional_tests::start_a_grandchild(&state)?;
     Ok(())
 }
 

@@ -194,3 +194,21 @@ pub mod gate {
         assert!(started, "the task never started");
     }
 }
+
+/// In a process of a state context: starts a grandchild (`sleep 1000`) and
+/// records its pid under `grandchild`, then this process's under `child`
+/// (last, so that a test that sees `child` sees both).
+pub fn start_a_grandchild(
+    state: &processional::state::State,
+) -> Result<(), processional::state::StateError> {
+    let grandchild = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .map_err(|e| processional::state::StateError::Os {
+            what: "spawn sleep",
+            source: e,
+        })?;
+    state.set("grandchild", &grandchild.id())?;
+    state.set("child", &std::process::id())?;
+    Ok(())
+}
