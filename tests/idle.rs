@@ -148,6 +148,42 @@ fn a_long_call_after_idling_is_still_watched() {
     );
 }
 
+/// A call that runs until it is cancelled, checking every 10 ms.
+fn until_cancelled() -> String {
+    for _ in 0..6000 {
+        if processional::checkpoint().is_err() {
+            return "cancelled".to_string();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    "finished".to_string()
+}
+
+#[test]
+fn a_long_call_with_its_reader_lets_the_watchdog_sleep() {
+    let process = slave().expect("spawn");
+    let pid = process.pid();
+    for round in 0..2 {
+        let long = process.schedule(func!(until_cancelled));
+        // Answered while the long call runs: the watchdog lent a reader.
+        let beside = process.thread(func!(|| 7u8));
+        assert_eq!(beside.wait_timeout(PATIENCE).expect("lent").unwrap(), 7);
+        // Nothing is left to watch: the watchdog sleeps instead of ticking
+        // for as long as the call runs.
+        assert!(
+            wait_until(PATIENCE, || watchdog_sleeps(pid)),
+            "round {round}: the watchdog of {pid} kept ticking beside a watched call"
+        );
+        // The lent reader still reads: the cancellation arrives.
+        long.cancel();
+        let outcome = long
+            .wait_timeout(PATIENCE)
+            .expect("the cancellation was read");
+        assert_eq!(outcome.unwrap(), "cancelled", "round {round}");
+        // Round 1: the next long call wakes the watchdog, which lends again.
+    }
+}
+
 #[test]
 fn an_idle_server_does_not_wake_up() {
     let address = unix_address("idle-server");

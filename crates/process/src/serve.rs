@@ -178,9 +178,9 @@ struct Outbound {
     waiting: usize,
 }
 
-/// How many ticks in a row without any call started or running the
-/// watchdog waits before it sleeps until a call starts (so that calls in
-/// quick succession do not each have to wake it): 10 ms.
+/// How many quiet ticks in a row (no call started, none running without a
+/// lent reader) the watchdog waits before it sleeps until a call starts (so
+/// that calls in quick succession do not each have to wake it): 10 ms.
 const WATCHDOG_LINGER_TICKS: u32 = 5;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -335,9 +335,9 @@ impl Served {
                 Some(Job::Call(call, fds)) => {
                     let sequence = self.calls_run.fetch_add(1, Ordering::Relaxed) + 1;
                     // SeqCst: pairs with the watchdog's going to sleep (see
-                    // `Watchdog::call_started`).
+                    // `Watchdog::wake`).
                     self.busy.store(sequence, Ordering::SeqCst);
-                    Watchdog::global().call_started();
+                    Watchdog::global().wake();
                     self.execute(call, fds);
                     self.busy.store(0, Ordering::Release);
                 }
@@ -1057,8 +1057,20 @@ impl Served {
             }
             self.release_reader(reader);
         }
-        self.taking_over.store(false, Ordering::Release);
+        // SeqCst: pairs with the watchdog's going to sleep, as `busy` does
+        // (see `Watchdog::wake`). A call still running (its own code took
+        // the socket, say) is unwatched again: the watchdog must look.
+        self.taking_over.store(false, Ordering::SeqCst);
+        if self.busy.load(Ordering::SeqCst) != 0 {
+            Watchdog::global().wake();
+        }
         self.queue_changed.notify_all();
+    }
+
+    /// Whether a call runs on the executor with nobody reading the socket
+    /// beside it: the watchdog has something to watch.
+    fn runs_unwatched(&self) -> bool {
+        self.busy.load(Ordering::SeqCst) != 0 && !self.taking_over.load(Ordering::SeqCst)
     }
 }
 
@@ -1079,11 +1091,13 @@ struct Watched {
 
 /// The process-wide thread that notices executors stuck in long calls.
 ///
-/// It ticks every [`WATCHDOG_TICK`] while calls start or run; after
-/// [`WATCHDOG_LINGER_TICKS`] quiet ticks it sleeps on a condition variable
-/// until an executor starts a call ([`call_started`](Self::call_started)).
-/// A call then counts as stuck when the watchdog sees it running at two
-/// ticks in a row, as before it ever slept.
+/// It ticks every [`WATCHDOG_TICK`] while calls start, or run without a lent
+/// reader; after [`WATCHDOG_LINGER_TICKS`] quiet ticks it sleeps on a
+/// condition variable until an executor starts a call, or a lent reader
+/// gives up while its call still runs ([`wake`](Self::wake)). A call then
+/// counts as stuck when the watchdog sees it running at two ticks in a row,
+/// as before it ever slept. So a process whose long calls all have their
+/// readers (a worker, a state process, a long task) does not tick.
 struct Watchdog {
     watched: Mutex<Vec<Watched>>,
     /// Whether the watchdog sleeps until a call starts. Set under
@@ -1121,11 +1135,12 @@ impl Watchdog {
         });
     }
 
-    /// An executor has just published a call in its `busy` (with SeqCst):
-    /// wakes the watchdog if it sleeps. The watchdog publishes `asleep`
-    /// (SeqCst) before it looks at `busy` once more, so at least one of the
-    /// two sees the other's store: a call never runs unwatched.
-    fn call_started(&self) {
+    /// An executor has just published a call in its `busy`, or a lent reader
+    /// its giving up in `taking_over` (both with SeqCst): wakes the watchdog
+    /// if it sleeps. The watchdog publishes `asleep` (SeqCst) before it
+    /// looks at both once more, so at least one of the two sides sees the
+    /// other's store: a call never runs unwatched.
+    fn wake(&self) {
         if self.asleep.load(Ordering::SeqCst) {
             let _guard = lock(&self.sleeping_lock);
             if self.asleep.swap(false, Ordering::SeqCst) {
@@ -1151,7 +1166,8 @@ impl Watchdog {
     }
 
     /// Looks at every connection once: lends a reader to those stuck in the
-    /// same call since the last tick. Whether any call started or ran.
+    /// same call since the last tick. Whether any call started, or ran
+    /// without a lent reader.
     fn tick(&self) -> bool {
         let mut active = false;
         let mut stuck = Vec::new();
@@ -1161,7 +1177,7 @@ impl Watchdog {
             };
             let busy = served.busy.load(Ordering::Acquire);
             let calls_run = served.calls_run.load(Ordering::Relaxed);
-            if busy != 0 || calls_run != watched.calls_run {
+            if calls_run != watched.calls_run || served.runs_unwatched() {
                 active = true;
             }
             if busy != 0 && busy == watched.busy && !served.taking_over.swap(true, Ordering::AcqRel)
@@ -1182,13 +1198,14 @@ impl Watchdog {
     fn sleep_until_a_call_starts(&self) {
         let mut guard = lock(&self.sleeping_lock);
         self.asleep.store(true, Ordering::SeqCst);
-        // A call may have started before `asleep` was visible to its
-        // executor, which then did not wake us: look once more.
+        // A call may have started (or lost its lent reader) before `asleep`
+        // was visible to the thread that did it, which then did not wake
+        // us: look once more.
         let running = lock(&self.watched).iter().any(|watched| {
             watched
                 .served
                 .upgrade()
-                .is_some_and(|served| served.busy.load(Ordering::SeqCst) != 0)
+                .is_some_and(|served| served.runs_unwatched())
         });
         if running {
             self.asleep.store(false, Ordering::SeqCst);
