@@ -184,7 +184,13 @@ impl Store {
             };
             self.history_bytes -= dropped.size();
             self.oldest = dropped.revision;
-            self.dropped.insert(dropped.namespace, dropped.revision);
+            // In place when the namespace is known: no key to allocate.
+            match self.dropped.get_mut(&dropped.namespace) {
+                Some(revision) => *revision = dropped.revision,
+                None => {
+                    self.dropped.insert(dropped.namespace, dropped.revision);
+                }
+            }
         }
     }
 
@@ -267,7 +273,15 @@ impl Store {
         let revision = self.revision + 1;
         self.revision = revision;
         {
-            let map = self.namespaces.entry(namespace.to_owned()).or_default();
+            // Looked up first: `entry` would allocate the name each time.
+            if !self.namespaces.contains_key(namespace) {
+                self.namespaces
+                    .insert(namespace.to_owned(), BTreeMap::new());
+            }
+            let map = self
+                .namespaces
+                .get_mut(namespace)
+                .expect("inserted just above");
             for event in &events {
                 match &event.value {
                     Some(value) => match map.get_mut(&event.key) {
