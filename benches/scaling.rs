@@ -20,9 +20,16 @@
 //!   unix server, one thread each, pipelining `schedule(|| 1u64)` with
 //!   [`WINDOW`] calls in flight, against [`FEW_CLIENTS`] clients doing the
 //!   same; one iteration is one call, split evenly between the clients.
+//! - `server.raw_throughput_256_clients`: the floor of the case above on
+//!   this machine, with no processional in it: [`MANY_CLIENTS`] raw unix
+//!   connections to one echo process (a thread per connection, as our
+//!   server has), each pipelining 8-byte pings [`WINDOW`] at a time, against
+//!   [`FEW_CLIENTS`] such connections. Measured in the same run, so the
+//!   report shows how much of the growth the kernel and the scheduler cause.
 
 use processional::func;
 use std::hint::black_box;
+use std::os::unix::net::UnixStream;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
@@ -30,7 +37,8 @@ use criterion::Criterion;
 use processional::SlaveProcess;
 use processional::process::INLINE_LIMIT;
 use processional_benches::process_peer::{
-    BenchDir, Crew, SlaveGuard, configure_slow_group, scheduled_calls,
+    BenchDir, Crew, RAW_UNIX_PATH_ECHO, RawPeer, SlaveGuard, configure_slow_group,
+    round_trips_windowed, scheduled_calls, spawn_raw_unix_path_echo,
 };
 use processional_benches::run_child_if_requested;
 
@@ -60,7 +68,7 @@ static BYTES: LazyLock<Vec<u8>> =
     LazyLock::new(|| (0..RETURN_BYTES).map(|i| (i % 251) as u8).collect());
 
 fn main() {
-    run_child_if_requested(&[]);
+    run_child_if_requested(&[RAW_UNIX_PATH_ECHO]);
     let mut criterion = Criterion::default().configure_from_args();
     let dir = BenchDir::new("scaling").expect("cannot make a directory for the sockets");
     let mut slave: Option<SlaveGuard> = None;
@@ -68,6 +76,7 @@ fn main() {
     send_257mib(&mut criterion, &mut slave);
     return_1mib(&mut criterion, &mut slave);
     throughput_256_clients(&mut criterion, &dir);
+    raw_throughput_256_clients(&mut criterion, &dir);
     drop(slave);
     criterion.final_summary();
 }
@@ -219,4 +228,37 @@ fn throughput_256_clients(criterion: &mut Criterion, dir: &BenchDir) {
     });
     group.finish();
     drop((many, few));
+}
+
+/// `connections` raw connections to one echo child, one crew thread each,
+/// pipelining pings [`WINDOW`] at a time; the child goes with the crew.
+fn raw_crew(dir: &BenchDir, connections: usize) -> (Crew, RawPeer<Vec<UnixStream>>) {
+    let socket = dir.join(&format!("raw{connections}.sock"));
+    let mut echo =
+        spawn_raw_unix_path_echo(&socket, connections).expect("cannot start the raw echo child");
+    let streams = std::mem::take(&mut echo.stream);
+    let crew = Crew::new(streams, |stream, count| {
+        round_trips_windowed(stream, count, WINDOW).map_err(|error| error.to_string())
+    })
+    .expect("cannot start connection threads");
+    (crew, echo)
+}
+
+/// `server.raw_throughput_256_clients`.
+fn raw_throughput_256_clients(criterion: &mut Criterion, dir: &BenchDir) {
+    let mut group = criterion.benchmark_group("server.raw_throughput_256_clients");
+    for (function, connections) in [("baseline", FEW_CLIENTS), ("subject", MANY_CLIENTS)] {
+        let mut peers = None;
+        group.bench_function(function, |bencher| {
+            let (crew, _) = peers.get_or_insert_with(|| raw_crew(dir, connections));
+            bencher.iter_custom(|iters| {
+                let start = Instant::now();
+                crew.run(iters).expect("raw pings from every connection");
+                start.elapsed()
+            });
+        });
+        // The crew's streams close before the child is killed.
+        drop(peers);
+    }
+    group.finish();
 }

@@ -187,6 +187,11 @@ pub(crate) const CASES: &[Case] = &[
         baseline: "ns/call with 16 clients, 16 in flight each (subject: 256 clients)",
         target: Some(1.2),
     },
+    Case {
+        name: "server.raw_throughput_256_clients",
+        baseline: "raw ns/ping with 16 connections to a thread-per-connection echo, 16 in flight each (subject: 256 connections); no processional in it: the floor of server.throughput_256_clients",
+        target: None,
+    },
 ];
 
 /// The case named `name`, if the table has it.
