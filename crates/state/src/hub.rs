@@ -6,7 +6,7 @@
 //! waiter, or a waiter was given up), to be delivered after the hub's lock
 //! is released, so a slow client never holds the store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -169,19 +169,36 @@ pub(crate) type Satisfied = Result<Snapshot, WireError>;
 pub(crate) type Changes = Result<Vec<Change>, WireError>;
 
 struct Waiter {
-    namespace: String,
     condition: Condition,
     connection: Option<u64>,
     respond: Box<dyn Respond<Satisfied>>,
 }
 
 struct Poll {
-    namespace: String,
     after: Revision,
     max: usize,
     connection: Option<u64>,
     respond: Box<dyn Respond<Changes>>,
 }
+
+/// The waits and polls parked on one namespace: a change looks at these
+/// only.
+#[derive(Default)]
+struct Parked {
+    waiters: Vec<Waiter>,
+    polls: Vec<Poll>,
+}
+
+impl Parked {
+    fn is_empty(&self) -> bool {
+        self.waiters.is_empty() && self.polls.is_empty()
+    }
+}
+
+/// How many waits and polls may be parked before the first look at all of
+/// them for those nobody waits for any more; after each look, twice as many
+/// as it kept. So the looks cost a constant per parked wait, amortized.
+const PRUNE_FLOOR: usize = 64;
 
 /// An answer made due, to deliver once the hub is unlocked.
 pub(crate) struct Delivery(Box<dyn FnOnce() + Send>);
@@ -189,6 +206,10 @@ pub(crate) struct Delivery(Box<dyn FnOnce() + Send>);
 impl Delivery {
     pub(crate) fn deliver(self) {
         (self.0)()
+    }
+
+    fn abandon<T: 'static>(respond: Box<dyn Respond<T>>) -> Delivery {
+        Delivery(Box::new(move || respond.abandon()))
     }
 }
 
@@ -199,19 +220,32 @@ impl std::fmt::Debug for Delivery {
 }
 
 /// The store and everyone waiting on it.
+///
+/// Parked waits and polls are kept by namespace, and counted by connection:
+/// a change looks at the waits of its namespace only, a cap check costs one
+/// lookup, and waits whose caller left are dropped when their namespace
+/// changes, when their connection reaches its cap, or in a look at all of
+/// them once their number has doubled ([`PRUNE_FLOOR`]).
 pub(crate) struct Hub {
     pub(crate) store: Store,
-    waiters: Vec<Waiter>,
-    polls: Vec<Poll>,
+    parked: HashMap<String, Parked>,
+    /// Waits and polls parked per connection (capped ones only).
+    per_connection: HashMap<u64, usize>,
+    /// Waits and polls parked in all.
+    total: usize,
+    /// The next `total` at which every parked wait is looked at.
+    prune_at: usize,
     max_waits: usize,
+    /// How many parked waits and polls were looked at (the tests count work).
+    #[cfg(test)]
+    pub(crate) examined: std::cell::Cell<usize>,
 }
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hub")
             .field("revision", &self.store.revision())
-            .field("waiters", &self.waiters.len())
-            .field("polls", &self.polls.len())
+            .field("parked", &self.total)
             .finish()
     }
 }
@@ -228,9 +262,13 @@ impl Hub {
     pub(crate) fn with_limits(limits: Limits) -> Hub {
         let mut hub = Hub {
             store: Store::new(limits.history),
-            waiters: Vec::new(),
-            polls: Vec::new(),
+            parked: HashMap::new(),
+            per_connection: HashMap::new(),
+            total: 0,
+            prune_at: PRUNE_FLOOR,
             max_waits: limits.max_waits,
+            #[cfg(test)]
+            examined: std::cell::Cell::new(0),
         };
         hub.set_limits(limits);
         hub
@@ -244,27 +282,52 @@ impl Hub {
         self.max_waits = limits.max_waits;
     }
 
+    /// Counts `n` parked waits looked at (tests only).
+    fn looked_at(&self, n: usize) {
+        #[cfg(test)]
+        self.examined.set(self.examined.get() + n);
+        let _ = n;
+    }
+
     /// Whether `connection` has as many waits and polls parked as it may.
-    fn full(&self, connection: Option<u64>) -> bool {
+    /// Before refusing, the waits nobody waits for are dropped (their
+    /// answers added to `due`), as they still count.
+    fn full(&mut self, connection: Option<u64>, due: &mut Vec<Delivery>) -> bool {
         let Some(connection) = connection else {
             return false;
         };
-        let parked = self
-            .waiters
-            .iter()
-            .filter(|w| w.connection == Some(connection))
-            .count()
-            + self
-                .polls
-                .iter()
-                .filter(|p| p.connection == Some(connection))
-                .count();
-        parked >= self.max_waits
+        let parked = |hub: &Hub| hub.per_connection.get(&connection).copied().unwrap_or(0);
+        if parked(self) < self.max_waits {
+            return false;
+        }
+        due.extend(self.prune_all());
+        parked(self) >= self.max_waits
     }
 
     fn too_many(&self) -> WireError {
         WireError::TooManyWaits {
             limit: self.max_waits as u64,
+        }
+    }
+
+    /// Counts one more wait or poll parked by `connection`.
+    fn parked_one(&mut self, connection: Option<u64>) {
+        self.total += 1;
+        if let Some(connection) = connection {
+            *self.per_connection.entry(connection).or_default() += 1;
+        }
+    }
+
+    /// Counts one wait or poll of `connection` gone (answered or dropped).
+    fn unparked_one(&mut self, connection: Option<u64>) {
+        self.total -= 1;
+        if let Some(connection) = connection
+            && let Some(count) = self.per_connection.get_mut(&connection)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.per_connection.remove(&connection);
+            }
         }
     }
 
@@ -292,11 +355,11 @@ impl Hub {
         condition: Condition,
         respond: Box<dyn Respond<Satisfied>>,
     ) -> Vec<Delivery> {
-        let mut due = self.prune();
+        let mut due = self.prune_if_due();
         let connection = respond.connection();
         let answer = match Self::check(&self.store, namespace, &condition) {
             Ok(true) => Ok(self.store.snapshot(namespace)),
-            Ok(false) if self.full(connection) => Err(self.too_many()),
+            Ok(false) if self.full(connection, &mut due) => Err(self.too_many()),
             Ok(false) => {
                 let condition = match condition {
                     // Checked up to now: later checks look at newer changes.
@@ -306,8 +369,8 @@ impl Hub {
                     },
                     condition => condition,
                 };
-                self.waiters.push(Waiter {
-                    namespace: namespace.to_owned(),
+                self.parked_one(connection);
+                self.namespace(namespace).waiters.push(Waiter {
                     condition,
                     connection,
                     respond,
@@ -330,7 +393,7 @@ impl Hub {
         max: usize,
         respond: Box<dyn Respond<Changes>>,
     ) -> Vec<Delivery> {
-        let mut due = self.prune();
+        let mut due = self.prune_if_due();
         let connection = respond.connection();
         let after = after.unwrap_or(self.store.revision());
         let max = max.clamp(1, MAX_POLL_CHANGES);
@@ -338,10 +401,12 @@ impl Hub {
             .store
             .changes_within(namespace, after, max, MAX_POLL_BYTES)
         {
-            Ok(changes) if changes.is_empty() && self.full(connection) => Err(self.too_many()),
+            Ok(changes) if changes.is_empty() && self.full(connection, &mut due) => {
+                Err(self.too_many())
+            }
             Ok(changes) if changes.is_empty() => {
-                self.polls.push(Poll {
-                    namespace: namespace.to_owned(),
+                self.parked_one(connection);
+                self.namespace(namespace).polls.push(Poll {
                     after,
                     max,
                     connection,
@@ -356,94 +421,149 @@ impl Hub {
         due
     }
 
+    /// The waits parked on `namespace`, made if there are none.
+    fn namespace(&mut self, namespace: &str) -> &mut Parked {
+        // Looked up first: `entry` would allocate the name each time.
+        if !self.parked.contains_key(namespace) {
+            self.parked.insert(namespace.to_owned(), Parked::default());
+        }
+        self.parked.get_mut(namespace).expect("inserted just above")
+    }
+
+    /// [`prune_all`](Self::prune_all) once the parked waits have doubled
+    /// since the last one.
+    fn prune_if_due(&mut self) -> Vec<Delivery> {
+        if self.total < self.prune_at {
+            return Vec::new();
+        }
+        let due = self.prune_all();
+        self.prune_at = (2 * self.total).max(PRUNE_FLOOR);
+        due
+    }
+
     /// Forgets waiters nobody waits for any more (their caller timed out,
     /// cancelled or left); returns their last answers, to deliver after
     /// the lock (a caller that does not read must not hold the hub).
-    fn prune(&mut self) -> Vec<Delivery> {
-        let stale = self.waiters.iter().any(|w| !w.respond.is_waiting())
-            || self.polls.iter().any(|p| !p.respond.is_waiting());
-        if !stale {
-            return Vec::new();
-        }
+    fn prune_all(&mut self) -> Vec<Delivery> {
+        self.looked_at(self.total);
         let mut due = Vec::new();
-        let (waiting, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
-            .into_iter()
-            .partition(|waiter| waiter.respond.is_waiting());
-        self.waiters = waiting;
-        for waiter in gone {
-            let respond = waiter.respond;
-            due.push(Delivery(Box::new(move || respond.abandon())));
+        let mut gone = Vec::new();
+        for parked in self.parked.values_mut() {
+            for waiter in parked.waiters.extract_if(.., |w| !w.respond.is_waiting()) {
+                gone.push(waiter.connection);
+                due.push(Delivery::abandon(waiter.respond));
+            }
+            for poll in parked.polls.extract_if(.., |p| !p.respond.is_waiting()) {
+                gone.push(poll.connection);
+                due.push(Delivery::abandon(poll.respond));
+            }
         }
-        let (waiting, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.polls)
-            .into_iter()
-            .partition(|poll| poll.respond.is_waiting());
-        self.polls = waiting;
-        for poll in gone {
-            let respond = poll.respond;
-            due.push(Delivery(Box::new(move || respond.abandon())));
+        self.parked.retain(|_, parked| !parked.is_empty());
+        for connection in gone {
+            self.unparked_one(connection);
         }
         due
     }
 
     /// After a change of `namespace` (if the revision moved past `before`):
-    /// the answers now due.
+    /// the answers now due. Only that namespace's waits are looked at; those
+    /// nobody waits for any more are dropped on the way.
     pub(crate) fn changed(&mut self, namespace: &str, before: Revision) -> Vec<Delivery> {
-        if self.store.revision() == before || (self.waiters.is_empty() && self.polls.is_empty()) {
+        if self.store.revision() == before {
             return Vec::new();
         }
-        let mut due = self.prune();
-        let store = &self.store;
-        let now = store.revision();
-        let mut kept = Vec::with_capacity(self.waiters.len());
-        for mut waiter in self.waiters.drain(..) {
-            if waiter.namespace != namespace {
-                kept.push(waiter);
-                continue;
-            }
-            // A parked change waiter was checked up to `before`: only the
-            // new change needs looking at, and it is checked up to now.
-            if let Condition::Changed { after, .. } = &mut waiter.condition {
-                *after = (*after).max(before);
-            }
-            let outcome = Self::check(store, namespace, &waiter.condition);
-            if let Condition::Changed { after, .. } = &mut waiter.condition {
-                *after = (*after).max(now);
-            }
-            match outcome {
-                Ok(false) => kept.push(waiter),
-                outcome => {
-                    let answer = outcome.map(|_| store.snapshot(namespace));
-                    let respond = waiter.respond;
-                    due.push(Delivery(Box::new(move || respond.respond(answer))));
+        let mut due = self.prune_if_due();
+        let Some(parked) = self.parked.remove(namespace) else {
+            return due;
+        };
+        self.looked_at(parked.waiters.len() + parked.polls.len());
+        let mut left = Parked::default();
+        let mut gone = Vec::new();
+        for waiter in parked.waiters {
+            match self.answer_waiter(namespace, before, waiter) {
+                Ok(waiter) => left.waiters.push(waiter),
+                Err((connection, delivery)) => {
+                    gone.push(connection);
+                    due.push(delivery);
                 }
             }
         }
-        self.waiters = kept;
-        let mut kept = Vec::with_capacity(self.polls.len());
-        for poll in self.polls.drain(..) {
-            if poll.namespace != namespace {
-                kept.push(poll);
-                continue;
-            }
-            let answer = store
-                .changes_within(namespace, poll.after, poll.max, MAX_POLL_BYTES)
-                .map_err(|c| WireError::Compacted(Box::new(c)));
-            match answer {
-                Ok(changes) if changes.is_empty() => kept.push(poll),
-                answer => {
-                    let respond = poll.respond;
-                    due.push(Delivery(Box::new(move || respond.respond(answer))));
+        for poll in parked.polls {
+            match self.answer_poll(namespace, poll) {
+                Ok(poll) => left.polls.push(poll),
+                Err((connection, delivery)) => {
+                    gone.push(connection);
+                    due.push(delivery);
                 }
             }
         }
-        self.polls = kept;
+        for connection in gone {
+            self.unparked_one(connection);
+        }
+        if !left.is_empty() {
+            self.parked.insert(namespace.to_owned(), left);
+        }
         due
+    }
+
+    /// A waiter of `namespace` after its change past `before`: still
+    /// parked (`Ok`), or gone with the answer to deliver and its connection.
+    fn answer_waiter(
+        &self,
+        namespace: &str,
+        before: Revision,
+        mut waiter: Waiter,
+    ) -> Result<Waiter, (Option<u64>, Delivery)> {
+        if !waiter.respond.is_waiting() {
+            return Err((waiter.connection, Delivery::abandon(waiter.respond)));
+        }
+        let store = &self.store;
+        // A parked change waiter was checked up to `before`: only the new
+        // change needs looking at, and it is checked up to now.
+        if let Condition::Changed { after, .. } = &mut waiter.condition {
+            *after = (*after).max(before);
+        }
+        let outcome = Self::check(store, namespace, &waiter.condition);
+        if let Condition::Changed { after, .. } = &mut waiter.condition {
+            *after = (*after).max(store.revision());
+        }
+        match outcome {
+            Ok(false) => Ok(waiter),
+            outcome => {
+                let answer = outcome.map(|_| store.snapshot(namespace));
+                let respond = waiter.respond;
+                let delivery = Delivery(Box::new(move || respond.respond(answer)));
+                Err((waiter.connection, delivery))
+            }
+        }
+    }
+
+    /// A poll of `namespace` after its change: still parked (`Ok`), or gone
+    /// with the answer to deliver and its connection.
+    fn answer_poll(&self, namespace: &str, poll: Poll) -> Result<Poll, (Option<u64>, Delivery)> {
+        if !poll.respond.is_waiting() {
+            return Err((poll.connection, Delivery::abandon(poll.respond)));
+        }
+        let answer = self
+            .store
+            .changes_within(namespace, poll.after, poll.max, MAX_POLL_BYTES)
+            .map_err(|c| WireError::Compacted(Box::new(c)));
+        match answer {
+            Ok(changes) if changes.is_empty() => Ok(poll),
+            answer => {
+                let respond = poll.respond;
+                let delivery = Delivery(Box::new(move || respond.respond(answer)));
+                Err((poll.connection, delivery))
+            }
+        }
     }
 
     /// How many waiters and polls are parked (for tests).
     #[cfg(test)]
     pub(crate) fn parked(&self) -> (usize, usize) {
-        (self.waiters.len(), self.polls.len())
+        let waiters = self.parked.values().map(|p| p.waiters.len()).sum();
+        let polls = self.parked.values().map(|p| p.polls.len()).sum();
+        (waiters, polls)
     }
 }
 
@@ -490,14 +610,50 @@ mod tests {
             test: KeyTest::Present,
         };
         deliver(hub.wait("ns", condition, Box::new(Gone(sender.clone()))));
-        assert_eq!(hub.parked(), (1, 0));
-        // Any later registration or change forgets it.
-        deliver(hub.poll("ns", None, 10, Box::new(Gone(sender))));
-        assert_eq!(hub.parked(), (0, 1));
+        deliver(hub.poll("quiet", None, 10, Box::new(Gone(sender.clone()))));
+        assert_eq!(hub.parked(), (1, 1));
+        // A change of its namespace forgets a waiter.
         set(&mut hub, "k", 1);
-        assert_eq!(hub.parked(), (0, 0));
-        let got: Vec<_> = events.try_iter().collect();
-        assert_eq!(got, ["abandoned", "abandoned"]);
+        assert_eq!(hub.parked(), (0, 1));
+        assert_eq!(events.try_recv(), Ok("abandoned"));
+        // One in a quiet namespace goes once the parked waits have doubled.
+        let live: Vec<_> = (1..PRUNE_FLOOR)
+            .map(|_| park_quiet(&mut hub, "other"))
+            .collect();
+        assert_eq!(hub.parked(), (PRUNE_FLOOR - 1, 1));
+        let _last = park_quiet(&mut hub, "other");
+        assert_eq!(hub.parked(), (PRUNE_FLOOR, 0));
+        assert_eq!(events.try_recv(), Ok("abandoned"));
+        // And so does one that would make its connection refuse a wait.
+        let mut capped = Hub::with_limits(Limits {
+            max_waits: 1,
+            ..Limits::default()
+        });
+        let (gone_sender, gone_events) = mpsc::channel();
+        deliver(capped.wait("quiet", rare(0), Box::new(GoneOn(gone_sender, 1))));
+        let answer = park_quiet(&mut capped, "ns");
+        assert_eq!(gone_events.try_recv(), Ok("abandoned"));
+        assert!(answer.try_recv().is_err(), "parked, not refused");
+        assert_eq!(capped.parked(), (1, 0));
+        drop(live);
+    }
+
+    /// [`Gone`] on connection `.1`.
+    struct GoneOn(mpsc::Sender<&'static str>, u64);
+
+    impl<T: Send> Respond<T> for GoneOn {
+        fn respond(self: Box<Self>, _: T) {
+            let _ = self.0.send("answered");
+        }
+        fn is_waiting(&self) -> bool {
+            false
+        }
+        fn abandon(self: Box<Self>) {
+            let _ = self.0.send("abandoned");
+        }
+        fn connection(&self) -> Option<u64> {
+            Some(self.1)
+        }
     }
 
     fn channel<T: Send + 'static>() -> (Box<dyn Respond<T>>, mpsc::Receiver<T>) {
@@ -630,6 +786,61 @@ mod tests {
         assert!(answers.iter().all(|answer| answer.try_recv().is_ok()));
     }
 
+    /// A wait on a key of `namespace` that is never set, for connection 1.
+    fn park_quiet(hub: &mut Hub, namespace: &str) -> mpsc::Receiver<Satisfied> {
+        let (respond, answer) = on(1);
+        let condition = Condition::Key {
+            key: "never".into(),
+            test: KeyTest::Present,
+        };
+        deliver(hub.wait(namespace, condition, respond));
+        answer
+    }
+
+    #[test]
+    fn a_change_looks_only_at_the_waits_of_its_namespace() {
+        let mut hub = Hub::new(100);
+        let quiet: Vec<_> = (0..1000).map(|_| park_quiet(&mut hub, "quiet")).collect();
+        let (respond, poll) = on(1);
+        deliver(hub.poll("quiet", None, 10, respond));
+        let busy = park_quiet(&mut hub, "ns");
+        hub.examined.set(0);
+        for i in 0..100 {
+            set(&mut hub, "k", i);
+        }
+        // The one wait of "ns", once per change: the quiet namespace's
+        // thousand cost nothing.
+        assert!(
+            hub.examined.get() <= 200,
+            "{} parked waits looked at for 100 changes",
+            hub.examined.get()
+        );
+        assert!(quiet.iter().all(|answer| answer.try_recv().is_err()));
+        assert!(busy.try_recv().is_err() && poll.try_recv().is_err());
+        assert_eq!(hub.parked(), (1001, 1));
+    }
+
+    #[test]
+    fn parking_waits_costs_no_scan_of_those_parked_before() {
+        let mut hub = Hub::new(100);
+        hub.set_limits(Limits {
+            max_waits: 100_000,
+            ..Limits::default()
+        });
+        let waits = 5000;
+        let answers: Vec<_> = (0..waits)
+            .map(|i| park_quiet(&mut hub, if i % 2 == 0 { "a" } else { "b" }))
+            .collect();
+        // Amortized: a few full looks in all, not one per wait.
+        assert!(
+            hub.examined.get() <= 4 * waits,
+            "{} parked waits looked at to park {waits}",
+            hub.examined.get()
+        );
+        assert_eq!(hub.parked(), (waits, 0));
+        drop(answers);
+    }
+
     #[test]
     fn a_poll_answer_is_capped_by_count_and_bytes() {
         let mut hub = Hub::new(10_000);
@@ -689,6 +900,8 @@ mod tests {
         for park in parks {
             for next in nexts {
                 deliver(park(&mut hub, sender.clone()));
+                // A wait or a poll looks at all parked waits when due only.
+                hub.prune_at = 0;
                 let due = next(&mut hub);
                 assert!(events.try_recv().is_err(), "answered under the lock");
                 deliver(due);
