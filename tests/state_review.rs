@@ -1,7 +1,10 @@
 //! The state crate after its security review: limits that belong to whoever
-//! starts the server (a data-only client cannot change them), and a stop
-//! that never signals a process group it cannot vouch for.
+//! starts the server (a data-only client cannot change them), a stop that
+//! never signals a process group it cannot vouch for, and links made to
+//! one address without holding up those to another.
 
+use std::os::unix::net::UnixListener;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use processional::state::{Context, ContextBuilder, State, StateError, func};
@@ -158,4 +161,56 @@ fn a_connection_past_its_wait_cap_is_told_so() {
     for watcher in &mut watchers {
         assert_eq!(watcher.next_timeout(Some(PATIENCE)).unwrap().revision, 1);
     }
+}
+
+#[test]
+fn a_silent_address_holds_up_no_link_to_another() {
+    let context = Context::new().expect("a state server");
+    let live = context.address().to_owned();
+    // A server that accepts and never speaks: a link to it waits in its
+    // handshake for as long as the connection stays open.
+    let dir = std::env::temp_dir().join(format!("processional-silent-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let path = dir.join("silent.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).expect("bind");
+    // It holds the live server's key, so the link gets as far as the
+    // handshake.
+    let live_path = live.strip_prefix("unix:").expect("a unix address");
+    std::fs::copy(format!("{live_path}.key"), dir.join("silent.sock.key")).expect("the key");
+    let (accepted, held) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            if accepted.send(stream).is_err() {
+                return;
+            }
+        }
+    });
+    let silent = format!("unix:{}", path.display());
+    let (silent_done, silent_outcome) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = silent_done.send(State::connect(&silent).is_ok());
+    });
+    let held = held
+        .recv_timeout(PATIENCE)
+        .expect("the link to the silent server connected");
+    // While that link waits, one to the live server is made and works.
+    let (live_done, live_outcome) = mpsc::channel();
+    std::thread::spawn(move || {
+        let linked = State::connect(&live).and_then(|state| state.set("k", &1u8));
+        let _ = live_done.send(linked.is_ok());
+    });
+    assert_eq!(
+        live_outcome.recv_timeout(PATIENCE),
+        Ok(true),
+        "the live link was made"
+    );
+    assert!(
+        silent_outcome.try_recv().is_err(),
+        "the live link waited for the silent one to give up"
+    );
+    // Hung up on, the silent link fails.
+    drop(held);
+    assert_eq!(silent_outcome.recv_timeout(PATIENCE), Ok(false));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -119,22 +119,38 @@ fn send_poll(link: &Link, namespace: &str, after: Option<Revision>) -> Task<Poll
     link.process.call_service(server::POLL, poll)
 }
 
+/// Where this process keeps its link to one address (empty until made, or
+/// once every handle on it is gone).
+type LinkSlot = Arc<Mutex<Weak<Link>>>;
+
 /// The links of this process by address, so that handles that arrive as
-/// arguments share one connection.
-static LINKS: Mutex<Option<HashMap<String, Weak<Link>>>> = Mutex::new(None);
+/// arguments share one connection. Each address has a slot of its own,
+/// locked while its link is made: a slow or silent address holds up only
+/// those linking to it, and two of them never make two connections.
+static LINKS: Mutex<Option<HashMap<String, LinkSlot>>> = Mutex::new(None);
+
+/// The slot of `address`, made on first use.
+fn slot(address: &str) -> LinkSlot {
+    let mut links = LINKS.lock().unwrap_or_else(|p| p.into_inner());
+    let links = links.get_or_insert_with(HashMap::new);
+    if let Some(slot) = links.get(address) {
+        return slot.clone();
+    }
+    let slot = LinkSlot::default();
+    links.insert(address.to_owned(), slot.clone());
+    slot
+}
 
 pub(crate) fn remember(link: &Arc<Link>) {
-    let mut links = LINKS.lock().unwrap_or_else(|p| p.into_inner());
-    links
-        .get_or_insert_with(HashMap::new)
-        .insert(link.address.clone(), Arc::downgrade(link));
+    let slot = slot(&link.address);
+    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(link);
 }
 
 /// The link to `address`: this process's, or a new connection.
 pub(crate) fn link_to(address: &str) -> Result<Arc<Link>, StateError> {
-    let mut links = LINKS.lock().unwrap_or_else(|p| p.into_inner());
-    let links = links.get_or_insert_with(HashMap::new);
-    if let Some(link) = links.get(address).and_then(Weak::upgrade)
+    let slot = slot(address);
+    let mut known = slot.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(link) = known.upgrade()
         && link.process.is_alive()
     {
         return Ok(link);
@@ -147,7 +163,7 @@ pub(crate) fn link_to(address: &str) -> Result<Arc<Link>, StateError> {
     // refuses this call, and has them or not).
     let _ = process.invoke(func!(server::register));
     let link = Arc::new(Link::new(address.to_owned(), process));
-    links.insert(address.to_owned(), Arc::downgrade(&link));
+    *known = Arc::downgrade(&link);
     Ok(link)
 }
 
