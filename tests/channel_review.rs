@@ -7,7 +7,7 @@
 //! stop with this process.
 
 use processional::channel::wire::{SendArgs, SendReply, Status, Wait, services};
-use processional::channel::{Message, Pick, Queue, Request};
+use processional::channel::{Message, Pick, Queue, QueueBuilder, Request};
 use processional::{ClientBuilder, SlaveProcess, Task};
 use processional_tests::{PATIENCE, is_zombie, kill_hard, process_exists, wait_until};
 
@@ -289,4 +289,34 @@ fn batches_between_processes_lose_and_duplicate_nothing() {
         );
         assert_eq!(queue.len().expect("len"), 0, "round {round}");
     }
+}
+
+#[test]
+fn a_host_restarted_at_its_address_is_reached_anew() {
+    let dir = std::env::temp_dir().join(format!("processional-rehost-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let address = format!("unix:{}", dir.join("host.sock").display());
+    let first = processional::server(&address).expect("the first host");
+    let old: Queue<u8> = QueueBuilder::new()
+        .host(&address)
+        .build()
+        .expect("a queue on the first host");
+    first.terminate(PATIENCE);
+    assert!(
+        wait_until(PATIENCE, || !first.is_alive()),
+        "the first host is gone"
+    );
+    // A handle on the dead host is still held; a new host at the same
+    // address must not get its connection.
+    let _second = processional::server(&address).expect("the second host");
+    let new: Queue<u8> = QueueBuilder::new()
+        .host(&address)
+        .build()
+        .expect("a queue on the second host");
+    new.send(Request::Do, Some(7))
+        .expect("send to the second host");
+    let message = new.recv().expect("receive from the second host");
+    assert_eq!(message.data, Some(7));
+    drop(old);
+    let _ = std::fs::remove_dir_all(&dir);
 }

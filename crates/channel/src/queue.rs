@@ -65,13 +65,15 @@ impl Link {
         link
     }
 
-    /// The link to `address`, connecting as a client if there is none.
+    /// The link to `address`, connecting as a client if there is none that
+    /// still works (a host restarted at the same address gets a new one).
     fn to(address: &str, data_only: bool) -> Result<Arc<Link>, Error> {
         let known = {
             let links = links().lock().unwrap_or_else(|p| p.into_inner());
             links
                 .get(&(address.to_string(), data_only))
                 .and_then(Weak::upgrade)
+                .filter(|link| link.process.is_alive())
         };
         if let Some(link) = known {
             return Ok(link);

@@ -442,21 +442,40 @@ impl Session {
         self.epoch_changed.notify_all();
     }
 
-    /// Reads whatever arrived, without blocking (called while a write waits).
+    /// Whether the connection still works, once what already arrived is
+    /// read (without blocking): a peer that hung up on an idle connection
+    /// is noticed here, not by the next call.
+    pub(crate) fn check_connected(&self) -> bool {
+        self.drain();
+        self.is_connected()
+    }
+
+    /// Reads whatever arrived, without blocking (called while a write
+    /// waits, or to check the connection). Followers waiting for what it
+    /// dispatched are woken.
     fn drain(&self) {
         let Ok(mut reader) = self.reader.try_lock() else {
             return;
         };
+        let mut dispatched = false;
         loop {
             match reader.try_recv() {
-                Ok(Some(received)) => self.dispatch(received),
+                Ok(Some(received)) => {
+                    self.dispatch(received);
+                    dispatched = true;
+                }
                 Ok(None) => break,
                 Err(error) => {
                     drop(reader);
+                    // Dying wakes the followers.
                     self.die_from(error);
-                    break;
+                    return;
                 }
             }
+        }
+        drop(reader);
+        if dispatched {
+            self.bump_epoch();
         }
     }
 

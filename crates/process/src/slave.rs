@@ -658,9 +658,12 @@ impl SlaveProcess {
         &self.inner.session.peer().hello.host
     }
 
-    /// Whether the process still runs and the connection works.
+    /// Whether the process still runs and the connection works. Reads what
+    /// already arrived first (without blocking), so a server that went away
+    /// while the connection was idle is seen as gone.
     pub fn is_alive(&self) -> bool {
-        self.inner.session.is_connected() && self.inner.child.as_ref().is_none_or(|c| c.is_alive())
+        self.inner.session.check_connected()
+            && self.inner.child.as_ref().is_none_or(|c| c.is_alive())
     }
 
     /// Runs `f` in the process and waits for its value.
