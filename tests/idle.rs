@@ -122,15 +122,7 @@ fn a_long_call_after_idling_is_still_watched() {
     // The call that starts now must wake the watchdog, which then lends a
     // reader: the `thread` call and the cancellation are read while the
     // long call runs.
-    let long = process.schedule(func!(|| {
-        for _ in 0..6000 {
-            if processional::checkpoint().is_err() {
-                return "cancelled".to_string();
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        "finished".to_string()
-    }));
+    let long = process.schedule(func!(until_cancelled));
     let beside = process.thread(func!(|| 7u8));
     assert_eq!(
         beside

@@ -586,8 +586,9 @@ mod tests {
         fn abandon(self: Box<Self>) {}
     }
 
-    /// A waiter whose caller left: it must be answered once, by abandon.
-    struct Gone(mpsc::Sender<&'static str>);
+    /// A waiter whose caller left (on connection `.1`, if capped): it must
+    /// be answered once, by abandon.
+    struct Gone(mpsc::Sender<&'static str>, Option<u64>);
 
     impl<T: Send> Respond<T> for Gone {
         fn respond(self: Box<Self>, _: T) {
@@ -599,6 +600,9 @@ mod tests {
         fn abandon(self: Box<Self>) {
             let _ = self.0.send("abandoned");
         }
+        fn connection(&self) -> Option<u64> {
+            self.1
+        }
     }
 
     #[test]
@@ -609,8 +613,8 @@ mod tests {
             key: "k".into(),
             test: KeyTest::Present,
         };
-        deliver(hub.wait("ns", condition, Box::new(Gone(sender.clone()))));
-        deliver(hub.poll("quiet", None, 10, Box::new(Gone(sender.clone()))));
+        deliver(hub.wait("ns", condition, Box::new(Gone(sender.clone(), None))));
+        deliver(hub.poll("quiet", None, 10, Box::new(Gone(sender.clone(), None))));
         assert_eq!(hub.parked(), (1, 1));
         // A change of its namespace forgets a waiter.
         set(&mut hub, "k", 1);
@@ -630,30 +634,12 @@ mod tests {
             ..Limits::default()
         });
         let (gone_sender, gone_events) = mpsc::channel();
-        deliver(capped.wait("quiet", rare(0), Box::new(GoneOn(gone_sender, 1))));
+        deliver(capped.wait("quiet", rare(0), Box::new(Gone(gone_sender, Some(1)))));
         let answer = park_quiet(&mut capped, "ns");
         assert_eq!(gone_events.try_recv(), Ok("abandoned"));
         assert!(answer.try_recv().is_err(), "parked, not refused");
         assert_eq!(capped.parked(), (1, 0));
         drop(live);
-    }
-
-    /// [`Gone`] on connection `.1`.
-    struct GoneOn(mpsc::Sender<&'static str>, u64);
-
-    impl<T: Send> Respond<T> for GoneOn {
-        fn respond(self: Box<Self>, _: T) {
-            let _ = self.0.send("answered");
-        }
-        fn is_waiting(&self) -> bool {
-            false
-        }
-        fn abandon(self: Box<Self>) {
-            let _ = self.0.send("abandoned");
-        }
-        fn connection(&self) -> Option<u64> {
-            Some(self.1)
-        }
     }
 
     fn channel<T: Send + 'static>() -> (Box<dyn Respond<T>>, mpsc::Receiver<T>) {
@@ -879,8 +865,8 @@ mod tests {
         let (sender, events) = mpsc::channel();
         type Park = fn(&mut Hub, mpsc::Sender<&'static str>) -> Vec<Delivery>;
         let parks: [Park; 2] = [
-            |hub, sender| hub.wait("ns", rare(0), Box::new(Gone(sender))),
-            |hub, sender| hub.poll("ns", None, 10, Box::new(Gone(sender))),
+            |hub, sender| hub.wait("ns", rare(0), Box::new(Gone(sender, None))),
+            |hub, sender| hub.poll("ns", None, 10, Box::new(Gone(sender, None))),
         ];
         let nexts: [fn(&mut Hub) -> Vec<Delivery>; 3] = [
             |hub| {
