@@ -9,7 +9,8 @@
 
 use processional::func;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
 use processional::{ServerBuilder, SlaveProcessBuilder, server, slave};
@@ -174,6 +175,45 @@ fn a_long_call_with_its_reader_lets_the_watchdog_sleep() {
         assert_eq!(outcome.unwrap(), "cancelled", "round {round}");
         // Round 1: the next long call wakes the watchdog, which lends again.
     }
+}
+
+/// A call that blocks reading one byte from the unix socket at `path`: it
+/// makes no wake-up of its own until the test writes it.
+fn blocked_on(path: String) -> u8 {
+    let mut stream = UnixStream::connect(path).expect("connect to the test");
+    let mut byte = [0u8];
+    stream.read_exact(&mut byte).expect("read the test's byte");
+    byte[0]
+}
+
+#[test]
+fn a_slave_in_a_long_quiet_call_does_not_wake_up() {
+    let process = slave().expect("spawn");
+    let pid = process.pid();
+    let path = unix_address("quiet-call")
+        .strip_prefix("unix:")
+        .expect("a unix address")
+        .to_owned();
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).expect("bind");
+    let long = process.schedule_with(path, func!(blocked_on));
+    let (mut release, _) = listener.accept().expect("the call connected");
+    // The watchdog lent the call a reader: a `thread` call is answered
+    // beside it. Then the watchdog has nothing left to watch.
+    let beside = process.thread(func!(|| 7u8));
+    assert_eq!(beside.wait_timeout(PATIENCE).expect("lent").unwrap(), 7);
+    assert!(
+        wait_until(PATIENCE, || watchdog_sleeps(pid)),
+        "the watchdog of {pid} kept ticking"
+    );
+    // Neither the lent reader nor the watchdog polls while the call runs.
+    assert_stays_asleep(pid, "slave in a long call");
+    release.write_all(&[9]).expect("release the call");
+    let outcome = long.wait_timeout(PATIENCE).expect("the long call ended");
+    assert_eq!(outcome.unwrap(), 9);
+    // The executor has its socket back: served at once, in order.
+    assert_eq!(process.invoke(func!(|| 1u8)).expect("call after"), 1);
+    assert_eq!(process.invoke(func!(|| 2u8)).expect("and another"), 2);
 }
 
 #[test]

@@ -6,8 +6,10 @@
 //! ticks every few milliseconds while calls run) and lends a pooled thread
 //! to keep reading that connection: cancellations, releases, pings and
 //! `thread` calls are handled at once, further queued calls wait in the
-//! connection's FIFO. While no call runs, the watchdog sleeps until one
-//! starts: an idle process does not wake up.
+//! connection's FIFO. While no call runs (or every running call has its
+//! lent reader), the watchdog sleeps until one starts, and the lent reader
+//! blocks in its reads: an idle process, or one in a long quiet call, does
+//! not wake up.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -40,10 +42,6 @@ use processional_shm::{Loan, transfer};
 /// most (it used to be 10 ms, so up to 20 ms; the watchdog sleeps when no
 /// call runs, so a shorter tick costs nothing to an idle process).
 const WATCHDOG_TICK: Duration = Duration::from_millis(2);
-
-/// How long a lent reader (or an executor waiting for it) waits for input
-/// before it looks again whether the long call has ended.
-const READER_TICK: Duration = Duration::from_millis(10);
 
 /// How many value segments this process keeps lent at most, over all its
 /// connections, waiting for their callers' [`Message::Reclaim`] (see
@@ -471,8 +469,16 @@ impl Served {
         // Nobody will reclaim these any more: free them.
         let lent = LentValues::global().take_all(self.id);
         drop(lent);
-        self.queue_changed.notify_all();
+        self.notify_queue();
         self.notify_flows();
+    }
+
+    /// Wakes the executor if it waits for work or for the reader role (see
+    /// `next_job`). Taking the queue's lock first orders this with an
+    /// executor between its last look and its wait: it cannot be missed.
+    fn notify_queue(&self) {
+        drop(lock(&self.queue));
+        self.queue_changed.notify_all();
     }
 
     /// The credit of call `task` (a fresh one if the call is not known).
@@ -497,6 +503,13 @@ impl Served {
     fn release_reader(&self, reader: MutexGuard<'_, ConnectionReader>) {
         drop(reader);
         self.notify_flows();
+    }
+
+    /// Gives back the reader role a thread other than the executor held (a
+    /// lent reader, a sink): the executor may wait for it.
+    fn hand_back_reader(&self, reader: MutexGuard<'_, ConnectionReader>) {
+        self.release_reader(reader);
+        self.notify_queue();
     }
 
     /// Blocks until `ready()` holds. A sink that waits for credit reads the
@@ -526,9 +539,7 @@ impl Served {
                     }
                     Err(error) => self.on_read_error(error),
                 }
-                self.release_reader(reader);
-                // The executor may wait for the reader (see `next_job`).
-                self.queue_changed.notify_all();
+                self.hand_back_reader(reader);
                 continue;
             }
             let mut guard = lock(&self.flow_epoch);
@@ -574,11 +585,13 @@ impl Served {
                     }
                 }
                 Err(_) => {
-                    // The watchdog's reader holds the socket: wait for it to
-                    // queue something or give the socket back.
+                    // A lent reader (or a sink) holds the socket: wait for it
+                    // to queue something or give the socket back. Both are
+                    // told under the queue's lock (`notify_queue`), so the
+                    // looks below cannot miss them; no timeout is needed.
                     let queue = lock(&self.queue);
-                    if queue.is_empty() && !self.ended() {
-                        let _ = self.queue_changed.wait_timeout(queue, READER_TICK);
+                    if queue.is_empty() && !self.ended() && self.reader.try_lock().is_err() {
+                        drop(self.queue_changed.wait(queue));
                     }
                 }
             }
@@ -1033,29 +1046,33 @@ impl Served {
                 }
             }
         }
-        self.release_reader(reader);
+        self.hand_back_reader(reader);
     }
 
     /// Keeps reading the socket while the executor is stuck in a long call.
+    ///
+    /// It blocks in each read, without a timeout: no wake-up while the call
+    /// runs and nothing arrives. So it notices the call's end only with the
+    /// next message (queued for the executor, which then takes the socket
+    /// back) or the connection's end; meanwhile the executor, done with the
+    /// call, waits for that on the queue.
     fn take_over(self: &Arc<Self>) {
         while self.busy.load(Ordering::Acquire) != 0 && !self.ended() {
             let Ok(mut reader) = self.reader.try_lock() else {
                 break;
             };
-            let received = reader.recv_timeout(READER_TICK);
-            match received {
+            match reader.recv() {
                 // Queue the work before letting go of the socket (see
                 // `next_job`).
-                Ok(Some(received)) => {
+                Ok(received) => {
                     if let Some(job) = self.handle(received) {
                         lock(&self.queue).push_back(job);
                         self.queue_changed.notify_one();
                     }
                 }
-                Ok(None) => {}
                 Err(error) => self.on_read_error(error),
             }
-            self.release_reader(reader);
+            self.hand_back_reader(reader);
         }
         // SeqCst: pairs with the watchdog's going to sleep, as `busy` does
         // (see `Watchdog::wake`). A call still running (its own code took
@@ -1064,7 +1081,7 @@ impl Served {
         if self.busy.load(Ordering::SeqCst) != 0 {
             Watchdog::global().wake();
         }
-        self.queue_changed.notify_all();
+        self.notify_queue();
     }
 
     /// Whether a call runs on the executor with nobody reading the socket
