@@ -8,7 +8,11 @@
 
 use std::sync::mpsc;
 
-use processional::proto::{Hello, Message, PROTOCOL_VERSION, RemoteError, RemoteErrorKind, Role};
+use std::os::fd::AsFd;
+
+use processional::proto::{
+    Hello, Message, Outcome, PROTOCOL_VERSION, Payload, RemoteError, RemoteErrorKind, Reply, Role,
+};
 use processional::transport::{Connection, Handshake, Side};
 use processional::{ClientBuilder, Error, Key, func};
 use processional_tests::PATIENCE;
@@ -97,4 +101,95 @@ fn a_ping_read_while_a_write_waits_does_not_deadlock_the_writer() {
     let outcome = a_large_call(&address, key).expect("the call came back");
     let error = outcome.expect_err("the peer broke off");
     assert!(error.is_worker_lost(), "{error:?}");
+}
+
+/// A fresh unix socket address in a private directory of this test process.
+fn unix_address(tag: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("processional-review3-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{tag}.sock"));
+    let _ = std::fs::remove_file(&path);
+    format!("unix:{}", path.display())
+}
+
+/// A raw data-only client of the server at `address` (a program of any
+/// build holding the key), authenticated with the key file beside it.
+fn raw_data_client(address: &str) -> Connection {
+    let key_file = format!("{}.key", address.trim_start_matches("unix:"));
+    let key = Key::from_hex(std::fs::read_to_string(key_file).unwrap().trim()).unwrap();
+    let mut connection = Connection::connect(&address.parse().unwrap()).unwrap();
+    connection
+        .handshake(
+            Side::Initiator,
+            &Handshake {
+                key,
+                hello: Hello {
+                    protocol: PROTOCOL_VERSION,
+                    fingerprint: processional::proto::Fingerprint([0xAB; 32]),
+                    role: Role::DataClient,
+                    pid: std::process::id(),
+                    host: "test".into(),
+                    program: "another-program".into(),
+                },
+                accept_roles: vec![Role::Server],
+                timeout: Some(PATIENCE),
+            },
+        )
+        .expect("the data client is accepted");
+    connection
+}
+
+/// Whether this kernel refuses a single allocation larger than its memory
+/// (heuristic or strict overcommit), so that a process asked for 1 TiB
+/// gets an error instead of pages it then touches.
+fn allocations_past_memory_fail() -> bool {
+    std::fs::read_to_string("/proc/sys/vm/overcommit_memory").is_ok_and(|mode| mode.trim() != "1")
+}
+
+/// A peer's segment payload announcing far more bytes than this process
+/// can hold (1 TiB, a sparse memfd sealed at that size): the call fails with
+/// a codec error and the server goes on serving. Before, the server
+/// allocated the announced length for its copy (`Vec::with_capacity`), the
+/// allocation failed and the process aborted, taking every other client's
+/// calls and objects with it; any client holding the key, even a data-only
+/// one of another build, could do it.
+#[test]
+fn a_segment_larger_than_memory_fails_its_call_alone() {
+    if !allocations_past_memory_fail() {
+        eprintln!("skipped: this kernel overcommits every allocation");
+        return;
+    }
+    let address = unix_address("huge-segment");
+    let process = processional::server(&address).expect("spawn a server");
+    process
+        .invoke(func!(|| {
+            processional::register_service("review3.text_len", func!(|text: String| text.len()))
+        }))
+        .expect("the call")
+        .expect("the service is registered");
+    let huge = 1u64 << 40;
+    let mut segment = processional::shm::Segment::create(huge as usize).expect("a sparse memfd");
+    segment.seal_size().unwrap();
+    let mut connection = raw_data_client(&address);
+    let call = Message::ServiceCall(processional::proto::ServiceCall {
+        task: 1,
+        service: "review3.text_len".into(),
+        args: Payload::Segment { fd: 0, len: huge },
+    });
+    connection
+        .send_with_fds(&call, &[segment.as_fd()])
+        .expect("the call is sent");
+    let reply = connection
+        .recv_timeout(PATIENCE)
+        .expect("the server answers instead of dying")
+        .expect("an answer within PATIENCE");
+    let Message::Reply(Reply {
+        task: 1,
+        outcome: Outcome::Error(error),
+    }) = reply.message
+    else {
+        panic!("expected an error reply, got {:?}", reply.message);
+    };
+    assert_eq!(error.kind, RemoteErrorKind::Codec, "{error:?}");
+    assert_eq!(process.invoke(func!(|| 5u8)).expect("still serving"), 5);
 }
