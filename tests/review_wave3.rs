@@ -193,3 +193,48 @@ fn a_segment_larger_than_memory_fails_its_call_alone() {
     assert_eq!(error.kind, RemoteErrorKind::Codec, "{error:?}");
     assert_eq!(process.invoke(func!(|| 5u8)).expect("still serving"), 5);
 }
+
+/// A handle moved into a `thread` call and so dropped right after it was
+/// sent: the call still finds its object. Releases travel in the FIFO of
+/// queued calls so that a handle dropped after a call that uses it never
+/// frees the object under that call; a `thread` call decodes its arguments
+/// on a thread of its own, though, and before, the release that followed
+/// it could be run first, so the call failed with `UnknownObject` (always
+/// when the call waited for its turn behind the bound on `thread` calls,
+/// as here; sometimes when its thread was merely slow to start).
+#[test]
+fn a_handle_moved_into_a_thread_call_outlives_its_release() {
+    use processional::{Remote, SlaveProcessBuilder};
+    use processional_tests::gate;
+    let process = SlaveProcessBuilder::new()
+        .env("PROCESSIONAL_THREAD_CALLS", "1")
+        .spawn()
+        .expect("spawn");
+    // The one `thread` slot is taken until the gate opens.
+    let blocker = process.thread(func!(|| gate::start_then_wait(gate::LONGER_THAN_PATIENCE)));
+    assert!(
+        processional_tests::wait_until(PATIENCE, || process
+            .invoke(func!(gate::has_started))
+            .unwrap()),
+        "the blocking thread call started"
+    );
+    let remote: Remote<u32> = process.wrap(func!(|| 5u32)).unwrap();
+    let task = process.thread_with(
+        remote,
+        func!(|r: Remote<u32>| r.invoke(func!(|x: &mut u32| *x)).unwrap()),
+    );
+    // Queued after the release: once it answers, the release has run.
+    process.invoke(func!(processional::live_objects)).unwrap();
+    process.invoke(func!(gate::open)).unwrap();
+    assert!(blocker.wait().unwrap());
+    let value = task.wait_timeout(PATIENCE).ok().expect("the call answers");
+    assert_eq!(value.expect("the object was still there"), 5);
+    // The held release ran once the call had its object: nothing leaks.
+    assert!(
+        processional_tests::wait_until(PATIENCE, || process
+            .invoke(func!(processional::live_objects))
+            .unwrap()
+            == 0),
+        "the object was freed after the call"
+    );
+}

@@ -100,6 +100,8 @@ impl CallContext<'_> {
         REFUSAL.with(|r| r.borrow_mut().take());
         let result = args.decode();
         SERVING.with(|s| s.set(previous));
+        // Its handles are resolved: releases read after it may run.
+        self.served.arguments_decoded(self.task);
         let refusal = REFUSAL.with(|r| r.borrow_mut().take());
         result.map_err(|error| refusal.unwrap_or_else(|| codec::remote_codec_error(error)))
     }
