@@ -238,3 +238,43 @@ fn a_handle_moved_into_a_thread_call_outlives_its_release() {
         "the object was freed after the call"
     );
 }
+
+/// A value whose `Deserialize` panics (a user's bug) on 13.
+#[derive(Debug, serde::Serialize)]
+struct Touchy(u32);
+
+impl<'de> serde::Deserialize<'de> for Touchy {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = u32::deserialize(deserializer)?;
+        assert_ne!(value, 13, "Touchy refuses 13");
+        Ok(Touchy(value))
+    }
+}
+
+/// The reply of one task whose value panics as it is decoded, read by a
+/// thread that waits for another task: that task still gets its value,
+/// the panicking one fails with `Panicked`. Before, the value was decoded
+/// on whichever thread read the reply, outside any guard, so the panic
+/// unwound out of the other task's `wait` (or killed the pump thread,
+/// after which polled tasks of the session were never read again).
+#[test]
+fn a_value_that_panics_as_it_is_decoded_fails_only_its_own_task() {
+    let process = processional::slave().expect("spawn");
+    let touchy = process.schedule(func!(|| Touchy(13)));
+    let plain = process.schedule(func!(|| 1u8));
+    // Waiting for `plain` reads `touchy`'s reply first (FIFO).
+    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        plain
+            .wait_timeout(PATIENCE)
+            .ok()
+            .expect("the plain task ends")
+    }));
+    let plain = waited.expect("no panic of another task's value reaches this thread");
+    assert_eq!(plain.expect("its value"), 1);
+    let error = touchy
+        .wait_timeout(PATIENCE)
+        .ok()
+        .expect("the touchy task ends")
+        .expect_err("its value panicked");
+    assert!(error.is_panic(), "{error:?}");
+}
