@@ -278,3 +278,34 @@ fn a_value_that_panics_as_it_is_decoded_fails_only_its_own_task() {
         .expect_err("its value panicked");
     assert!(error.is_panic(), "{error:?}");
 }
+
+/// An object whose drop panics (a user's bug).
+struct PanicsOnDrop;
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("PanicsOnDrop panics as it is dropped");
+    }
+}
+
+/// Releasing the last handle to an object whose drop panics: the slave
+/// goes on serving (the panic is caught and logged where the object is
+/// freed). Before, the panic unwound the connection's executor, which ran
+/// the release, and the slave died with every call and object of its
+/// master.
+#[test]
+fn an_object_whose_drop_panics_does_not_kill_its_server() {
+    let process = processional::slave().expect("spawn");
+    let kept: processional::Remote<u32> = process.wrap(func!(|| 3u32)).unwrap();
+    let doomed: processional::Remote<PanicsOnDrop> = process
+        .wrap(func!(|| PanicsOnDrop))
+        .expect("wrap the object");
+    drop(doomed);
+    assert_eq!(
+        process
+            .invoke(func!(|| 7u8))
+            .expect("the slave still serves"),
+        7
+    );
+    assert_eq!(kept.invoke(func!(|x: &mut u32| *x)).unwrap(), 3);
+}

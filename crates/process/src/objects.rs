@@ -323,8 +323,22 @@ impl ObjectTable {
             }
             f(&mut state, &mut garbage)
         };
-        drop(garbage);
+        free(garbage);
         result
+    }
+}
+
+/// Drops the objects that lost their last reference (outside the table's
+/// lock). An object's drop is its owner's code: a panic in it is logged,
+/// never unwound into the thread that returned the reference (a
+/// connection's executor or reader, which would take the serving process
+/// down with it).
+fn free(garbage: Garbage) {
+    for slot in garbage {
+        let type_name = slot.type_name;
+        if let Err(error) = processional_task::catch_panic(move || drop(slot)) {
+            log::error!("processional: dropping a remote object ({type_name}) panicked: {error}");
+        }
     }
 }
 
