@@ -309,3 +309,72 @@ fn an_object_whose_drop_panics_does_not_kill_its_server() {
     );
     assert_eq!(kept.invoke(func!(|x: &mut u32| *x)).unwrap(), 3);
 }
+
+/// In a slave: connects to the server at `address` with `key` (hex),
+/// wraps a [`PanicsOnDrop`] there and starts a call on it that waits for
+/// the gate; keeps all of it (the slave is killed with it).
+fn start_a_call_on_a_doomed_object((address, key): (String, String)) {
+    use processional_tests::gate;
+    let key = Key::from_hex(&key).unwrap();
+    let client = ClientBuilder::new(&address)
+        .unwrap()
+        .key(key)
+        .connect()
+        .expect("a client");
+    let doomed: processional::Remote<PanicsOnDrop> = client
+        .wrap(func!(|| PanicsOnDrop))
+        .expect("wrap the object");
+    let running = doomed.schedule(func!(|_: &mut PanicsOnDrop| {
+        gate::start_then_wait(gate::LONGER_THAN_PATIENCE)
+    }));
+    std::mem::forget((client, doomed, running));
+}
+
+/// A client killed while a call on its object runs, the object's drop
+/// panicking when that call lets the last reference go: the server counts
+/// the client gone and serves on. Before, the call's entry dropped the last
+/// reference outside any guard: the panic unwound the client's thread past
+/// its accounting, so the server counted the dead client for good (a
+/// server that is not persistent would never stop).
+#[test]
+fn an_object_freed_by_its_running_call_leaves_the_server_sound() {
+    use processional_tests::gate;
+    let address = unix_address("drop-panics-under-a-call");
+    let key = Key::generate();
+    let server = processional::ServerBuilder::new(&address)
+        .unwrap()
+        .key(key.clone())
+        .persistent(true)
+        .start()
+        .expect("a server in this process");
+    let client = processional::slave().expect("spawn the client");
+    client
+        .invoke_with(
+            (address.clone(), key.to_hex()),
+            func!(start_a_call_on_a_doomed_object),
+        )
+        .expect("the call on the object is sent");
+    // The call runs here, in the server of this process.
+    assert!(
+        processional_tests::wait_until(PATIENCE, gate::has_started),
+        "the call on the object started"
+    );
+    processional_tests::kill_hard(client.pid());
+    // Its references are returned at its end, while the call runs.
+    assert!(
+        processional_tests::wait_until(PATIENCE, || server.live_objects() == 0),
+        "the killed client's connection ended"
+    );
+    gate::open();
+    assert!(
+        processional_tests::wait_until(PATIENCE, || server.clients() == 0),
+        "the client that died is counted gone"
+    );
+    let other = ClientBuilder::new(&address)
+        .unwrap()
+        .key(key)
+        .connect()
+        .expect("another client");
+    assert_eq!(other.invoke(func!(|| 7u8)).expect("still serving"), 7);
+    server.stop();
+}
