@@ -378,3 +378,33 @@ fn an_object_freed_by_its_running_call_leaves_the_server_sound() {
     assert_eq!(other.invoke(func!(|| 7u8)).expect("still serving"), 7);
     server.stop();
 }
+
+/// A value that panics as it is encoded (a user's bug).
+#[derive(Debug, serde::Deserialize)]
+struct Unsendable;
+
+impl serde::Serialize for Unsendable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        panic!("Unsendable panics as it is encoded");
+    }
+}
+
+/// Arguments whose `Deserialize` panics, and a value whose `Serialize`
+/// panics, as the slave handles them: each call fails with `Panicked`, the
+/// slave goes on serving. Before, both ran on the slave's executor outside
+/// the guard that catches the function's own panics, and the slave died
+/// with every call and object of its master.
+#[test]
+fn arguments_and_values_that_panic_in_serde_fail_only_their_call() {
+    let process = processional::slave().expect("spawn");
+    let error = process
+        .invoke_with(Touchy(13), func!(|touchy: Touchy| touchy.0))
+        .expect_err("its arguments panicked");
+    assert!(error.is_panic(), "{error:?}");
+    assert_eq!(process.invoke(func!(|| 7u8)).expect("still serving"), 7);
+    let error = process
+        .invoke(func!(|| Unsendable))
+        .expect_err("its value panicked");
+    assert!(error.is_panic(), "{error:?}");
+    assert_eq!(process.invoke(func!(|| 8u8)).expect("still serving"), 8);
+}

@@ -882,9 +882,14 @@ impl Served {
             task: call.task,
             token,
         };
+        // The entry runs the function under its own guard; this one catches
+        // the rest of the peer's types' code (their `Deserialize`,
+        // `Serialize` and `Drop`), which must not unwind this thread.
         let run = || {
             context::with_connection(&self.objects, || {
-                processional_task::with_token(token, || entry(&cx, &incoming))
+                processional_task::with_token(token, || {
+                    crate::entry::catch(|| entry(&cx, &incoming)).and_then(|answer| answer)
+                })
             })
         };
         let collect = || {
