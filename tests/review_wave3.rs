@@ -227,7 +227,9 @@ fn a_handle_moved_into_a_thread_call_outlives_its_release() {
     process.invoke(func!(processional::live_objects)).unwrap();
     process.invoke(func!(gate::open)).unwrap();
     assert!(blocker.wait().unwrap());
-    let value = task.wait_timeout(PATIENCE).ok().expect("the call answers");
+    let value = task
+        .wait_timeout(PATIENCE)
+        .unwrap_or_else(|_| panic!("the call answers"));
     assert_eq!(value.expect("the object was still there"), 5);
     // The held release ran once the call had its object: nothing leaks.
     assert!(
@@ -266,15 +268,13 @@ fn a_value_that_panics_as_it_is_decoded_fails_only_its_own_task() {
     let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         plain
             .wait_timeout(PATIENCE)
-            .ok()
-            .expect("the plain task ends")
+            .unwrap_or_else(|_| panic!("the plain task ends"))
     }));
     let plain = waited.expect("no panic of another task's value reaches this thread");
     assert_eq!(plain.expect("its value"), 1);
     let error = touchy
         .wait_timeout(PATIENCE)
-        .ok()
-        .expect("the touchy task ends")
+        .unwrap_or_else(|_| panic!("the touchy task ends"))
         .expect_err("its value panicked");
     assert!(error.is_panic(), "{error:?}");
 }
