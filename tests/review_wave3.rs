@@ -7,6 +7,7 @@
 //! drop.
 
 use std::sync::mpsc;
+use std::time::Duration;
 
 use std::os::fd::AsFd;
 
@@ -407,4 +408,72 @@ fn arguments_and_values_that_panic_in_serde_fail_only_their_call() {
         .expect_err("its value panicked");
     assert!(error.is_panic(), "{error:?}");
     assert_eq!(process.invoke(func!(|| 8u8)).expect("still serving"), 8);
+}
+
+/// The voluntary context switches of this process's threads named `name`.
+fn switches_of(name: &str) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        let field = |field: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(field))
+                .map(str::trim)
+        };
+        if field("Name:") == Some(name) {
+            total += field("voluntary_ctxt_switches:")
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// The pump thread's name as the kernel keeps it (15 bytes).
+const PUMP: &str = "processional-pu";
+
+/// In a helper process of its own (it counts its threads' wake-ups): a
+/// detached call that runs long gets the session's pump thread, which
+/// blocks until the reply comes instead of polling.
+#[test]
+fn helper_pumps_a_long_detached_call() {
+    use processional_tests::gate;
+    if !processional_tests::is_helper() {
+        return;
+    }
+    let process = processional::slave().expect("spawn");
+    process
+        .schedule(func!(|| gate::start_then_wait(gate::LONGER_THAN_PATIENCE)))
+        .detach();
+    gate::wait_for_start(&process);
+    assert!(
+        processional_tests::wait_until(PATIENCE, || switches_of(PUMP) > 0),
+        "the pump thread runs"
+    );
+    let before = switches_of(PUMP);
+    // Not a wait for something to happen: the measurement window itself.
+    std::thread::sleep(Duration::from_secs(3));
+    let woke = switches_of(PUMP) - before;
+    // A 50 ms poll makes 60; a blocked thread none.
+    assert!(woke <= 5, "the pump woke up {woke} times in 3 s");
+    // A `thread` call: a queued one would wait behind the long call.
+    process
+        .thread(func!(gate::open))
+        .wait_timeout(PATIENCE)
+        .unwrap_or_else(|_| panic!("the gate opens"))
+        .unwrap();
+}
+
+/// A master whose long call nobody blocks on (detached, or a polled
+/// future) does not wake up while it runs. Before, the pump thread read with
+/// a 50 ms deadline and polled 20 times a second for the whole call.
+#[test]
+fn a_pump_waiting_for_a_long_call_does_not_poll() {
+    if processional_tests::is_helper() {
+        return;
+    }
+    processional_tests::run_helper("helper_pumps_a_long_detached_call", &[]);
 }

@@ -585,7 +585,11 @@ impl Session {
     fn pump(self: Arc<Self>) {
         loop {
             let idle = || self.pending_count() == 0 || !self.is_connected();
-            self.drive(&idle, Some(Instant::now() + Duration::from_millis(50)));
+            // No deadline: blocked in the read (or as a follower), the pump
+            // wakes for a frame, or when the session dies; a pending count
+            // that falls to 0 without a frame (a stream forgotten) comes
+            // with the `Cancel` whose answer wakes it.
+            self.drive(&idle, None);
             if idle() {
                 self.pump_running.store(false, Ordering::Release);
                 // A call may have been registered between the check and the
