@@ -477,3 +477,92 @@ fn a_pump_waiting_for_a_long_call_does_not_poll() {
     }
     processional_tests::run_helper("helper_pumps_a_long_detached_call", &[]);
 }
+
+/// In a slave: the server it runs (started by [`serve_in_this_slave`]).
+static SERVER: std::sync::OnceLock<processional::ServerHandle> = std::sync::OnceLock::new();
+
+/// A gate of its own, never opened by the tests (they end first).
+static NEVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// In a slave: serves `address` with `key` (hex) from this process.
+fn serve_in_this_slave((address, key): (String, String)) {
+    let server = processional::ServerBuilder::new(&address)
+        .unwrap()
+        .key(Key::from_hex(&key).unwrap())
+        .persistent(true)
+        .start()
+        .expect("a server in the slave");
+    let _ = SERVER.set(server);
+}
+
+/// In a slave: how many clients its server serves.
+fn clients_of_this_slave() -> usize {
+    SERVER
+        .get()
+        .map_or(usize::MAX, processional::ServerHandle::clients)
+}
+
+/// In a slave: connects to the server at `address` with `key` (hex) and
+/// makes two `thread` calls there: one waits for the gate, the other for
+/// good; returns once the server has read both.
+fn take_every_thread_slot((address, key): (String, String)) {
+    use processional_tests::gate;
+    let client = ClientBuilder::new(&address)
+        .unwrap()
+        .key(Key::from_hex(&key).unwrap())
+        .connect()
+        .expect("a client");
+    let first = client.thread(func!(|| gate::start_then_wait(gate::LONGER_THAN_PATIENCE)));
+    let second = client.thread(func!(|| processional_tests::wait_until(
+        gate::LONGER_THAN_PATIENCE,
+        || NEVER.load(std::sync::atomic::Ordering::SeqCst)
+    )));
+    // Queued behind them on the same connection: read after both.
+    client.invoke(func!(|| ())).unwrap();
+    std::mem::forget((client, first, second));
+}
+
+/// A client killed with `thread` calls still waiting for their turn behind
+/// the bound (`MAX_THREAD_CALLS`, here 1): those calls are dropped, as its
+/// queued calls are, and another client's `thread` call runs as soon as
+/// the running one ends. Before, they ran for nobody, in turn, however
+/// long, and every other client's `thread` calls waited behind them.
+#[test]
+fn thread_calls_of_a_client_that_left_do_not_hold_the_bound() {
+    use processional::SlaveProcessBuilder;
+    use processional_tests::gate;
+    let address = unix_address("thread-calls-of-the-dead");
+    let key = Key::generate();
+    let host = SlaveProcessBuilder::new()
+        .env("PROCESSIONAL_THREAD_CALLS", "1")
+        .spawn()
+        .expect("spawn the host");
+    host.invoke_with((address.clone(), key.to_hex()), func!(serve_in_this_slave))
+        .unwrap();
+    let leaving = processional::slave().expect("spawn the leaving client");
+    leaving
+        .invoke_with(
+            (address.clone(), key.to_hex()),
+            func!(take_every_thread_slot),
+        )
+        .unwrap();
+    processional_tests::kill_hard(leaving.pid());
+    assert!(
+        processional_tests::wait_until(PATIENCE, || host
+            .invoke(func!(clients_of_this_slave))
+            .unwrap()
+            == 0),
+        "the host saw the client go"
+    );
+    let other = ClientBuilder::new(&address)
+        .unwrap()
+        .key(key)
+        .connect()
+        .expect("another client");
+    let call = other.thread(func!(|| 1u8));
+    host.invoke(func!(gate::open)).unwrap();
+    let value = call
+        .wait_timeout(PATIENCE)
+        .unwrap_or_else(|_| panic!("the other client's thread call ran"));
+    assert_eq!(value.unwrap(), 1);
+}

@@ -513,6 +513,15 @@ impl Served {
             // even while a long call of its still runs (a running call keeps
             // the objects it uses alive by itself).
             self.objects.release_all();
+            // Its `thread` calls that have not started are dropped, as its
+            // queued ones are: waiting for their turn behind the process's
+            // bound, they would run for nobody while other clients' calls
+            // waited behind them.
+            for call in lock(&self.calls).values() {
+                if call.thread.is_some() {
+                    call.token.cancel();
+                }
+            }
         }
         // Nobody will reclaim these any more: free them.
         let lent = LentValues::global().take_all(self.id);
