@@ -29,6 +29,9 @@ pub(crate) struct CallContext<'a> {
     pub(crate) task: TaskId,
     /// The call's cancellation token.
     pub(crate) token: &'a CancelToken,
+    /// Whether it is a `thread` call (releases read after it wait until it
+    /// has decoded its arguments).
+    pub(crate) thread: bool,
 }
 
 thread_local! {
@@ -101,8 +104,10 @@ impl CallContext<'_> {
         // A `Deserialize` that panics must not leave this thread serving.
         let result = processional_task::catch_panic(|| args.decode()).and_then(|value| value);
         SERVING.with(|s| s.set(previous));
-        // Its handles are resolved: releases read after it may run.
-        self.served.arguments_decoded(self.task);
+        if self.thread {
+            // Its handles are resolved: releases read after it may run.
+            self.served.arguments_decoded(self.task);
+        }
         let refusal = REFUSAL.with(|r| r.borrow_mut().take());
         result.map_err(|error| match error {
             processional_task::Error::Panicked(_) => crate::entry::to_remote(&error),

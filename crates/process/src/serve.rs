@@ -890,6 +890,7 @@ impl Served {
             served: self,
             task: call.task,
             token,
+            thread: call.mode == RunMode::Thread,
         };
         // The entry runs the function under its own guard; this one catches
         // the rest of the peer's types' code (their `Deserialize`,
