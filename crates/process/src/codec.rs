@@ -271,9 +271,13 @@ fn decode_mapped_bytes(view: &SegmentView) -> Result<Vec<u8>, CodecError> {
 }
 
 /// A new `Vec<u8>` holding `len` bytes of `view` from `start`. Large ones ask
-/// for transparent huge pages first, as [`fresh_copy`] does.
+/// for transparent huge pages first, as [`fresh_copy`] does. The length is
+/// the peer's (its segment's size): memory that cannot be had fails the
+/// decoding, not the process.
 fn copy_range(view: &SegmentView, start: usize, len: usize) -> Result<Vec<u8>, CodecError> {
-    let mut out = Vec::with_capacity(len);
+    let mut out = Vec::new();
+    out.try_reserve_exact(len)
+        .map_err(|_| CodecError::Payload(Box::new(PayloadError::TooLong(len as u64))))?;
     if len >= crate::sys::HUGE_PAGE * 4 {
         crate::sys::advise_huge_pages(out.as_mut_ptr(), out.capacity());
     }

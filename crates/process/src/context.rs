@@ -29,6 +29,9 @@ pub(crate) struct CallContext<'a> {
     pub(crate) task: TaskId,
     /// The call's cancellation token.
     pub(crate) token: &'a CancelToken,
+    /// Whether it is a `thread` call (releases read after it wait until it
+    /// has decoded its arguments).
+    pub(crate) thread: bool,
 }
 
 thread_local! {
@@ -98,10 +101,18 @@ impl CallContext<'_> {
     ) -> Result<A, RemoteError> {
         let previous = SERVING.with(|s| s.replace(true));
         REFUSAL.with(|r| r.borrow_mut().take());
-        let result = args.decode();
+        // A `Deserialize` that panics must not leave this thread serving.
+        let result = processional_task::catch_panic(|| args.decode()).and_then(|value| value);
         SERVING.with(|s| s.set(previous));
+        if self.thread {
+            // Its handles are resolved: releases read after it may run.
+            self.served.arguments_decoded(self.task);
+        }
         let refusal = REFUSAL.with(|r| r.borrow_mut().take());
-        result.map_err(|error| refusal.unwrap_or_else(|| codec::remote_codec_error(error)))
+        result.map_err(|error| match error {
+            processional_task::Error::Panicked(_) => crate::entry::to_remote(&error),
+            error => refusal.unwrap_or_else(|| codec::remote_codec_error(error)),
+        })
     }
 
     /// Encodes the value of a call.

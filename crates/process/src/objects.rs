@@ -123,7 +123,21 @@ impl ObjectSlot {
 }
 
 impl Drop for ObjectSlot {
+    /// The object's drop is its owner's code, run by whichever thread lets
+    /// the last reference go (a connection's executor after a release or a
+    /// call, a reader after a disconnect): a panic in it is logged, never
+    /// unwound into that thread, which would take the serving process down.
     fn drop(&mut self) {
+        let value = std::mem::replace(
+            self.value
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            Box::new(()),
+        );
+        let type_name = self.type_name;
+        if let Err(error) = processional_task::catch_panic(move || drop(value)) {
+            log::error!("processional: dropping a remote object ({type_name}) panicked: {error}");
+        }
         LIVE_OBJECTS.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -12,7 +12,7 @@
 //! not wake up.
 
 use std::cell::Cell;
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
@@ -193,7 +193,46 @@ enum Job {
     /// Answer a call with an error without running anything (sent by the
     /// executor: the reader may be inside a send).
     Refuse(TaskId, RemoteError),
-    Release(ObjectId),
+    /// Drop one handle of the peer's, once the `thread` calls read before
+    /// it (those numbered below the second field) have decoded their
+    /// arguments (see [`ThreadArguments`]).
+    Release(ObjectId, u64),
+}
+
+/// The `thread` calls of a connection that may still have to decode their
+/// arguments, and the releases read after them, held until they have.
+///
+/// A release travels in the FIFO of queued calls, so that a handle dropped
+/// after a queued call that uses it never frees the object under that call.
+/// A `thread` call decodes its arguments on a thread of its own, maybe
+/// after waiting for its turn (`MAX_THREAD_CALLS`): a handle moved into it
+/// is dropped, and its release sent, right behind it, so the release must
+/// wait for the call to have found its object.
+#[derive(Default)]
+struct ThreadArguments {
+    /// The number of the next `thread` call read.
+    next: u64,
+    /// The numbers of those that have not decoded their arguments yet.
+    undecoded: BTreeSet<u64>,
+    /// Releases waiting, in the order read, each with the number of the
+    /// first `thread` call read after it.
+    held: VecDeque<(ObjectId, u64)>,
+}
+
+impl ThreadArguments {
+    /// Takes the held releases out that wait for no call any more.
+    fn releasable(&mut self) -> Vec<ObjectId> {
+        let first_undecoded = self.undecoded.first().copied().unwrap_or(u64::MAX);
+        let mut ready = Vec::new();
+        while let Some(&(object, before)) = self.held.front() {
+            if before > first_undecoded {
+                break;
+            }
+            self.held.pop_front();
+            ready.push(object);
+        }
+        ready
+    }
 }
 
 /// A call read from the peer and not yet answered.
@@ -202,6 +241,9 @@ struct CallState {
     /// The caller's credit, for a call that streams items (made by the
     /// first `Credit` or by the stream's sink, whichever comes first).
     flow: Option<Arc<Flow>>,
+    /// A `thread` call's number, until it has decoded its arguments (see
+    /// [`ThreadArguments`]).
+    thread: Option<u64>,
 }
 
 /// What a serving process does when a peer asks it to shut down.
@@ -227,6 +269,9 @@ pub(crate) struct Served {
     calls_run: AtomicU64,
     /// The calls read and not yet answered (queued, running, or deferred).
     calls: Mutex<IdMap<TaskId, CallState>>,
+    /// The `thread` calls yet to decode their arguments, and the releases
+    /// waiting for them.
+    thread_arguments: Mutex<ThreadArguments>,
     /// The objects this connection holds, in the table of its server.
     objects: Arc<ConnectionObjects>,
     end: Mutex<Option<End>>,
@@ -301,6 +346,7 @@ impl Served {
             busy: AtomicU64::new(0),
             calls_run: AtomicU64::new(0),
             calls: Mutex::new(IdMap::default()),
+            thread_arguments: Mutex::default(),
             objects: Arc::new(table.connect()),
             end: Mutex::new(None),
             taking_over: AtomicBool::new(false),
@@ -342,7 +388,7 @@ impl Served {
                 Some(Job::Refuse(task, error)) => {
                     self.send_reply(task, Err(error));
                 }
-                Some(Job::Release(object)) => self.objects.release(object),
+                Some(Job::Release(object, before)) => self.release(object, before),
                 None => break,
             }
         }
@@ -465,6 +511,15 @@ impl Served {
             // even while a long call of its still runs (a running call keeps
             // the objects it uses alive by itself).
             self.objects.release_all();
+            // Its `thread` calls that have not started are dropped, as its
+            // queued ones are: waiting for their turn behind the process's
+            // bound, they would run for nobody while other clients' calls
+            // waited behind them.
+            for call in lock(&self.calls).values() {
+                if call.thread.is_some() {
+                    call.token.cancel();
+                }
+            }
         }
         // Nobody will reclaim these any more: free them.
         let lent = LentValues::global().take_all(self.id);
@@ -640,7 +695,9 @@ impl Served {
                     ),
                 )),
             },
-            Message::Release { object } => Some(Job::Release(object)),
+            Message::Release { object } => {
+                Some(Job::Release(object, lock(&self.thread_arguments).next))
+            }
             Message::Cancel { task } => {
                 if let Some(call) = lock(&self.calls).get(&task) {
                     call.token.cancel();
@@ -726,22 +783,83 @@ impl Served {
     /// Takes a call in: queued for the executor, or run on a thread.
     fn accept(self: &Arc<Self>, call: Call, fds: Vec<OwnedFd>) -> Option<Job> {
         let token = CancelToken::new();
-        lock(&self.calls).insert(call.task, CallState { token, flow: None });
-        match call.mode {
-            RunMode::Queued => Some(Job::Call(call, fds)),
-            RunMode::Thread => {
+        let thread = (call.mode == RunMode::Thread).then(|| {
+            let mut arguments = lock(&self.thread_arguments);
+            let number = arguments.next;
+            arguments.next += 1;
+            arguments.undecoded.insert(number);
+            number
+        });
+        lock(&self.calls).insert(
+            call.task,
+            CallState {
+                token,
+                flow: None,
+                thread,
+            },
+        );
+        match thread {
+            None => Some(Job::Call(call, fds)),
+            Some(number) => {
                 self.threads_running.fetch_add(1, Ordering::AcqRel);
                 let served = self.clone();
                 // At most `MAX_THREAD_CALLS` at once in the process; the
                 // others wait their turn, holding no thread.
                 crate::thread_calls::Bounded::global().submit(Box::new(move || {
                     serving(served.id, || served.execute(call, fds));
+                    // However it ended (refused, cancelled before it
+                    // started): its arguments hold nothing any more.
+                    served.thread_decoded(number);
                     let _guard = lock(&served.threads_lock);
                     served.threads_running.fetch_sub(1, Ordering::AcqRel);
                     served.threads_done.notify_all();
                 }));
                 None
             }
+        }
+    }
+
+    /// Drops one handle of the peer's to `object`, or holds the release
+    /// until the `thread` calls read before it (numbered below `before`)
+    /// have decoded their arguments.
+    fn release(&self, object: ObjectId, before: u64) {
+        {
+            let mut arguments = lock(&self.thread_arguments);
+            let waits = arguments
+                .undecoded
+                .first()
+                .is_some_and(|&first| first < before);
+            if waits || !arguments.held.is_empty() {
+                arguments.held.push_back((object, before));
+                return;
+            }
+        }
+        self.objects.release(object);
+    }
+
+    /// The call `task` has decoded its arguments (nothing if it is no
+    /// `thread` call, or said so already).
+    pub(crate) fn arguments_decoded(&self, task: TaskId) {
+        let number = lock(&self.calls)
+            .get_mut(&task)
+            .and_then(|call| call.thread.take());
+        if let Some(number) = number {
+            self.thread_decoded(number);
+        }
+    }
+
+    /// `thread` call `number` has decoded its arguments: the releases that
+    /// waited only for it run.
+    fn thread_decoded(&self, number: u64) {
+        let ready = {
+            let mut arguments = lock(&self.thread_arguments);
+            if !arguments.undecoded.remove(&number) {
+                return;
+            }
+            arguments.releasable()
+        };
+        for object in ready {
+            self.objects.release(object);
         }
     }
 
@@ -785,10 +903,16 @@ impl Served {
             served: self,
             task: call.task,
             token,
+            thread: call.mode == RunMode::Thread,
         };
+        // The entry runs the function under its own guard; this one catches
+        // the rest of the peer's types' code (their `Deserialize`,
+        // `Serialize` and `Drop`), which must not unwind this thread.
         let run = || {
             context::with_connection(&self.objects, || {
-                processional_task::with_token(token, || entry(&cx, &incoming))
+                processional_task::with_token(token, || {
+                    crate::entry::catch(|| entry(&cx, &incoming)).and_then(|answer| answer)
+                })
             })
         };
         let collect = || {

@@ -17,7 +17,9 @@ use processional_proto::{
     Call, FunctionRef, Message, Outcome, Payload, RunMode, ServiceCall, TaskId,
 };
 use processional_task::{Driver, Error, ExitReason, Task};
-use processional_transport::{Connection, ConnectionReader, ConnectionWriter, PeerInfo, Received};
+use processional_transport::{
+    Connection, ConnectionReader, ConnectionWriter, PeerInfo, Received, ShutdownHandle,
+};
 use serde::de::DeserializeOwned;
 
 use crate::error::Broken;
@@ -151,6 +153,13 @@ pub(crate) struct Session {
     /// reuse those segments. Sent ([`Message::Reclaim`]) ahead of the next
     /// frame, so no frame of its own wakes the server.
     reclaims: Mutex<Vec<TaskId>>,
+    /// Pings read while a write was in progress (inside its drain, or
+    /// beside it): answered ahead of the next frame, since the reader may
+    /// not wait for the writer it may itself hold.
+    pongs: Mutex<Vec<u64>>,
+    /// Shuts the socket down without the writer, which the thread that
+    /// finds the connection broken may hold (reading inside its write).
+    closer: ShutdownHandle,
     unix: bool,
     exit_probe: OnceLock<Box<dyn ExitProbe>>,
     /// The address of the server at the other end, for handles that move to
@@ -174,6 +183,7 @@ impl Session {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let unix = connection.is_unix();
         let (reader, writer) = connection.split();
+        let closer = writer.shutdown_handle();
         Arc::new_cyclic(|me| Session {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             peer,
@@ -189,6 +199,8 @@ impl Session {
             pump_running: AtomicBool::new(false),
             shutdown_acknowledged: AtomicBool::new(false),
             reclaims: Mutex::new(Vec::new()),
+            pongs: Mutex::new(Vec::new()),
+            closer,
             unix,
             exit_probe: OnceLock::new(),
             origin: OnceLock::new(),
@@ -288,7 +300,12 @@ impl Session {
                 reclaim(lent, &outcome);
                 let value = outcome.and_then(|(payload, fds)| {
                     let in_segment = matches!(payload, Payload::Segment { .. });
-                    let value = payload::decode::<R>(payload, fds);
+                    // Whichever thread reads this reply decodes it, maybe one
+                    // waiting for another task, or inside a write: a
+                    // `Deserialize` that panics fails this task alone.
+                    let value =
+                        processional_task::catch_panic(|| payload::decode::<R>(payload, fds))
+                            .and_then(|value| value);
                     if in_segment {
                         // Read and unmapped: the server may reuse the
                         // segment. It is told with the next frame we send,
@@ -399,10 +416,15 @@ impl Session {
             return Err(error);
         }
         let mut writer = lock(&self.writer);
-        let reclaims: Vec<Message> = std::mem::take(&mut *lock(&self.reclaims))
+        let mut reclaims: Vec<Message> = std::mem::take(&mut *lock(&self.pongs))
             .into_iter()
-            .map(|task| Message::Reclaim { task })
+            .map(Message::Pong)
             .collect();
+        reclaims.extend(
+            std::mem::take(&mut *lock(&self.reclaims))
+                .into_iter()
+                .map(|task| Message::Reclaim { task }),
+        );
         let result = writer.send_after_with(&reclaims, message, fds, &mut || self.drain());
         drop(writer);
         result.map_err(|error| {
@@ -425,7 +447,7 @@ impl Session {
 
     /// Closes the connection both ways (the peer sees end of stream).
     pub(crate) fn close(&self) {
-        let _ = lock(&self.writer).shutdown();
+        let _ = self.closer.shutdown();
     }
 
     fn bump_epoch(&self) {
@@ -510,7 +532,14 @@ impl Session {
             }
             Message::Pong(_) => {}
             Message::Ping(value) => {
-                let _ = self.send(&Message::Pong(value));
+                // This may run inside a write of this thread (draining), so
+                // it never waits for the writer: a writer busy now sends the
+                // pong ahead of its next frame.
+                lock(&self.pongs).push(value);
+                if let Ok(writer) = self.writer.try_lock() {
+                    drop(writer);
+                    let _ = self.send_pongs();
+                }
             }
             Message::Error(remote) => {
                 self.die(Death::Disconnected(Some(Arc::new(Broken::PeerReported(
@@ -552,9 +581,20 @@ impl Session {
         for pending in pending {
             pending.complete(Err(death.error()));
         }
-        let _ = lock(&self.writer).shutdown();
+        // Not through the writer: this thread may hold it (a reply read
+        // while its own write waits for room).
+        let _ = self.closer.shutdown();
         self.wake_followers();
         death
+    }
+
+    /// Sends the pongs that wait, if any.
+    fn send_pongs(&self) -> Result<(), Error> {
+        let Some(value) = lock(&self.pongs).pop() else {
+            return Ok(());
+        };
+        // The others go ahead of it.
+        self.send(&Message::Pong(value))
     }
 
     fn pending_count(&self) -> usize {
@@ -564,7 +604,11 @@ impl Session {
     fn pump(self: Arc<Self>) {
         loop {
             let idle = || self.pending_count() == 0 || !self.is_connected();
-            self.drive(&idle, Some(Instant::now() + Duration::from_millis(50)));
+            // No deadline: blocked in the read (or as a follower), the pump
+            // wakes for a frame, or when the session dies; a pending count
+            // that falls to 0 without a frame (a stream forgotten) comes
+            // with the `Cancel` whose answer wakes it.
+            self.drive(&idle, None);
             if idle() {
                 self.pump_running.store(false, Ordering::Release);
                 // A call may have been registered between the check and the
