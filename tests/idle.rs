@@ -8,14 +8,14 @@
 //! that only blocks makes none. No bound is put on how long anything takes.
 
 use processional::func;
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
 use processional::{ServerBuilder, SlaveProcessBuilder, server, slave};
 use processional_tests::{
-    KillOnDrop, PATIENCE, is_helper, is_zombie, process_exists, spawn_helper, wait_until,
+    KillOnDrop, PATIENCE, is_helper, is_zombie, process_exists, spawn_helper, voluntary_switches,
+    wait_until,
 };
 
 /// How long each process is watched while idle.
@@ -25,34 +25,6 @@ const IDLE_WINDOW: Duration = Duration::from_secs(5);
 /// [`IDLE_WINDOW`] (a few stragglers: a lingering check after the last call,
 /// a cached thread retiring). A 10 ms poll makes about 500.
 const MAX_WAKEUPS: u64 = 20;
-
-/// Each thread's name and voluntary context switches, by thread id.
-fn voluntary_switches(pid: u32) -> HashMap<u32, (String, u64)> {
-    let mut threads = HashMap::new();
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap_or_else(|e| panic!("process {pid} is gone: {e}"));
-    for task in tasks.flatten() {
-        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
-            continue;
-        };
-        // A thread may end between the listing and the read.
-        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
-            continue;
-        };
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(name))
-                .map(str::trim)
-        };
-        let name = field("Name:").unwrap_or("?").to_owned();
-        let switches = field("voluntary_ctxt_switches:")
-            .and_then(|n| n.parse().ok())
-            .expect("a task status has voluntary_ctxt_switches");
-        threads.insert(tid, (name, switches));
-    }
-    threads
-}
 
 /// Watches `pid` for [`IDLE_WINDOW`] and asserts that its threads, together,
 /// woke up at most [`MAX_WAKEUPS`] times (threads that ended meanwhile are

@@ -116,27 +116,12 @@ fn unix_address(tag: &str) -> String {
 /// A raw data-only client of the server at `address` (a program of any
 /// build holding the key), authenticated with the key file beside it.
 fn raw_data_client(address: &str) -> Connection {
-    let key_file = format!("{}.key", address.trim_start_matches("unix:"));
-    let key = Key::from_hex(std::fs::read_to_string(key_file).unwrap().trim()).unwrap();
-    let mut connection = Connection::connect(&address.parse().unwrap()).unwrap();
-    connection
-        .handshake(
-            Side::Initiator,
-            &Handshake {
-                key,
-                hello: Hello {
-                    protocol: PROTOCOL_VERSION,
-                    fingerprint: processional::proto::Fingerprint([0xAB; 32]),
-                    role: Role::DataClient,
-                    pid: std::process::id(),
-                    host: "test".into(),
-                    program: "another-program".into(),
-                },
-                accept_roles: vec![Role::Server],
-                timeout: Some(PATIENCE),
-            },
-        )
-        .expect("the data client is accepted");
+    let (connection, outcome) = processional_tests::handshake_as_another_program(
+        address,
+        Role::DataClient,
+        processional::proto::Fingerprint([0xAB; 32]),
+    );
+    outcome.expect("the data client is accepted");
     connection
 }
 
@@ -412,24 +397,11 @@ fn arguments_and_values_that_panic_in_serde_fail_only_their_call() {
 
 /// The voluntary context switches of this process's threads named `name`.
 fn switches_of(name: &str) -> u64 {
-    let mut total = 0;
-    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
-            continue;
-        };
-        let field = |field: &str| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(field))
-                .map(str::trim)
-        };
-        if field("Name:") == Some(name) {
-            total += field("voluntary_ctxt_switches:")
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    total
+    processional_tests::voluntary_switches(std::process::id())
+        .values()
+        .filter(|(thread, _)| thread == name)
+        .map(|(_, switches)| switches)
+        .sum()
 }
 
 /// The pump thread's name as the kernel keeps it (15 bytes).

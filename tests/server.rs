@@ -411,33 +411,13 @@ fn many_clients_many_calls() {
 
 #[test]
 fn a_client_of_another_build_is_refused_with_both_fingerprints() {
-    use processional::proto::{Fingerprint, Hello, PROTOCOL_VERSION, Role};
-    use processional::transport::{Connection, Handshake, Side};
+    use processional::proto::{Fingerprint, Role};
     let address = unix_address("fingerprint");
     let process = server(&address).expect("spawn");
-    let key_file = format!("{}.key", address.trim_start_matches("unix:"));
-    let key =
-        processional::Key::from_hex(std::fs::read_to_string(key_file).unwrap().trim()).unwrap();
-    let mut connection = Connection::connect(&address.parse().unwrap()).unwrap();
     let forged = Fingerprint([0xEE; 32]);
-    let error = connection
-        .handshake(
-            Side::Initiator,
-            &Handshake {
-                key,
-                hello: Hello {
-                    protocol: PROTOCOL_VERSION,
-                    fingerprint: forged,
-                    role: Role::Client,
-                    pid: std::process::id(),
-                    host: "test".into(),
-                    program: "another-program".into(),
-                },
-                accept_roles: vec![Role::Server],
-                timeout: Some(PATIENCE),
-            },
-        )
-        .expect_err("refused");
+    let (_connection, outcome) =
+        processional_tests::handshake_as_another_program(&address, Role::Client, forged);
+    let error = outcome.expect_err("refused");
     let text = error.to_string();
     assert!(text.contains(&forged.to_string()), "{text}");
     assert!(

@@ -212,3 +212,67 @@ pub fn start_a_grandchild(
     state.set("child", &std::process::id())?;
     Ok(())
 }
+
+/// Each thread's name and voluntary context switches, by thread id.
+pub fn voluntary_switches(pid: u32) -> std::collections::HashMap<u32, (String, u64)> {
+    let mut threads = std::collections::HashMap::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|e| panic!("process {pid} is gone: {e}"));
+    for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        // A thread may end between the listing and the read.
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .map(str::trim)
+        };
+        let name = field("Name:").unwrap_or("?").to_owned();
+        let switches = field("voluntary_ctxt_switches:")
+            .and_then(|n| n.parse().ok())
+            .expect("a task status has voluntary_ctxt_switches");
+        threads.insert(tid, (name, switches));
+    }
+    threads
+}
+
+/// Connects to the unix server at `address` as a program of another build
+/// would: the key from the file beside the socket, a hello with `role` and
+/// `fingerprint`. The connection, and how its handshake ended.
+pub fn handshake_as_another_program(
+    address: &str,
+    role: processional::proto::Role,
+    fingerprint: processional::proto::Fingerprint,
+) -> (
+    processional::transport::Connection,
+    Result<processional::transport::PeerInfo, processional::transport::Error>,
+) {
+    use processional::proto::{Hello, PROTOCOL_VERSION, Role};
+    use processional::transport::{Connection, Handshake, Side};
+    let key_file = format!("{}.key", address.trim_start_matches("unix:"));
+    let key = processional::Key::from_hex(std::fs::read_to_string(key_file).unwrap().trim())
+        .expect("a key beside the socket");
+    let mut connection = Connection::connect(&address.parse().unwrap()).expect("connect");
+    let outcome = connection.handshake(
+        Side::Initiator,
+        &Handshake {
+            key,
+            hello: Hello {
+                protocol: PROTOCOL_VERSION,
+                fingerprint,
+                role,
+                pid: std::process::id(),
+                host: "test".into(),
+                program: "another-program".into(),
+            },
+            accept_roles: vec![Role::Server],
+            timeout: Some(PATIENCE),
+        },
+    );
+    (connection, outcome)
+}
