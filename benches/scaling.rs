@@ -37,8 +37,8 @@ use criterion::Criterion;
 use processional::SlaveProcess;
 use processional::process::INLINE_LIMIT;
 use processional_benches::process_peer::{
-    BenchDir, Crew, RAW_UNIX_PATH_ECHO, RawPeer, SlaveGuard, configure_slow_group,
-    round_trips_windowed, scheduled_calls, spawn_raw_unix_path_echo,
+    BenchDir, Crew, RAW_UNIX_PATH_ECHO, RawPeer, SlaveGuard, configure_slow_group, raw_echo_crew,
+    round_trips_windowed, scheduled_calls,
 };
 use processional_benches::run_child_if_requested;
 
@@ -234,14 +234,10 @@ fn throughput_256_clients(criterion: &mut Criterion, dir: &BenchDir) {
 /// pipelining pings [`WINDOW`] at a time; the child goes with the crew.
 fn raw_crew(dir: &BenchDir, connections: usize) -> (Crew, RawPeer<Vec<UnixStream>>) {
     let socket = dir.join(&format!("raw{connections}.sock"));
-    let mut echo =
-        spawn_raw_unix_path_echo(&socket, connections).expect("cannot start the raw echo child");
-    let streams = std::mem::take(&mut echo.stream);
-    let crew = Crew::new(streams, |stream, count| {
+    raw_echo_crew(&socket, connections, |stream, count| {
         round_trips_windowed(stream, count, WINDOW).map_err(|error| error.to_string())
     })
-    .expect("cannot start connection threads");
-    (crew, echo)
+    .expect("cannot start the raw echo child and its crew")
 }
 
 /// `server.raw_throughput_256_clients`.

@@ -29,8 +29,8 @@ use std::time::Instant;
 use criterion::Criterion;
 use processional::{ClientBuilder, Key, ServerBuilder, SlaveProcess};
 use processional_benches::process_peer::{
-    BenchDir, Crew, RAW_TCP_ECHO, RAW_UNIX_PATH_ECHO, RawPeer, SlaveGuard, round_trips_windowed,
-    scheduled_calls, spawn_raw_tcp_echo, spawn_raw_unix_path_echo,
+    BenchDir, Crew, RAW_TCP_ECHO, RAW_UNIX_PATH_ECHO, RawPeer, SlaveGuard, raw_echo_crew,
+    round_trips_windowed, scheduled_calls, spawn_raw_tcp_echo, spawn_raw_unix_path_echo,
 };
 use processional_benches::{ChildRole, round_trip_raw, run_child_if_requested};
 
@@ -160,14 +160,12 @@ impl Peers {
     /// child.
     fn raw_crew(&mut self) -> &Crew {
         if self.raw_crew.is_none() {
-            let mut raw = spawn_raw_unix_path_echo(&self.dir.join("raw64.sock"), CLIENTS)
-                .expect("cannot start the raw echo child");
-            let streams = std::mem::take(&mut raw.stream);
+            let (crew, raw) =
+                raw_echo_crew(&self.dir.join("raw64.sock"), CLIENTS, |stream, count| {
+                    round_trips_windowed(stream, count, WINDOW).map_err(|error| error.to_string())
+                })
+                .expect("cannot start the raw echo child and its crew");
             self.raw_many = Some(raw);
-            let crew = Crew::new(streams, |stream, count| {
-                round_trips_windowed(stream, count, WINDOW).map_err(|error| error.to_string())
-            })
-            .expect("cannot start connection threads");
             self.raw_crew = Some(crew);
         }
         self.raw_crew.as_ref().expect("made just above")

@@ -123,6 +123,19 @@ pub fn bare_spawns(iters: u64) -> Duration {
     timed
 }
 
+/// `connections` raw connections to one echo child ([`RAW_UNIX_PATH_ECHO`],
+/// bound at `path`), one crew thread each doing `work` (windowed pings, say);
+/// the child goes once the crew is dropped.
+pub fn raw_echo_crew(
+    path: &Path,
+    connections: usize,
+    work: fn(&mut UnixStream, u64) -> Result<(), String>,
+) -> io::Result<(Crew, RawPeer<Vec<UnixStream>>)> {
+    let mut echo = spawn_raw_unix_path_echo(path, connections)?;
+    let streams = std::mem::take(&mut echo.stream);
+    Ok((Crew::new(streams, work)?, echo))
+}
+
 /// `count` trivial calls (`schedule(|| 1u64)`) on `client`, `window` in
 /// flight at a time: the work of a server throughput case's client.
 pub fn scheduled_calls(client: &SlaveProcess, count: u64, window: usize) -> Result<(), String> {

@@ -220,12 +220,17 @@ struct ThreadArguments {
 }
 
 impl ThreadArguments {
+    /// Whether a release read before `thread` call `before` must wait: a
+    /// call read before it has not decoded its arguments yet.
+    fn must_wait(&self, before: u64) -> bool {
+        self.undecoded.first().is_some_and(|&first| first < before)
+    }
+
     /// Takes the held releases out that wait for no call any more.
     fn releasable(&mut self) -> Vec<ObjectId> {
-        let first_undecoded = self.undecoded.first().copied().unwrap_or(u64::MAX);
         let mut ready = Vec::new();
         while let Some(&(object, before)) = self.held.front() {
-            if before > first_undecoded {
+            if self.must_wait(before) {
                 break;
             }
             self.held.pop_front();
@@ -825,11 +830,8 @@ impl Served {
     fn release(&self, object: ObjectId, before: u64) {
         {
             let mut arguments = lock(&self.thread_arguments);
-            let waits = arguments
-                .undecoded
-                .first()
-                .is_some_and(|&first| first < before);
-            if waits || !arguments.held.is_empty() {
+            // Behind others held, it waits its turn in order.
+            if arguments.must_wait(before) || !arguments.held.is_empty() {
                 arguments.held.push_back((object, before));
                 return;
             }

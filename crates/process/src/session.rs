@@ -416,16 +416,17 @@ impl Session {
             return Err(error);
         }
         let mut writer = lock(&self.writer);
-        let mut reclaims: Vec<Message> = std::mem::take(&mut *lock(&self.pongs))
+        // Waiting pongs and reclaims go ahead of the message, in its write.
+        let mut ahead: Vec<Message> = std::mem::take(&mut *lock(&self.pongs))
             .into_iter()
             .map(Message::Pong)
             .collect();
-        reclaims.extend(
+        ahead.extend(
             std::mem::take(&mut *lock(&self.reclaims))
                 .into_iter()
                 .map(|task| Message::Reclaim { task }),
         );
-        let result = writer.send_after_with(&reclaims, message, fds, &mut || self.drain());
+        let result = writer.send_after_with(&ahead, message, fds, &mut || self.drain());
         drop(writer);
         result.map_err(|error| {
             let death = self.die_from(error);

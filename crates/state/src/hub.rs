@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::WireError;
 use crate::read::Read;
 use crate::store::{
-    Change, DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, Entry, Revision, Snapshot, Store,
+    Change, DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, Entry, Revision, Snapshot, Store, named,
 };
 
 /// How many waits and watch polls one connection may have parked at once
@@ -200,6 +200,28 @@ impl Parked {
 /// as it kept. So the looks cost a constant per parked wait, amortized.
 const PRUNE_FLOOR: usize = 64;
 
+/// Sorts the parked `items` of a namespace after its change, with
+/// `answer`: those still parked are returned; the others' answers go to
+/// `due`, their connections to `gone`.
+fn sort_out<T>(
+    items: Vec<T>,
+    mut answer: impl FnMut(T) -> Result<T, (Option<u64>, Delivery)>,
+    gone: &mut Vec<Option<u64>>,
+    due: &mut Vec<Delivery>,
+) -> Vec<T> {
+    let mut left = Vec::new();
+    for item in items {
+        match answer(item) {
+            Ok(item) => left.push(item),
+            Err((connection, delivery)) => {
+                gone.push(connection);
+                due.push(delivery);
+            }
+        }
+    }
+    left
+}
+
 /// An answer made due, to deliver once the hub is unlocked.
 pub(crate) struct Delivery(Box<dyn FnOnce() + Send>);
 
@@ -228,7 +250,7 @@ impl std::fmt::Debug for Delivery {
 /// them once their number has doubled ([`PRUNE_FLOOR`]).
 pub(crate) struct Hub {
     pub(crate) store: Store,
-    parked: HashMap<String, Parked>,
+    parked: BTreeMap<String, Parked>,
     /// Waits and polls parked per connection (capped ones only).
     per_connection: HashMap<u64, usize>,
     /// Waits and polls parked in all.
@@ -262,7 +284,7 @@ impl Hub {
     pub(crate) fn with_limits(limits: Limits) -> Hub {
         let mut hub = Hub {
             store: Store::new(limits.history),
-            parked: HashMap::new(),
+            parked: BTreeMap::new(),
             per_connection: HashMap::new(),
             total: 0,
             prune_at: PRUNE_FLOOR,
@@ -370,7 +392,7 @@ impl Hub {
                     condition => condition,
                 };
                 self.parked_one(connection);
-                self.namespace(namespace).waiters.push(Waiter {
+                named(&mut self.parked, namespace).waiters.push(Waiter {
                     condition,
                     connection,
                     respond,
@@ -406,7 +428,7 @@ impl Hub {
             }
             Ok(changes) if changes.is_empty() => {
                 self.parked_one(connection);
-                self.namespace(namespace).polls.push(Poll {
+                named(&mut self.parked, namespace).polls.push(Poll {
                     after,
                     max,
                     connection,
@@ -419,15 +441,6 @@ impl Hub {
         };
         due.push(Delivery(Box::new(move || respond.respond(answer))));
         due
-    }
-
-    /// The waits parked on `namespace`, made if there are none.
-    fn namespace(&mut self, namespace: &str) -> &mut Parked {
-        // Looked up first: `entry` would allocate the name each time.
-        if !self.parked.contains_key(namespace) {
-            self.parked.insert(namespace.to_owned(), Parked::default());
-        }
-        self.parked.get_mut(namespace).expect("inserted just above")
     }
 
     /// [`prune_all`](Self::prune_all) once the parked waits have doubled
@@ -473,35 +486,33 @@ impl Hub {
             return Vec::new();
         }
         let mut due = self.prune_if_due();
-        let Some(parked) = self.parked.remove(namespace) else {
+        // Taken out of its slot and put back: the name is not made again.
+        let Some(parked) = self.parked.get_mut(namespace).map(std::mem::take) else {
             return due;
         };
         self.looked_at(parked.waiters.len() + parked.polls.len());
-        let mut left = Parked::default();
         let mut gone = Vec::new();
-        for waiter in parked.waiters {
-            match self.answer_waiter(namespace, before, waiter) {
-                Ok(waiter) => left.waiters.push(waiter),
-                Err((connection, delivery)) => {
-                    gone.push(connection);
-                    due.push(delivery);
-                }
-            }
-        }
-        for poll in parked.polls {
-            match self.answer_poll(namespace, poll) {
-                Ok(poll) => left.polls.push(poll),
-                Err((connection, delivery)) => {
-                    gone.push(connection);
-                    due.push(delivery);
-                }
-            }
-        }
+        let left = Parked {
+            waiters: sort_out(
+                parked.waiters,
+                |waiter| self.answer_waiter(namespace, before, waiter),
+                &mut gone,
+                &mut due,
+            ),
+            polls: sort_out(
+                parked.polls,
+                |poll| self.answer_poll(namespace, poll),
+                &mut gone,
+                &mut due,
+            ),
+        };
         for connection in gone {
             self.unparked_one(connection);
         }
-        if !left.is_empty() {
-            self.parked.insert(namespace.to_owned(), left);
+        if left.is_empty() {
+            self.parked.remove(namespace);
+        } else if let Some(slot) = self.parked.get_mut(namespace) {
+            *slot = left;
         }
         due
     }

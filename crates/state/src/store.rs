@@ -26,6 +26,16 @@ use crate::error::{Compacted, ValueError};
 use crate::read::Read;
 use crate::txn::{Txn, TxnOutcome};
 
+/// The value under `name` in `map`, made (by default) if there is none.
+/// Looked up first: `entry` would allocate the name at each call, and this
+/// runs at every change.
+pub(crate) fn named<'a, V: Default>(map: &'a mut BTreeMap<String, V>, name: &str) -> &'a mut V {
+    if !map.contains_key(name) {
+        map.insert(name.to_owned(), V::default());
+    }
+    map.get_mut(name).expect("inserted just above")
+}
+
 /// A server-wide change number: each change of any namespace gets the next
 /// one. 0 is the empty store before any change.
 pub type Revision = u64;
@@ -184,13 +194,7 @@ impl Store {
             };
             self.history_bytes -= dropped.size();
             self.oldest = dropped.revision;
-            // In place when the namespace is known: no key to allocate.
-            match self.dropped.get_mut(&dropped.namespace) {
-                Some(revision) => *revision = dropped.revision,
-                None => {
-                    self.dropped.insert(dropped.namespace, dropped.revision);
-                }
-            }
+            *named(&mut self.dropped, &dropped.namespace) = dropped.revision;
         }
     }
 
@@ -273,15 +277,7 @@ impl Store {
         let revision = self.revision + 1;
         self.revision = revision;
         {
-            // Looked up first: `entry` would allocate the name each time.
-            if !self.namespaces.contains_key(namespace) {
-                self.namespaces
-                    .insert(namespace.to_owned(), BTreeMap::new());
-            }
-            let map = self
-                .namespaces
-                .get_mut(namespace)
-                .expect("inserted just above");
+            let map = named(&mut self.namespaces, namespace);
             for event in &events {
                 match &event.value {
                     Some(value) => match map.get_mut(&event.key) {
