@@ -526,7 +526,14 @@ impl Session {
                         return;
                     }
                 };
-                inbox.push(payload, received.fds);
+                if let Err(beyond) = inbox.push(payload, received.fds) {
+                    // A peer that ignores flow control could grow the
+                    // inbox without bound: it is broken.
+                    self.die(Death::Disconnected(Some(Arc::new(Broken::BeyondCredit {
+                        task,
+                        granted: beyond.granted,
+                    }))));
+                }
             }
             Message::ShutdownAck => {
                 self.shutdown_acknowledged.store(true, Ordering::Release);
