@@ -303,9 +303,10 @@ impl Session {
                     // Whichever thread reads this reply decodes it, maybe one
                     // waiting for another task, or inside a write: a
                     // `Deserialize` that panics fails this task alone.
-                    let value =
-                        processional_task::catch_panic(|| payload::decode::<R>(payload, fds))
-                            .and_then(|value| value);
+                    let value = processional_task::catch_panic(|| {
+                        crate::remote::decoding_reply(|| payload::decode::<R>(payload, fds))
+                    })
+                    .and_then(|value| value);
                     if in_segment {
                         // Read and unmapped: the server may reuse the
                         // segment. It is told with the next frame we send,
