@@ -481,13 +481,9 @@ impl Session {
         let Ok(mut reader) = self.reader.try_lock() else {
             return;
         };
-        let mut dispatched = false;
         loop {
             match reader.try_recv() {
-                Ok(Some(received)) => {
-                    self.dispatch(received);
-                    dispatched = true;
-                }
+                Ok(Some(received)) => self.dispatch(received),
                 Ok(None) => break,
                 Err(error) => {
                     drop(reader);
@@ -498,9 +494,9 @@ impl Session {
             }
         }
         drop(reader);
-        if dispatched {
-            self.bump_epoch();
-        }
+        // Even with nothing dispatched: a thread that found the role taken
+        // meanwhile waits for it to be given up.
+        self.bump_epoch();
     }
 
     fn dispatch(&self, received: Received) {
@@ -727,5 +723,39 @@ impl Drop for Session {
     fn drop(&mut self) {
         // Nobody can wait for a call any more: no cause to tell.
         self.die(Death::Disconnected(None));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use processional_proto::{Hello, PROTOCOL_VERSION, Role};
+
+    use super::*;
+
+    fn session() -> (Arc<Session>, Connection) {
+        let (ours, theirs) = Connection::pair().unwrap();
+        let hello = Hello {
+            protocol: PROTOCOL_VERSION,
+            fingerprint: crate::fingerprint(),
+            role: Role::Server,
+            pid: std::process::id(),
+            host: "here".into(),
+            program: "test".into(),
+        };
+        (Session::new(ours, PeerInfo { hello }), theirs)
+    }
+
+    /// A drain (a write that waits for room, a look at the connection)
+    /// that read nothing still wakes the followers: one that found the
+    /// reader role taken by it waits for the role to be given up. Before,
+    /// only a drain that dispatched something woke them, so such a
+    /// follower slept until its 100 ms timeout.
+    #[test]
+    fn a_drain_that_reads_nothing_wakes_the_followers() {
+        let (session, _peer) = session();
+        session.followers.fetch_add(1, Ordering::AcqRel);
+        let epoch = session.epoch.load(Ordering::Acquire);
+        session.drain();
+        assert_ne!(session.epoch.load(Ordering::Acquire), epoch);
     }
 }
