@@ -40,6 +40,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// How many pongs wait at most for the writer (see [`Session::pongs`]).
+const MAX_WAITING_PONGS: usize = 64;
+
 /// A raw outcome: the payload of a value with its descriptors, or the error.
 pub(crate) type RawOutcome = Result<(Payload, Vec<OwnedFd>), Error>;
 
@@ -539,8 +542,14 @@ impl Session {
             Message::Ping(value) => {
                 // This may run inside a write of this thread (draining), so
                 // it never waits for the writer: a writer busy now sends the
-                // pong ahead of its next frame.
-                lock(&self.pongs).push(value);
+                // pong ahead of its next frame. A peer that pings while it
+                // does not read our frames gets no more than
+                // `MAX_WAITING_PONGS` answers, not our memory.
+                let mut pongs = lock(&self.pongs);
+                if pongs.len() < MAX_WAITING_PONGS {
+                    pongs.push(value);
+                }
+                drop(pongs);
                 if let Ok(writer) = self.writer.try_lock() {
                     drop(writer);
                     let _ = self.send_pongs();
@@ -757,5 +766,21 @@ mod tests {
         let epoch = session.epoch.load(Ordering::Acquire);
         session.drain();
         assert_ne!(session.epoch.load(Ordering::Acquire), epoch);
+    }
+
+    /// Pings read while a write is in progress wait for the writer as
+    /// pongs, within a bound. Before, every one did: a peer that pinged
+    /// while it did not read our frames (so the write never ended) grew
+    /// our memory without bound.
+    #[test]
+    fn pongs_waiting_for_the_writer_are_bounded() {
+        let (session, mut peer) = session();
+        let writing = session.writer.lock().unwrap();
+        for value in 0..1000 {
+            peer.send(&Message::Ping(value)).unwrap();
+        }
+        session.drain();
+        assert_eq!(lock(&session.pongs).len(), MAX_WAITING_PONGS);
+        drop(writing);
     }
 }
