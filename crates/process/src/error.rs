@@ -120,6 +120,12 @@ pub(crate) enum Broken {
     /// The peer sent a message that has no place after the handshake.
     #[error("the peer sent a {0} message, which has no place on an open connection")]
     UnexpectedMessage(&'static str),
+    /// The peer streamed more items for a call than its caller allowed.
+    #[error("the peer streamed more items for task {task} than the {granted} its caller granted")]
+    BeyondCredit {
+        task: processional_proto::TaskId,
+        granted: u64,
+    },
 }
 
 /// Why a payload could not be carried: the `source` of a

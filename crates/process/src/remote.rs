@@ -1,13 +1,13 @@
 //! `Remote<T>`: a handle to an object that lives in another process.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use processional_proto::custom::{deserialize_error, serialize_error};
 use processional_proto::{FunctionRef, Message, ObjectId, RunMode};
-use processional_task::{Error, Task};
+use processional_task::{Completer, Error, Task};
 use serde::de::{DeserializeOwned, Deserializer};
 use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,74 @@ use crate::session::Session;
 thread_local! {
     /// The session whose call arguments are being encoded on this thread.
     static ENCODING_FOR: Cell<u64> = const { Cell::new(0) };
+    /// The tickets met while this thread decodes a reply, to redeem once
+    /// it is decoded (see [`decoding_reply`]); `None` when it decodes none.
+    static REPLY_TICKETS: RefCell<Option<Vec<Redemption>>> = const { RefCell::new(None) };
+}
+
+/// A ticket met in a reply, and the handle that waits for its redemption.
+struct Redemption {
+    server: String,
+    ticket: Ticket,
+    redeemed: Completer<Handle>,
+}
+
+/// Decodes a reply's value with `decode`. The handles inside it that come
+/// as tickets are redeemed on a thread of their own, one for all of them,
+/// in order, not by this thread, which reads a connection (maybe inside a
+/// write) and must not wait for another call, on this connection or on any
+/// other.
+pub(crate) fn decoding_reply<R>(decode: impl FnOnce() -> R) -> R {
+    /// Restores the thread's state, even if `decode` panics, and starts
+    /// the redemptions.
+    struct Decoding(Option<Vec<Redemption>>);
+    impl Drop for Decoding {
+        fn drop(&mut self) {
+            let met = REPLY_TICKETS.with(|tickets| tickets.replace(self.0.take()));
+            let met = met.unwrap_or_default();
+            if !met.is_empty() {
+                // Without a thread, each handle redeems its ticket at its
+                // first use (its redemption fails with `Stopped`).
+                drop(processional_thread::thread(move || {
+                    for Redemption {
+                        server,
+                        ticket,
+                        redeemed,
+                    } in met
+                    {
+                        // Even for a handle dropped already: it then
+                        // releases its reference at once.
+                        redeemed.complete(redeem(&server, ticket));
+                    }
+                }));
+            }
+        }
+    }
+    let _decoding = Decoding(REPLY_TICKETS.with(|tickets| tickets.replace(Some(Vec::new()))));
+    decode()
+}
+
+/// The handle of a ticket met while decoding a reply: redeemed once the
+/// reply is decoded (see [`decoding_reply`]). `None` when this thread
+/// decodes no reply.
+fn redeemed_later(server: &str, ticket: Ticket, id: ObjectId) -> Option<Handle> {
+    REPLY_TICKETS.with(|tickets| {
+        let mut tickets = tickets.borrow_mut();
+        let tickets = tickets.as_mut()?;
+        let (redemption, redeemed) = Task::pending();
+        tickets.push(Redemption {
+            server: server.to_owned(),
+            ticket,
+            redeemed,
+        });
+        Some(Handle::Ticket(Box::new(Ticketed {
+            server: server.to_owned(),
+            ticket,
+            id,
+            redeeming: Mutex::new(Some(redemption)),
+            redeemed: OnceLock::new(),
+        })))
+    })
 }
 
 /// Encodes call arguments bound for `session`: `Remote` handles inside them
@@ -63,6 +131,84 @@ enum Handle {
     /// The object lives in this process (a handle passed back to the process
     /// that holds the object resolves to the object itself).
     Local { slot: Arc<ObjectSlot>, id: ObjectId },
+    /// The object lives in a server, and this ticket of it, received in a
+    /// reply, is being redeemed.
+    Ticket(Box<Ticketed>),
+}
+
+/// Where a handle's object is, once its ticket (if any) is redeemed.
+enum Place<'a> {
+    Remote(&'a Arc<Session>, ObjectId),
+    Local(&'a ObjectSlot),
+}
+
+impl Handle {
+    fn place(&self) -> Result<Place<'_>, Error> {
+        match self {
+            Handle::Remote { session, id } => Ok(Place::Remote(session, *id)),
+            Handle::Local { slot, .. } => Ok(Place::Local(slot)),
+            Handle::Ticket(ticketed) => ticketed.redeemed()?.place(),
+        }
+    }
+}
+
+/// A ticket of the server at `server` for object `id`, received in a
+/// reply and redeemed on another thread as soon as the reply was decoded
+/// (it may soon expire); the first use waits for that.
+struct Ticketed {
+    server: String,
+    ticket: Ticket,
+    /// The id the sender gave (the server's answer prevails).
+    id: ObjectId,
+    /// The redemption under way, until someone waits for it. Its handle,
+    /// if nobody waits any more, releases its reference when dropped.
+    redeeming: Mutex<Option<Task<Handle>>>,
+    /// Once redeemed: a [`Handle::Remote`].
+    redeemed: OnceLock<Handle>,
+}
+
+impl Ticketed {
+    /// The redeemed handle, waiting for its redemption (or redeeming here,
+    /// after a failure).
+    fn redeemed(&self) -> Result<&Handle, Error> {
+        if let Some(handle) = self.redeemed.get() {
+            return Ok(handle);
+        }
+        let mut redeeming = self.redeeming.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(handle) = self.redeemed.get() {
+            return Ok(handle);
+        }
+        // Used by the very code that decodes its reply (a `Deserialize` of
+        // the caller's): its redemption has not started yet. It is taken
+        // back (it ends `Stopped`), and the ticket redeemed here.
+        let unstarted = REPLY_TICKETS.with(|tickets| {
+            let mut tickets = tickets.borrow_mut();
+            let tickets = tickets.as_mut()?;
+            let index = tickets.iter().position(|r| r.ticket == self.ticket)?;
+            Some(tickets.remove(index))
+        });
+        drop(unstarted);
+        let handle = match redeeming.take().map(Task::wait) {
+            Some(Err(Error::Stopped)) | None => redeem(&self.server, self.ticket),
+            Some(outcome) => outcome,
+        }?;
+        Ok(self.redeemed.get_or_init(|| handle))
+    }
+}
+
+/// Connects to the server at `server` (unless this process already is its
+/// client) and redeems `ticket` there: a handle of our own.
+fn redeem(server: &str, ticket: Ticket) -> Result<Handle, Error> {
+    let session = match Session::to_server(server) {
+        Some(session) => session,
+        None => crate::server::ClientBuilder::new(server)
+            .and_then(|builder| builder.connect())
+            .map(|process| process.session().clone())?,
+    };
+    let id = encode_for(&session, &ticket)
+        .and_then(|args| session.call::<u64>(RedeemEntry::function_ref(), RunMode::Queued, args))
+        .and_then(Task::wait)?;
+    Ok(Handle::Remote { session, id })
 }
 
 impl Drop for Handle {
@@ -125,6 +271,7 @@ impl<T> fmt::Debug for Remote<T> {
         let (place, id) = match &*self.handle {
             Handle::Remote { session, id } => (format!("pid {}", session.peer().hello.pid), *id),
             Handle::Local { id, .. } => ("this process".to_owned(), *id),
+            Handle::Ticket(ticketed) => (format!("the server {}", ticketed.server), ticketed.id),
         };
         write!(f, "Remote<{}>({id} in {place})", std::any::type_name::<T>())
     }
@@ -142,6 +289,10 @@ impl<T: Send + 'static> Remote<T> {
     pub fn id(&self) -> ObjectId {
         match &*self.handle {
             Handle::Remote { id, .. } | Handle::Local { id, .. } => *id,
+            Handle::Ticket(ticketed) => match ticketed.redeemed.get() {
+                Some(Handle::Remote { id, .. }) => *id,
+                _ => ticketed.id,
+            },
         }
     }
 
@@ -191,14 +342,15 @@ impl<T: Send + 'static> Remote<T> {
         F: Fn(&mut T, A) -> R + Send + Sync + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        match &*self.handle {
-            Handle::Remote { session, id } => scheduled(
+        match self.handle.place() {
+            Err(error) => Task::ready(Err(error)),
+            Ok(Place::Remote(session, id)) => scheduled(
                 session,
                 MethodEntry::<F, T, A, R>::function_ref(),
                 RunMode::Queued,
-                &(*id, args),
+                &(id, args),
             ),
-            Handle::Local { slot, .. } => {
+            Ok(Place::Local(slot)) => {
                 let outcome = slot
                     .with(|object: &mut T| {
                         processional_task::catch_panic(|| (f.get())(object, args))
@@ -282,14 +434,15 @@ impl<T: Send + 'static> Remote<T> {
         F: Fn(&mut T, A) -> Later<R> + Send + Sync + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        match &*self.handle {
-            Handle::Remote { session, id } => scheduled(
+        match self.handle.place() {
+            Err(error) => Task::ready(Err(error)),
+            Ok(Place::Remote(session, id)) => scheduled(
                 session,
                 DeferredMethodEntry::<F, T, A, R>::function_ref(),
                 RunMode::Queued,
-                &(*id, args),
+                &(id, args),
             ),
-            Handle::Local { slot, .. } => {
+            Ok(Place::Local(slot)) => {
                 let (task, completer) = Task::pending();
                 let ran = slot.with(|object: &mut T| {
                     reply::run_deferring_locally(completer, || (f.get())(object, args))
@@ -307,14 +460,14 @@ impl<T: Send + 'static> Remote<T> {
     where
         T: Serialize + DeserializeOwned,
     {
-        match &*self.handle {
-            Handle::Remote { session, id } => {
-                let bytes = encode_for(session, &id.to_owned())?;
+        match self.handle.place()? {
+            Place::Remote(session, id) => {
+                let bytes = encode_for(session, &id)?;
                 session
                     .call::<T>(FetchEntry::<T>::function_ref(), RunMode::Queued, bytes)?
                     .wait()
             }
-            Handle::Local { slot, .. } => slot
+            Place::Local(slot) => slot
                 .with(|object: &mut T| codec::encode(object).and_then(|b| codec::decode(&b)))
                 .map_err(Error::Remote)?,
         }
@@ -327,17 +480,26 @@ enum RemoteWire {
     /// To the process that holds the object: its id there.
     Here(ObjectId),
     /// To another client of the server that holds the object: a ticket the
-    /// receiver redeems with that server for a reference of its own.
-    At { server: String, ticket: Ticket },
+    /// receiver redeems with that server for a reference of its own, and
+    /// the object's id there.
+    At {
+        server: String,
+        ticket: Ticket,
+        id: ObjectId,
+    },
 }
 
 impl<T> Serialize for Remote<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let wire = match &*self.handle {
-            Handle::Remote { session, id } if ENCODING_FOR.with(Cell::get) == session.id() => {
-                RemoteWire::Here(*id)
+        let place = self
+            .handle
+            .place()
+            .map_err(|e| serialize_error(format_args!("cannot send the handle: {e}")))?;
+        let wire = match place {
+            Place::Remote(session, id) if ENCODING_FOR.with(Cell::get) == session.id() => {
+                RemoteWire::Here(id)
             }
-            Handle::Remote { session, id } => {
+            Place::Remote(session, id) => {
                 let Some(server) = session.origin() else {
                     return Err(serialize_error(
                         "a Remote to an object of a slave can only be passed to that slave; \
@@ -348,7 +510,7 @@ impl<T> Serialize for Remote<T> {
                 // the receiver redeems it, or it expires, or this connection
                 // leaves, so the object survives the trip even if this handle
                 // drops right after sending.
-                let ticket = encode_for(session, id)
+                let ticket = encode_for(session, &id)
                     .and_then(|args| {
                         session.call::<Ticket>(TicketEntry::function_ref(), RunMode::Queued, args)
                     })
@@ -357,9 +519,10 @@ impl<T> Serialize for Remote<T> {
                 RemoteWire::At {
                     server: server.to_owned(),
                     ticket,
+                    id,
                 }
             }
-            Handle::Local { .. } => {
+            Place::Local(_) => {
                 return Err(serialize_error(
                     "a Remote resolved in the process that holds its object cannot be sent elsewhere",
                 ));
@@ -387,26 +550,15 @@ impl<'de, T> Deserialize<'de> for Remote<T> {
                     _type: PhantomData,
                 })
             }
-            RemoteWire::At { server, ticket } => {
-                let session = match Session::to_server(&server) {
-                    Some(session) => session,
-                    None => crate::server::ClientBuilder::new(&server)
-                        .and_then(|builder| builder.connect())
-                        .map(|process| process.session().clone())
-                        .map_err(|e| {
-                            deserialize_error(format_args!("cannot reach the server {server}: {e}"))
-                        })?,
-                };
-                let id = encode_for(&session, &ticket)
-                    .and_then(|args| {
-                        session.call::<u64>(RedeemEntry::function_ref(), RunMode::Queued, args)
-                    })
-                    .and_then(Task::wait)
-                    .map_err(|e| {
+            RemoteWire::At { server, ticket, id } => {
+                let handle = match redeemed_later(&server, ticket, id) {
+                    Some(handle) => handle,
+                    None => redeem(&server, ticket).map_err(|e| {
                         deserialize_error(format_args!("cannot receive the handle: {e}"))
-                    })?;
+                    })?,
+                };
                 Ok(Remote {
-                    handle: Arc::new(Handle::Remote { session, id }),
+                    handle: Arc::new(handle),
                     _type: PhantomData,
                 })
             }

@@ -240,6 +240,50 @@ impl ThreadArguments {
     }
 }
 
+/// A `thread` call on its way to a thread of its own. Dropped without
+/// running (no thread could start for it), it refuses its call; either way
+/// its connection counts it done.
+struct ThreadCall {
+    served: Arc<Served>,
+    call: Option<(Call, Vec<OwnedFd>)>,
+    number: u64,
+}
+
+impl ThreadCall {
+    fn run(mut self) {
+        if let Some((call, fds)) = self.call.take() {
+            let served = &self.served;
+            serving(served.id, || served.execute(call, fds));
+        }
+    }
+}
+
+impl Drop for ThreadCall {
+    fn drop(&mut self) {
+        let served = &self.served;
+        if let Some((call, _)) = self.call.take() {
+            let error = refusal(
+                RemoteErrorKind::Other,
+                "no thread could be started for this `thread` call".into(),
+            );
+            served.forget_call(call.task);
+            let reply = Message::Reply(Reply {
+                task: call.task,
+                outcome: Outcome::Error(error),
+            });
+            // Never waits: this may run on a reader, inside a send, or for
+            // another connection.
+            served.send_frame(&reply, &[], false);
+        }
+        // However it ended (refused, cancelled before it started): its
+        // arguments hold nothing any more.
+        served.thread_decoded(self.number);
+        let _guard = lock(&served.threads_lock);
+        served.threads_running.fetch_sub(1, Ordering::AcqRel);
+        served.threads_done.notify_all();
+    }
+}
+
 /// A call read from the peer and not yet answered.
 struct CallState {
     token: CancelToken,
@@ -807,18 +851,14 @@ impl Served {
             None => Some(Job::Call(call, fds)),
             Some(number) => {
                 self.threads_running.fetch_add(1, Ordering::AcqRel);
-                let served = self.clone();
+                let thread_call = ThreadCall {
+                    served: self.clone(),
+                    call: Some((call, fds)),
+                    number,
+                };
                 // At most `MAX_THREAD_CALLS` at once in the process; the
                 // others wait their turn, holding no thread.
-                crate::thread_calls::Bounded::global().submit(Box::new(move || {
-                    serving(served.id, || served.execute(call, fds));
-                    // However it ended (refused, cancelled before it
-                    // started): its arguments hold nothing any more.
-                    served.thread_decoded(number);
-                    let _guard = lock(&served.threads_lock);
-                    served.threads_running.fetch_sub(1, Ordering::AcqRel);
-                    served.threads_done.notify_all();
-                }));
+                crate::thread_calls::Bounded::global().submit(Box::new(move || thread_call.run()));
                 None
             }
         }
@@ -1003,6 +1043,7 @@ impl Served {
         let result = lock(&self.writer).try_send(message, fds);
         match result {
             Ok(None) => {
+                // Ours is written, whatever becomes of what others queued.
                 let out = lock(&self.outbound);
                 self.hand_off(out);
                 true
@@ -1042,32 +1083,43 @@ impl Served {
         out.bytes += frame.len();
         if front {
             out.frames.push_front(frame);
-            self.hand_off(out);
+            self.hand_off(out)
         } else {
             out.frames.push_back(frame);
             if !out.writing {
                 // (Only after a failed flusher start.)
-                self.hand_off(out);
+                return self.hand_off(out);
             }
+            true
         }
-        true
     }
 
     /// Gives the writer role up, or, when frames wait, to a new flusher
-    /// thread (which blocks on this connection's socket only).
-    fn hand_off(self: &Arc<Self>, mut out: MutexGuard<'_, Outbound>) {
+    /// thread (which blocks on this connection's socket only). Whether the
+    /// frames that wait will be written: without a flusher, the connection
+    /// ends.
+    fn hand_off(self: &Arc<Self>, mut out: MutexGuard<'_, Outbound>) -> bool {
         if out.frames.is_empty() {
             out.writing = false;
             self.notify_outbound(out);
-            return;
+            return true;
         }
         out.writing = true;
         drop(out);
         let served = self.clone();
-        processional_thread::thread(move || {
+        if let Err(error) = spawn_for(self.id, move || {
             served.write_queued(true);
-        })
-        .detach();
+        }) {
+            // Nobody would ever write the queued frames, nor give the role
+            // up: the connection ends, so that its calls fail instead.
+            log::warn!("processional: closing a connection: cannot start its flusher: {error}");
+            self.cut_off();
+            let mut out = lock(&self.outbound);
+            out.writing = false;
+            self.notify_outbound(out);
+            return false;
+        }
+        true
     }
 
     /// Writes the queued frames, in order, as the holder of the writer
@@ -1137,6 +1189,12 @@ impl Served {
              ({queued} bytes wait for it, over the budget of {} bytes)",
             self.budget
         );
+        self.cut_off();
+    }
+
+    /// Ends the connection: its calls are cancelled, the frames that wait
+    /// dropped.
+    fn cut_off(&self) {
         self.finish(End::PeerClosed);
         for call in lock(&self.calls).values() {
             call.token.cancel();
@@ -1332,7 +1390,11 @@ impl Watchdog {
             !served.ended()
         });
         for served in stuck {
-            processional_thread::thread(move || served.take_over()).detach();
+            let lent = served.clone();
+            if spawn_for(served.id, move || lent.take_over()).is_err() {
+                // No reader lent this tick: the next one tries again.
+                served.taking_over.store(false, Ordering::SeqCst);
+            }
         }
         active
     }
@@ -1360,6 +1422,17 @@ impl Watchdog {
     }
 }
 
+/// Runs `f` on a pooled thread for connection `id`; an error (and `f`
+/// dropped unrun) if no thread could start.
+fn spawn_for(id: u64, f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+    #[cfg(test)]
+    if tests::spawn_fails_for(id) {
+        return Err(std::io::Error::other("no thread can start (test)"));
+    }
+    let _ = id;
+    processional_thread::Builder::new().spawn(f).map(drop)
+}
+
 /// An error answering a call that was not run.
 fn refusal(kind: RemoteErrorKind, message: String) -> RemoteError {
     RemoteError {
@@ -1372,9 +1445,135 @@ fn refusal(kind: RemoteErrorKind, message: String) -> RemoteError {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+    use std::time::Instant;
+
+    use processional_proto::FunctionRef;
     use processional_shm::{Pool, PoolLimits};
 
     use super::*;
+
+    /// The bound on every wait of these tests (never reached unless broken).
+    const PATIENCE: Duration = Duration::from_secs(30);
+
+    /// The connections whose threads cannot start, and how many starts
+    /// failed for each.
+    fn failing() -> MutexGuard<'static, HashMap<u64, usize>> {
+        static FAILING: OnceLock<Mutex<HashMap<u64, usize>>> = OnceLock::new();
+        lock(FAILING.get_or_init(Mutex::default))
+    }
+
+    /// Whether starting a thread for connection `id` fails (counted).
+    pub(super) fn spawn_fails_for(id: u64) -> bool {
+        failing().get_mut(&id).map(|count| *count += 1).is_some()
+    }
+
+    fn failed_spawns(id: u64) -> usize {
+        failing().get(&id).copied().unwrap_or(0)
+    }
+
+    /// A connection served here, and the peer's end of it.
+    fn served_pair() -> (Arc<Served>, Connection) {
+        let (ours, theirs) = Connection::pair().unwrap();
+        (Served::new(ours, &ObjectTable::new(), None, false), theirs)
+    }
+
+    fn wait_until(mut condition: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + PATIENCE;
+        while !condition() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// Before, a lent reader whose thread could not start left
+    /// `taking_over` set: the watchdog never lent that connection a reader
+    /// again, so while its calls ran, its `Cancel`s, pings and `thread`
+    /// calls waited for them (for ever, for a call that waits for one).
+    #[test]
+    fn a_lent_reader_that_cannot_start_is_lent_at_a_later_tick() {
+        let (served, mut peer) = served_pair();
+        failing().insert(served.id(), 0);
+        // A call runs on the executor, as far as the watchdog can tell.
+        served.busy.store(1, Ordering::SeqCst);
+        Watchdog::global().wake();
+        assert!(
+            wait_until(|| failed_spawns(served.id()) >= 2),
+            "the watchdog tried once, then never again"
+        );
+        failing().remove(&served.id());
+        peer.send(&Message::Ping(7)).unwrap();
+        let pong = peer.recv_timeout(PATIENCE).unwrap().expect("a pong");
+        assert!(
+            matches!(pong.message, Message::Pong(7)),
+            "{:?}",
+            pong.message
+        );
+        served.busy.store(0, Ordering::SeqCst);
+    }
+
+    /// Before, a flusher that could not start kept the writer role taken
+    /// with frames queued: nobody wrote them, and every thread of the
+    /// connection that sent next waited for the role for ever.
+    #[test]
+    fn a_flusher_that_cannot_start_ends_the_connection() {
+        let (served, _peer) = served_pair();
+        failing().insert(served.id(), 0);
+        // From a thread that is not the connection's own, a frame larger
+        // than the socket's buffer: written in part, the rest left to a
+        // flusher.
+        let item = Message::Item {
+            task: 1,
+            payload: Payload::Inline(vec![0; 16 << 20]),
+        };
+        let sent = served.send_with_fds(&item, &[]);
+        assert_eq!(failed_spawns(served.id()), 1, "the flusher was to start");
+        assert!(!sent, "the frame is not written");
+        assert!(served.ended(), "the connection ended");
+        let own = serving(served.id(), || served.send_with_fds(&Message::Pong(1), &[]));
+        assert!(
+            !own,
+            "a thread of the connection does not wait for the role"
+        );
+        failing().remove(&served.id());
+    }
+
+    /// A `thread` call that could get no thread of its own (dropped unrun
+    /// by the bound on them) is refused at once, and its connection counts
+    /// it done. Before, it was never answered, and `wait_for_threads`
+    /// waited for it for ever.
+    #[test]
+    fn a_thread_call_dropped_unrun_is_refused() {
+        let (served, mut peer) = served_pair();
+        served.threads_running.fetch_add(1, Ordering::AcqRel);
+        let call = Call {
+            task: 9,
+            function: FunctionRef {
+                offset: 0,
+                signature: 0,
+            },
+            mode: RunMode::Thread,
+            args: Payload::Inline(Vec::new()),
+        };
+        drop(ThreadCall {
+            served: served.clone(),
+            call: Some((call, Vec::new())),
+            number: 0,
+        });
+        served.wait_for_threads();
+        let reply = peer.recv_timeout(PATIENCE).unwrap().expect("an answer");
+        let Message::Reply(Reply {
+            task: 9,
+            outcome: Outcome::Error(error),
+        }) = reply.message
+        else {
+            panic!("expected a refusal, got {:?}", reply.message);
+        };
+        assert_eq!(error.kind, RemoteErrorKind::Other, "{error:?}");
+    }
 
     #[test]
     fn lent_values_are_bounded_in_count_and_bytes() {

@@ -40,6 +40,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// How many pongs wait at most for the writer (see [`Session::pongs`]).
+const MAX_WAITING_PONGS: usize = 64;
+
 /// A raw outcome: the payload of a value with its descriptors, or the error.
 pub(crate) type RawOutcome = Result<(Payload, Vec<OwnedFd>), Error>;
 
@@ -303,9 +306,10 @@ impl Session {
                     // Whichever thread reads this reply decodes it, maybe one
                     // waiting for another task, or inside a write: a
                     // `Deserialize` that panics fails this task alone.
-                    let value =
-                        processional_task::catch_panic(|| payload::decode::<R>(payload, fds))
-                            .and_then(|value| value);
+                    let value = processional_task::catch_panic(|| {
+                        crate::remote::decoding_reply(|| payload::decode::<R>(payload, fds))
+                    })
+                    .and_then(|value| value);
                     if in_segment {
                         // Read and unmapped: the server may reuse the
                         // segment. It is told with the next frame we send,
@@ -480,13 +484,9 @@ impl Session {
         let Ok(mut reader) = self.reader.try_lock() else {
             return;
         };
-        let mut dispatched = false;
         loop {
             match reader.try_recv() {
-                Ok(Some(received)) => {
-                    self.dispatch(received);
-                    dispatched = true;
-                }
+                Ok(Some(received)) => self.dispatch(received),
                 Ok(None) => break,
                 Err(error) => {
                     drop(reader);
@@ -497,9 +497,9 @@ impl Session {
             }
         }
         drop(reader);
-        if dispatched {
-            self.bump_epoch();
-        }
+        // Even with nothing dispatched: a thread that found the role taken
+        // meanwhile waits for it to be given up.
+        self.bump_epoch();
     }
 
     fn dispatch(&self, received: Received) {
@@ -526,7 +526,14 @@ impl Session {
                         return;
                     }
                 };
-                inbox.push(payload, received.fds);
+                if let Err(beyond) = inbox.push(payload, received.fds) {
+                    // A peer that ignores flow control could grow the
+                    // inbox without bound: it is broken.
+                    self.die(Death::Disconnected(Some(Arc::new(Broken::BeyondCredit {
+                        task,
+                        granted: beyond.granted,
+                    }))));
+                }
             }
             Message::ShutdownAck => {
                 self.shutdown_acknowledged.store(true, Ordering::Release);
@@ -535,8 +542,14 @@ impl Session {
             Message::Ping(value) => {
                 // This may run inside a write of this thread (draining), so
                 // it never waits for the writer: a writer busy now sends the
-                // pong ahead of its next frame.
-                lock(&self.pongs).push(value);
+                // pong ahead of its next frame. A peer that pings while it
+                // does not read our frames gets no more than
+                // `MAX_WAITING_PONGS` answers, not our memory.
+                let mut pongs = lock(&self.pongs);
+                if pongs.len() < MAX_WAITING_PONGS {
+                    pongs.push(value);
+                }
+                drop(pongs);
                 if let Ok(writer) = self.writer.try_lock() {
                     drop(writer);
                     let _ = self.send_pongs();
@@ -719,5 +732,55 @@ impl Drop for Session {
     fn drop(&mut self) {
         // Nobody can wait for a call any more: no cause to tell.
         self.die(Death::Disconnected(None));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use processional_proto::{Hello, PROTOCOL_VERSION, Role};
+
+    use super::*;
+
+    fn session() -> (Arc<Session>, Connection) {
+        let (ours, theirs) = Connection::pair().unwrap();
+        let hello = Hello {
+            protocol: PROTOCOL_VERSION,
+            fingerprint: crate::fingerprint(),
+            role: Role::Server,
+            pid: std::process::id(),
+            host: "here".into(),
+            program: "test".into(),
+        };
+        (Session::new(ours, PeerInfo { hello }), theirs)
+    }
+
+    /// A drain (a write that waits for room, a look at the connection)
+    /// that read nothing still wakes the followers: one that found the
+    /// reader role taken by it waits for the role to be given up. Before,
+    /// only a drain that dispatched something woke them, so such a
+    /// follower slept until its 100 ms timeout.
+    #[test]
+    fn a_drain_that_reads_nothing_wakes_the_followers() {
+        let (session, _peer) = session();
+        session.followers.fetch_add(1, Ordering::AcqRel);
+        let epoch = session.epoch.load(Ordering::Acquire);
+        session.drain();
+        assert_ne!(session.epoch.load(Ordering::Acquire), epoch);
+    }
+
+    /// Pings read while a write is in progress wait for the writer as
+    /// pongs, within a bound. Before, every one did: a peer that pinged
+    /// while it did not read our frames (so the write never ended) grew
+    /// our memory without bound.
+    #[test]
+    fn pongs_waiting_for_the_writer_are_bounded() {
+        let (session, mut peer) = session();
+        let writing = session.writer.lock().unwrap();
+        for value in 0..1000 {
+            peer.send(&Message::Ping(value)).unwrap();
+        }
+        session.drain();
+        assert_eq!(lock(&session.pongs).len(), MAX_WAITING_PONGS);
+        drop(writing);
     }
 }

@@ -41,12 +41,22 @@ struct InboxState {
     failure_yielded: bool,
     waker: Option<Waker>,
     lent: Option<crate::session::Lent>,
+    /// Items the consumer granted the server so far, and items that came.
+    granted: u64,
+    received: u64,
 }
 
 /// What arrived for one streaming call and was not consumed yet.
 #[derive(Default)]
 pub(crate) struct Inbox {
     state: Mutex<InboxState>,
+}
+
+/// An item refused by an inbox: the server had sent all the items its
+/// caller granted (`granted`).
+#[derive(Debug)]
+pub(crate) struct BeyondCredit {
+    pub(crate) granted: u64,
 }
 
 /// What the consumer takes next from an inbox.
@@ -66,16 +76,30 @@ impl Inbox {
         lock(&self.state).lent = lent;
     }
 
-    /// An item arrived.
-    pub(crate) fn push(&self, payload: Payload, fds: Vec<OwnedFd>) {
+    /// The consumer grants the server `items` more (before it tells the
+    /// server).
+    fn allow(&self, items: u32) {
+        lock(&self.state).granted += u64::from(items);
+    }
+
+    /// An item arrived; refused (and dropped) if the server had no credit
+    /// left for it: what waits here stays within the window.
+    pub(crate) fn push(&self, payload: Payload, fds: Vec<OwnedFd>) -> Result<(), BeyondCredit> {
         let waker = {
             let mut state = lock(&self.state);
+            if state.received >= state.granted {
+                return Err(BeyondCredit {
+                    granted: state.granted,
+                });
+            }
+            state.received += 1;
             state.items.push_back((payload, fds));
             state.waker.take()
         };
         if let Some(waker) = waker {
             waker.wake();
         }
+        Ok(())
     }
 
     /// The reply arrived (or the connection died): the stream ends.
@@ -242,11 +266,13 @@ impl<T, R> ItemStream<T, R> {
         let outstanding = self.granted - self.consumed;
         let batch = (window / 2).max(1);
         if outstanding + batch <= window {
-            let items = window - outstanding;
-            self.granted += items;
+            let items = (window - outstanding) as u32;
+            self.granted += u64::from(items);
+            // Counted before the server can use it.
+            self.inbox.allow(items);
             let credit = Message::Credit {
                 task: self.task,
-                items: items as u32,
+                items,
             };
             // A dead session ends the inbox with its error.
             let _ = self.session.send(&credit);

@@ -12,6 +12,7 @@
 //! calls be queued calls, which never wait for `thread` calls.
 
 use std::collections::VecDeque;
+use std::io;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 /// How many `thread` calls run at once in a serving process, unless
@@ -23,14 +24,19 @@ pub const MAX_THREAD_CALLS: usize = 256;
 /// [`MAX_THREAD_CALLS`]; values below 1 count as 1.
 pub const MAX_THREAD_CALLS_VAR: &str = "PROCESSIONAL_THREAD_CALLS";
 
-/// A `thread` call to run.
+/// A `thread` call to run. One that cannot get a thread is dropped unrun,
+/// so its drop must answer its call.
 pub(crate) type Job = Box<dyn FnOnce() + Send>;
+
+/// Starts a thread that runs the closure, or says why it could not (the
+/// closure is dropped then).
+type Spawn = fn(Box<dyn FnOnce() + Send>) -> io::Result<()>;
 
 /// Runs jobs on at most `limit` threads at once, the others in FIFO order.
 pub(crate) struct Bounded {
     limit: usize,
     state: Mutex<State>,
-    spawn: fn(Box<dyn FnOnce() + Send>),
+    spawn: Spawn,
 }
 
 #[derive(Default)]
@@ -42,7 +48,7 @@ struct State {
 impl Bounded {
     /// A runner of at most `limit` (at least 1) jobs at once, starting
     /// threads with `spawn`.
-    pub(crate) fn new(limit: usize, spawn: fn(Box<dyn FnOnce() + Send>)) -> Bounded {
+    pub(crate) fn new(limit: usize, spawn: Spawn) -> Bounded {
         Bounded {
             limit: limit.max(1),
             state: Mutex::new(State::default()),
@@ -59,7 +65,11 @@ impl Bounded {
                 .ok()
                 .and_then(|value| value.trim().parse().ok())
                 .unwrap_or(MAX_THREAD_CALLS);
-            Bounded::new(limit, |run| processional_thread::thread(run).detach())
+            Bounded::new(limit, |run| {
+                processional_thread::Builder::new()
+                    .spawn(run)
+                    .map(processional_task::Task::detach)
+            })
         })
     }
 
@@ -78,7 +88,23 @@ impl Bounded {
         }
         state.running += 1;
         drop(state);
-        (self.spawn)(Box::new(move || self.run(job)));
+        if let Err(error) = (self.spawn)(Box::new(move || self.run(job))) {
+            // The runner was dropped unrun, and its job with it (which
+            // answers its call). Its slot is free again; were it the last
+            // runner, the jobs queued meanwhile would wait for nobody: they
+            // are dropped too.
+            log::warn!("processional: cannot start a thread for a `thread` call: {error}");
+            let orphans = {
+                let mut state = self.lock();
+                state.running -= 1;
+                if state.running == 0 {
+                    std::mem::take(&mut state.waiting)
+                } else {
+                    VecDeque::new()
+                }
+            };
+            drop(orphans);
+        }
     }
 
     /// Runs `job`, then the waiting ones, until none waits.
@@ -145,8 +171,53 @@ mod tests {
         }
     }
 
-    fn spawn_std(run: Box<dyn FnOnce() + Send>) {
+    fn spawn_std(run: Box<dyn FnOnce() + Send>) -> io::Result<()> {
         std::thread::spawn(run);
+        Ok(())
+    }
+
+    /// A job that counts its drop (whether it ran or not) in `dropped`.
+    fn counted(dropped: &Arc<AtomicUsize>) -> Job {
+        struct Count(Arc<AtomicUsize>);
+        impl Drop for Count {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let count = Count(dropped.clone());
+        Box::new(move || drop(count))
+    }
+
+    /// A job submitted while the one runner is starting, kept for
+    /// `spawn_fails` to submit.
+    static SUBMITTED_WHILE_STARTING: Mutex<Option<(&'static Bounded, Job)>> = Mutex::new(None);
+
+    /// No thread can start (the process is out of threads): the runner is
+    /// dropped, after a job was queued behind it.
+    fn spawn_fails(run: Box<dyn FnOnce() + Send>) -> io::Result<()> {
+        if let Some((bounded, job)) = SUBMITTED_WHILE_STARTING.lock().unwrap().take() {
+            bounded.submit(job);
+        }
+        drop(run);
+        Err(io::Error::other("no thread can start"))
+    }
+
+    /// Before, a runner that could not start kept its slot: with a limit
+    /// of one, every later `thread` call of the process queued behind a
+    /// runner that did not exist, and neither it nor the job queued
+    /// meanwhile was ever run or answered.
+    #[test]
+    fn a_runner_that_cannot_start_gives_its_slot_back() {
+        let bounded: &'static Bounded = Box::leak(Box::new(Bounded::new(1, spawn_fails)));
+        let dropped = Arc::new(AtomicUsize::new(0));
+        *SUBMITTED_WHILE_STARTING.lock().unwrap() = Some((bounded, counted(&dropped)));
+        bounded.submit(counted(&dropped));
+        assert_eq!(bounded.counts(), (0, 0), "the slot and the queue are free");
+        assert_eq!(
+            dropped.load(Ordering::SeqCst),
+            2,
+            "both jobs were dropped, to answer their calls"
+        );
     }
 
     #[test]
