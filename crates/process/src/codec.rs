@@ -16,6 +16,7 @@
 //! cost per byte of inline payloads between 64 and 128 KiB.
 
 use std::any::{Any, TypeId};
+use std::cell::Cell;
 use std::fmt::Display;
 use std::sync::Mutex;
 
@@ -121,10 +122,25 @@ fn worth_keeping(capacity: usize) -> bool {
 /// bytes): a written frame's payload comes back here for the next one.
 static SPARE: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
+thread_local! {
+    /// This thread's spare buffer for small encodings (under
+    /// [`SPARE_MIN`]): a thread that encodes and writes a small value takes
+    /// it back for its next one, with no lock shared with other threads and
+    /// no regrowth from an empty buffer.
+    static SMALL_SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
 /// An empty buffer for an encoding of `capacity` bytes (`None`: of a size
-/// not known yet): the spare one when it is free and large enough, else a
+/// not known yet): a spare one when it is free and large enough, else a
 /// new one of that capacity.
 pub(crate) fn buffer(capacity: Option<usize>) -> Vec<u8> {
+    if capacity.is_none_or(|wanted| wanted < SPARE_MIN) {
+        let mut bytes = SMALL_SPARE.take();
+        if bytes.capacity() >= capacity.unwrap_or(1) {
+            bytes.clear();
+            return bytes;
+        }
+    }
     let wanted = capacity.unwrap_or(SPARE_MIN);
     if worth_keeping(wanted)
         && let Ok(mut spare) = SPARE.try_lock()
@@ -134,12 +150,21 @@ pub(crate) fn buffer(capacity: Option<usize>) -> Vec<u8> {
         bytes.clear();
         return bytes;
     }
-    Vec::with_capacity(capacity.unwrap_or(0))
+    Vec::with_capacity(capacity.unwrap_or(SMALL_START))
 }
+
+/// The capacity a buffer for an encoding of unknown size starts with.
+const SMALL_START: usize = 64;
 
 /// Gives an encoding buffer back once its bytes were written, for
 /// [`buffer`] to hand out again.
 pub(crate) fn recycle(bytes: Vec<u8>) {
+    if bytes.capacity() < SPARE_MIN {
+        if bytes.capacity() > 0 {
+            SMALL_SPARE.set(bytes);
+        }
+        return;
+    }
     if !worth_keeping(bytes.capacity()) {
         return;
     }
@@ -474,6 +499,22 @@ mod tests {
         assert!(worth_keeping(1 << 20));
         assert!(!worth_keeping((1 << 20) + 1));
         assert!(!worth_keeping(SPARE_MIN - 1));
+    }
+
+    #[test]
+    fn a_thread_reuses_its_small_encoding_buffer() {
+        // Its own thread: the spare is per thread.
+        std::thread::spawn(|| {
+            let first = encode(&(7u64, "key".to_string())).unwrap();
+            let (address, capacity) = (first.as_ptr(), first.capacity());
+            assert!(capacity < SPARE_MIN);
+            recycle(first);
+            let second = encode(&(8u64, "other".to_string())).unwrap();
+            assert_eq!(second.as_ptr(), address, "a new buffer was made");
+            assert_eq!(decode::<(u64, String)>(&second).unwrap().1, "other");
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -189,7 +189,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Work the executor runs in FIFO order.
 enum Job {
-    Call(Call, Vec<OwnedFd>),
+    /// A queued call, with the token that cancels it.
+    Call(Call, Vec<OwnedFd>, CancelToken),
     /// Answer a call with an error without running anything (sent by the
     /// executor: the reader may be inside a send).
     Refuse(TaskId, RemoteError),
@@ -323,7 +324,7 @@ pub(crate) struct Served {
     thread_arguments: Mutex<ThreadArguments>,
     /// The objects this connection holds, in the table of its server.
     objects: Arc<ConnectionObjects>,
-    end: Mutex<Option<End>>,
+    end: OnceLock<End>,
     taking_over: AtomicBool,
     /// The peer asked for a shutdown (acknowledged once, however often it asks).
     shutdown_asked: AtomicBool,
@@ -397,7 +398,7 @@ impl Served {
             calls: Mutex::new(IdMap::default()),
             thread_arguments: Mutex::default(),
             objects: Arc::new(table.connect()),
-            end: Mutex::new(None),
+            end: OnceLock::new(),
             taking_over: AtomicBool::new(false),
             shutdown_asked: AtomicBool::new(false),
             threads_running: AtomicUsize::new(0),
@@ -425,13 +426,13 @@ impl Served {
     fn serve_jobs(self: &Arc<Self>) -> End {
         loop {
             match self.next_job() {
-                Some(Job::Call(call, fds)) => {
+                Some(Job::Call(call, fds, token)) => {
                     let sequence = self.calls_run.fetch_add(1, Ordering::Relaxed) + 1;
                     // SeqCst: pairs with the watchdog's going to sleep (see
                     // `Watchdog::wake`).
                     self.busy.store(sequence, Ordering::SeqCst);
                     Watchdog::global().wake();
-                    self.execute(call, fds);
+                    self.execute_with(call, fds, &token);
                     self.busy.store(0, Ordering::Release);
                 }
                 Some(Job::Refuse(task, error)) => {
@@ -441,7 +442,7 @@ impl Served {
                 None => break,
             }
         }
-        lock(&self.end).unwrap_or(End::PeerClosed)
+        self.end.get().copied().unwrap_or(End::PeerClosed)
     }
 
     /// Waits until every `thread` call of this connection has finished.
@@ -460,7 +461,7 @@ impl Served {
     /// Whether serving this connection has ended (the peer left or asked
     /// for a shutdown): nobody listens for answers any more.
     pub(crate) fn ended(&self) -> bool {
-        lock(&self.end).is_some()
+        self.end.get().is_some()
     }
 
     /// Whether descriptors can travel on this connection.
@@ -551,7 +552,8 @@ impl Served {
     }
 
     fn finish(&self, end: End) {
-        lock(&self.end).get_or_insert(end);
+        // The first end wins.
+        let _ = self.end.set(end);
         // Wakes a thread waiting for the writer role (it looks at `end`
         // under this lock before it waits).
         self.notify_outbound(lock(&self.outbound));
@@ -842,13 +844,13 @@ impl Served {
         lock(&self.calls).insert(
             call.task,
             CallState {
-                token,
+                token: token.clone(),
                 flow: None,
                 thread,
             },
         );
         match thread {
-            None => Some(Job::Call(call, fds)),
+            None => Some(Job::Call(call, fds, token)),
             Some(number) => {
                 self.threads_running.fetch_add(1, Ordering::AcqRel);
                 let thread_call = ThreadCall {
@@ -905,12 +907,20 @@ impl Served {
         }
     }
 
+    /// Runs a call and answers it (unless it answers later), looking up
+    /// its cancellation token.
     fn execute(self: &Arc<Self>, call: Call, fds: Vec<OwnedFd>) {
-        let task = call.task;
         let token = lock(&self.calls)
             .get(&call.task)
             .map(|call| call.token.clone())
             .unwrap_or_default();
+        self.execute_with(call, fds, &token);
+    }
+
+    /// Runs a call cancelled by `token` and answers it (unless it answers
+    /// later).
+    fn execute_with(self: &Arc<Self>, call: Call, fds: Vec<OwnedFd>, token: &CancelToken) {
+        let task = call.task;
         let result = if token.is_cancelled() {
             Err(RemoteError {
                 kind: RemoteErrorKind::Cancelled,
@@ -919,7 +929,7 @@ impl Served {
                 backtrace: None,
             })
         } else {
-            self.run(call, fds, &token)
+            self.run(call, fds, token)
         };
         match result {
             Ok(Some(outgoing)) => self.send_reply(task, Ok(outgoing)),

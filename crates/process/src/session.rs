@@ -390,6 +390,10 @@ impl Session {
         if let Message::Call(Call {
             args: Payload::Inline(bytes),
             ..
+        })
+        | Message::ServiceCall(ServiceCall {
+            args: Payload::Inline(bytes),
+            ..
         }) = message
         {
             crate::codec::recycle(bytes);

@@ -51,7 +51,11 @@ struct TokenState {
 
 struct Callbacks {
     cancelled: bool,
-    pending: Vec<CancelCallback>,
+    /// The first callback, in place: most tokens get one at most, and it
+    /// then costs no list.
+    first: Option<CancelCallback>,
+    /// The callbacks after the first, in the order they came.
+    rest: Vec<CancelCallback>,
 }
 
 impl CancelToken {
@@ -62,7 +66,8 @@ impl CancelToken {
                 cancelled: AtomicBool::new(false),
                 callbacks: Mutex::new(Callbacks {
                     cancelled: false,
-                    pending: Vec::new(),
+                    first: None,
+                    rest: Vec::new(),
                 }),
             }),
         }
@@ -81,9 +86,10 @@ impl CancelToken {
             }
             callbacks.cancelled = true;
             self.inner.cancelled.store(true, Ordering::Release);
-            std::mem::take(&mut callbacks.pending)
+            (callbacks.first.take(), std::mem::take(&mut callbacks.rest))
         };
-        for callback in pending {
+        let (first, rest) = pending;
+        for callback in first.into_iter().chain(rest) {
             run_callback(callback);
         }
     }
@@ -109,7 +115,10 @@ impl CancelToken {
         {
             let mut callbacks = self.lock();
             if !callbacks.cancelled {
-                callbacks.pending.push(callback);
+                match callbacks.first {
+                    None => callbacks.first = Some(callback),
+                    Some(_) => callbacks.rest.push(callback),
+                }
                 return;
             }
         }
@@ -330,6 +339,17 @@ mod tests {
         assert!(ran.load(Ordering::SeqCst));
     }
 
+    #[test]
+    fn callbacks_run_in_the_order_they_were_registered() {
+        let token = CancelToken::new();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        for i in 0..4 {
+            let order = order.clone();
+            token.on_cancel(Box::new(move || order.lock().unwrap().push(i)));
+        }
+        token.cancel();
+        assert_eq!(*order.lock().unwrap(), [0, 1, 2, 3]);
+    }
     #[test]
     fn checkpoint_follows_the_installed_token() {
         assert!(checkpoint().is_ok());
