@@ -11,10 +11,8 @@ use std::time::Duration;
 
 use std::os::fd::AsFd;
 
-use processional::proto::{
-    Hello, Message, Outcome, PROTOCOL_VERSION, Payload, RemoteError, RemoteErrorKind, Reply, Role,
-};
-use processional::transport::{Connection, Handshake, Side};
+use processional::proto::{Message, Outcome, Payload, RemoteError, RemoteErrorKind, Reply, Role};
+use processional::transport::Connection;
 use processional::{ClientBuilder, Error, Key, func};
 use processional_tests::PATIENCE;
 
@@ -28,19 +26,7 @@ fn fake_server(key: &Key, frames: Vec<Message>) -> (String, mpsc::Receiver<Conne
     let key = key.clone();
     let (sender, receiver) = mpsc::channel();
     std::thread::spawn(move || {
-        let (stream, _) = listener.accept().expect("the client connects");
-        let mut connection = Connection::from_tcp(stream).unwrap();
-        let hello = Hello {
-            protocol: PROTOCOL_VERSION,
-            fingerprint: processional::fingerprint(),
-            role: Role::Server,
-            pid: std::process::id(),
-            host: "here".into(),
-            program: "fake-server".into(),
-        };
-        connection
-            .handshake(Side::Acceptor, &Handshake::new(key, hello))
-            .expect("the handshake");
+        let mut connection = processional_tests::accept_as_fake_server(&listener, key);
         for frame in &frames {
             connection.send(frame).expect("a frame of the fake server");
         }

@@ -6,10 +6,8 @@
 
 use std::sync::mpsc;
 
-use processional::proto::{
-    Hello, Message, Outcome, PROTOCOL_VERSION, Payload, Reply, Role, TaskId,
-};
-use processional::transport::{Connection, Handshake, Side};
+use processional::proto::{Message, Outcome, Payload, Reply, TaskId};
+use processional::transport::Connection;
 use processional::{ClientBuilder, Key, Remote, SlaveProcess, func};
 use processional_tests::PATIENCE;
 
@@ -22,19 +20,7 @@ fn fake_server(key: &Key, serve: impl FnOnce(Connection, String) + Send + 'stati
     let key = key.clone();
     let own = address.clone();
     std::thread::spawn(move || {
-        let (stream, _) = listener.accept().expect("the client connects");
-        let mut connection = Connection::from_tcp(stream).unwrap();
-        let hello = Hello {
-            protocol: PROTOCOL_VERSION,
-            fingerprint: processional::fingerprint(),
-            role: Role::Server,
-            pid: std::process::id(),
-            host: "here".into(),
-            program: "fake-server".into(),
-        };
-        connection
-            .handshake(Side::Acceptor, &Handshake::new(key, hello))
-            .expect("the handshake");
+        let connection = processional_tests::accept_as_fake_server(&listener, key);
         serve(connection, own);
     });
     address

@@ -276,3 +276,28 @@ pub fn handshake_as_another_program(
     );
     (connection, outcome)
 }
+
+/// Accepts one client on `listener` as a server of this build that proves
+/// `key` would (a fake server a test drives frame by frame): the
+/// authenticated connection.
+pub fn accept_as_fake_server(
+    listener: &std::net::TcpListener,
+    key: processional::Key,
+) -> processional::transport::Connection {
+    use processional::proto::{Hello, PROTOCOL_VERSION, Role};
+    use processional::transport::{Connection, Handshake, Side};
+    let (stream, _) = listener.accept().expect("the client connects");
+    let mut connection = Connection::from_tcp(stream).unwrap();
+    let hello = Hello {
+        protocol: PROTOCOL_VERSION,
+        fingerprint: processional::fingerprint(),
+        role: Role::Server,
+        pid: std::process::id(),
+        host: "here".into(),
+        program: "fake-server".into(),
+    };
+    connection
+        .handshake(Side::Acceptor, &Handshake::new(key, hello))
+        .expect("the handshake");
+    connection
+}
