@@ -140,6 +140,8 @@ pub(crate) fn buffer(capacity: Option<usize>) -> Vec<u8> {
             bytes.clear();
             return bytes;
         }
+        // Too small for this one: kept for the next.
+        SMALL_SPARE.set(bytes);
     }
     let wanted = capacity.unwrap_or(SPARE_MIN);
     if worth_keeping(wanted)
