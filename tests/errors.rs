@@ -18,11 +18,7 @@ use processional_tests::{KillOnDrop, PATIENCE, is_helper, wait_until};
 
 /// A fresh unix socket address in a private directory of this test process.
 fn unix_address(tag: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("processional-errors-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{tag}.sock"));
-    let _ = std::fs::remove_file(&path);
-    format!("unix:{}", path.display())
+    processional_tests::fresh_unix_address("errors", tag)
 }
 
 /// A server on `address` in this process, with `key`, until stopped.

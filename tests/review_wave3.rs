@@ -92,11 +92,7 @@ fn a_ping_read_while_a_write_waits_does_not_deadlock_the_writer() {
 
 /// A fresh unix socket address in a private directory of this test process.
 fn unix_address(tag: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("processional-review3-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{tag}.sock"));
-    let _ = std::fs::remove_file(&path);
-    format!("unix:{}", path.display())
+    processional_tests::fresh_unix_address("review3", tag)
 }
 
 /// A raw data-only client of the server at `address` (a program of any

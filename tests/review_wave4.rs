@@ -156,11 +156,7 @@ fn a_ticket_in_a_reply_is_redeemed_off_the_reading_thread() {
 
 /// A fresh unix socket address in a private directory of this test process.
 fn unix_address(tag: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("processional-review4-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{tag}.sock"));
-    let _ = std::fs::remove_file(&path);
-    format!("unix:{}", path.display())
+    processional_tests::fresh_unix_address("review4", tag)
 }
 
 /// What a slave keeps of the handles it was given, so that it stays a

@@ -301,3 +301,13 @@ pub fn accept_as_fake_server(
         .expect("the handshake");
     connection
 }
+
+/// A fresh unix socket address `tag` in a private directory of this test
+/// process (named after its `suite`); a stale socket there is removed.
+pub fn fresh_unix_address(suite: &str, tag: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("processional-{suite}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{tag}.sock"));
+    let _ = std::fs::remove_file(&path);
+    format!("unix:{}", path.display())
+}
