@@ -162,9 +162,15 @@ const SMALL_START: usize = 64;
 /// [`buffer`] to hand out again.
 pub(crate) fn recycle(bytes: Vec<u8>) {
     if bytes.capacity() < SPARE_MIN {
-        if bytes.capacity() > 0 {
-            SMALL_SPARE.set(bytes);
-        }
+        // The larger of the two stays: small buffers recycled after a
+        // decode (a reply's few bytes) must not push out the one that
+        // encodings grew, or every encoding grows again from there.
+        let spare = SMALL_SPARE.take();
+        SMALL_SPARE.set(if spare.capacity() >= bytes.capacity() {
+            spare
+        } else {
+            bytes
+        });
         return;
     }
     if !worth_keeping(bytes.capacity()) {
@@ -514,6 +520,23 @@ mod tests {
             let second = encode(&(8u64, "other".to_string())).unwrap();
             assert_eq!(second.as_ptr(), address, "a new buffer was made");
             assert_eq!(decode::<(u64, String)>(&second).unwrap().1, "other");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_smaller_recycled_buffer_does_not_push_out_the_spare() {
+        // Its own thread: the spare is per thread.
+        std::thread::spawn(|| {
+            let grown = encode(&"a key long enough to grow the buffer".to_string()).unwrap();
+            let (address, capacity) = (grown.as_ptr(), grown.capacity());
+            recycle(grown);
+            // A reply's few bytes, recycled after it was decoded.
+            recycle(Vec::with_capacity(2));
+            let next = encode(&"another".to_string()).unwrap();
+            assert_eq!(next.as_ptr(), address, "the grown buffer was lost");
+            assert_eq!(next.capacity(), capacity);
         })
         .join()
         .unwrap();
