@@ -152,6 +152,15 @@
 //!   same process beyond that bound waits forever: raise the bound
 //!   ([`MAX_THREAD_CALLS_VAR`] in the serving process's environment) or make
 //!   the later call a queued one.
+//! - The calls a connection has read and not yet started (queued calls, and
+//!   `thread` calls waiting for a slot) are at most [`CALL_BACKLOG`] calls,
+//!   [`CALL_BACKLOG_BYTES`] of arguments and [`CALL_BACKLOG_FDS`]
+//!   descriptors (one call alone may exceed the last two;
+//!   [`CALL_BACKLOG_VAR`], [`CALL_BACKLOG_BYTES_VAR`] and
+//!   [`CALL_BACKLOG_FDS_VAR`] move them). A call past a limit fails at once
+//!   with a remote error of kind `Overloaded` ([`Error::is_overloaded`]),
+//!   unrun, its descriptors closed; the connection goes on. The refusal is
+//!   queued for the peer like any reply, within [`OUTBOUND_BUDGET`].
 //!
 //! ```
 //! use processional_process::{MAX_THREAD_CALLS_VAR, SlaveProcessBuilder, func};
@@ -263,6 +272,7 @@
 // Examples are tested as code: a warning in one fails the build.
 #![doc(test(attr(deny(warnings))))]
 
+mod backlog;
 mod child;
 mod codec;
 mod context;
@@ -289,6 +299,10 @@ mod thread_calls;
 mod title;
 mod trust;
 
+pub use backlog::{
+    CALL_BACKLOG, CALL_BACKLOG_BYTES, CALL_BACKLOG_BYTES_VAR, CALL_BACKLOG_FDS,
+    CALL_BACKLOG_FDS_VAR, CALL_BACKLOG_VAR,
+};
 pub use fingerprint::{fingerprint, program_name};
 pub use func::Func;
 pub use init::{SERVE_VAR, init};

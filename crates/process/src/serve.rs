@@ -27,6 +27,7 @@ use processional_transport::{
     Connection, ConnectionReader, ConnectionWriter, PendingFrame, Received, ShutdownHandle,
 };
 
+use crate::backlog::{Backlog, Cost, Limits};
 use crate::codec;
 use crate::context::{self, CallContext};
 use crate::function::{self, Answer, IdMap};
@@ -189,11 +190,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Work the executor runs in FIFO order.
 enum Job {
-    /// A queued call, with the token that cancels it.
+    /// A queued call, with the token that cancels it (counted in its
+    /// connection's [`Backlog`] until it starts).
     Call(Call, Vec<OwnedFd>, CancelToken),
-    /// Answer a call with an error without running anything (sent by the
-    /// executor: the reader may be inside a send).
-    Refuse(TaskId, RemoteError),
     /// Drop one handle of the peer's, once the `thread` calls read before
     /// it (those numbered below the second field) have decoded their
     /// arguments (see [`ThreadArguments`]).
@@ -254,6 +253,8 @@ impl ThreadCall {
     fn run(mut self) {
         if let Some((call, fds)) = self.call.take() {
             let served = &self.served;
+            // It waits no more.
+            served.backlog.release(Cost::of(&call.args, fds.len()));
             serving(served.id, || served.execute(call, fds));
         }
     }
@@ -262,7 +263,9 @@ impl ThreadCall {
 impl Drop for ThreadCall {
     fn drop(&mut self) {
         let served = &self.served;
-        if let Some((call, _)) = self.call.take() {
+        if let Some((call, fds)) = self.call.take() {
+            served.backlog.release(Cost::of(&call.args, fds.len()));
+            drop(fds);
             let error = refusal(
                 RemoteErrorKind::Other,
                 "no thread could be started for this `thread` call".into(),
@@ -319,6 +322,9 @@ pub(crate) struct Served {
     calls_run: AtomicU64,
     /// The calls read and not yet answered (queued, running, or deferred).
     calls: Mutex<IdMap<TaskId, CallState>>,
+    /// The calls read and not yet started (queued for the executor, or
+    /// `thread` calls waiting for a slot), within their limits.
+    backlog: Backlog,
     /// The `thread` calls yet to decode their arguments, and the releases
     /// waiting for them.
     thread_arguments: Mutex<ThreadArguments>,
@@ -396,6 +402,7 @@ impl Served {
             busy: AtomicU64::new(0),
             calls_run: AtomicU64::new(0),
             calls: Mutex::new(IdMap::default()),
+            backlog: Backlog::new(Limits::global()),
             thread_arguments: Mutex::default(),
             objects: Arc::new(table.connect()),
             end: OnceLock::new(),
@@ -427,6 +434,7 @@ impl Served {
         loop {
             match self.next_job() {
                 Some(Job::Call(call, fds, token)) => {
+                    self.backlog.release(Cost::of(&call.args, fds.len()));
                     let sequence = self.calls_run.fetch_add(1, Ordering::Relaxed) + 1;
                     // SeqCst: pairs with the watchdog's going to sleep (see
                     // `Watchdog::wake`).
@@ -434,9 +442,6 @@ impl Served {
                     Watchdog::global().wake();
                     self.execute_with(call, fds, &token);
                     self.busy.store(0, Ordering::Release);
-                }
-                Some(Job::Refuse(task, error)) => {
-                    self.send_reply(task, Err(error));
                 }
                 Some(Job::Release(object, before)) => self.release(object, before),
                 None => break,
@@ -716,13 +721,16 @@ impl Served {
     /// executor, if any.
     fn handle(self: &Arc<Self>, received: Received) -> Option<Job> {
         match received.message {
-            Message::Call(call) if self.data_only => Some(Job::Refuse(
-                call.task,
-                refusal(
-                    RemoteErrorKind::InvalidFunction,
-                    "a data-only client may call services only".into(),
-                ),
-            )),
+            Message::Call(call) if self.data_only => {
+                self.refuse_now(
+                    call.task,
+                    refusal(
+                        RemoteErrorKind::InvalidFunction,
+                        "a data-only client may call services only".into(),
+                    ),
+                );
+                None
+            }
             Message::Call(call) => self.accept(call, received.fds),
             Message::ServiceCall(ServiceCall {
                 task,
@@ -738,13 +746,16 @@ impl Served {
                     },
                     received.fds,
                 ),
-                None => Some(Job::Refuse(
-                    task,
-                    refusal(
-                        RemoteErrorKind::NotFound,
-                        format!("this process has no service named {service:?}"),
-                    ),
-                )),
+                None => {
+                    self.refuse_now(
+                        task,
+                        refusal(
+                            RemoteErrorKind::NotFound,
+                            format!("this process has no service named {service:?}"),
+                        ),
+                    );
+                    None
+                }
             },
             Message::Release { object } => {
                 Some(Job::Release(object, lock(&self.thread_arguments).next))
@@ -831,8 +842,30 @@ impl Served {
         }
     }
 
-    /// Takes a call in: queued for the executor, or run on a thread.
+    /// Answers call `task` with `error` at once, never waiting (this may run
+    /// on a reader inside a send): the reply goes through the outbound
+    /// queue, whose budget closes the connection of a peer that does not
+    /// read its answers. (Queued for the executor instead, refusals read
+    /// while it waits for the socket would pile up in its FIFO unbounded.)
+    fn refuse_now(self: &Arc<Self>, task: TaskId, error: RemoteError) {
+        let reply = Message::Reply(Reply {
+            task,
+            outcome: Outcome::Error(error),
+        });
+        self.send_frame(&reply, &[], false);
+    }
+
+    /// Takes a call in: queued for the executor, or run on a thread; or
+    /// refused with an `Overloaded` error, its descriptors closed, when its
+    /// connection's backlog is full.
     fn accept(self: &Arc<Self>, call: Call, fds: Vec<OwnedFd>) -> Option<Job> {
+        if let Err(overload) = self.backlog.admit(Cost::of(&call.args, fds.len())) {
+            drop(fds);
+            let message = self.backlog.refusal_message(overload);
+            log::debug!("processional: call {} {message}", call.task);
+            self.refuse_now(call.task, refusal(RemoteErrorKind::Overloaded, message));
+            return None;
+        }
         let token = CancelToken::new();
         let thread = (call.mode == RunMode::Thread).then(|| {
             let mut arguments = lock(&self.thread_arguments);

@@ -218,6 +218,40 @@
 //! process; past 1 MiB each call allocates (and faults in) its own, which
 //! costs about three times as much per byte.
 //!
+//! ## A connection takes a bounded backlog of calls
+//! A serving process (a slave, a server) reads its peer's calls as they
+//! come and queues those that cannot start yet. Per connection, the calls
+//! waiting to start (queued calls, and `thread` calls waiting for one of
+//! the [`MAX_THREAD_CALLS`](process::MAX_THREAD_CALLS) slots) may be at most
+//! [`CALL_BACKLOG`](process::CALL_BACKLOG) (32 768) calls, holding at most
+//! [`CALL_BACKLOG_BYTES`](process::CALL_BACKLOG_BYTES) (64 MiB) of
+//! arguments and [`CALL_BACKLOG_FDS`](process::CALL_BACKLOG_FDS) (256) file
+//! descriptors (one call alone may exceed the last two). A call past a
+//! limit is not run: it fails at once with an [`Error::Remote`] of kind
+//! `Overloaded` ([`Error::is_overloaded`]), its descriptors closed, and the
+//! connection goes on; make it again once earlier calls have started. The
+//! variables `PROCESSIONAL_CALL_BACKLOG`, `PROCESSIONAL_CALL_BACKLOG_BYTES`
+//! and `PROCESSIONAL_CALL_BACKLOG_FDS` in the serving process's environment
+//! (e.g. [`SlaveProcessBuilder::env`]) move them. So a client that floods
+//! calls, or never reads its replies, cannot grow a server's memory without
+//! bound; its refusals and replies wait for it within the 64 MiB
+//! [`OUTBOUND_BUDGET`](process::OUTBOUND_BUDGET), past which its connection
+//! is closed. A call that has started (running, or answering later) no
+//! longer counts.
+//!
+//! ```
+//! use processional::{SlaveProcessBuilder, func};
+//! use processional::process::CALL_BACKLOG_VAR;
+//! # fn main() -> Result<(), processional::Error> {
+//! // A slave that takes up to 100 000 calls waiting on its connection.
+//! let process = SlaveProcessBuilder::new()
+//!     .env(CALL_BACKLOG_VAR, "100000")
+//!     .spawn()?;
+//! assert_eq!(process.invoke(func!(|| 7))?, 7);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! ## `Send` bounds
 //! - [`thread()`] and [`SlaveThread::invoke`] need `F: Send + 'static` and
 //!   a value that is `Send`: both cross threads.

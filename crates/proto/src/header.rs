@@ -7,7 +7,10 @@ pub const MAGIC: [u8; 4] = *b"PRCL";
 
 /// The protocol version this crate speaks, carried by every frame header and
 /// by [`Hello`](crate::Hello). Peers with different versions refuse each other.
-pub const PROTOCOL_VERSION: u16 = 4;
+///
+/// Version 5 adds [`RemoteErrorKind::Overloaded`](crate::RemoteErrorKind::Overloaded):
+/// a peer of version 4 could not decode a reply carrying it.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The size of a [`FrameHeader`] on the wire, in bytes.
 pub const HEADER_LEN: usize = 12;

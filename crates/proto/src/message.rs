@@ -228,6 +228,12 @@ pub enum RemoteErrorKind {
     NotFound,
     /// Anything else.
     Other,
+    /// The remote process refused the call without running it: its
+    /// connection already had as many calls waiting to start as it takes
+    /// (or as many of their argument bytes or descriptors). Nothing ran;
+    /// the call may be made again once earlier ones have started. (The
+    /// last variant, so that the indices of the others stay as they were.)
+    Overloaded,
 }
 
 /// An error raised in the remote process, in a form that crosses the wire.
@@ -330,6 +336,9 @@ impl RemoteErrorKind {
             RemoteErrorKind::Stopped => "the remote process stopped before it ran the call",
             RemoteErrorKind::NotFound => "the remote process found nothing under that name",
             RemoteErrorKind::Other => "the call failed in the remote process",
+            RemoteErrorKind::Overloaded => {
+                "the remote process had too many calls waiting to take this one"
+            }
         }
     }
 }
@@ -618,6 +627,7 @@ mod tests {
             Stopped,
             NotFound,
             Other,
+            Overloaded,
         ] {
             let error = RemoteError {
                 kind,
@@ -631,6 +641,33 @@ mod tests {
             assert!(
                 !report.contains(&format!("{kind:?}")),
                 "{report}: a variant name"
+            );
+        }
+    }
+
+    /// Error kinds are only ever appended: each keeps the index (postcard's
+    /// varint) it had, and the newest, `Overloaded`, comes last.
+    #[test]
+    fn error_kinds_keep_their_wire_indices() {
+        use RemoteErrorKind::*;
+        let kinds = [
+            Panicked,
+            Cancelled,
+            Codec,
+            InvalidFunction,
+            UnknownObject,
+            WrongObjectType,
+            Stopped,
+            NotFound,
+            Other,
+            Overloaded,
+        ];
+        for (index, kind) in kinds.into_iter().enumerate() {
+            let encoded = postcard::to_allocvec(&kind).unwrap();
+            assert_eq!(encoded, [index as u8], "{kind:?}");
+            assert_eq!(
+                postcard::from_bytes::<RemoteErrorKind>(&encoded).unwrap(),
+                kind
             );
         }
     }

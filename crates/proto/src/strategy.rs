@@ -126,6 +126,7 @@ pub(crate) fn every_variant() -> Vec<Message> {
         RemoteErrorKind::WrongObjectType,
         RemoteErrorKind::Stopped,
         RemoteErrorKind::NotFound,
+        RemoteErrorKind::Overloaded,
     ] {
         messages.push(Message::Error(RemoteError {
             kind,
@@ -166,6 +167,7 @@ fn remote_error() -> impl Strategy<Value = RemoteError> {
         RemoteErrorKind::Stopped,
         RemoteErrorKind::NotFound,
         RemoteErrorKind::Other,
+        RemoteErrorKind::Overloaded,
     ]);
     (
         kind,

@@ -478,6 +478,28 @@ impl Error {
             || matches!(self, Error::Remote(r) if r.kind == RemoteErrorKind::Panicked)
     }
 
+    /// Whether the serving process refused the call without running it
+    /// because too many calls of its connection were waiting to start (a
+    /// remote error of kind
+    /// [`Overloaded`](RemoteErrorKind::Overloaded)). Nothing ran: the call
+    /// may be made again once earlier ones have started.
+    ///
+    /// ```
+    /// use processional_task::{Error, RemoteError, RemoteErrorKind};
+    ///
+    /// let error = Error::Remote(RemoteError {
+    ///     kind: RemoteErrorKind::Overloaded,
+    ///     message: "too many calls wait".into(),
+    ///     location: None,
+    ///     backtrace: None,
+    /// });
+    /// assert!(error.is_overloaded());
+    /// assert!(!Error::Stopped.is_overloaded());
+    /// ```
+    pub fn is_overloaded(&self) -> bool {
+        matches!(self, Error::Remote(r) if r.kind == RemoteErrorKind::Overloaded)
+    }
+
     /// Whether the worker that ran (or was to run) the call is gone: its
     /// process ended ([`Exited`](Error::Exited)) or the connection to it
     /// broke ([`Disconnected`](Error::Disconnected)). Calls to it fail the
