@@ -335,3 +335,60 @@ fn a_client_that_never_reads_its_replies_is_cut_off_not_queued_for() {
         6
     );
 }
+
+/// A peer that sends more releases than it holds handles is cut off once
+/// they pile up behind a long call; another client is served meanwhile.
+/// Before, each release waited in the executor's queue, however many: a
+/// client holding nothing could grow the server's memory without bound.
+#[test]
+fn releases_of_handles_never_held_do_not_pile_up_behind_a_long_call() {
+    const MOST: u64 = 1_000_000;
+    let (process, address) = server_with(&[], "releases");
+    let mut connection = raw_data_client(&address);
+    connection
+        .send(&service_call(1, "flood.block", Vec::new()))
+        .expect("send the blocking call");
+    gate::wait_for_start(&process);
+    let mut sent = 0;
+    while sent < MOST
+        && connection
+            .send(&Message::Release { object: 1 + sent })
+            .is_ok()
+    {
+        sent += 1;
+    }
+    assert!(
+        sent < MOST,
+        "the server queued {sent} releases from a client that holds nothing"
+    );
+    assert_eq!(process.invoke(func!(|| 5u8)).expect("the slave serves"), 5);
+    let other = data_client(&address);
+    assert_eq!(
+        outcome(other.call_service::<u32, u32>("flood.echo", 6)).unwrap(),
+        6
+    );
+    process.invoke(func!(gate::open)).expect("open the gate");
+}
+
+/// A peer that drops many handles it holds while a long call runs is not
+/// taken for one that releases what it does not hold: its releases wait,
+/// and it goes on being served.
+#[test]
+fn many_releases_of_handles_held_wait_behind_a_long_call() {
+    const HANDLES: usize = 5000;
+    let (process, address) = server_with(&[], "held-releases");
+    let client = processional::client(&address).expect("connect a client");
+    let handles: Vec<processional::Remote<u8>> = (0..HANDLES)
+        .map(|_| client.wrap(func!(|| 7u8)).expect("wrap an object"))
+        .collect();
+    let blocked = block(&process, &client);
+    drop(handles);
+    process.invoke(func!(gate::open)).expect("open the gate");
+    assert!(outcome(blocked).expect("the blocking call ran"));
+    assert_eq!(
+        outcome(client.call_service::<u32, u32>("flood.echo", 3)).unwrap(),
+        3
+    );
+    let kept = client.wrap(func!(|| 8u8)).expect("wrap one more");
+    assert_eq!(kept.invoke(func!(|x: &mut u8| *x)).expect("use it"), 8);
+}

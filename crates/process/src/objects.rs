@@ -449,6 +449,16 @@ impl ConnectionObjects {
         })
     }
 
+    /// How many handles the peer holds, to all objects together.
+    pub(crate) fn held(&self) -> u64 {
+        self.table.locked(None, |state, _| {
+            state
+                .holdings
+                .get(&self.id)
+                .map_or(0, |held| held.values().sum())
+        })
+    }
+
     /// The peer dropped one handle to `id` (nothing if it holds none).
     pub(crate) fn release(&self, id: ObjectId) {
         self.table.locked(None, |state, garbage| {
@@ -542,6 +552,23 @@ mod tests {
             kind(a.lookup::<Arc<()>>("thing")),
             RemoteErrorKind::NotFound
         );
+    }
+
+    #[test]
+    fn held_counts_a_connections_handles_to_all_objects() {
+        let table = ObjectTable::new();
+        let (a, b) = (table.connect(), table.connect());
+        let (first, _) = tracked();
+        let (second, _) = tracked();
+        let first = a.insert(first);
+        let second = a.insert(second);
+        a.publish("first".into(), first).unwrap();
+        b.lookup::<Arc<()>>("first").unwrap();
+        b.lookup::<Arc<()>>("first").unwrap();
+        assert_eq!((a.held(), b.held()), (2, 2));
+        a.release(second);
+        b.release(first);
+        assert_eq!((a.held(), b.held()), (1, 1));
     }
 
     #[test]

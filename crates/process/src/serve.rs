@@ -182,6 +182,10 @@ struct Outbound {
 /// that calls in quick succession do not each have to wake it): 10 ms.
 const WATCHDOG_LINGER_TICKS: u32 = 5;
 
+/// How many releases may wait before their count is first checked against
+/// the handles the peer holds (see [`Served::may_queue_release`]).
+const RELEASES_CHECKED_FROM: usize = 4096;
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
@@ -325,6 +329,9 @@ pub(crate) struct Served {
     /// The calls read and not yet started (queued for the executor, or
     /// `thread` calls waiting for a slot), within their limits.
     backlog: Backlog,
+    /// The releases read and not yet done (queued for the executor, or held
+    /// for `thread` calls): see [`Served::may_queue_release`].
+    releases_waiting: AtomicUsize,
     /// The `thread` calls yet to decode their arguments, and the releases
     /// waiting for them.
     thread_arguments: Mutex<ThreadArguments>,
@@ -403,6 +410,7 @@ impl Served {
             calls_run: AtomicU64::new(0),
             calls: Mutex::new(IdMap::default()),
             backlog: Backlog::new(Limits::global()),
+            releases_waiting: AtomicUsize::new(0),
             thread_arguments: Mutex::default(),
             objects: Arc::new(table.connect()),
             end: OnceLock::new(),
@@ -757,9 +765,9 @@ impl Served {
                     None
                 }
             },
-            Message::Release { object } => {
-                Some(Job::Release(object, lock(&self.thread_arguments).next))
-            }
+            Message::Release { object } => self
+                .may_queue_release()
+                .then(|| Job::Release(object, lock(&self.thread_arguments).next)),
             Message::Cancel { task } => {
                 if let Some(call) = lock(&self.calls).get(&task) {
                     call.token.cancel();
@@ -842,6 +850,32 @@ impl Served {
         }
     }
 
+    /// Counts one more release read and not yet done, and checks the
+    /// count, now and then, against the handles the peer holds: an honest
+    /// peer never has more releases on their way than handles. A peer that
+    /// has is cut off, its socket shut at once (it would grow the executor's queue without bound
+    /// while a long call runs). Checked from [`RELEASES_CHECKED_FROM`] on,
+    /// at each power of two, so the queue stays within twice what the peer
+    /// holds, and the table's lock is not taken for each release.
+    fn may_queue_release(&self) -> bool {
+        let waiting = self.releases_waiting.fetch_add(1, Ordering::Relaxed) + 1;
+        if waiting < RELEASES_CHECKED_FROM
+            || !waiting.is_power_of_two()
+            || waiting as u64 <= self.objects.held()
+        {
+            return true;
+        }
+        log::debug!("processional: a peer released {waiting} handles, more than it holds");
+        self.cut_off();
+        false
+    }
+
+    /// Drops one handle of the peer's now; the release is done.
+    fn release_now(&self, object: ObjectId) {
+        self.objects.release(object);
+        self.releases_waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Answers call `task` with `error` at once, never waiting (this may run
     /// on a reader inside a send): the reply goes through the outbound
     /// queue, whose budget closes the connection of a peer that does not
@@ -911,7 +945,7 @@ impl Served {
                 return;
             }
         }
-        self.objects.release(object);
+        self.release_now(object);
     }
 
     /// The call `task` has decoded its arguments (nothing if it is no
@@ -936,7 +970,7 @@ impl Served {
             arguments.releasable()
         };
         for object in ready {
-            self.objects.release(object);
+            self.release_now(object);
         }
     }
 

@@ -237,7 +237,9 @@
 //! bound; its refusals and replies wait for it within the 64 MiB
 //! [`OUTBOUND_BUDGET`](process::OUTBOUND_BUDGET), past which its connection
 //! is closed. A call that has started (running, or answering later) no
-//! longer counts.
+//! longer counts. Releases of dropped [`Remote`]s wait behind the calls
+//! before them too, at most about twice as many as the handles the peer
+//! holds: a peer that releases handles it never held is cut off.
 //!
 //! ```
 //! use processional::{SlaveProcessBuilder, func};
