@@ -259,12 +259,7 @@ fn thread_calls_waiting_for_a_slot_count_in_the_backlog() {
         .expect("connect as a client of this build");
     // The one slot is taken until the gate opens.
     let blocked = client.thread(func!(|| gate::start_then_wait(gate::LONGER_THAN_PATIENCE)));
-    assert!(
-        processional_tests::wait_until(PATIENCE, || process
-            .invoke(func!(gate::has_started))
-            .unwrap()),
-        "the blocking thread call started"
-    );
+    gate::wait_for_thread_start(&process);
     let waiting: Vec<Task<u8>> = (0..3).map(|_| client.thread(func!(|| 1u8))).collect();
     let error = outcome(client.thread(func!(|| 1u8))).expect_err("the backlog is full");
     assert!(error.is_overloaded(), "{error:?}");
@@ -316,20 +311,30 @@ fn a_client_that_never_reads_its_replies_is_cut_off_not_queued_for() {
         "never-reads",
     );
     let mut connection = raw_data_client(&address);
-    let mut sent = 0;
-    while sent < MOST
-        && connection
-            .send(&service_call(sent + 1, "flood.echo", vec![1]))
-            .is_ok()
-    {
-        sent += 1;
-    }
+    let sent = frames_taken(&mut connection, MOST, |n| {
+        service_call(n + 1, "flood.echo", vec![1])
+    });
     assert!(
         sent < MOST,
         "the server took {sent} calls from a client that reads nothing"
     );
+    assert_others_are_served(&process, &address);
+}
+
+/// Sends the frames `frame` makes (numbered from 0) until the server stops
+/// taking them, `most` at the outside: how many it took.
+fn frames_taken(connection: &mut Connection, most: u64, frame: impl Fn(u64) -> Message) -> u64 {
+    let mut sent = 0;
+    while sent < most && connection.send(&frame(sent)).is_ok() {
+        sent += 1;
+    }
+    sent
+}
+
+/// The serving slave answers its own connection, and a new client.
+fn assert_others_are_served(process: &SlaveProcess, address: &str) {
     assert_eq!(process.invoke(func!(|| 5u8)).expect("the slave serves"), 5);
-    let other = data_client(&address);
+    let other = data_client(address);
     assert_eq!(
         outcome(other.call_service::<u32, u32>("flood.echo", 6)).unwrap(),
         6
@@ -349,24 +354,14 @@ fn releases_of_handles_never_held_do_not_pile_up_behind_a_long_call() {
         .send(&service_call(1, "flood.block", Vec::new()))
         .expect("send the blocking call");
     gate::wait_for_start(&process);
-    let mut sent = 0;
-    while sent < MOST
-        && connection
-            .send(&Message::Release { object: 1 + sent })
-            .is_ok()
-    {
-        sent += 1;
-    }
+    let sent = frames_taken(&mut connection, MOST, |n| Message::Release {
+        object: n + 1,
+    });
     assert!(
         sent < MOST,
         "the server queued {sent} releases from a client that holds nothing"
     );
-    assert_eq!(process.invoke(func!(|| 5u8)).expect("the slave serves"), 5);
-    let other = data_client(&address);
-    assert_eq!(
-        outcome(other.call_service::<u32, u32>("flood.echo", 6)).unwrap(),
-        6
-    );
+    assert_others_are_served(&process, &address);
     process.invoke(func!(gate::open)).expect("open the gate");
 }
 

@@ -180,12 +180,7 @@ fn a_handle_moved_into_a_thread_call_outlives_its_release() {
         .expect("spawn");
     // The one `thread` slot is taken until the gate opens.
     let blocker = process.thread(func!(|| gate::start_then_wait(gate::LONGER_THAN_PATIENCE)));
-    assert!(
-        processional_tests::wait_until(PATIENCE, || process
-            .invoke(func!(gate::has_started))
-            .unwrap()),
-        "the blocking thread call started"
-    );
+    gate::wait_for_thread_start(&process);
     let remote: Remote<u32> = process.wrap(func!(|| 5u32)).unwrap();
     let task = process.thread_with(
         remote,

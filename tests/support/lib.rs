@@ -193,6 +193,18 @@ pub mod gate {
         });
         assert!(started, "the task never started");
     }
+
+    /// Waits until a `thread` call of `process` has called [`start`],
+    /// asking through queued calls, which a slave answers even while every
+    /// slot for `thread` calls is taken.
+    pub fn wait_for_thread_start(process: &processional::SlaveProcess) {
+        let started = wait_until(PATIENCE, || {
+            process
+                .invoke(processional::func!(has_started))
+                .expect("has_started")
+        });
+        assert!(started, "the blocking thread call never started");
+    }
 }
 
 /// In a process of a state context: starts a grandchild (`sleep 1000`) and
