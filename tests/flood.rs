@@ -18,13 +18,13 @@ use std::os::fd::AsFd;
 use std::sync::mpsc;
 
 use processional::process::{CALL_BACKLOG_BYTES_VAR, CALL_BACKLOG_FDS_VAR, CALL_BACKLOG_VAR};
-use processional::proto::{Message, Outcome, Payload, RemoteErrorKind, Reply, Role, ServiceCall};
+use processional::proto::{Message, Outcome, Payload, RemoteErrorKind, Reply, ServiceCall};
 use processional::transport::Connection;
 use processional::{
     ClientBuilder, Error, ServerBuilder, SlaveProcess, SlaveProcessBuilder, Task, func,
     register_service,
 };
-use processional_tests::{PATIENCE, gate};
+use processional_tests::{PATIENCE, gate, raw_data_client};
 
 /// In the serving slave: the services of these tests, and a server of this
 /// process on `address`, persistent (it lives as long as the slave).
@@ -151,18 +151,6 @@ fn calls_past_the_backlogs_bytes_are_refused_overloaded() {
         outcome(alone).expect("a call alone, over the limit"),
         10_000
     );
-}
-
-/// A raw data-only client of the server at `address` (a program of any
-/// build holding the key), authenticated with the key file beside it.
-fn raw_data_client(address: &str) -> Connection {
-    let (connection, outcome) = processional_tests::handshake_as_another_program(
-        address,
-        Role::DataClient,
-        processional::proto::Fingerprint([0xAB; 32]),
-    );
-    outcome.expect("the data client is accepted");
-    connection
 }
 
 fn service_call(task: u64, service: &str, args: Vec<u8>) -> Message {

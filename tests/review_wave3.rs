@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use std::os::fd::AsFd;
 
-use processional::proto::{Message, Outcome, Payload, RemoteError, RemoteErrorKind, Reply, Role};
+use processional::proto::{Message, Outcome, Payload, RemoteError, RemoteErrorKind, Reply};
 use processional::transport::Connection;
 use processional::{ClientBuilder, Error, Key, func};
-use processional_tests::PATIENCE;
+use processional_tests::{PATIENCE, raw_data_client};
 
 /// A fake server of this build on loopback TCP: it accepts one client,
 /// proves `key`, sends `frames` and never reads. Returns its address, and
@@ -93,18 +93,6 @@ fn a_ping_read_while_a_write_waits_does_not_deadlock_the_writer() {
 /// A fresh unix socket address in a private directory of this test process.
 fn unix_address(tag: &str) -> String {
     processional_tests::fresh_unix_address("review3", tag)
-}
-
-/// A raw data-only client of the server at `address` (a program of any
-/// build holding the key), authenticated with the key file beside it.
-fn raw_data_client(address: &str) -> Connection {
-    let (connection, outcome) = processional_tests::handshake_as_another_program(
-        address,
-        Role::DataClient,
-        processional::proto::Fingerprint([0xAB; 32]),
-    );
-    outcome.expect("the data client is accepted");
-    connection
 }
 
 /// Whether this kernel refuses a single allocation larger than its memory

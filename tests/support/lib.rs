@@ -253,6 +253,18 @@ pub fn voluntary_switches(pid: u32) -> std::collections::HashMap<u32, (String, u
     threads
 }
 
+/// A raw data-only client of the unix server at `address`, as a program
+/// of another build holding the key (the file beside the socket) makes it.
+pub fn raw_data_client(address: &str) -> processional::transport::Connection {
+    let (connection, outcome) = handshake_as_another_program(
+        address,
+        processional::proto::Role::DataClient,
+        processional::proto::Fingerprint([0xAB; 32]),
+    );
+    outcome.expect("the data client is accepted");
+    connection
+}
+
 /// Connects to the unix server at `address` as a program of another build
 /// would: the key from the file beside the socket, a hello with `role` and
 /// `fingerprint`. The connection, and how its handshake ended.
