@@ -853,10 +853,11 @@ impl Served {
     /// Counts one more release read and not yet done, and checks the
     /// count, now and then, against the handles the peer holds: an honest
     /// peer never has more releases on their way than handles. A peer that
-    /// has is cut off, its socket shut at once (it would grow the executor's queue without bound
-    /// while a long call runs). Checked from [`RELEASES_CHECKED_FROM`] on,
-    /// at each power of two, so the queue stays within twice what the peer
-    /// holds, and the table's lock is not taken for each release.
+    /// has is cut off, its socket shut at once (it would grow the
+    /// executor's queue without bound while a long call runs). Checked from
+    /// [`RELEASES_CHECKED_FROM`] on, at each power of two, so the queue
+    /// stays within twice what the peer holds, and the table's lock is not
+    /// taken for each release.
     fn may_queue_release(&self) -> bool {
         let waiting = self.releases_waiting.fetch_add(1, Ordering::Relaxed) + 1;
         if waiting < RELEASES_CHECKED_FROM
@@ -872,8 +873,10 @@ impl Served {
 
     /// Drops one handle of the peer's now; the release is done.
     fn release_now(&self, object: ObjectId) {
-        self.objects.release(object);
+        // Counted done first: the count never passes the handles held for
+        // a peer that releases only what it holds, even between the two.
         self.releases_waiting.fetch_sub(1, Ordering::Relaxed);
+        self.objects.release(object);
     }
 
     /// Answers call `task` with `error` at once, never waiting (this may run
