@@ -128,6 +128,22 @@ pub(crate) enum Overload {
     Fds,
 }
 
+/// Adds `amount` to `count` unless that takes it past `limit` (then it is
+/// left as it was); whether it was added. One call alone may exceed the
+/// limit, so that a limit below a call's size refuses it only while others
+/// wait.
+fn add_within(count: &AtomicUsize, amount: usize, limit: usize) -> bool {
+    if amount == 0 {
+        return true;
+    }
+    let before = count.fetch_add(amount, Ordering::Relaxed);
+    if before > 0 && before.saturating_add(amount) > limit {
+        count.fetch_sub(amount, Ordering::Relaxed);
+        return false;
+    }
+    true
+}
+
 /// The calls of one connection that wait to start: how many, and what they
 /// hold, within [`Limits`].
 #[derive(Debug)]
@@ -159,23 +175,13 @@ impl Backlog {
             self.calls.fetch_sub(1, Ordering::Relaxed);
             return Err(Overload::Calls);
         }
-        if cost.bytes > 0 {
-            let bytes = self.bytes.fetch_add(cost.bytes, Ordering::Relaxed);
-            // One call alone may exceed the limit, so that a limit below a
-            // call's size refuses it only while others wait.
-            if bytes > 0 && bytes.saturating_add(cost.bytes) > self.limits.bytes {
-                self.bytes.fetch_sub(cost.bytes, Ordering::Relaxed);
-                self.calls.fetch_sub(1, Ordering::Relaxed);
-                return Err(Overload::Bytes);
-            }
+        if !add_within(&self.bytes, cost.bytes, self.limits.bytes) {
+            self.calls.fetch_sub(1, Ordering::Relaxed);
+            return Err(Overload::Bytes);
         }
-        if cost.fds > 0 {
-            let fds = self.fds.fetch_add(cost.fds, Ordering::Relaxed);
-            if fds > 0 && fds.saturating_add(cost.fds) > self.limits.fds {
-                self.fds.fetch_sub(cost.fds, Ordering::Relaxed);
-                self.release_calls_and_bytes(cost);
-                return Err(Overload::Fds);
-            }
+        if !add_within(&self.fds, cost.fds, self.limits.fds) {
+            self.release_calls_and_bytes(cost);
+            return Err(Overload::Fds);
         }
         Ok(())
     }

@@ -732,10 +732,8 @@ impl Served {
             Message::Call(call) if self.data_only => {
                 self.refuse_now(
                     call.task,
-                    refusal(
-                        RemoteErrorKind::InvalidFunction,
-                        "a data-only client may call services only".into(),
-                    ),
+                    RemoteErrorKind::InvalidFunction,
+                    "a data-only client may call services only".into(),
                 );
                 None
             }
@@ -757,10 +755,8 @@ impl Served {
                 None => {
                     self.refuse_now(
                         task,
-                        refusal(
-                            RemoteErrorKind::NotFound,
-                            format!("this process has no service named {service:?}"),
-                        ),
+                        RemoteErrorKind::NotFound,
+                        format!("this process has no service named {service:?}"),
                     );
                     None
                 }
@@ -879,15 +875,16 @@ impl Served {
         self.objects.release(object);
     }
 
-    /// Answers call `task` with `error` at once, never waiting (this may run
-    /// on a reader inside a send): the reply goes through the outbound
-    /// queue, whose budget closes the connection of a peer that does not
-    /// read its answers. (Queued for the executor instead, refusals read
-    /// while it waits for the socket would pile up in its FIFO unbounded.)
-    fn refuse_now(self: &Arc<Self>, task: TaskId, error: RemoteError) {
+    /// Answers call `task`, unrun, with an error of `kind` at once, never
+    /// waiting (this may run on a reader inside a send): the reply goes
+    /// through the outbound queue, whose budget closes the connection of a
+    /// peer that does not read its answers. (Queued for the executor
+    /// instead, refusals read while it waits for the socket would pile up
+    /// in its FIFO unbounded.)
+    fn refuse_now(self: &Arc<Self>, task: TaskId, kind: RemoteErrorKind, message: String) {
         let reply = Message::Reply(Reply {
             task,
-            outcome: Outcome::Error(error),
+            outcome: Outcome::Error(refusal(kind, message)),
         });
         self.send_frame(&reply, &[], false);
     }
@@ -900,7 +897,7 @@ impl Served {
             drop(fds);
             let message = self.backlog.refusal_message(overload);
             log::debug!("processional: call {} {message}", call.task);
-            self.refuse_now(call.task, refusal(RemoteErrorKind::Overloaded, message));
+            self.refuse_now(call.task, RemoteErrorKind::Overloaded, message);
             return None;
         }
         let token = CancelToken::new();
